@@ -1,0 +1,1 @@
+"""The bot process: configuration, dispatcher wiring, i18n, and the outbound sender."""

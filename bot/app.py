@@ -1,0 +1,156 @@
+"""Wiring: one place where the dispatcher, middlewares, i18n, storage and sender are put together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+from aiogram import Bot, Dispatcher
+from aiogram.client.default import DefaultBotProperties
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.enums import ParseMode
+from aiogram.fsm.storage.base import BaseEventIsolation, BaseStorage
+from aiogram.fsm.storage.memory import SimpleEventIsolation
+from aiogram.fsm.storage.redis import RedisStorage
+from aiogram.types import BotCommand, BotCommandScopeAllPrivateChats
+from aiogram.utils.i18n import I18n
+from aiogram.utils.i18n import gettext as _
+
+from bot.config import Settings
+from bot.i18n import UserI18nMiddleware, create_i18n
+from bot.middlewares import SessionMiddleware, UserMiddleware
+from bot.notices import Renderer
+from bot.sender import OutboxSender, SenderSettings
+from domain.clock import Clock, system_clock
+from domain.community_file import import_community, load_community_file
+from handlers import build_router
+from storage.db import SessionFactory, create_engine, create_session_factory
+from storage.fsm import SqlStorage
+from storage.migrate import upgrade_database
+
+log = logging.getLogger(__name__)
+
+
+def build_dispatcher(
+    *,
+    session_factory: SessionFactory,
+    i18n: I18n,
+    clock: Clock,
+    tz: ZoneInfo,
+    wake_sender: Callable[[], None],
+    storage: BaseStorage | None = None,
+    events_isolation: BaseEventIsolation | None = None,
+) -> Dispatcher:
+    dispatcher = Dispatcher(
+        storage=storage or SqlStorage(session_factory),
+        # One update at a time per user: a double-tapped "Submit" must not file two tickets.
+        events_isolation=events_isolation or SimpleEventIsolation(),
+    )
+    dispatcher.workflow_data.update(clock=clock, tz=tz)
+    dispatcher.update.outer_middleware(SessionMiddleware(session_factory, wake_sender))
+    dispatcher.update.outer_middleware(UserMiddleware())
+    UserI18nMiddleware(i18n).setup(dispatcher)
+    dispatcher.include_router(build_router())
+    return dispatcher
+
+
+def create_bot(token: str, api_server: str | None = None) -> Bot:
+    session = AiohttpSession(api=TelegramAPIServer.from_base(api_server)) if api_server else None
+    return Bot(token, session=session, default=DefaultBotProperties(parse_mode=ParseMode.HTML))
+
+
+@dataclass
+class Application:
+    bot: Bot
+    dispatcher: Dispatcher
+    sender: OutboxSender
+    session_factory: SessionFactory
+
+
+def assemble(settings: Settings, bot: Bot, session_factory: SessionFactory, clock: Clock = system_clock) -> Application:
+    i18n = create_i18n(settings.default_locale)
+    tz = ZoneInfo(settings.timezone)
+    sender = OutboxSender(
+        bot,
+        session_factory,
+        Renderer(i18n, tz),
+        clock,
+        SenderSettings(
+            rate_per_second=settings.send_rate_per_second, chat_interval=settings.send_rate_per_chat_seconds
+        ),
+    )
+    storage, isolation = fsm_backend(settings, session_factory)
+    dispatcher = build_dispatcher(
+        session_factory=session_factory,
+        i18n=i18n,
+        clock=clock,
+        tz=tz,
+        wake_sender=sender.wake,
+        storage=storage,
+        events_isolation=isolation,
+    )
+    return Application(bot, dispatcher, sender, session_factory)
+
+
+def fsm_backend(settings: Settings, session_factory: SessionFactory) -> tuple[BaseStorage, BaseEventIsolation]:
+    """Wizard state in Redis when several processes share the load, else in the bot's own database."""
+    if settings.redis_url:
+        storage = RedisStorage.from_url(settings.redis_url)
+        return storage, storage.create_isolation()
+    return SqlStorage(session_factory), SimpleEventIsolation()
+
+
+async def set_commands(bot: Bot, i18n: I18n) -> None:
+    """The command list Telegram shows under "/", in each language."""
+    commands = ["report", "my", "tickets", "home", "language", "help", "cancel"]
+    for locale in i18n.available_locales:
+        with i18n.context(), i18n.use_locale(locale):
+            descriptions = command_descriptions()
+        await bot.set_my_commands(
+            [BotCommand(command=c, description=descriptions[c]) for c in commands],
+            scope=BotCommandScopeAllPrivateChats(),
+            language_code=None if locale == i18n.default_locale else locale.split("_")[0],
+        )
+
+
+def command_descriptions() -> dict[str, str]:
+    return {
+        "report": _("Report a problem"),
+        "my": _("My reports"),
+        "tickets": _("Tickets to handle"),
+        "home": _("Change my building"),
+        "language": _("Language"),
+        "help": _("Help"),
+        "cancel": _("Cancel"),
+    }
+
+
+async def run_polling(settings: Settings) -> None:
+    """Start the bot: migrate the database, import the community file, send and receive until stopped."""
+    token = settings.require_token()
+    engine = create_engine(settings.database_url)
+    await upgrade_database(engine)
+    session_factory = create_session_factory(engine)
+    if settings.community_file is not None:
+        spec = load_community_file(settings.community_file)
+        async with session_factory() as session:
+            report = await import_community(session, spec, system_clock())
+        log.info("community file %s: %s", settings.community_file, report.summary())
+
+    bot = create_bot(token, settings.telegram_api_server)
+    app = assemble(settings, bot, session_factory)
+    stop = asyncio.Event()
+    sender_task = asyncio.create_task(app.sender.run(stop))
+    try:
+        await set_commands(bot, create_i18n(settings.default_locale))
+        await app.dispatcher.start_polling(bot)
+    finally:
+        stop.set()
+        app.sender.wake()
+        await sender_task
+        await bot.session.close()
+        await engine.dispose()

@@ -1,0 +1,38 @@
+"""Settings from the environment and ``.env``; every one is documented in ``.env.example``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class MissingToken(SystemExit):
+    def __init__(self) -> None:
+        super().__init__(
+            "BOT_TOKEN is not set: talk to @BotFather in Telegram, send /newbot, and put the token it gives "
+            "you in .env as BOT_TOKEN=... (or in the environment)."
+        )
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    bot_token: SecretStr | None = None
+    database_url: str = f"sqlite+aiosqlite:///{PROJECT_ROOT / 'data' / 'bot.sqlite3'}"
+    redis_url: str | None = None
+    telegram_api_server: str | None = None
+    default_locale: str = "zh_CN"
+    timezone: str = "Asia/Shanghai"
+    community_file: Path | None = PROJECT_ROOT / "communities" / "sample.toml"
+    bot_username: str | None = None
+    send_rate_per_second: float = Field(25.0, gt=0)
+    send_rate_per_chat_seconds: float = Field(1.0, ge=0)
+
+    def require_token(self) -> str:
+        if self.bot_token is None or not self.bot_token.get_secret_value().strip():
+            raise MissingToken()
+        return self.bot_token.get_secret_value().strip()

@@ -1,0 +1,236 @@
+"""Delivering the outbox: rate-limited, honouring Telegram's answers, each row sent at most once.
+
+A row goes pending → sending (claimed, committed) → sent / failed, or back to pending with a later
+``not_before`` when Telegram asks us to wait or has a passing fault. Rows left "sending" by a process that
+died are given back after ``stale_claim`` so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from aiogram import Bot
+from aiogram.exceptions import (
+    TelegramBadRequest,
+    TelegramForbiddenError,
+    TelegramNetworkError,
+    TelegramRetryAfter,
+    TelegramServerError,
+)
+from sqlalchemy import select, update
+
+from bot.notices import Renderer
+from domain.clock import Clock
+from storage.db import SessionFactory
+from storage.models import OutboxMessage, OutboxStatus, User
+
+log = logging.getLogger(__name__)
+
+
+class TokenBucket:
+    """Spaces calls to at most ``rate`` per second; a 429 pauses everyone."""
+
+    def __init__(
+        self,
+        rate: float,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.interval = 1.0 / rate
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._next_slot = 0.0
+
+    async def take(self) -> None:
+        now = self._monotonic()
+        slot = max(now, self._next_slot)
+        self._next_slot = slot + self.interval
+        if slot > now:
+            await self._sleep(slot - now)
+
+    def pause(self, seconds: float) -> None:
+        self._next_slot = max(self._next_slot, self._monotonic() + seconds)
+
+
+@dataclass(frozen=True)
+class SenderSettings:
+    rate_per_second: float = 25.0
+    chat_interval: float = 1.0  # Telegram allows about one message per second into one chat
+    batch_size: int = 100
+    max_attempts: int = 8
+    stale_claim: timedelta = timedelta(minutes=5)
+    idle_poll_seconds: float = 1.0
+
+
+class OutboxSender:
+    def __init__(
+        self,
+        bot: Bot,
+        session_factory: SessionFactory,
+        renderer: Renderer,
+        clock: Clock,
+        settings: SenderSettings | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.bot = bot
+        self.sessions = session_factory
+        self.renderer = renderer
+        self.clock = clock
+        self.settings = settings or SenderSettings()
+        self.bucket = TokenBucket(self.settings.rate_per_second, monotonic, sleep)
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._last_sent_to: dict[int, float] = {}
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.release_stale_claims()
+        while not stop.is_set():
+            try:
+                delivered = await self.deliver_due()
+            except Exception:  # the loop must outlive a database hiccup
+                log.exception("outbox delivery round failed")
+                delivered = 0
+            if delivered:
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.idle_poll_seconds)
+
+    async def release_stale_claims(self) -> int:
+        cutoff = self.clock() - self.settings.stale_claim
+        async with self.sessions() as session, session.begin():
+            result = await session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.status == OutboxStatus.SENDING, OutboxMessage.claimed_at < cutoff)
+                .values(status=OutboxStatus.PENDING)
+            )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    async def deliver_due(self) -> int:
+        """Send every row that is due now; returns how many rows were handled."""
+        rows = await self._claim()
+        by_chat: dict[int, list[OutboxMessage]] = defaultdict(list)
+        for row in rows:
+            by_chat[row.chat_id].append(row)
+        await asyncio.gather(*(self._deliver_chat(chat_id, chat_rows) for chat_id, chat_rows in by_chat.items()))
+        return len(rows)
+
+    async def _claim(self) -> list[OutboxMessage]:
+        now = self.clock()
+        async with self.sessions() as session, session.begin():
+            rows = list(
+                await session.scalars(
+                    select(OutboxMessage)
+                    .where(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.not_before <= now)
+                    .order_by(OutboxMessage.id)
+                    .limit(self.settings.batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            for row in rows:
+                row.status, row.claimed_at = OutboxStatus.SENDING, now
+        return rows
+
+    async def _deliver_chat(self, chat_id: int, rows: list[OutboxMessage]) -> None:
+        """One chat's rows in order, one at a time, at Telegram's per-chat pace."""
+        for index, row in enumerate(rows):
+            outcome = await self._deliver(row)
+            if outcome is not OutboxStatus.SENT and outcome is not None:
+                # The chat is blocked or asked us to wait: the rest of its rows share that fate.
+                await self._finish(rows[index + 1 :], outcome, row.not_before, row.error)
+                return
+
+    async def _deliver(self, row: OutboxMessage) -> OutboxStatus | None:
+        """Send one row and record the result; returns a status the chat's later rows must share, if any."""
+        async with self.sessions() as session, session.begin():
+            recipient = await session.get(User, row.chat_id)
+            if recipient is not None and recipient.unreachable_at is not None:
+                method = None
+                row.error = "recipient blocked the bot"
+            else:
+                method = await self.renderer.render(session, row)
+        if method is None:
+            await self._finish([row], OutboxStatus.FAILED if row.error else OutboxStatus.SENT, None, row.error)
+            return None
+
+        await self._pace(row.chat_id)
+        now = self.clock()
+        try:
+            await self.bot(method)
+        except TelegramRetryAfter as error:
+            self.bucket.pause(error.retry_after)
+            await self._finish([row], OutboxStatus.PENDING, now + timedelta(seconds=error.retry_after), "429")
+            return OutboxStatus.PENDING
+        except TelegramForbiddenError as error:
+            await self._mark_unreachable(row.chat_id)
+            await self._finish([row], OutboxStatus.FAILED, None, f"403: {error.message}")
+            return OutboxStatus.FAILED
+        except TelegramBadRequest as error:
+            await self._finish([row], OutboxStatus.FAILED, None, f"400: {error.message}")
+            return None
+        except (TelegramServerError, TelegramNetworkError) as error:
+            attempts = row.attempts + 1
+            if attempts >= self.settings.max_attempts:
+                await self._finish([row], OutboxStatus.FAILED, None, f"gave up: {error}", attempts)
+                return None
+            retry_at = now + timedelta(seconds=min(300, 2**attempts))
+            await self._finish([row], OutboxStatus.PENDING, retry_at, str(error), attempts)
+            return OutboxStatus.PENDING
+        except Exception as error:
+            log.exception("outbox row %s could not be sent", row.id)
+            await self._finish([row], OutboxStatus.FAILED, None, f"error: {error!r}")
+            return None
+        await self._finish([row], OutboxStatus.SENT, None, "")
+        return OutboxStatus.SENT
+
+    async def _pace(self, chat_id: int) -> None:
+        last = self._last_sent_to.get(chat_id)
+        if last is not None:
+            wait = last + self.settings.chat_interval - self._monotonic()
+            if wait > 0:
+                await self._sleep(wait)
+        await self.bucket.take()
+        self._last_sent_to[chat_id] = self._monotonic()
+
+    async def _finish(
+        self,
+        rows: list[OutboxMessage],
+        status: OutboxStatus,
+        not_before: object,
+        error: str,
+        attempts: int | None = None,
+    ) -> None:
+        if not rows:
+            return
+        now = self.clock()
+        values: dict[str, object] = {"status": status, "error": error}
+        if status is OutboxStatus.SENT:
+            values["sent_at"] = now
+        if not_before is not None and status is OutboxStatus.PENDING:
+            values["not_before"] = not_before
+        if attempts is not None:
+            values["attempts"] = attempts
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                update(OutboxMessage).where(OutboxMessage.id.in_([r.id for r in rows])).values(**values)
+            )
+        for row in rows:
+            row.status, row.error = status, error
+            if not_before is not None and status is OutboxStatus.PENDING:
+                row.not_before = not_before  # type: ignore[assignment]
+
+    async def _mark_unreachable(self, chat_id: int) -> None:
+        async with self.sessions() as session, session.begin():
+            await session.execute(update(User).where(User.id == chat_id).values(unreachable_at=self.clock()))

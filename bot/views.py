@@ -1,0 +1,270 @@
+"""What people see: message texts and keyboards, in the current locale. Everything user-written is escaped."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, tzinfo
+from html import escape, unescape
+
+from aiogram.types import (
+    InlineKeyboardMarkup,
+    KeyboardButton,
+    ReplyKeyboardMarkup,
+)
+from aiogram.utils.i18n import gettext as _
+from aiogram.utils.i18n import lazy_gettext as __
+from aiogram.utils.keyboard import InlineKeyboardBuilder
+
+from bot.callbacks import CategoryCb, ReportCb, ReportStep, TicketAction, TicketCb
+from bot.i18n import localized
+from domain.errors import AccessDenied, DomainError, InvalidTransition, NotBound, NotFound
+from domain.routing import RouteReason
+from domain.tickets import NobodyToHandTo, ReportDraft, TextTooLong, TicketCard, TicketView
+from storage.models import Building, Category, EventKind, Ticket, TicketEvent, TicketStatus
+
+# Main-menu buttons; handlers match them with F.text == ... in the user's language.
+MENU_REPORT = __("📝 Report a problem")
+MENU_MY = __("📋 My reports")
+MENU_TICKETS = __("🗂 Tickets to handle")
+MENU_LANGUAGE = __("🌐 Language")
+WIZARD_DONE = __("✅ Done")
+WIZARD_LOCATION = __("📍 Send my location")
+
+
+def main_menu(is_worker: bool) -> ReplyKeyboardMarkup:
+    rows = [[KeyboardButton(text=str(MENU_REPORT)), KeyboardButton(text=str(MENU_MY))]]
+    if is_worker:
+        rows.append([KeyboardButton(text=str(MENU_TICKETS))])
+    rows.append([KeyboardButton(text=str(MENU_LANGUAGE))])
+    return ReplyKeyboardMarkup(keyboard=rows, resize_keyboard=True, is_persistent=True)
+
+
+def photos_keyboard() -> ReplyKeyboardMarkup:
+    return ReplyKeyboardMarkup(
+        keyboard=[
+            [KeyboardButton(text=str(WIZARD_LOCATION), request_location=True)],
+            [KeyboardButton(text=str(WIZARD_DONE))],
+        ],
+        resize_keyboard=True,
+        one_time_keyboard=False,
+    )
+
+
+def local_time(moment: datetime, tz: tzinfo) -> str:
+    return moment.astimezone(tz).strftime("%Y-%m-%d %H:%M")
+
+
+def status_label(status: str) -> str:
+    return {
+        TicketStatus.ASSIGNED: _("waiting to be accepted"),
+        TicketStatus.IN_PROGRESS: _("being handled"),
+        TicketStatus.RESOLVED: _("resolved"),
+    }.get(TicketStatus(status), status)
+
+
+def place_label(building: Building, unit: int | None) -> str:
+    label = f"{localized(building.compound)} {localized(building)}"
+    if unit:
+        label += " " + _("unit {unit}").format(unit=unit)
+    return label
+
+
+def ticket_title(ticket: Ticket) -> str:
+    return _("Ticket #{number} · {category}").format(number=ticket.id, category=localized(ticket.category))
+
+
+# --- the resident's wizard -------------------------------------------------------------------------------
+
+
+def categories_keyboard(categories: list[Category], suggested: Category | None = None) -> InlineKeyboardMarkup:
+    builder = InlineKeyboardBuilder()
+    if suggested is not None:
+        builder.button(text="✅ " + localized(suggested), callback_data=CategoryCb(category_id=suggested.id))
+    for category in categories:
+        if category is not suggested:
+            builder.button(text=localized(category), callback_data=CategoryCb(category_id=category.id))
+    builder.adjust(*([1] if suggested else []), 2)
+    return builder.as_markup()
+
+
+def report_summary(draft: ReportDraft, category: Category, building: Building, unit: int | None) -> str:
+    lines = [
+        _("<b>Please check your report</b>"),
+        _("Category: {category}").format(category=escape(localized(category))),
+        _("Place: {place}").format(place=escape(place_label(building, unit))),
+        _("Description: {text}").format(text=escape(draft.description)),
+        _("Photos: {count}").format(count=len(draft.photos)),
+    ]
+    if draft.latitude is not None:
+        lines.append(_("Location: attached"))
+    return "\n".join(lines)
+
+
+def confirm_keyboard() -> InlineKeyboardMarkup:
+    builder = InlineKeyboardBuilder()
+    builder.button(text=_("📨 Submit"), callback_data=ReportCb(step=ReportStep.SUBMIT))
+    builder.button(text=_("✖️ Cancel"), callback_data=ReportCb(step=ReportStep.CANCEL))
+    return builder.as_markup()
+
+
+# --- tickets -------------------------------------------------------------------------------------------
+
+
+def ticket_line(ticket: Ticket, tz: tzinfo) -> str:
+    return _("#{number} {category} — {status} ({date})").format(
+        number=ticket.id,
+        category=escape(localized(ticket.category)),
+        status=status_label(ticket.status),
+        date=local_time(ticket.created_at, tz)[:10],
+    )
+
+
+def tickets_keyboard(tickets: list[Ticket], action: TicketAction) -> InlineKeyboardMarkup:
+    builder = InlineKeyboardBuilder()
+    for ticket in tickets:
+        builder.button(
+            text=f"#{ticket.id} {localized(ticket.category)} · {localized(ticket.building)}",
+            callback_data=TicketCb(action=action, ticket_id=ticket.id),
+        )
+    builder.adjust(1)
+    return builder.as_markup()
+
+
+def ticket_card(card: TicketCard, tz: tzinfo) -> str:
+    """The worker's view of a ticket: what, where, when, who has it, and the resident's words."""
+    ticket, names, handed_back = card.ticket, card.names, card.handed_back
+    lines = [
+        f"<b>{escape(ticket_title(ticket))}</b>",
+        "📍 " + escape(place_label(ticket.building, ticket.unit)),
+        "🕒 " + local_time(ticket.created_at, tz),
+        _("Status: {status}").format(status=status_label(ticket.status)),
+    ]
+    if ticket.assignee_id is not None:
+        lines.append(_("Handled by: {name}").format(name=escape(names.get(ticket.assignee_id, "?"))))
+    if handed_back is not None and handed_back.actor_id is not None:
+        lines.append(
+            _("↩️ Handed back by {name}: {reason}").format(
+                name=escape(names.get(handed_back.actor_id, "?")), reason=escape(handed_back.note)
+            )
+        )
+    if ticket.latitude is not None and ticket.longitude is not None:
+        url = f"https://uri.amap.com/marker?position={ticket.longitude:.6f},{ticket.latitude:.6f}"
+        lines.append(f'📌 <a href="{url}">{_("Location on the map")}</a>')
+    report_photos = [p for p in ticket.photos if p.stage == "report"]
+    if report_photos:
+        lines.append(_("📷 Photos: {count} (sent with the ticket)").format(count=len(report_photos)))
+    lines += ["", escape(ticket.description)]
+    return "\n".join(lines)
+
+
+def ticket_actions(ticket: Ticket) -> InlineKeyboardMarkup:
+    builder = InlineKeyboardBuilder()
+    if ticket.status == TicketStatus.ASSIGNED:
+        builder.button(text=_("✅ Accept"), callback_data=TicketCb(action=TicketAction.ACCEPT, ticket_id=ticket.id))
+        builder.button(
+            text=_("↩️ Hand back"), callback_data=TicketCb(action=TicketAction.HAND_BACK, ticket_id=ticket.id)
+        )
+    elif ticket.status == TicketStatus.IN_PROGRESS:
+        builder.button(
+            text=_("📝 Progress note"), callback_data=TicketCb(action=TicketAction.NOTE, ticket_id=ticket.id)
+        )
+        builder.button(text=_("✔️ Resolve"), callback_data=TicketCb(action=TicketAction.RESOLVE, ticket_id=ticket.id))
+        builder.button(
+            text=_("↩️ Hand back"), callback_data=TicketCb(action=TicketAction.HAND_BACK, ticket_id=ticket.id)
+        )
+    builder.button(text=_("📜 History"), callback_data=TicketCb(action=TicketAction.HISTORY, ticket_id=ticket.id))
+    builder.adjust(2)
+    return builder.as_markup()
+
+
+def history_keyboard(ticket_id: int) -> InlineKeyboardMarkup:
+    builder = InlineKeyboardBuilder()
+    builder.button(text=_("📜 History"), callback_data=TicketCb(action=TicketAction.HISTORY, ticket_id=ticket_id))
+    return builder.as_markup()
+
+
+def _route_text(event: TicketEvent, names: dict[int, str], for_worker: bool) -> str:
+    assignee = event.data.get("assignee")
+    if assignee is None:
+        return _("Waiting for the community office to assign it")
+    name = escape(names.get(assignee, "?"))
+    if not for_worker:
+        return _("Assigned to {name}").format(name=name)
+    reason = {
+        RouteReason.GRID_WORKER: _("the grid's worker with the fewest open tickets"),
+        RouteReason.CATEGORY_LEVEL: _("this category is handled by the community office"),
+        RouteReason.NO_GRID_WORKER: _("no grid worker left for this grid"),
+        RouteReason.UNROUTED: _("nobody to assign"),
+    }[RouteReason(event.data.get("reason", RouteReason.UNROUTED))]
+    return _("Assigned to {name} ({reason})").format(name=name, reason=reason)
+
+
+def event_text(event: TicketEvent, names: dict[int, str], for_worker: bool) -> str:
+    actor = escape(names.get(event.actor_id, "?")) if event.actor_id is not None else ""
+    note = escape(event.note)
+    match EventKind(event.kind):
+        case EventKind.CREATED:
+            return _("Reported")
+        case EventKind.ROUTED:
+            return _route_text(event, names, for_worker)
+        case EventKind.ACCEPTED:
+            return _("{name} accepted it").format(name=actor)
+        case EventKind.HANDED_BACK:
+            return (
+                _("{name} handed it back: {reason}").format(name=actor, reason=note)
+                if for_worker
+                else _("Passed on to a colleague")
+            )
+        case EventKind.NOTE:
+            return _("Progress from {name}: {note}").format(name=actor, note=note)
+        case EventKind.RESOLVED:
+            return _("{name} resolved it: {note}").format(name=actor, note=note)
+    return event.kind
+
+
+def ticket_history(view: TicketView, tz: tzinfo, for_worker: bool) -> str:
+    ticket, names = view.ticket, view.names
+    header = [
+        f"<b>{escape(ticket_title(ticket))}</b>",
+        "📍 " + escape(place_label(ticket.building, ticket.unit)),
+        _("Status: {status}").format(status=status_label(ticket.status)),
+        "",
+        escape(ticket.description),
+        "",
+    ]
+    events = [f"{local_time(e.at, tz)} · {event_text(e, names, for_worker)}" for e in view.events]
+    # A long history keeps its newest entries; cutting inside the HTML would make Telegram reject it.
+    while events and visible_length("\n".join(header + events)) > MESSAGE_LIMIT - 2:
+        events = events[1:]
+        if events:
+            events[0] = "…"
+    return "\n".join(header + events)
+
+
+def resident_update(ticket: Ticket, event: TicketEvent, names: dict[int, str]) -> str:
+    """What the reporter is told when their ticket moves."""
+    return "\n".join([f"<b>{escape(ticket_title(ticket))}</b>", event_text(event, names, for_worker=False)])
+
+
+MESSAGE_LIMIT = 4096
+CAPTION_LIMIT = 1024
+
+
+def visible_length(html_text: str) -> int:
+    """Characters Telegram counts against its limits: the text after HTML parsing."""
+    return len(unescape(re.sub(r"<[^>]+>", "", html_text)))
+
+
+def refusal(error: DomainError) -> str:
+    """A polite answer for an action the domain refused."""
+    if isinstance(error, TextTooLong):
+        return _("That is too long: please keep it under {limit} characters.").format(limit=error.limit)
+    if isinstance(error, NotBound):
+        return _("First tell me which building you live in: send /start.")
+    if isinstance(error, NobodyToHandTo):
+        return _("There is nobody else to hand this ticket to. Please keep working on it or ask the community office.")
+    if isinstance(error, InvalidTransition):
+        return _("This button is out of date: the ticket has moved on. Open it again from /tickets or /my.")
+    if isinstance(error, AccessDenied | NotFound):
+        return _("Sorry, you cannot open this.")
+    return _("Sorry, that cannot be done.")

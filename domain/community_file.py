@@ -1,0 +1,836 @@
+"""The community file: one TOML file that describes a community, and importing it into the database.
+
+The file is written by a community office clerk, so reading it checks everything and names the place of
+every problem (``grids[1].workers[0]: telegram_id must be an integer``) before anything is written.
+``communities/sample.toml`` documents the format field by field.
+
+Importing is an idempotent upsert by natural keys (the codes in the file): importing the same file twice
+changes nothing, an edited file updates what changed, and whatever disappeared from the file is switched
+off (``active = False``), never deleted, because tickets refer to it.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import (
+    Building,
+    Category,
+    Community,
+    Compound,
+    Grid,
+    Level,
+    Membership,
+    Rank,
+    Role,
+    User,
+)
+
+CODE_PATTERN = re.compile(r"[A-Za-z0-9-]+")
+MAX_CODE = 32  # the width of the code columns
+MAX_NAME = 100  # the width of the name columns
+MAX_LINK_KEY = 64  # Telegram's limit for the /start payload
+MAX_UNITS = 99
+MAX_HOURS = 24 * 366
+MAX_TELEGRAM_ID = 2**63 - 1
+DEFAULT_TIMEZONE = "Asia/Shanghai"
+DEFAULT_RESPONSE_HOURS = 24
+DEFAULT_RESOLVE_HOURS = 168
+
+
+class CommunityFileError(ValueError):
+    """The community file cannot be used; ``problems`` lists every problem found, each with its place."""
+
+    def __init__(self, problems: Iterable[str], source: str = "") -> None:
+        self.problems = list(problems)
+        self.source = source
+        head = f"{source}: " if source else ""
+        if len(self.problems) == 1:
+            message = head + self.problems[0]
+        else:
+            lines = "\n".join(f"  - {problem}" for problem in self.problems)
+            message = f"{head}{len(self.problems)} problems in the community file:\n{lines}"
+        super().__init__(message)
+
+
+# --- what the file says --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CommunityInfo:
+    code: str
+    name: str
+    name_en: str
+    timezone: str
+
+
+@dataclass(frozen=True)
+class PersonSpec:
+    """A grid worker (in a grid's ``workers``) or a community staff member (in ``[[staff]]``)."""
+
+    telegram_id: int
+    name: str
+    rank: str = Rank.PRIMARY
+
+
+@dataclass(frozen=True)
+class BuildingSpec:
+    code: str
+    name: str
+    name_en: str
+    units: int
+    link_key: str  # the /start payload printed on the building's QR code
+
+
+@dataclass(frozen=True)
+class CompoundSpec:
+    """A compound's buildings inside one grid; a compound split between grids appears once per grid."""
+
+    code: str
+    name: str
+    name_en: str
+    buildings: tuple[BuildingSpec, ...]
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    code: str
+    name: str
+    name_en: str
+    workers: tuple[PersonSpec, ...]
+    compounds: tuple[CompoundSpec, ...]
+
+
+@dataclass(frozen=True)
+class CategorySpec:
+    code: str
+    name: str
+    name_en: str
+    keywords: tuple[str, ...]
+    level: str
+    response_hours: int
+    resolve_hours: int
+
+
+@dataclass(frozen=True)
+class CommunitySpec:
+    community: CommunityInfo
+    staff: tuple[PersonSpec, ...]
+    grids: tuple[GridSpec, ...]
+    categories: tuple[CategorySpec, ...]
+
+    def buildings(self) -> list[tuple[GridSpec, CompoundSpec, BuildingSpec]]:
+        """Every building with the grid and compound it is listed under, in file order."""
+        return [
+            (grid, compound, building)
+            for grid in self.grids
+            for compound in grid.compounds
+            for building in compound.buildings
+        ]
+
+    def compounds(self) -> list[CompoundSpec]:
+        """Each compound once (its first appearance), in file order."""
+        seen: dict[str, CompoundSpec] = {}
+        for grid in self.grids:
+            for compound in grid.compounds:
+                seen.setdefault(compound.code, compound)
+        return list(seen.values())
+
+
+# --- reading and checking ------------------------------------------------------------------------------
+
+
+def _describe(value: Any) -> str:
+    """A value as the clerk wrote it, for error messages."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f"text {value!r}"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    if isinstance(value, list):
+        return "a list [...]"
+    if isinstance(value, dict):
+        return "a table {...}"
+    return f"a {type(value).__name__}"
+
+
+class _Reader:
+    """Reads values out of the parsed TOML, collecting every problem instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def problem(self, where: str, text: str) -> None:
+        self.problems.append(f"{where}: {text}" if where else text)
+
+    def known_keys(self, table: Mapping[str, Any], where: str, allowed: Iterable[str]) -> None:
+        allowed = list(allowed)
+        for key in table:
+            if key not in allowed:
+                self.problem(where, f"unknown key {key!r} (expected one of: {', '.join(allowed)})")
+
+    def table(self, parent: Mapping[str, Any], key: str) -> dict[str, Any] | None:
+        value = parent.get(key)
+        if value is None:
+            self.problem("", f"the [{key}] section is missing")
+            return None
+        if not isinstance(value, dict):
+            self.problem(key, f"must be a section [{key}], not {_describe(value)}")
+            return None
+        return value
+
+    def tables(self, parent: Mapping[str, Any], where: str, key: str) -> list[tuple[str, dict[str, Any]]]:
+        """A list of tables (``[[grids]]``, or ``workers = [ {...}, {...} ]``), each with its place."""
+        place = f"{where}.{key}" if where else key
+        value = parent.get(key, [])
+        if not isinstance(value, list):
+            self.problem(
+                place,
+                f"must be a list of tables (write [[{place}]] with double brackets), not {_describe(value)}",
+            )
+            return []
+        found = []
+        for index, item in enumerate(value):
+            if isinstance(item, dict):
+                found.append((f"{place}[{index}]", item))
+            else:
+                self.problem(f"{place}[{index}]", f"must be a table like {{ code = ... }}, not {_describe(item)}")
+        return found
+
+    def text(
+        self,
+        table: Mapping[str, Any],
+        where: str,
+        key: str,
+        *,
+        default: str | None = None,
+        limit: int = MAX_NAME,
+    ) -> str | None:
+        value = table.get(key)
+        if value is None:
+            if default is None:
+                self.problem(where, f"{key} is missing")
+            return default
+        if not isinstance(value, str):
+            self.problem(where, f"{key} must be text in quotes, not {_describe(value)}")
+            return None
+        value = value.strip()
+        if not value:
+            self.problem(where, f"{key} must not be empty")
+            return None
+        if len(value) > limit:
+            self.problem(where, f"{key} is {len(value)} characters long; at most {limit} are allowed")
+            return None
+        return value
+
+    def code(self, table: Mapping[str, Any], where: str, *, numbers_allowed: bool = False) -> str | None:
+        value = table.get("code")
+        if numbers_allowed and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            value = str(value)  # building numbers may be written without quotes: code = 11
+        if value is None:
+            self.problem(where, "code is missing")
+            return None
+        if not isinstance(value, str):
+            self.problem(where, f"code must be text in quotes, not {_describe(value)}")
+            return None
+        if not CODE_PATTERN.fullmatch(value):
+            self.problem(where, f"code {value!r} may contain only Latin letters, digits and '-' (no spaces, no '_')")
+            return None
+        if len(value) > MAX_CODE:
+            self.problem(where, f"code {value!r} is {len(value)} characters long; at most {MAX_CODE} are allowed")
+            return None
+        return value
+
+    def integer(
+        self, table: Mapping[str, Any], where: str, key: str, *, default: int | None, low: int, high: int
+    ) -> int | None:
+        value = table.get(key)
+        if value is None:
+            if default is None:
+                self.problem(where, f"{key} is missing")
+            return default
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.problem(where, f"{key} must be an integer, not {_describe(value)}")
+            return None
+        if not low <= value <= high:
+            self.problem(where, f"{key} must be between {low} and {high}, not {value}")
+            return None
+        return value
+
+    def choice(
+        self, table: Mapping[str, Any], where: str, key: str, choices: Iterable[str], default: str
+    ) -> str | None:
+        choices = list(choices)
+        value = table.get(key, default)
+        if not isinstance(value, str) or value not in choices:
+            self.problem(where, f"{key} must be one of {', '.join(map(repr, choices))}, not {_describe(value)}")
+            return None
+        return value
+
+    def person(self, table: Mapping[str, Any], where: str) -> PersonSpec | None:
+        self.known_keys(table, where, ["telegram_id", "name", "rank"])
+        telegram_id = self.integer(table, where, "telegram_id", default=None, low=1, high=MAX_TELEGRAM_ID)
+        name = self.text(table, where, "name")
+        rank = self.choice(table, where, "rank", [r.value for r in Rank], Rank.PRIMARY.value)
+        if telegram_id is None or name is None or rank is None:
+            return None
+        return PersonSpec(telegram_id, name, rank)
+
+
+class _Unique:
+    """Remembers where each code was first seen, to report a duplicate with both places."""
+
+    def __init__(self, reader: _Reader, what: str, context: str = "") -> None:
+        self.reader, self.what, self.context = reader, what, context
+        self.seen: dict[str, str] = {}
+
+    def add(self, key: str, where: str) -> bool:
+        folded = key.lower()  # "Yinba" and "yinba" would confuse people and QR codes alike
+        if folded in self.seen:
+            self.reader.problem(
+                where, f"duplicate {self.what} {key!r}{self.context} (already used at {self.seen[folded]})"
+            )
+            return False
+        self.seen[folded] = where
+        return True
+
+
+def _parse_community(reader: _Reader, data: Mapping[str, Any]) -> CommunityInfo | None:
+    table = reader.table(data, "community")
+    if table is None:
+        return None
+    where = "community"
+    reader.known_keys(table, where, ["code", "name", "name_en", "timezone"])
+    code = reader.code(table, where)
+    name = reader.text(table, where, "name")
+    name_en = reader.text(table, where, "name_en", default=name or "")
+    timezone = reader.text(table, where, "timezone", default=DEFAULT_TIMEZONE, limit=64)
+    if timezone is not None:
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            reader.problem(where, f"timezone {timezone!r} is not a known time zone (e.g. 'Asia/Shanghai')")
+            timezone = None
+    if code is None or name is None or name_en is None or timezone is None:
+        return None
+    return CommunityInfo(code, name, name_en, timezone)
+
+
+def _parse_staff(reader: _Reader, data: Mapping[str, Any]) -> list[PersonSpec]:
+    raw = reader.tables(data, "", "staff")
+    if not raw:
+        reader.problem(
+            "staff" if "staff" in data else "",
+            "at least one community staff member ([[staff]]) is needed, "
+            "otherwise reports that no grid worker can take would be lost",
+        )
+    staff = []
+    ids = _Unique(reader, "staff telegram_id")
+    for where, table in raw:
+        person = reader.person(table, where)
+        if person is not None and ids.add(str(person.telegram_id), where):
+            staff.append(person)
+    return staff
+
+
+@dataclass
+class _CompoundNames:
+    """A compound's code and names, gathered from every grid it appears in."""
+
+    code: str
+    first_seen: str
+    names: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (value, where)
+
+
+def _parse_buildings(
+    reader: _Reader, where: str, table: Mapping[str, Any], link_prefix: str | None, unique: _Unique
+) -> list[BuildingSpec]:
+    buildings = []
+    for building_where, building_table in reader.tables(table, where, "buildings"):
+        reader.known_keys(building_table, building_where, ["code", "name", "name_en", "units"])
+        code = reader.code(building_table, building_where, numbers_allowed=True)
+        name = reader.text(building_table, building_where, "name", default=f"{code}号楼")
+        name_en = reader.text(building_table, building_where, "name_en", default=f"Building {code}")
+        units = reader.integer(building_table, building_where, "units", default=1, low=1, high=MAX_UNITS)
+        if code is None or not unique.add(code, building_where) or link_prefix is None:
+            continue
+        link_key = f"{link_prefix}_{code}"
+        if len(link_key) > MAX_LINK_KEY:
+            reader.problem(
+                building_where,
+                f"the QR link key {link_key!r} is {len(link_key)} characters long; Telegram allows at most "
+                f"{MAX_LINK_KEY}: shorten the community, compound or building code",
+            )
+            continue
+        if name is not None and name_en is not None and units is not None:
+            buildings.append(BuildingSpec(code, name, name_en, units, link_key))
+    return buildings
+
+
+def _parse_grids(reader: _Reader, data: Mapping[str, Any], community_code: str | None) -> list[GridSpec]:
+    raw_grids = reader.tables(data, "", "grids")
+    if not raw_grids:
+        reader.problem("grids" if "grids" in data else "", "at least one grid ([[grids]]) is needed")
+
+    grid_codes = _Unique(reader, "grid code")
+    compounds: dict[str, _CompoundNames] = {}  # by folded code: a compound may be split between grids
+    building_codes: dict[str, _Unique] = {}  # per compound, across grids
+    parsed = []
+    for grid_where, grid_table in raw_grids:
+        reader.known_keys(grid_table, grid_where, ["code", "name", "name_en", "workers", "compounds"])
+        code = reader.code(grid_table, grid_where)
+        if code is not None and not grid_codes.add(code, grid_where):
+            code = None
+        name = reader.text(grid_table, grid_where, "name")
+        name_en = reader.text(grid_table, grid_where, "name_en", default=name or "")
+
+        workers = []
+        worker_ids = _Unique(reader, "worker telegram_id")
+        for worker_where, worker_table in reader.tables(grid_table, grid_where, "workers"):
+            worker = reader.person(worker_table, worker_where)
+            if worker is not None and worker_ids.add(str(worker.telegram_id), worker_where):
+                workers.append(worker)
+
+        grid_compounds = []
+        for compound_where, compound_table in reader.tables(grid_table, grid_where, "compounds"):
+            reader.known_keys(compound_table, compound_where, ["code", "name", "name_en", "buildings"])
+            compound_code = reader.code(compound_table, compound_where)
+            if compound_code is None:
+                continue
+            known = compounds.setdefault(compound_code.lower(), _CompoundNames(compound_code, compound_where))
+            if known.code != compound_code:
+                reader.problem(
+                    compound_where,
+                    f"compound code {compound_code!r} is written {known.code!r} at {known.first_seen}; "
+                    "use the same spelling",
+                )
+                continue
+            for key in ("name", "name_en"):
+                value = reader.text(compound_table, compound_where, key, default="")
+                if not value:
+                    continue  # a compound split between grids needs its names only once
+                earlier = known.names.setdefault(key, (value, compound_where))
+                if earlier[0] != value:
+                    reader.problem(
+                        compound_where,
+                        f"compound {compound_code!r} has {key} {value!r} here but {earlier[0]!r} at {earlier[1]}",
+                    )
+            unique = building_codes.setdefault(
+                compound_code.lower(), _Unique(reader, "building code", f" in compound {compound_code!r}")
+            )
+            link_prefix = f"{community_code}_{compound_code}" if community_code else None
+            buildings = _parse_buildings(reader, compound_where, compound_table, link_prefix, unique)
+            grid_compounds.append((compound_code, buildings))
+        parsed.append((code, name, name_en, workers, grid_compounds))
+
+    for known in compounds.values():
+        if "name" not in known.names:
+            reader.problem(known.first_seen, "name is missing")
+
+    grids = []
+    for code, name, name_en, workers, grid_compounds in parsed:
+        if code is None or name is None or name_en is None:
+            continue
+        specs = []
+        for compound_code, buildings in grid_compounds:
+            names = compounds[compound_code.lower()].names
+            compound_name = names.get("name", ("", ""))[0]
+            compound_name_en = names.get("name_en", (compound_name, ""))[0]
+            specs.append(CompoundSpec(compound_code, compound_name, compound_name_en, tuple(buildings)))
+        grids.append(GridSpec(code, name, name_en, tuple(workers), tuple(specs)))
+    return grids
+
+
+def _parse_keywords(reader: _Reader, table: Mapping[str, Any], where: str) -> list[str]:
+    raw = table.get("keywords", [])
+    if not isinstance(raw, list):
+        reader.problem(where, f'keywords must be a list like ["飞线", "充电"], not {_describe(raw)}')
+        return []
+    keywords: list[str] = []
+    for index, keyword in enumerate(raw):
+        if not isinstance(keyword, str) or not keyword.strip():
+            reader.problem(f"{where}.keywords[{index}]", f"must be non-empty text, not {_describe(keyword)}")
+        elif keyword.strip().lower() not in {k.lower() for k in keywords}:
+            keywords.append(keyword.strip())
+    return keywords
+
+
+def _parse_categories(reader: _Reader, data: Mapping[str, Any]) -> list[CategorySpec]:
+    raw = reader.tables(data, "", "categories")
+    if not raw:
+        reader.problem(
+            "categories" if "categories" in data else "",
+            "at least one category ([[categories]]) is needed, otherwise residents cannot report anything",
+        )
+    categories = []
+    codes = _Unique(reader, "category code")
+    for where, table in raw:
+        reader.known_keys(
+            table, where, ["code", "name", "name_en", "keywords", "level", "response_hours", "resolve_hours"]
+        )
+        code = reader.code(table, where)
+        if code is not None and not codes.add(code, where):
+            code = None
+        name = reader.text(table, where, "name")
+        name_en = reader.text(table, where, "name_en", default=name or "")
+        keywords = _parse_keywords(reader, table, where)
+        level = reader.choice(table, where, "level", [level.value for level in Level], Level.GRID.value)
+        response = reader.integer(table, where, "response_hours", default=DEFAULT_RESPONSE_HOURS, low=1, high=MAX_HOURS)
+        resolve = reader.integer(table, where, "resolve_hours", default=DEFAULT_RESOLVE_HOURS, low=1, high=MAX_HOURS)
+        if response is not None and resolve is not None and resolve < response:
+            reader.problem(where, f"resolve_hours ({resolve}) must not be shorter than response_hours ({response})")
+            continue
+        if code and name and name_en and level and response and resolve:
+            categories.append(CategorySpec(code, name, name_en, tuple(keywords), level, response, resolve))
+    return categories
+
+
+def parse_community(data: Mapping[str, Any], source: str = "") -> CommunitySpec:
+    """Check already-parsed TOML data; raises :class:`CommunityFileError` listing every problem."""
+    reader = _Reader()
+    reader.known_keys(data, "", ["community", "staff", "grids", "categories"])
+    community = _parse_community(reader, data)
+    staff = _parse_staff(reader, data)
+    grids = _parse_grids(reader, data, community.code if community else None)
+    categories = _parse_categories(reader, data)
+    if reader.problems or community is None:
+        raise CommunityFileError(reader.problems or ["the [community] section is missing"], source)
+    return CommunitySpec(community, tuple(staff), tuple(grids), tuple(categories))
+
+
+def loads_community(text: str, source: str = "") -> CommunitySpec:
+    """Parse and check the text of a community file."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise CommunityFileError([f"not valid TOML: {error}"], source) from error
+    return parse_community(data, source)
+
+
+def load_community_file(path: str | Path) -> CommunitySpec:
+    """Read and check a community file; raises :class:`CommunityFileError` (a ``ValueError``)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise CommunityFileError(["the file must be saved as UTF-8"], str(path)) from error
+    except OSError as error:
+        raise CommunityFileError([f"cannot read the file: {error.strerror or error}"], str(path)) from error
+    return loads_community(text, str(path))
+
+
+# --- importing -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    created: int = 0
+    updated: int = 0
+    reactivated: int = 0
+    deactivated: int = 0
+    unchanged: int = 0
+
+    @property
+    def changed(self) -> int:
+        return self.created + self.updated + self.reactivated + self.deactivated
+
+
+KINDS = ("community", "grids", "compounds", "buildings", "categories", "users", "memberships")
+
+
+@dataclass
+class ImportReport:
+    """How many rows of each kind were created, updated, reactivated, deactivated or left alone."""
+
+    community_code: str
+    community_id: int = 0
+    tallies: dict[str, Tally] = field(default_factory=lambda: {kind: Tally() for kind in KINDS})
+
+    def __getitem__(self, kind: str) -> Tally:
+        return self.tallies[kind]
+
+    @property
+    def changed(self) -> bool:
+        return any(tally.changed for tally in self.tallies.values())
+
+    def summary(self) -> str:
+        lines = [f"Community {self.community_code!r}: " + ("changes saved" if self.changed else "no changes")]
+        for kind, tally in self.tallies.items():
+            parts = [
+                f"{count} {word}"
+                for count, word in (
+                    (tally.created, "created"),
+                    (tally.updated, "updated"),
+                    (tally.reactivated, "reactivated"),
+                    (tally.deactivated, "deactivated"),
+                    (tally.unchanged, "unchanged" if kind != "users" else "already known"),
+                )
+                if count
+            ]
+            lines.append(f"  {kind + ':':<12} {', '.join(parts) or 'none'}")
+        return "\n".join(lines)
+
+
+def _sync(row: Any, values: Mapping[str, Any]) -> bool:
+    """Set the values that differ; True when anything did."""
+    changed = False
+    for key, value in values.items():
+        if getattr(row, key) != value:
+            setattr(row, key, value)
+            changed = True
+    return changed
+
+
+def _upsert(session: AsyncSession, tally: Tally, existing: Any, model: type[Any], values: Mapping[str, Any]) -> Any:
+    """Create the row, or update (and reactivate) the existing one, counting what happened."""
+    if existing is None:
+        row = model(**values, active=True)
+        session.add(row)
+        tally.created += 1
+        return row
+    was_active = existing.active
+    changed = _sync(existing, {**values, "active": True})
+    if not was_active:
+        tally.reactivated += 1
+    elif changed:
+        tally.updated += 1
+    else:
+        tally.unchanged += 1
+    return existing
+
+
+def _deactivate_missing(tally: Tally, rows: Iterable[Any], kept: set[int]) -> None:
+    for row in rows:
+        if id(row) not in kept and row.active:
+            row.active = False
+            tally.deactivated += 1
+
+
+async def import_community(session: AsyncSession, spec: CommunitySpec, now: datetime) -> ImportReport:
+    """Bring the database in line with the file, in one transaction; safe to run again and again."""
+    report = ImportReport(spec.community.code)
+    async with session.begin():
+        # The community itself.
+        info = spec.community
+        community = await session.scalar(select(Community).where(Community.code == info.code))
+        values = {"name": info.name, "name_en": info.name_en, "timezone": info.timezone}
+        if community is None:
+            community = Community(code=info.code, **values)
+            session.add(community)
+            report["community"].created += 1
+        elif _sync(community, values):
+            report["community"].updated += 1
+        else:
+            report["community"].unchanged += 1
+        await session.flush()
+        report.community_id = community.id
+
+        # Grids.
+        old_grids = list(await session.scalars(select(Grid).where(Grid.community_id == community.id)))
+        grids_by_code = {grid.code: grid for grid in old_grids}
+        grids: dict[str, Grid] = {}
+        for grid_spec in spec.grids:
+            grids[grid_spec.code] = _upsert(
+                session,
+                report["grids"],
+                grids_by_code.get(grid_spec.code),
+                Grid,
+                {
+                    "community_id": community.id,
+                    "code": grid_spec.code,
+                    "name": grid_spec.name,
+                    "name_en": grid_spec.name_en,
+                },
+            )
+        _deactivate_missing(report["grids"], old_grids, {id(grid) for grid in grids.values()})
+
+        # Compounds (one row each, even when split between grids).
+        old_compounds = list(await session.scalars(select(Compound).where(Compound.community_id == community.id)))
+        compounds_by_code = {compound.code: compound for compound in old_compounds}
+        compounds: dict[str, Compound] = {}
+        for compound_spec in spec.compounds():
+            compounds[compound_spec.code] = _upsert(
+                session,
+                report["compounds"],
+                compounds_by_code.get(compound_spec.code),
+                Compound,
+                {
+                    "community_id": community.id,
+                    "code": compound_spec.code,
+                    "name": compound_spec.name,
+                    "name_en": compound_spec.name_en,
+                },
+            )
+        _deactivate_missing(report["compounds"], old_compounds, {id(c) for c in compounds.values()})
+        await session.flush()
+
+        # Buildings.
+        old_buildings = list(
+            await session.scalars(
+                select(Building).where(
+                    Building.compound_id.in_(select(Compound.id).where(Compound.community_id == community.id))
+                )
+            )
+        )
+        buildings_by_key = {(b.compound_id, b.code): b for b in old_buildings}
+        kept_buildings = set()
+        for grid_spec, compound_spec, building_spec in spec.buildings():
+            compound = compounds[compound_spec.code]
+            building = _upsert(
+                session,
+                report["buildings"],
+                buildings_by_key.get((compound.id, building_spec.code)),
+                Building,
+                {
+                    "compound_id": compound.id,
+                    "grid_id": grids[grid_spec.code].id,
+                    "code": building_spec.code,
+                    "name": building_spec.name,
+                    "name_en": building_spec.name_en,
+                    "units": building_spec.units,
+                    "link_key": building_spec.link_key,
+                },
+            )
+            kept_buildings.add(id(building))
+        _deactivate_missing(report["buildings"], old_buildings, kept_buildings)
+
+        # Categories, in file order.
+        old_categories = list(await session.scalars(select(Category).where(Category.community_id == community.id)))
+        categories_by_code = {category.code: category for category in old_categories}
+        kept_categories = set()
+        for position, category_spec in enumerate(spec.categories):
+            category = _upsert(
+                session,
+                report["categories"],
+                categories_by_code.get(category_spec.code),
+                Category,
+                {
+                    "community_id": community.id,
+                    "code": category_spec.code,
+                    "name": category_spec.name,
+                    "name_en": category_spec.name_en,
+                    "keywords": list(category_spec.keywords),
+                    "level": category_spec.level,
+                    "response_hours": category_spec.response_hours,
+                    "resolve_hours": category_spec.resolve_hours,
+                    "sort_order": position,
+                },
+            )
+            kept_categories.add(id(category))
+        _deactivate_missing(report["categories"], old_categories, kept_categories)
+
+        # People: a user record for everyone named in the file, never overwriting one that exists.
+        duties: list[tuple[PersonSpec, Role, str, Grid | None]] = [
+            (person, Role.STAFF, "", None) for person in spec.staff
+        ]
+        for grid_spec in spec.grids:
+            grid = grids[grid_spec.code]
+            duties.extend((person, Role.GRID_WORKER, grid_spec.code, grid) for person in grid_spec.workers)
+        names: dict[int, str] = {}
+        for person, *_ in duties:
+            names.setdefault(person.telegram_id, person.name)
+        known = set(await session.scalars(select(User.id).where(User.id.in_(list(names)))))
+        for user_id, name in names.items():
+            if user_id in known:
+                report["users"].unchanged += 1
+            else:
+                session.add(User(id=user_id, full_name=name, created_at=now))
+                report["users"].created += 1
+        await session.flush()
+
+        # Memberships: who works in which grid, who staffs the community.
+        old_memberships = list(await session.scalars(select(Membership).where(Membership.community_id == community.id)))
+        memberships_by_key = {(m.user_id, m.role, m.scope): m for m in old_memberships}
+        kept_memberships = set()
+        for person, role, scope, duty_grid in duties:
+            membership = _upsert(
+                session,
+                report["memberships"],
+                memberships_by_key.get((person.telegram_id, role.value, scope)),
+                Membership,
+                {
+                    "community_id": community.id,
+                    "user_id": person.telegram_id,
+                    "role": role.value,
+                    "scope": scope,
+                    "grid_id": duty_grid.id if duty_grid is not None else None,
+                    "rank": person.rank,
+                    "display_name": person.name,
+                },
+            )
+            kept_memberships.add(id(membership))
+        _deactivate_missing(report["memberships"], old_memberships, kept_memberships)
+    return report
+
+
+# --- QR codes ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BuildingLink:
+    """What a stairwell QR label needs: where it hangs, and the /start payload it carries."""
+
+    community_code: str
+    community_name: str
+    compound_code: str
+    compound_name: str
+    building_code: str
+    building_name: str
+    units: int
+    link_key: str
+
+
+def _natural(code: str) -> tuple[Any, ...]:
+    """Sort "2" before "11", and "2-1" before "2-10"."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", code) if part)
+
+
+async def building_links(session: AsyncSession, community_code: str | None = None) -> list[BuildingLink]:
+    """Active buildings with their link keys, by community, compound (file order) and building number."""
+    query = (
+        select(
+            Community.id.label("community_id"),
+            Community.code.label("community_code"),
+            Community.name.label("community_name"),
+            Compound.id.label("compound_id"),
+            Compound.code.label("compound_code"),
+            Compound.name.label("compound_name"),
+            Building.code.label("building_code"),
+            Building.name.label("building_name"),
+            Building.units,
+            Building.link_key,
+        )
+        .select_from(Building)
+        .join(Compound, Building.compound_id == Compound.id)
+        .join(Community, Compound.community_id == Community.id)
+        .where(Building.active.is_(True), Compound.active.is_(True))
+    )
+    if community_code is not None:
+        query = query.where(Community.code == community_code)
+    async with session.begin():
+        rows = (await session.execute(query)).all()
+    rows = sorted(rows, key=lambda r: (r.community_id, r.compound_id, _natural(r.building_code)))
+    return [
+        BuildingLink(
+            r.community_code,
+            r.community_name,
+            r.compound_code,
+            r.compound_name,
+            r.building_code,
+            r.building_name,
+            r.units,
+            r.link_key,
+        )
+        for r in rows
+    ]

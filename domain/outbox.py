@@ -1,0 +1,28 @@
+"""Queueing a message for someone other than the user being answered.
+
+The row is added to the caller's transaction, so the message exists exactly when the change that causes it
+does. What the message says is decided by the sender at send time from ``kind`` and ``payload``.
+"""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import OutboxMessage
+
+
+class Notice(StrEnum):
+    TICKET_CARD = "ticket_card"  # a worker's actionable card; payload: ticket_id
+    TICKET_PHOTOS = "ticket_photos"  # the photos a resident attached; payload: ticket_id
+    TICKET_UPDATE = "ticket_update"  # a resident is told what happened; payload: ticket_id, event_id
+
+
+QUEUED_FLAG = "outbox_queued"
+
+
+def enqueue(session: AsyncSession, chat_id: int, kind: Notice, now: datetime, **payload: Any) -> None:
+    session.add(OutboxMessage(chat_id=chat_id, kind=kind, payload=payload, not_before=now, created_at=now))
+    # Lets the process wake its sender once the transaction is committed, instead of polling hard.
+    session.info[QUEUED_FLAG] = True

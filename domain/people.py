@@ -1,0 +1,174 @@
+"""Who someone is: their user record, the building they live in, and the duties they hold."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from domain.errors import NotFound
+from storage.models import Building, Community, Compound, Membership, Role, Ticket, User
+
+
+@dataclass(frozen=True)
+class Duties:
+    """The grids someone works in and the communities they staff."""
+
+    grid_ids: frozenset[int] = field(default_factory=frozenset)
+    staff_community_ids: frozenset[int] = field(default_factory=frozenset)
+
+    @property
+    def is_worker(self) -> bool:
+        return bool(self.grid_ids or self.staff_community_ids)
+
+    def covers(self, ticket: Ticket) -> bool:
+        return ticket.grid_id in self.grid_ids or ticket.community_id in self.staff_community_ids
+
+
+@dataclass(frozen=True)
+class Person:
+    """Who sent an update: a snapshot of their user record that stays valid whatever the session does."""
+
+    id: int
+    full_name: str
+    language: str | None
+    telegram_language: str | None
+    building_id: int | None
+    unit: int | None
+
+    @classmethod
+    def of(cls, user: User) -> Person:
+        return cls(user.id, user.full_name, user.language, user.telegram_language, user.building_id, user.unit)
+
+
+async def touch_user(
+    session: AsyncSession, user_id: int, full_name: str, telegram_language: str | None, now: datetime
+) -> Person:
+    """Load the user who sent an update, creating or refreshing their record."""
+    async with session.begin():
+        user = await session.get(User, user_id)
+        if user is None:
+            user = User(id=user_id, full_name=full_name, telegram_language=telegram_language, created_at=now)
+            session.add(user)
+        elif user.full_name != full_name or user.telegram_language != telegram_language:
+            user.full_name, user.telegram_language = full_name, telegram_language
+        if user.unreachable_at is not None:
+            user.unreachable_at = None  # they wrote to us, so they have unblocked the bot
+        return Person.of(user)
+
+
+async def set_language(session: AsyncSession, user_id: int, language: str) -> None:
+    async with session.begin():
+        user = await session.get(User, user_id)
+        if user is None:
+            raise NotFound(user_id)
+        user.language = language
+
+
+async def duties_of(session: AsyncSession, user_id: int) -> Duties:
+    async with session.begin():
+        return await load_duties(session, user_id)
+
+
+async def load_duties(session: AsyncSession, user_id: int) -> Duties:
+    """The same as :func:`duties_of`, inside a transaction the caller already holds."""
+    rows = (
+        await session.execute(
+            select(Membership.role, Membership.grid_id, Membership.community_id).where(
+                Membership.user_id == user_id, Membership.active.is_(True)
+            )
+        )
+    ).all()
+    return Duties(
+        grid_ids=frozenset(r.grid_id for r in rows if r.role == Role.GRID_WORKER and r.grid_id is not None),
+        staff_community_ids=frozenset(r.community_id for r in rows if r.role == Role.STAFF),
+    )
+
+
+async def display_names(session: AsyncSession, community_id: int, user_ids: Iterable[int | None]) -> dict[int, str]:
+    """How workers are named to others: the name from the community file, else their Telegram name.
+
+    Runs inside the caller's transaction.
+    """
+    wanted = {u for u in user_ids if u is not None}
+    if not wanted:
+        return {}
+    names = {u.id: u.full_name or str(u.id) for u in await session.scalars(select(User).where(User.id.in_(wanted)))}
+    for user_id, name in await session.execute(
+        select(Membership.user_id, Membership.display_name).where(
+            Membership.community_id == community_id,
+            Membership.user_id.in_(wanted),
+            Membership.display_name != "",
+        )
+    ):
+        names[user_id] = name
+    return names
+
+
+# --- where a resident lives -------------------------------------------------------------------------
+
+
+async def building_by_link(session: AsyncSession, link_key: str) -> Building | None:
+    async with session.begin():
+        return await session.scalar(select(Building).where(Building.link_key == link_key, Building.active.is_(True)))
+
+
+async def get_building(session: AsyncSession, building_id: int) -> Building:
+    async with session.begin():
+        building = await session.get(Building, building_id)
+    if building is None or not building.active:
+        raise NotFound(building_id)
+    return building
+
+
+async def bind_resident(session: AsyncSession, user_id: int, building_id: int, unit: int | None) -> Building:
+    """Record where a resident lives. Ids come from buttons, so they are checked, not trusted."""
+    async with session.begin():
+        building = await session.get(Building, building_id)
+        if building is None or not building.active:
+            raise NotFound(building_id)
+        if unit is not None and not 1 <= unit <= building.units:
+            raise NotFound(unit)
+        user = await session.get(User, user_id)
+        if user is None:
+            raise NotFound(user_id)
+        user.building_id, user.unit = building.id, unit
+    return building
+
+
+async def resident_home(session: AsyncSession, user: Person) -> Building | None:
+    if user.building_id is None:
+        return None
+    async with session.begin():
+        building = await session.get(Building, user.building_id)
+    return building if building is not None and building.active else None
+
+
+async def list_communities(session: AsyncSession) -> list[Community]:
+    async with session.begin():
+        return list(await session.scalars(select(Community).order_by(Community.id)))
+
+
+async def list_compounds(session: AsyncSession, community_id: int) -> list[Compound]:
+    async with session.begin():
+        return list(
+            await session.scalars(
+                select(Compound)
+                .where(Compound.community_id == community_id, Compound.active.is_(True))
+                .order_by(Compound.id)
+            )
+        )
+
+
+async def list_buildings(session: AsyncSession, compound_id: int) -> list[Building]:
+    async with session.begin():
+        return list(
+            await session.scalars(
+                select(Building)
+                .where(Building.compound_id == compound_id, Building.active.is_(True))
+                .order_by(Building.id)
+            )
+        )

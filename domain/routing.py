@@ -1,0 +1,130 @@
+"""Who should handle a ticket: building → grid → that grid's workers, else community staff.
+
+Among candidates the rule is the same at every level: primary before backup, then the fewest open tickets,
+then the one whose last assignment is oldest (idle longest). Every decision carries its reason, which is
+written to the ticket's history.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import and_, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from storage.models import Level, Membership, Rank, Role, Ticket, TicketStatus
+
+
+class RouteReason(StrEnum):
+    GRID_WORKER = "grid_worker"  # the grid's least-loaded worker
+    CATEGORY_LEVEL = "category_level"  # the category is handled above the grid
+    NO_GRID_WORKER = "no_grid_worker"  # the grid has nobody (left) to take it
+    UNROUTED = "unrouted"  # nobody at all: the community file lacks staff
+
+
+@dataclass(frozen=True)
+class Candidate:
+    user_id: int
+    role: str
+    rank: str
+    open_tickets: int
+    last_assigned_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RoutingDecision:
+    assignee: Candidate | None
+    reason: RouteReason
+    level: Level
+    considered: list[Candidate] = field(default_factory=list)
+
+    def as_event_data(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "level": self.level,
+            "assignee": self.assignee.user_id if self.assignee else None,
+            "candidates": [{"user": c.user_id, "rank": c.rank, "open": c.open_tickets} for c in self.considered],
+        }
+
+
+def _least_loaded_first(candidate: Candidate) -> tuple[Any, ...]:
+    never_assigned = candidate.last_assigned_at is None
+    return (
+        candidate.rank != Rank.PRIMARY,
+        candidate.open_tickets,
+        not never_assigned,
+        candidate.last_assigned_at.timestamp() if candidate.last_assigned_at else 0.0,
+        candidate.user_id,
+    )
+
+
+async def _candidates(session: AsyncSession, *, role: Role, community_id: int, grid_id: int | None) -> list[Candidate]:
+    open_count = func.count(Ticket.id)
+    query = (
+        select(
+            Membership.user_id,
+            Membership.rank,
+            func.max(Membership.last_assigned_at).label("last_assigned_at"),
+            open_count,
+        )
+        .outerjoin(
+            Ticket,
+            and_(Ticket.assignee_id == Membership.user_id, Ticket.status.in_(TicketStatus.open_statuses())),
+        )
+        .where(
+            Membership.community_id == community_id,
+            Membership.role == role,
+            Membership.active.is_(True),
+        )
+        .group_by(Membership.user_id, Membership.rank)
+    )
+    if grid_id is not None:
+        query = query.where(Membership.grid_id == grid_id)
+    rows = (await session.execute(query)).all()
+    return [Candidate(r.user_id, role, r.rank, r[3], r.last_assigned_at) for r in rows]
+
+
+async def choose_assignee(
+    session: AsyncSession,
+    *,
+    community_id: int,
+    grid_id: int,
+    category_level: str,
+    exclude: Collection[int] = (),
+) -> RoutingDecision:
+    """Pick who gets the ticket; ``exclude`` holds people who already handed it back."""
+    if category_level == Level.GRID:
+        workers = [
+            c
+            for c in await _candidates(session, role=Role.GRID_WORKER, community_id=community_id, grid_id=grid_id)
+            if c.user_id not in exclude
+        ]
+        if workers:
+            workers.sort(key=_least_loaded_first)
+            return RoutingDecision(workers[0], RouteReason.GRID_WORKER, Level.GRID, workers)
+        reason = RouteReason.NO_GRID_WORKER
+    else:
+        reason = RouteReason.CATEGORY_LEVEL
+
+    staff = [
+        c
+        for c in await _candidates(session, role=Role.STAFF, community_id=community_id, grid_id=None)
+        if c.user_id not in exclude
+    ]
+    if not staff:
+        return RoutingDecision(None, RouteReason.UNROUTED, Level.COMMUNITY)
+    staff.sort(key=_least_loaded_first)
+    return RoutingDecision(staff[0], reason, Level.COMMUNITY, staff)
+
+
+async def record_assignment(session: AsyncSession, *, community_id: int, user_id: int, now: datetime) -> None:
+    """Remember when someone was last given a ticket: the tie-breaker for the next one."""
+    memberships = await session.scalars(
+        select(Membership).where(Membership.community_id == community_id, Membership.user_id == user_id)
+    )
+    for membership in memberships:
+        membership.last_assigned_at = now

@@ -1,0 +1,349 @@
+"""The ticket lifecycle: filed → routed → accepted → progress notes → resolved, with hand-backs.
+
+Every change appends an event to the ticket's history and queues the notices it causes in the same
+transaction. Access is checked here, for every action, because button data can be forged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from domain.errors import AccessDenied, DomainError, InvalidTransition, NotBound, NotFound
+from domain.outbox import Notice, enqueue
+from domain.people import Duties, display_names, load_duties
+from domain.routing import RouteReason, RoutingDecision, choose_assignee, record_assignment
+from storage.models import (
+    Building,
+    Category,
+    EventKind,
+    Level,
+    PhotoStage,
+    Ticket,
+    TicketEvent,
+    TicketPhoto,
+    TicketStatus,
+    User,
+)
+
+MAX_DESCRIPTION = 800  # leaves room for the card's header inside Telegram's 1024-character caption
+MAX_NOTE = 800
+MAX_PHOTOS = 3
+
+
+class NobodyToHandTo(DomainError):
+    """Everyone who could take the ticket has already handed it back."""
+
+
+class TextTooLong(DomainError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+
+@dataclass
+class ReportDraft:
+    category_id: int
+    description: str
+    photos: list[str] = field(default_factory=list)
+    latitude: float | None = None
+    longitude: float | None = None
+
+
+@dataclass(frozen=True)
+class FiledTicket:
+    ticket: Ticket
+    decision: RoutingDecision
+
+
+@dataclass(frozen=True)
+class TicketView:
+    """A ticket with its history and the names of the workers in it."""
+
+    ticket: Ticket
+    events: list[TicketEvent]
+    names: dict[int, str]
+
+
+@dataclass(frozen=True)
+class TicketCard:
+    """What a worker's card shows: the ticket, who has it, and the latest hand-back with its reason."""
+
+    ticket: Ticket
+    names: dict[int, str]
+    handed_back: TicketEvent | None
+
+
+def _check_length(text: str, limit: int) -> str:
+    text = text.strip()
+    if len(text) > limit:
+        raise TextTooLong(limit)
+    return text
+
+
+async def file_report(session: AsyncSession, *, reporter_id: int, draft: ReportDraft, now: datetime) -> FiledTicket:
+    """Turn a confirmed wizard into a ticket and hand it to the right person at once."""
+    description = _check_length(draft.description, MAX_DESCRIPTION)
+    if len(draft.photos) > MAX_PHOTOS:
+        raise ValueError("too many photos")
+    async with session.begin():
+        reporter = await session.get(User, reporter_id)
+        if reporter is None or reporter.building_id is None:
+            raise NotBound()
+        building = await session.get(Building, reporter.building_id)
+        if building is None or not building.active:
+            raise NotBound()
+        category = await session.get(Category, draft.category_id)
+        community_id = building.compound.community_id
+        if category is None or not category.active or category.community_id != community_id:
+            raise NotFound(draft.category_id)
+
+        ticket = Ticket(
+            community_id=community_id,
+            category=category,
+            building=building,
+            unit=reporter.unit,
+            grid_id=building.grid_id,
+            reporter_id=reporter_id,
+            description=description,
+            latitude=draft.latitude,
+            longitude=draft.longitude,
+            status=TicketStatus.ASSIGNED,
+            level=Level.GRID,
+            created_at=now,
+            updated_at=now,
+            photos=[TicketPhoto(file_id=file_id, stage=PhotoStage.REPORT) for file_id in draft.photos],
+        )
+        session.add(ticket)
+        await session.flush()
+        session.add(TicketEvent(ticket_id=ticket.id, at=now, actor_id=reporter_id, kind=EventKind.CREATED))
+        decision = await choose_assignee(
+            session, community_id=community_id, grid_id=building.grid_id, category_level=category.level
+        )
+        await _assign(session, ticket, decision, now)
+    return FiledTicket(ticket, decision)
+
+
+async def _assign(session: AsyncSession, ticket: Ticket, decision: RoutingDecision, now: datetime) -> None:
+    ticket.status = TicketStatus.ASSIGNED
+    ticket.level = decision.level
+    ticket.accepted_at = None
+    ticket.updated_at = now
+    ticket.assignee_id = decision.assignee.user_id if decision.assignee else None
+    session.add(TicketEvent(ticket_id=ticket.id, at=now, kind=EventKind.ROUTED, data=decision.as_event_data()))
+    if decision.assignee is None:
+        return
+    await record_assignment(session, community_id=ticket.community_id, user_id=decision.assignee.user_id, now=now)
+    enqueue(session, decision.assignee.user_id, Notice.TICKET_CARD, now, ticket_id=ticket.id)
+    if any(photo.stage == PhotoStage.REPORT for photo in ticket.photos):
+        enqueue(session, decision.assignee.user_id, Notice.TICKET_PHOTOS, now, ticket_id=ticket.id)
+
+
+async def _ticket_for_worker(session: AsyncSession, actor_id: int, ticket_id: int) -> tuple[Ticket, Duties]:
+    ticket = await session.get(Ticket, ticket_id, with_for_update=True)
+    if ticket is None:
+        raise NotFound(ticket_id)
+    duties = await load_duties(session, actor_id)
+    if not (duties.covers(ticket) or ticket.assignee_id == actor_id):
+        raise AccessDenied(ticket_id)
+    return ticket, duties
+
+
+def _require_handler(ticket: Ticket, actor_id: int, duties: Duties) -> None:
+    """Only the current assignee works a ticket; community staff may step in on any ticket of theirs."""
+    if ticket.assignee_id != actor_id and ticket.community_id not in duties.staff_community_ids:
+        raise InvalidTransition("assigned to someone else")
+
+
+async def _record(
+    session: AsyncSession,
+    ticket: Ticket,
+    kind: EventKind,
+    actor_id: int,
+    now: datetime,
+    note: str = "",
+    photo: str | None = None,
+    stage: PhotoStage = PhotoStage.PROGRESS,
+) -> TicketEvent:
+    event = TicketEvent(ticket_id=ticket.id, at=now, actor_id=actor_id, kind=kind, note=note)
+    session.add(event)
+    ticket.updated_at = now
+    await session.flush()
+    if photo is not None:
+        ticket.photos.append(TicketPhoto(file_id=photo, stage=stage, event_id=event.id))
+    return event
+
+
+def _tell_reporter(session: AsyncSession, ticket: Ticket, event: TicketEvent, now: datetime) -> None:
+    enqueue(session, ticket.reporter_id, Notice.TICKET_UPDATE, now, ticket_id=ticket.id, event_id=event.id)
+
+
+async def accept(session: AsyncSession, *, actor_id: int, ticket_id: int, now: datetime) -> Ticket:
+    async with session.begin():
+        ticket, duties = await _ticket_for_worker(session, actor_id, ticket_id)
+        if ticket.status != TicketStatus.ASSIGNED:
+            raise InvalidTransition(ticket.status)
+        _require_handler(ticket, actor_id, duties)
+        ticket.status = TicketStatus.IN_PROGRESS
+        ticket.assignee_id = actor_id
+        ticket.accepted_at = now
+        event = await _record(session, ticket, EventKind.ACCEPTED, actor_id, now)
+        _tell_reporter(session, ticket, event, now)
+    return ticket
+
+
+async def hand_back(session: AsyncSession, *, actor_id: int, ticket_id: int, reason: str, now: datetime) -> FiledTicket:
+    """Give the ticket to the next person: a backup worker, else community staff."""
+    reason = _check_length(reason, MAX_NOTE)
+    async with session.begin():
+        ticket, _duties = await _ticket_for_worker(session, actor_id, ticket_id)
+        if not ticket.is_open:
+            raise InvalidTransition(ticket.status)
+        if ticket.assignee_id != actor_id:
+            raise InvalidTransition("assigned to someone else")
+        handed_back_before = set(
+            await session.scalars(
+                select(TicketEvent.actor_id).where(
+                    TicketEvent.ticket_id == ticket.id, TicketEvent.kind == EventKind.HANDED_BACK
+                )
+            )
+        )
+        decision = await choose_assignee(
+            session,
+            community_id=ticket.community_id,
+            grid_id=ticket.grid_id,
+            category_level=ticket.level,
+            exclude={actor_id, *(u for u in handed_back_before if u is not None)},
+        )
+        if decision.assignee is None:
+            raise NobodyToHandTo(ticket_id)
+        await _record(session, ticket, EventKind.HANDED_BACK, actor_id, now, note=reason)
+        await _assign(session, ticket, decision, now)
+    return FiledTicket(ticket, decision)
+
+
+async def add_note(
+    session: AsyncSession, *, actor_id: int, ticket_id: int, text: str, photo: str | None, now: datetime
+) -> Ticket:
+    text = _check_length(text, MAX_NOTE)
+    async with session.begin():
+        ticket, duties = await _ticket_for_worker(session, actor_id, ticket_id)
+        if ticket.status != TicketStatus.IN_PROGRESS:
+            raise InvalidTransition(ticket.status)
+        _require_handler(ticket, actor_id, duties)
+        event = await _record(session, ticket, EventKind.NOTE, actor_id, now, note=text, photo=photo)
+        _tell_reporter(session, ticket, event, now)
+    return ticket
+
+
+async def resolve(
+    session: AsyncSession, *, actor_id: int, ticket_id: int, note: str, photo: str | None, now: datetime
+) -> Ticket:
+    note = _check_length(note, MAX_NOTE)
+    async with session.begin():
+        ticket, duties = await _ticket_for_worker(session, actor_id, ticket_id)
+        if ticket.status != TicketStatus.IN_PROGRESS:
+            raise InvalidTransition(ticket.status)
+        _require_handler(ticket, actor_id, duties)
+        ticket.status = TicketStatus.RESOLVED
+        ticket.resolved_at = now
+        event = await _record(
+            session,
+            ticket,
+            EventKind.RESOLVED,
+            actor_id,
+            now,
+            note=note,
+            photo=photo,
+            stage=PhotoStage.RESOLUTION,
+        )
+        _tell_reporter(session, ticket, event, now)
+    return ticket
+
+
+# --- reading -------------------------------------------------------------------------------------------
+
+
+async def tickets_of_resident(session: AsyncSession, user_id: int, limit: int = 20) -> list[Ticket]:
+    async with session.begin():
+        return list(
+            await session.scalars(
+                select(Ticket).where(Ticket.reporter_id == user_id).order_by(Ticket.id.desc()).limit(limit)
+            )
+        )
+
+
+async def open_tickets_for_worker(session: AsyncSession, user_id: int, limit: int = 30) -> list[Ticket]:
+    """Open tickets of the worker's grids, of the communities they staff, and any assigned to them."""
+    async with session.begin():
+        duties = await load_duties(session, user_id)
+        scope = [Ticket.assignee_id == user_id]
+        if duties.grid_ids:
+            scope.append(Ticket.grid_id.in_(duties.grid_ids))
+        if duties.staff_community_ids:
+            scope.append(Ticket.community_id.in_(duties.staff_community_ids))
+        return list(
+            await session.scalars(
+                select(Ticket)
+                .where(Ticket.status.in_(TicketStatus.open_statuses()), or_(*scope))
+                .order_by(Ticket.created_at, Ticket.id)
+                .limit(limit)
+            )
+        )
+
+
+async def _check_viewer(session: AsyncSession, viewer_id: int, ticket_id: int) -> Ticket:
+    ticket = await session.get(Ticket, ticket_id)
+    if ticket is None:
+        raise NotFound(ticket_id)
+    if ticket.reporter_id != viewer_id and ticket.assignee_id != viewer_id:
+        duties = await load_duties(session, viewer_id)
+        if not duties.covers(ticket):
+            raise AccessDenied(ticket_id)
+    return ticket
+
+
+async def view_ticket(session: AsyncSession, *, viewer_id: int, ticket_id: int) -> TicketView:
+    """A ticket with its history, for its reporter or for someone whose duties cover it."""
+    async with session.begin():
+        ticket = await _check_viewer(session, viewer_id, ticket_id)
+        events = list(
+            await session.scalars(
+                select(TicketEvent).where(TicketEvent.ticket_id == ticket_id).order_by(TicketEvent.id)
+            )
+        )
+        people = {ticket.assignee_id} | {e.actor_id for e in events} | {e.data.get("assignee") for e in events}
+        names = await display_names(session, ticket.community_id, people - {ticket.reporter_id})
+    return TicketView(ticket, events, names)
+
+
+async def open_card(session: AsyncSession, *, viewer_id: int, ticket_id: int) -> TicketCard:
+    async with session.begin():
+        return await load_card(session, await _check_viewer(session, viewer_id, ticket_id))
+
+
+async def load_card(session: AsyncSession, ticket: Ticket) -> TicketCard:
+    """The card's facts, inside the caller's transaction (the sender has already chosen the recipient)."""
+    handed_back = await session.scalar(
+        select(TicketEvent)
+        .where(TicketEvent.ticket_id == ticket.id, TicketEvent.kind == EventKind.HANDED_BACK)
+        .order_by(TicketEvent.id.desc())
+        .limit(1)
+    )
+    names = await display_names(
+        session, ticket.community_id, [ticket.assignee_id, handed_back.actor_id if handed_back else None]
+    )
+    return TicketCard(ticket, names, handed_back)
+
+
+def routing_reason(event: TicketEvent) -> RouteReason | None:
+    reason = event.data.get("reason") if event.kind == EventKind.ROUTED else None
+    return RouteReason(reason) if reason else None
+
+
+def photos_of_event(ticket: Ticket, event_id: int) -> Sequence[TicketPhoto]:
+    return [p for p in ticket.photos if p.event_id == event_id]

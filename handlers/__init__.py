@@ -1,0 +1,21 @@
+"""aiogram routers, one per concern, composed in the order they must be tried."""
+
+from aiogram import Router
+
+from handlers import common, fallback, report, resident, start, worker
+
+# common first: /cancel must win in every state; fallback last: it answers whatever is left.
+ROUTERS = (common.router, start.router, report.router, resident.router, worker.router, fallback.router)
+
+
+def build_router() -> Router:
+    root = Router(name="root")
+    for router in ROUTERS:
+        # aiogram lets a router have one parent. A process builds one dispatcher, but tests and benchmarks
+        # build several in one process, so take the routers back from the previous root first.
+        previous = router.parent_router
+        if previous is not None:
+            previous.sub_routers.remove(router)
+            router._parent_router = None
+    root.include_routers(*ROUTERS)
+    return root

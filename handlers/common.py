@@ -1,0 +1,78 @@
+"""Commands that work everywhere: /cancel, /help, /language, and the main menu."""
+
+from __future__ import annotations
+
+from aiogram import F, Router
+from aiogram.filters import Command, StateFilter
+from aiogram.fsm.context import FSMContext
+from aiogram.types import CallbackQuery, Message
+from aiogram.utils.i18n import I18n
+from aiogram.utils.i18n import gettext as _
+from aiogram.utils.keyboard import InlineKeyboardBuilder
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot import views
+from bot.callbacks import LanguageCb
+from bot.i18n import LANGUAGES
+from domain.people import Person, duties_of, set_language
+
+router = Router(name="common")
+
+
+async def show_menu(message: Message, session: AsyncSession, user: Person, text: str) -> None:
+    duties = await duties_of(session, user.id)
+    await message.answer(text, reply_markup=views.main_menu(duties.is_worker))
+
+
+@router.message(Command("cancel"), StateFilter("*"))
+async def cancel(message: Message, state: FSMContext, session: AsyncSession, user: Person) -> None:
+    had_something = await state.get_state() is not None
+    await state.clear()
+    text = _("Cancelled. Nothing was sent.") if had_something else _("There is nothing to cancel.")
+    await show_menu(message, session, user, text)
+
+
+@router.message(~StateFilter(None), F.text.startswith("/"))
+async def command_mid_step(message: Message) -> None:
+    await message.answer(_("You are in the middle of something. Finish it, or send /cancel to stop."))
+
+
+@router.message(Command("help"))
+async def help_(message: Message, session: AsyncSession, user: Person) -> None:
+    await show_menu(
+        message,
+        session,
+        user,
+        _(
+            "I pass your reports to your grid worker and tell you how they go.\n\n"
+            "/report — report a problem\n"
+            "/my — your reports and their progress\n"
+            "/tickets — tickets to handle (grid workers and staff)\n"
+            "/home — change the building you live in\n"
+            "/language — 语言 / language\n"
+            "/cancel — stop what you are doing"
+        ),
+    )
+
+
+@router.message(Command("language"))
+@router.message(F.text == views.MENU_LANGUAGE)
+async def choose_language(message: Message) -> None:
+    builder = InlineKeyboardBuilder()
+    for code, name in LANGUAGES.items():
+        builder.button(text=name, callback_data=LanguageCb(code=code))
+    await message.answer(_("Choose your language:"), reply_markup=builder.as_markup())
+
+
+@router.callback_query(LanguageCb.filter())
+async def set_language_(
+    query: CallbackQuery, callback_data: LanguageCb, session: AsyncSession, user: Person, i18n: I18n
+) -> None:
+    if callback_data.code not in LANGUAGES:
+        await query.answer(_("Sorry, you cannot open this."), show_alert=True)
+        return
+    await set_language(session, user.id, callback_data.code)
+    with i18n.use_locale(callback_data.code):
+        await query.answer()
+        if isinstance(query.message, Message):
+            await show_menu(query.message, session, user, _("Language changed."))

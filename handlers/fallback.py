@@ -1,0 +1,38 @@
+"""Last in line: anything no other handler understood gets a clear answer, never silence."""
+
+from __future__ import annotations
+
+from aiogram import F, Router
+from aiogram.filters import StateFilter
+from aiogram.fsm.context import FSMContext
+from aiogram.types import CallbackQuery, Message
+from aiogram.utils.i18n import gettext as _
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from domain.people import Person
+from handlers import report
+
+router = Router(name="fallback")
+
+
+@router.message(F.text.startswith("/"))
+async def unknown_command(message: Message) -> None:
+    await message.answer(_("I do not know that command. /help lists what I can do."))
+
+
+@router.message(StateFilter(None), F.text)
+async def stray_text(message: Message, state: FSMContext, session: AsyncSession, user: Person) -> None:
+    # Residents often just type what is wrong; treat that as the start of a report.
+    await report.start_wizard(message, state, session, user, first_text=message.text)
+
+
+@router.message()
+async def unsupported(message: Message) -> None:
+    await message.answer(
+        _("I cannot use this kind of message here. Please send text or photos, or /help to see what I can do.")
+    )
+
+
+@router.callback_query()
+async def unknown_button(query: CallbackQuery) -> None:
+    await query.answer(_("This button is out of date."), show_alert=True)

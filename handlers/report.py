@@ -1,0 +1,238 @@
+"""/report: the resident's wizard — category, description, photos and location, confirmation, ticket.
+
+The wizard's state lives in the FSM storage (the database by default), so it survives a restart.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from aiogram import F, Router
+from aiogram.filters import Command
+from aiogram.fsm.context import FSMContext
+from aiogram.fsm.state import State, StatesGroup
+from aiogram.types import CallbackQuery, Message, ReplyKeyboardRemove
+from aiogram.utils.i18n import gettext as _
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot import views
+from bot.callbacks import CategoryCb, ReportCb, ReportStep
+from bot.i18n import localized
+from domain import people, tickets
+from domain.categories import list_categories, suggest_category
+from domain.clock import Clock
+from domain.errors import DomainError, NotBound
+from domain.people import Person
+from handlers.common import show_menu
+from handlers.start import offer_places
+
+router = Router(name="report")
+
+
+class ReportWizard(StatesGroup):
+    category = State()
+    description = State()
+    photos = State()
+    confirm = State()
+
+
+@router.message(Command("report"))
+@router.message(F.text == views.MENU_REPORT)
+async def begin(message: Message, state: FSMContext, session: AsyncSession, user: Person) -> None:
+    await start_wizard(message, state, session, user)
+
+
+async def start_wizard(
+    message: Message, state: FSMContext, session: AsyncSession, user: Person, first_text: str | None = None
+) -> None:
+    """Open the wizard; text a resident typed without /report becomes the description."""
+    home = await people.resident_home(session, user)
+    if home is None:
+        await message.answer(views.refusal(NotBound()))
+        await offer_places(message, session)
+        return
+    community_id = home.compound.community_id
+    await state.set_state(ReportWizard.category)
+    await state.set_data({"community_id": community_id, "photos": []})
+    if first_text is not None:
+        await described_first(message, state, session)
+        return
+    await message.answer(
+        _("What is wrong? Choose a category below, or simply describe the problem in your own words."),
+        reply_markup=views.categories_keyboard(await list_categories(session, community_id)),
+    )
+
+
+def _too_long(text: str) -> bool:
+    return len(text.strip()) > tickets.MAX_DESCRIPTION
+
+
+@router.message(ReportWizard.category, F.text)
+async def described_first(message: Message, state: FSMContext, session: AsyncSession) -> None:
+    text = message.text or ""
+    if _too_long(text):
+        await message.answer(views.refusal(tickets.TextTooLong(tickets.MAX_DESCRIPTION)))
+        return
+    data = await state.update_data(description=text.strip())
+    categories = await list_categories(session, data["community_id"])
+    suggested = suggest_category(categories, text)
+    prompt = (
+        _("Thank you. It sounds like “{category}” — press ✅ to confirm, or choose another category.").format(
+            category=escape(localized(suggested))
+        )
+        if suggested
+        else _("Thank you. Which category fits best?")
+    )
+    await message.answer(prompt, reply_markup=views.categories_keyboard(categories, suggested))
+
+
+@router.callback_query(ReportWizard.category, CategoryCb.filter())
+async def category_chosen(
+    query: CallbackQuery, callback_data: CategoryCb, state: FSMContext, session: AsyncSession
+) -> None:
+    data = await state.get_data()
+    categories = {c.id: c for c in await list_categories(session, data["community_id"])}
+    category = categories.get(callback_data.category_id)
+    if category is None or not isinstance(query.message, Message):
+        await query.answer(_("Sorry, you cannot open this."), show_alert=True)
+        return
+    await query.answer()
+    await state.update_data(category_id=category.id)
+    await query.message.edit_text(_("Category: {category}").format(category=escape(localized(category))))
+    if data.get("description"):
+        await _ask_for_photos(query.message, state)
+    else:
+        await state.set_state(ReportWizard.description)
+        await query.message.answer(_("Please describe the problem in a few words: what, where exactly, since when."))
+
+
+@router.message(ReportWizard.description, F.text)
+async def described(message: Message, state: FSMContext) -> None:
+    text = message.text or ""
+    if _too_long(text):
+        await message.answer(views.refusal(tickets.TextTooLong(tickets.MAX_DESCRIPTION)))
+        return
+    if not text.strip():
+        await message.answer(_("Please describe the problem in words first; you can add photos next."))
+        return
+    await state.update_data(description=text.strip())
+    await _ask_for_photos(message, state)
+
+
+@router.message(ReportWizard.description)
+async def description_not_text(message: Message) -> None:
+    await message.answer(_("Please describe the problem in words first; you can add photos next."))
+
+
+async def _ask_for_photos(message: Message, state: FSMContext) -> None:
+    await state.set_state(ReportWizard.photos)
+    await message.answer(
+        _(
+            "Add up to {limit} photos and, if it helps, your location. Press “✅ Done” when you have "
+            "finished, or straight away to skip."
+        ).format(limit=tickets.MAX_PHOTOS),
+        reply_markup=views.photos_keyboard(),
+    )
+
+
+@router.message(ReportWizard.photos, F.photo)
+async def photo_added(message: Message, state: FSMContext) -> None:
+    photos = list((await state.get_data()).get("photos", []))
+    if len(photos) >= tickets.MAX_PHOTOS:
+        await message.answer(
+            _("You already have {limit} photos, the most one report can carry. Press “✅ Done”.").format(
+                limit=tickets.MAX_PHOTOS
+            )
+        )
+        return
+    assert message.photo is not None
+    photos.append(message.photo[-1].file_id)  # the largest size
+    await state.update_data(photos=photos)
+    await message.answer(_("Photo {count} of {limit} added.").format(count=len(photos), limit=tickets.MAX_PHOTOS))
+
+
+@router.message(ReportWizard.photos, F.location)
+async def location_added(message: Message, state: FSMContext) -> None:
+    assert message.location is not None
+    await state.update_data(latitude=message.location.latitude, longitude=message.location.longitude)
+    await message.answer(_("Location added."))
+
+
+@router.message(ReportWizard.photos, F.text == views.WIZARD_DONE)
+async def photos_done(message: Message, state: FSMContext, session: AsyncSession, user: Person) -> None:
+    data = await state.get_data()
+    home = await people.resident_home(session, user)
+    category = {c.id: c for c in await list_categories(session, data["community_id"])}.get(data["category_id"])
+    if home is None or category is None:
+        await state.clear()
+        await show_menu(message, session, user, _("Sorry, that cannot be done."))
+        return
+    await state.set_state(ReportWizard.confirm)
+    await message.answer(_("Almost done."), reply_markup=ReplyKeyboardRemove())
+    await message.answer(
+        views.report_summary(_draft(data), category, home, user.unit), reply_markup=views.confirm_keyboard()
+    )
+
+
+@router.message(ReportWizard.photos)
+async def photos_other(message: Message) -> None:
+    await message.answer(_("Send a photo or your location, or press “✅ Done”."))
+
+
+@router.message(ReportWizard.confirm)
+async def confirm_other(message: Message) -> None:
+    await message.answer(_("Please press “Submit” or “Cancel” under your report above."))
+
+
+def _draft(data: dict[str, Any]) -> tickets.ReportDraft:
+    return tickets.ReportDraft(
+        category_id=int(data["category_id"]),
+        description=str(data.get("description", "")),
+        photos=list(data.get("photos", [])),
+        latitude=data.get("latitude"),
+        longitude=data.get("longitude"),
+    )
+
+
+@router.callback_query(ReportWizard.confirm, ReportCb.filter(F.step == ReportStep.SUBMIT))
+async def submit(query: CallbackQuery, state: FSMContext, session: AsyncSession, user: Person, clock: Clock) -> None:
+    message = query.message
+    assert isinstance(message, Message)
+    try:
+        filed = await tickets.file_report(
+            session, reporter_id=user.id, draft=_draft(await state.get_data()), now=clock()
+        )
+    except DomainError as error:
+        await state.clear()
+        await query.answer()
+        await show_menu(message, session, user, views.refusal(error))
+        return
+    await state.clear()
+    await query.answer()
+    await message.edit_reply_markup(reply_markup=None)
+    ticket = filed.ticket
+    await show_menu(
+        message,
+        session,
+        user,
+        _(
+            "Sent! Your report is ticket #{number}. It has gone to your grid ({grid}), and I will tell you "
+            "here as soon as someone takes it on. /my shows all your reports."
+        ).format(number=ticket.id, grid=escape(localized(ticket.building.grid))),
+    )
+
+
+@router.callback_query(ReportWizard.confirm, ReportCb.filter(F.step == ReportStep.CANCEL))
+async def cancel_report(query: CallbackQuery, state: FSMContext, session: AsyncSession, user: Person) -> None:
+    await state.clear()
+    await query.answer()
+    assert isinstance(query.message, Message)
+    await query.message.edit_reply_markup(reply_markup=None)
+    await show_menu(query.message, session, user, _("Cancelled. Nothing was sent."))
+
+
+@router.callback_query(CategoryCb.filter())
+@router.callback_query(ReportCb.filter())
+async def stale_wizard_button(query: CallbackQuery) -> None:
+    await query.answer(_("This report was already sent or cancelled."), show_alert=True)

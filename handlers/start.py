@@ -1,0 +1,152 @@
+"""/start and /home: greeting, and binding a resident to their building (deep link or buttons)."""
+
+from __future__ import annotations
+
+from aiogram import Router
+from aiogram.filters import Command, CommandObject, CommandStart
+from aiogram.fsm.context import FSMContext
+from aiogram.types import CallbackQuery, InlineKeyboardMarkup, Message
+from aiogram.utils.i18n import gettext as _
+from aiogram.utils.keyboard import InlineKeyboardBuilder
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot import views
+from bot.callbacks import PlaceCb, PlaceLevel
+from bot.i18n import localized
+from domain import people
+from domain.errors import NotFound
+from domain.people import Person
+from handlers.common import show_menu
+from storage.models import Building
+
+router = Router(name="start")
+
+
+@router.message(CommandStart(deep_link=True))
+async def start_from_qr(
+    message: Message, command: CommandObject, state: FSMContext, session: AsyncSession, user: Person
+) -> None:
+    await state.clear()
+    building = await people.building_by_link(session, command.args or "")
+    if building is None:
+        await message.answer(_("This QR code is not known (any more). Please choose your building:"))
+        await offer_places(message, session)
+        return
+    await _bind_or_ask_unit(message, session, user, building)
+
+
+@router.message(CommandStart())
+async def start(message: Message, state: FSMContext, session: AsyncSession, user: Person) -> None:
+    await state.clear()
+    home = await people.resident_home(session, user)
+    if home is None:
+        await message.answer(
+            _(
+                "Hello! I am your community's feedback bot. Tell me about a problem in your building and I "
+                "will pass it straight to your grid worker and keep you posted.\n\nFirst, where do you live?"
+            )
+        )
+        await offer_places(message, session)
+        return
+    await show_menu(
+        message,
+        session,
+        user,
+        _("Welcome back! You live in {place}. Press “Report a problem” whenever something is wrong.").format(
+            place=views.escape(views.place_label(home, user.unit))
+        ),
+    )
+
+
+@router.message(Command("home"))
+async def change_home(message: Message, session: AsyncSession) -> None:
+    await offer_places(message, session)
+
+
+async def offer_places(message: Message, session: AsyncSession) -> None:
+    communities = await people.list_communities(session)
+    if len(communities) == 1:
+        markup = await _compounds_keyboard(session, communities[0].id)
+        await message.answer(_("Choose your compound:"), reply_markup=markup)
+        return
+    builder = InlineKeyboardBuilder()
+    for community in communities:
+        builder.button(text=localized(community), callback_data=PlaceCb(level=PlaceLevel.COMMUNITY, id=community.id))
+    builder.adjust(1)
+    await message.answer(_("Choose your community:"), reply_markup=builder.as_markup())
+
+
+async def _compounds_keyboard(session: AsyncSession, community_id: int) -> InlineKeyboardMarkup:
+    builder = InlineKeyboardBuilder()
+    for compound in await people.list_compounds(session, community_id):
+        builder.button(text=localized(compound), callback_data=PlaceCb(level=PlaceLevel.COMPOUND, id=compound.id))
+    builder.adjust(2)
+    return builder.as_markup()
+
+
+@router.callback_query(PlaceCb.filter())
+async def choose_place(query: CallbackQuery, callback_data: PlaceCb, session: AsyncSession, user: Person) -> None:
+    message = query.message
+    if not isinstance(message, Message):
+        await query.answer()
+        return
+    await query.answer()
+    match callback_data.level:
+        case PlaceLevel.COMMUNITY:
+            markup = await _compounds_keyboard(session, callback_data.id)
+            await message.edit_text(_("Choose your compound:"), reply_markup=markup)
+        case PlaceLevel.COMPOUND:
+            builder = InlineKeyboardBuilder()
+            for building in await people.list_buildings(session, callback_data.id):
+                builder.button(
+                    text=localized(building), callback_data=PlaceCb(level=PlaceLevel.BUILDING, id=building.id)
+                )
+            builder.adjust(4)
+            await message.edit_text(_("Choose your building:"), reply_markup=builder.as_markup())
+        case PlaceLevel.BUILDING:
+            try:
+                building = await people.get_building(session, callback_data.id)
+            except NotFound:
+                await message.edit_text(_("Sorry, you cannot open this."))
+                return
+            await _bind_or_ask_unit(message, session, user, building, edit=True)
+        case PlaceLevel.UNIT:
+            await _bind(message, session, user, callback_data.id, callback_data.unit)
+
+
+async def _bind_or_ask_unit(
+    message: Message, session: AsyncSession, user: Person, building: Building, edit: bool = False
+) -> None:
+    if building.units <= 1:
+        await _bind(message, session, user, building.id, None)
+        return
+    builder = InlineKeyboardBuilder()
+    for unit in range(1, building.units + 1):
+        builder.button(
+            text=_("Unit {unit}").format(unit=unit),
+            callback_data=PlaceCb(level=PlaceLevel.UNIT, id=building.id, unit=unit),
+        )
+    builder.adjust(4)
+    text = _("{building}: which unit (entrance) do you live in?").format(
+        building=views.escape(views.place_label(building, None))
+    )
+    if edit:
+        await message.edit_text(text, reply_markup=builder.as_markup())
+    else:
+        await message.answer(text, reply_markup=builder.as_markup())
+
+
+async def _bind(message: Message, session: AsyncSession, user: Person, building_id: int, unit: int | None) -> None:
+    try:
+        building = await people.bind_resident(session, user.id, building_id, unit)
+    except NotFound:
+        await message.answer(_("Sorry, you cannot open this."))
+        return
+    await show_menu(
+        message,
+        session,
+        user,
+        _("Saved: you live in {place}. Now press “Report a problem” whenever something is wrong.").format(
+            place=views.escape(views.place_label(building, unit))
+        ),
+    )

@@ -1,0 +1,209 @@
+"""Grid workers and staff: /tickets, the ticket card's buttons, and the notes they write."""
+
+from __future__ import annotations
+
+from datetime import tzinfo
+from typing import Any
+
+from aiogram import F, Router
+from aiogram.filters import Command
+from aiogram.fsm.context import FSMContext
+from aiogram.fsm.state import State, StatesGroup
+from aiogram.types import CallbackQuery, Message
+from aiogram.utils.i18n import gettext as _
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot import views
+from bot.callbacks import TicketAction, TicketCb
+from domain import tickets
+from domain.clock import Clock
+from domain.errors import DomainError
+from domain.people import Person
+from handlers.common import show_menu
+
+router = Router(name="worker")
+
+
+class WorkerInput(StatesGroup):
+    hand_back_reason = State()
+    note = State()
+    resolution = State()
+
+
+PROMPTS = {
+    TicketAction.HAND_BACK: (
+        WorkerInput.hand_back_reason,
+        lambda n: _("Why are you handing ticket #{number} back? The next person will see your reason.").format(
+            number=n
+        ),
+    ),
+    TicketAction.NOTE: (
+        WorkerInput.note,
+        lambda n: _("Write the progress note for ticket #{number} (text, or a photo with a caption).").format(number=n),
+    ),
+    TicketAction.RESOLVE: (
+        WorkerInput.resolution,
+        lambda n: _("What was done to resolve ticket #{number}? Send text, or a photo with a caption.").format(
+            number=n
+        ),
+    ),
+}
+
+
+@router.message(Command("tickets"))
+@router.message(F.text == views.MENU_TICKETS)
+async def open_tickets(message: Message, session: AsyncSession, user: Person, tz: tzinfo) -> None:
+    found = await tickets.open_tickets_for_worker(session, user.id)
+    if not found:
+        await message.answer(_("No open tickets for you. Well done!"))
+        return
+    lines = [_("<b>Open tickets</b> (oldest first). Tap one to open its card:")]
+    lines += [views.ticket_line(ticket, tz) for ticket in found]
+    await message.answer("\n".join(lines), reply_markup=views.tickets_keyboard(found, TicketAction.OPEN))
+
+
+async def _send_card(message: Message, session: AsyncSession, user: Person, ticket_id: int, tz: tzinfo) -> None:
+    card = await tickets.open_card(session, viewer_id=user.id, ticket_id=ticket_id)
+    await message.answer(views.ticket_card(card, tz), reply_markup=views.ticket_actions(card.ticket))
+
+
+@router.callback_query(TicketCb.filter(F.action == TicketAction.OPEN))
+async def open_card(
+    query: CallbackQuery, callback_data: TicketCb, session: AsyncSession, user: Person, tz: tzinfo
+) -> None:
+    assert isinstance(query.message, Message)
+    try:
+        await _send_card(query.message, session, user, callback_data.ticket_id, tz)
+    except DomainError as error:
+        await query.answer(views.refusal(error), show_alert=True)
+        return
+    await query.answer()
+
+
+@router.callback_query(TicketCb.filter(F.action == TicketAction.ACCEPT))
+async def accept(
+    query: CallbackQuery,
+    callback_data: TicketCb,
+    session: AsyncSession,
+    user: Person,
+    clock: Clock,
+    tz: tzinfo,
+) -> None:
+    try:
+        await tickets.accept(session, actor_id=user.id, ticket_id=callback_data.ticket_id, now=clock())
+        card = await tickets.open_card(session, viewer_id=user.id, ticket_id=callback_data.ticket_id)
+    except DomainError as error:
+        await query.answer(views.refusal(error), show_alert=True)
+        return
+    await query.answer(_("Accepted. The resident has been told."))
+    if isinstance(query.message, Message):
+        await query.message.edit_text(views.ticket_card(card, tz), reply_markup=views.ticket_actions(card.ticket))
+
+
+@router.callback_query(TicketCb.filter(F.action.in_(PROMPTS)))
+async def ask_for_text(
+    query: CallbackQuery, callback_data: TicketCb, state: FSMContext, session: AsyncSession, user: Person
+) -> None:
+    # Check access now, so a forged button is refused before the worker types anything.
+    try:
+        await tickets.open_card(session, viewer_id=user.id, ticket_id=callback_data.ticket_id)
+    except DomainError as error:
+        await query.answer(views.refusal(error), show_alert=True)
+        return
+    next_state, prompt = PROMPTS[callback_data.action]
+    await state.set_state(next_state)
+    await state.set_data({"ticket_id": callback_data.ticket_id})
+    await query.answer()
+    if isinstance(query.message, Message):
+        await query.message.answer(prompt(callback_data.ticket_id) + "\n" + _("/cancel to stop."))
+
+
+def _text_and_photo(message: Message) -> tuple[str, str | None]:
+    if message.photo:
+        return message.caption or "", message.photo[-1].file_id
+    return message.text or "", None
+
+
+async def _finish(message: Message, state: FSMContext, session: AsyncSession, user: Person, done: str) -> None:
+    await state.clear()
+    await show_menu(message, session, user, done)
+
+
+async def _apply(
+    message: Message,
+    state: FSMContext,
+    session: AsyncSession,
+    user: Person,
+    action: Any,
+    done: str,
+    **kwargs: Any,
+) -> None:
+    """Run a domain action with the text the worker sent; a refusal keeps them in the same step."""
+    ticket_id = (await state.get_data())["ticket_id"]
+    try:
+        await action(session, actor_id=user.id, ticket_id=ticket_id, **kwargs)
+    except tickets.TextTooLong as error:
+        await message.answer(views.refusal(error))
+        return
+    except DomainError as error:
+        await _finish(message, state, session, user, views.refusal(error))
+        return
+    await _finish(message, state, session, user, done.format(number=ticket_id))
+
+
+@router.message(WorkerInput.hand_back_reason, F.text)
+async def hand_back_reason(
+    message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock
+) -> None:
+    await _apply(
+        message,
+        state,
+        session,
+        user,
+        tickets.hand_back,
+        _("Ticket #{number} has been handed on."),
+        reason=message.text or "",
+        now=clock(),
+    )
+
+
+@router.message(WorkerInput.note, F.text | F.photo)
+async def progress_note(message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock) -> None:
+    text, photo = _text_and_photo(message)
+    await _apply(
+        message,
+        state,
+        session,
+        user,
+        tickets.add_note,
+        _("Note added to ticket #{number}; the resident has been told."),
+        text=text,
+        photo=photo,
+        now=clock(),
+    )
+
+
+@router.message(WorkerInput.resolution, F.text | F.photo)
+async def resolution(message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock) -> None:
+    text, photo = _text_and_photo(message)
+    if not text.strip():
+        await message.answer(_("Please say in words what was done (add it as the photo's caption)."))
+        return
+    await _apply(
+        message,
+        state,
+        session,
+        user,
+        tickets.resolve,
+        _("Ticket #{number} is resolved; the resident has been told."),
+        note=text,
+        photo=photo,
+        now=clock(),
+    )
+
+
+@router.message(WorkerInput.hand_back_reason)
+@router.message(WorkerInput.note)
+@router.message(WorkerInput.resolution)
+async def not_text(message: Message) -> None:
+    await message.answer(_("Please send text (or a photo with a caption), or /cancel."))

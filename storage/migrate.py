@@ -1,0 +1,130 @@
+"""Schema migrations with Alembic, the same on SQLite and PostgreSQL.
+
+    python -m storage.migrate [upgrade]            bring DATABASE_URL to the newest schema
+    python -m storage.migrate revision -m "what"   after changing storage/models.py: write the next migration
+
+The bot calls :func:`upgrade_database` at every start; on an up-to-date database it only reads the version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from storage.db import create_engine
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+# The same default as bot.config.Settings.database_url.
+DEFAULT_DATABASE_URL = f"sqlite+aiosqlite:///{MIGRATIONS.parent.parent / 'data' / 'bot.sqlite3'}"
+# Serialises bot processes that start at once against one PostgreSQL database.
+_PG_LOCK_KEY = 0x66656564626F74  # "feedbot"
+
+
+def alembic_config() -> Config:
+    """Alembic's configuration, built in code so no alembic.ini is needed."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
+    config.set_main_option("path_separator", "os")
+    if importlib.util.find_spec("ruff") is not None:  # tidy generated revisions (ruff is a dev dependency)
+        hooks = {"ruff_format": "format --quiet", "ruff_fix": "check --fix --quiet"}
+        hooks = {name: f"{options} REVISION_SCRIPT_FILENAME" for name, options in hooks.items()}
+        config.set_section_option("post_write_hooks", "hooks", ", ".join(hooks))
+        for hook, options in hooks.items():
+            for key, value in (("type", "module"), ("module", "ruff"), ("options", options)):
+                config.set_section_option("post_write_hooks", f"{hook}.{key}", value)
+    return config
+
+
+async def upgrade_database(engine: AsyncEngine) -> None:
+    """Migrate the database to the newest schema, in one transaction; safe to call on every start."""
+    await run_alembic(engine, lambda config: command.upgrade(config, "head"))
+
+
+async def make_revision(engine: AsyncEngine, message: str) -> None:
+    """Write the next migration by comparing the models with the (up-to-date) database."""
+
+    def revision(config: Config) -> None:
+        revisions = [s.revision for s in ScriptDirectory.from_config(config).walk_revisions()]
+        numbers = [int(r) for r in revisions if r.isdigit()]
+        command.revision(config, message, autogenerate=True, rev_id=f"{max(numbers, default=0) + 1:04d}")
+
+    await run_alembic(engine, revision)
+
+
+async def run_alembic(engine: AsyncEngine, action: Callable[[Config], Any]) -> None:
+    """Run an Alembic command (``action(config)``) in one transaction on a connection of ``engine``."""
+    config = alembic_config()
+
+    def call(connection: Connection) -> None:
+        config.attributes["connection"] = connection
+        action(config)
+
+    async with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            # SQLite alters a table by copying and dropping it, which foreign keys would block. The pragma
+            # only works outside a transaction; foreign_key_check below verifies the result instead.
+            await _sqlite_pragma(conn, "PRAGMA foreign_keys=OFF")
+        try:
+            async with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
+                await conn.run_sync(call)
+                if sqlite and (broken := (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all()):
+                    raise RuntimeError(f"migration left rows with broken foreign keys: {broken[:5]}")
+        finally:
+            if sqlite:
+                await _sqlite_pragma(conn, "PRAGMA foreign_keys=ON")
+
+
+async def _sqlite_pragma(conn: AsyncConnection, sql: str) -> None:
+    def run(sync_conn: Connection) -> None:
+        # On the DBAPI connection, so SQLAlchemy does not open a transaction (BEGIN IMMEDIATE) first.
+        cursor = sync_conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql)
+        finally:
+            cursor.close()
+
+    await conn.run_sync(run)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m storage.migrate", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("upgrade", help="migrate DATABASE_URL to the newest schema (the default)")
+    revision = commands.add_parser("revision", help="autogenerate the next migration from the models")
+    revision.add_argument("-m", "--message", required=True, help="what the migration changes")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
+
+    async def run() -> None:
+        engine = create_engine(url)
+        try:
+            if args.command == "revision":
+                await make_revision(engine, args.message)
+            else:
+                await upgrade_database(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

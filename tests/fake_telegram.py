@@ -1,0 +1,114 @@
+"""A fake Bot API: records every request, answers like Telegram, and can answer with errors.
+
+Answers go through aiogram's own ``check_response``, so a scripted 429 or 403 raises exactly the exception
+the real server's answer would.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict, deque
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiogram import Bot
+from aiogram.client.default import DefaultBotProperties
+from aiogram.client.session.base import BaseSession
+from aiogram.enums import ParseMode
+from aiogram.methods import TelegramMethod
+from aiogram.methods.base import TelegramType
+
+BOT_ID = 42
+BOT_TOKEN = f"{BOT_ID}:TEST-TOKEN"
+
+
+@dataclass(frozen=True)
+class ScriptedError:
+    status: int
+    description: str
+    retry_after: int | None = None
+
+
+TOO_MANY_REQUESTS = ScriptedError(429, "Too Many Requests: retry after 7", retry_after=7)
+BLOCKED = ScriptedError(403, "Forbidden: bot was blocked by the user")
+SERVER_ERROR = ScriptedError(502, "Bad Gateway")
+
+
+class FakeTelegram(BaseSession):
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[TelegramMethod[Any]] = []
+        self.errors: dict[int, deque[ScriptedError]] = defaultdict(deque)
+        self._message_ids = 1000
+
+    def fail_next(self, chat_id: int, *errors: ScriptedError) -> None:
+        """The next requests to ``chat_id`` get these answers, in order."""
+        self.errors[chat_id].extend(errors)
+
+    async def make_request(
+        self,
+        bot: Bot,
+        method: TelegramMethod[TelegramType],
+        timeout: int | None = None,  # noqa: ASYNC109 - aiogram's signature
+    ) -> TelegramType:
+        self.requests.append(method)
+        chat_id = getattr(method, "chat_id", None)
+        if isinstance(chat_id, int) and self.errors[chat_id]:
+            error = self.errors[chat_id].popleft()
+            body: dict[str, Any] = {"ok": False, "error_code": error.status, "description": error.description}
+            if error.retry_after is not None:
+                body["parameters"] = {"retry_after": error.retry_after}
+            response = self.check_response(bot, method, error.status, json.dumps(body))
+        else:
+            result = self._result(method)
+            response = self.check_response(bot, method, 200, json.dumps({"ok": True, "result": result}))
+        return response.result  # type: ignore[return-value]
+
+    def _message(self, method: TelegramMethod[Any]) -> dict[str, Any]:
+        self._message_ids += 1
+        chat_id = getattr(method, "chat_id", None) or 0
+        return {
+            "message_id": getattr(method, "message_id", None) or self._message_ids,
+            "date": int(datetime.now(UTC).timestamp()),
+            "chat": {"id": chat_id, "type": "private"},
+            "text": getattr(method, "text", None) or "",
+        }
+
+    def _result(self, method: TelegramMethod[Any]) -> Any:
+        returning = str(method.__returning__)
+        if "list[" in returning and "Message" in returning:
+            return [self._message(method) for _ in getattr(method, "media", [None])]
+        if "Message" in returning:
+            return self._message(method)
+        if "User" in returning:
+            return {"id": BOT_ID, "is_bot": True, "first_name": "Feedback", "username": "feedback_test_bot"}
+        return True
+
+    async def close(self) -> None:
+        pass
+
+    async def stream_content(self, *args: Any, **kwargs: Any) -> AsyncGenerator[bytes, None]:
+        raise NotImplementedError
+        yield b""
+
+
+def fake_bot() -> tuple[Bot, FakeTelegram]:
+    telegram = FakeTelegram()
+    return Bot(BOT_TOKEN, session=telegram, default=DefaultBotProperties(parse_mode=ParseMode.HTML)), telegram
+
+
+def sent_to(requests: list[TelegramMethod[Any]], chat_id: int) -> list[TelegramMethod[Any]]:
+    return [r for r in requests if getattr(r, "chat_id", None) == chat_id]
+
+
+def text_of(method: TelegramMethod[Any]) -> str:
+    return str(getattr(method, "text", None) or getattr(method, "caption", None) or "")
+
+
+def buttons_of(method: TelegramMethod[Any]) -> list[tuple[str, str]]:
+    """(text, callback_data) of every inline button in the request."""
+    markup = getattr(method, "reply_markup", None)
+    rows = getattr(markup, "inline_keyboard", None) or []
+    return [(b.text, b.callback_data or "") for row in rows for b in row]

@@ -1,0 +1,116 @@
+"""Drives the real dispatcher with updates, as Telegram would, and runs the outbox sender on demand."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime
+from typing import Any
+
+from aiogram.methods import TelegramMethod
+from aiogram.types import (
+    CallbackQuery,
+    Chat,
+    Location,
+    Message,
+    PhotoSize,
+    Sticker,
+    Update,
+    User,
+)
+
+from bot.app import Application, assemble
+from bot.config import Settings
+from bot.sender import SenderSettings
+from domain.clock import Clock
+from storage.db import SessionFactory
+from tests.fake_telegram import BOT_ID, buttons_of, fake_bot, text_of
+
+_ids = itertools.count(1)
+
+
+class Harness:
+    def __init__(self, session_factory: SessionFactory, clock: Clock, redis_url: str | None = None) -> None:
+        self.bot, self.telegram = fake_bot()
+        settings = Settings(bot_token=None, community_file=None, redis_url=redis_url)
+        self.app: Application = assemble(settings, self.bot, session_factory, clock)
+        # Tests do not wait a real second between two messages to one chat.
+        self.app.sender.settings = SenderSettings(chat_interval=0, rate_per_second=10_000)
+        self.sessions = session_factory
+
+    def person(self, user_id: int, name: str = "", language: str = "zh-hans") -> Person:
+        return Person(self, user_id, name or f"user{user_id}", language)
+
+    async def feed(self, update: Update) -> list[TelegramMethod[Any]]:
+        before = len(self.telegram.requests)
+        await self.app.dispatcher.feed_update(self.bot, update)
+        return self.telegram.requests[before:]
+
+    async def deliver(self) -> list[TelegramMethod[Any]]:
+        """Run the outbox sender until nothing is due; returns what it sent."""
+        before = len(self.telegram.requests)
+        while await self.app.sender.deliver_due():
+            pass
+        return self.telegram.requests[before:]
+
+
+class Person:
+    """Someone chatting with the bot in a private chat."""
+
+    def __init__(self, harness: Harness, user_id: int, name: str, language: str) -> None:
+        self.harness = harness
+        self.id = user_id
+        self.user = User(id=user_id, is_bot=False, first_name=name, language_code=language)
+        self.chat = Chat(id=user_id, type="private")
+
+    def _message(self, **content: Any) -> Message:
+        return Message(message_id=next(_ids), date=datetime.now(UTC), chat=self.chat, from_user=self.user, **content)
+
+    async def send(self, text: str) -> list[TelegramMethod[Any]]:
+        return await self.harness.feed(Update(update_id=next(_ids), message=self._message(text=text)))
+
+    async def send_photo(self, file_id: str, caption: str | None = None) -> list[TelegramMethod[Any]]:
+        sizes = [
+            PhotoSize(file_id=f"{file_id}-thumb", file_unique_id=f"{file_id}-t", width=90, height=90),
+            PhotoSize(file_id=file_id, file_unique_id=file_id, width=1280, height=960),
+        ]
+        return await self.harness.feed(
+            Update(update_id=next(_ids), message=self._message(photo=sizes, caption=caption))
+        )
+
+    async def send_location(self, latitude: float, longitude: float) -> list[TelegramMethod[Any]]:
+        location = Location(latitude=latitude, longitude=longitude)
+        return await self.harness.feed(Update(update_id=next(_ids), message=self._message(location=location)))
+
+    async def send_sticker(self) -> list[TelegramMethod[Any]]:
+        sticker = Sticker(
+            file_id="sticker",
+            file_unique_id="s",
+            type="regular",
+            width=512,
+            height=512,
+            is_animated=False,
+            is_video=False,
+        )
+        return await self.harness.feed(Update(update_id=next(_ids), message=self._message(sticker=sticker)))
+
+    async def press(self, data: str, message_text: str = "") -> list[TelegramMethod[Any]]:
+        """Press an inline button with this callback data (forged data works too, as for a custom client)."""
+        bot_message = Message(
+            message_id=next(_ids),
+            date=datetime.now(UTC),
+            chat=self.chat,
+            from_user=User(id=BOT_ID, is_bot=True, first_name="bot"),
+            text=message_text or "…",
+        )
+        query = CallbackQuery(
+            id=str(next(_ids)), from_user=self.user, chat_instance="test", data=data, message=bot_message
+        )
+        return await self.harness.feed(Update(update_id=next(_ids), callback_query=query))
+
+    async def tap(self, requests: list[TelegramMethod[Any]], label: str) -> list[TelegramMethod[Any]]:
+        """Press the button whose text contains ``label`` in the latest of ``requests`` that has one."""
+        for request in reversed(requests):
+            for text, data in buttons_of(request):
+                if label in text:
+                    return await self.press(data, text_of(request))
+        raise AssertionError(f"no button {label!r} in {[buttons_of(r) for r in requests]}")

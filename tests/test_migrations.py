@@ -1,0 +1,148 @@
+"""Alembic migrations: they build the models' schema from nothing, on SQLite and PostgreSQL alike.
+
+``test_migrations_match_models`` is the guard against a model changed without a migration: when it fails,
+run ``python -m storage.migrate revision -m "what changed"`` and review the file it writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Column, MetaData, String, insert, inspect, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from storage.db import create_engine, create_session_factory
+from storage.migrate import alembic_config, run_alembic, upgrade_database
+from storage.models import Base, Community, Grid, User
+from tests.conftest import BACKENDS, require_postgresql
+
+HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+async def drop_everything(engine: AsyncEngine) -> None:
+    """Every table, including ``alembic_version`` and any left by other tests, so the database is empty."""
+    async with engine.begin() as conn:
+        names = await conn.run_sync(lambda sync_conn: inspect(sync_conn).get_table_names())
+        for name in names:
+            await conn.exec_driver_sql(f'DROP TABLE IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture(params=BACKENDS)
+async def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """An engine on an empty database (unlike conftest's ``engine``, which runs ``create_all``)."""
+    if request.param == "sqlite":
+        engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'migrations.sqlite3'}")
+    else:
+        engine = create_engine(require_postgresql())
+        await drop_everything(engine)
+    yield engine
+    await engine.dispose()
+
+
+async def table_names(engine: AsyncEngine) -> set[str]:
+    async with engine.connect() as conn:
+        return set(await conn.run_sync(lambda sync_conn: inspect(sync_conn).get_table_names()))
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    async with engine.connect() as conn:
+        return await conn.run_sync(lambda sync_conn: MigrationContext.configure(sync_conn).get_current_revision())
+
+
+def schema_differences(sync_conn: Connection, metadata: MetaData) -> list[Any]:
+    context = MigrationContext.configure(sync_conn, opts={"compare_type": True})
+    return compare_metadata(context, metadata)
+
+
+async def test_upgrade_from_empty_creates_every_table(empty_engine: AsyncEngine) -> None:
+    assert await table_names(empty_engine) == set()
+
+    await upgrade_database(empty_engine)
+
+    assert await table_names(empty_engine) == set(Base.metadata.tables) | {"alembic_version"}
+    assert await current_revision(empty_engine) == HEAD
+
+
+async def test_upgrade_twice_is_harmless(empty_engine: AsyncEngine) -> None:
+    await upgrade_database(empty_engine)
+    async with empty_engine.begin() as conn:
+        await conn.execute(insert(Community).values(code="jsx", name="建设巷社区", name_en="", timezone="UTC"))
+
+    await upgrade_database(empty_engine)
+
+    assert await current_revision(empty_engine) == HEAD
+    async with empty_engine.connect() as conn:
+        assert (await conn.execute(select(Community.code))).scalars().all() == ["jsx"]
+
+
+async def test_migrations_match_models(empty_engine: AsyncEngine) -> None:
+    await upgrade_database(empty_engine)
+
+    async with empty_engine.connect() as conn:
+        differences = await conn.run_sync(schema_differences, Base.metadata)
+
+    assert differences == [], (
+        "storage/models.py differs from the schema the migrations build; "
+        'run `python -m storage.migrate revision -m "..."` and review the new file'
+    )
+
+
+async def test_the_guard_sees_a_column_added_without_a_migration(empty_engine: AsyncEngine) -> None:
+    await upgrade_database(empty_engine)
+    changed = MetaData(naming_convention=Base.metadata.naming_convention)
+    for table in Base.metadata.tables.values():
+        table.to_metadata(changed)
+    changed.tables["communities"].append_column(Column("guard_probe", String(20), nullable=True))
+
+    async with empty_engine.connect() as conn:
+        differences = await conn.run_sync(schema_differences, changed)
+
+    assert [(d[0], d[2], d[3].name) for d in differences] == [("add_column", "communities", "guard_probe")]
+
+
+async def test_round_trip_after_migrating(empty_engine: AsyncEngine) -> None:
+    await upgrade_database(empty_engine)
+    session_factory = create_session_factory(empty_engine)
+    joined = datetime(2026, 11, 2, 9, 30, tzinfo=UTC)
+
+    async with session_factory() as session:
+        community = Community(code="jsx", name="建设巷社区", name_en="Jianshexiang Community")
+        session.add_all([community, User(id=7_000_000_001, full_name="王阿姨", created_at=joined)])
+        await session.commit()
+        community_id = community.id
+
+    async with session_factory() as session:
+        stored = await session.get(Community, community_id)
+        user = await session.get(User, 7_000_000_001)
+    assert stored is not None and (stored.code, stored.name, stored.timezone) == (
+        "jsx",
+        "建设巷社区",
+        "Asia/Shanghai",
+    )
+    assert user is not None and user.created_at == joined
+
+    # Foreign keys are enforced again once the migration is over (SQLite turns them off while it runs).
+    with pytest.raises(IntegrityError):
+        async with session_factory() as session:
+            session.add(Grid(community_id=community_id + 999, code="g1", name="第一网格"))
+            await session.commit()
+
+
+async def test_downgrade_to_base_and_back(empty_engine: AsyncEngine) -> None:
+    await upgrade_database(empty_engine)
+
+    await run_alembic(empty_engine, lambda config: command.downgrade(config, "base"))
+    assert await table_names(empty_engine) <= {"alembic_version"}
+
+    await upgrade_database(empty_engine)
+    assert await current_revision(empty_engine) == HEAD

@@ -1,0 +1,150 @@
+"""Routing rules, tested on the domain directly: building → grid → least-loaded worker → staff."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from domain import tickets
+from domain.categories import list_categories, suggest_category
+from domain.errors import AccessDenied, InvalidTransition, NotBound
+from domain.routing import RouteReason
+from storage.db import SessionFactory
+from storage.models import Building, Category, Compound, Membership, TicketStatus, User
+from tests.conftest import FakeClock
+
+LI_JUAN, MA_LI, ZHANG_WEI = 200001, 200002, 200003
+STAFF_WANG = 100001
+
+
+async def resident_in(session_factory: SessionFactory, clock: FakeClock, user_id: int, building: str) -> None:
+    compound_code, building_code = building.split("/")
+    async with session_factory() as session, session.begin():
+        found = await session.scalar(
+            select(Building).join(Compound).where(Compound.code == compound_code, Building.code == building_code)
+        )
+        assert found is not None
+        session.add(User(id=user_id, full_name="resident", building_id=found.id, unit=1, created_at=clock()))
+
+
+async def category(session_factory: SessionFactory, code: str) -> Category:
+    async with session_factory() as session:
+        found = await session.scalar(select(Category).where(Category.code == code))
+        assert found is not None
+        return found
+
+
+async def report(
+    session_factory: SessionFactory, clock: FakeClock, user_id: int, code: str = "light"
+) -> tickets.FiledTicket:
+    cat = await category(session_factory, code)
+    async with session_factory() as session:
+        return await tickets.file_report(
+            session,
+            reporter_id=user_id,
+            draft=tickets.ReportDraft(category_id=cat.id, description="路灯不亮"),
+            now=clock(),
+        )
+
+
+async def test_least_loaded_primary_then_idle_longest(
+    session_factory: SessionFactory, clock: FakeClock, community: None
+) -> None:
+    await resident_in(session_factory, clock, 1, "yinba/1")
+    first = await report(session_factory, clock, 1)
+    assert first.decision.assignee and first.decision.assignee.user_id == LI_JUAN
+    assert first.decision.reason == RouteReason.GRID_WORKER
+    clock.advance(minutes=1)
+    second = await report(session_factory, clock, 1)
+    assert second.decision.assignee and second.decision.assignee.user_id == MA_LI
+    # Both now have one open ticket: the tie goes to the one idle longest (Li Juan, assigned first).
+    clock.advance(minutes=1)
+    third = await report(session_factory, clock, 1)
+    assert third.decision.assignee and third.decision.assignee.user_id == LI_JUAN
+    # Now Li Juan has two open tickets and Ma Li one: the fewest open wins.
+    clock.advance(minutes=1)
+    fourth = await report(session_factory, clock, 1)
+    assert fourth.decision.assignee and fourth.decision.assignee.user_id == MA_LI
+    # The backup is never chosen while a primary can take it.
+    considered = {c.user_id for c in fourth.decision.considered}
+    assert ZHANG_WEI in considered
+
+
+async def test_grid_without_workers_goes_to_staff_and_says_why(
+    session_factory: SessionFactory, clock: FakeClock, community: None
+) -> None:
+    async with session_factory() as session, session.begin():
+        await session.execute(update(Membership).where(Membership.role == "grid_worker").values(active=False))
+    await resident_in(session_factory, clock, 1, "yinba/1")
+    filed = await report(session_factory, clock, 1)
+    assert filed.decision.reason == RouteReason.NO_GRID_WORKER
+    assert filed.decision.assignee and filed.decision.assignee.user_id == STAFF_WANG
+    assert filed.ticket.level == "community"
+
+
+async def test_community_level_category_goes_to_staff(
+    session_factory: SessionFactory, clock: FakeClock, community: None
+) -> None:
+    await resident_in(session_factory, clock, 1, "yinba/1")
+    filed = await report(session_factory, clock, 1, code="property")
+    assert filed.decision.reason == RouteReason.CATEGORY_LEVEL
+    assert filed.decision.assignee and filed.decision.assignee.user_id in {100001, 100002}
+
+
+async def test_unbound_resident_cannot_file(session_factory: SessionFactory, clock: FakeClock, community: None) -> None:
+    async with session_factory() as session, session.begin():
+        session.add(User(id=5, full_name="x", created_at=clock()))
+    with pytest.raises(NotBound):
+        await report(session_factory, clock, 5)
+
+
+async def test_category_of_another_community_is_refused(
+    session_factory: SessionFactory, clock: FakeClock, community: None
+) -> None:
+    await resident_in(session_factory, clock, 1, "yinba/1")
+    async with session_factory() as session:
+        with pytest.raises(tickets.DomainError):
+            await tickets.file_report(
+                session,
+                reporter_id=1,
+                draft=tickets.ReportDraft(category_id=99999, description="x"),
+                now=clock(),
+            )
+
+
+async def test_lifecycle_rules_and_access(session_factory: SessionFactory, clock: FakeClock, community: None) -> None:
+    await resident_in(session_factory, clock, 1, "yinba/1")
+    filed = await report(session_factory, clock, 1)
+    ticket_id = filed.ticket.id
+    async with session_factory() as session:
+        with pytest.raises(InvalidTransition):  # notes only after accepting
+            await tickets.add_note(session, actor_id=LI_JUAN, ticket_id=ticket_id, text="x", photo=None, now=clock())
+        with pytest.raises(AccessDenied):  # grid 2's worker
+            await tickets.accept(session, actor_id=200011, ticket_id=ticket_id, now=clock())
+        with pytest.raises(AccessDenied):  # the reporter is no worker
+            await tickets.resolve(session, actor_id=1, ticket_id=ticket_id, note="done", photo=None, now=clock())
+        clock.advance(hours=1)
+        accepted = await tickets.accept(session, actor_id=LI_JUAN, ticket_id=ticket_id, now=clock())
+        assert accepted.status == TicketStatus.IN_PROGRESS
+        assert accepted.accepted_at is not None and accepted.accepted_at - accepted.created_at == timedelta(hours=1)
+        with pytest.raises(tickets.TextTooLong):
+            await tickets.resolve(
+                session, actor_id=LI_JUAN, ticket_id=ticket_id, note="长" * 801, photo=None, now=clock()
+            )
+        # Staff may step in on any ticket of their community.
+        resolved = await tickets.resolve(
+            session, actor_id=STAFF_WANG, ticket_id=ticket_id, note="已修好", photo=None, now=clock()
+        )
+        assert resolved.status == TicketStatus.RESOLVED
+
+
+async def test_category_suggestion_from_keywords(session_factory: SessionFactory, community: None) -> None:
+    cat = await category(session_factory, "flying-lead")
+    async with session_factory() as session:
+        categories = await list_categories(session, cat.community_id)
+    assert suggest_category(categories, "楼上有人从窗户拉飞线给电动车充电").code == "flying-lead"  # type: ignore[union-attr]
+    assert suggest_category(categories, "楼顶堆了好多建筑垃圾，下雨漏水").code == "rooftop-waste"  # type: ignore[union-attr]
+    assert suggest_category(categories, "The street light is broken").code == "light"  # type: ignore[union-attr]
+    assert suggest_category(categories, "你好") is None

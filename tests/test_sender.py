@@ -1,0 +1,122 @@
+"""The outbox sender: Telegram's 429, 403 and 5xx answers, and a crash that loses and doubles nothing."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from aiogram.methods import SendMessage
+from sqlalchemy import select, update
+
+from bot.sender import TokenBucket
+from domain.outbox import Notice, enqueue
+from storage.models import OutboxMessage, OutboxStatus, User
+from tests.conftest import FakeClock
+from tests.fake_telegram import BLOCKED, SERVER_ERROR, TOO_MANY_REQUESTS, sent_to
+from tests.harness import Harness
+from tests.test_report_flow import LI_JUAN, bind, file_report
+
+
+async def outbox(harness: Harness) -> list[OutboxMessage]:
+    async with harness.sessions() as session:
+        return list(await session.scalars(select(OutboxMessage).order_by(OutboxMessage.id)))
+
+
+async def filed_with_photo(harness: Harness) -> int:
+    resident = harness.person(900100)
+    await bind(resident)
+    return await file_report(resident, "楼道杂物", "楼道里堆满了纸箱", photos=1)
+
+
+async def test_429_waits_retry_after_then_sends_each_message_once(harness: Harness, clock: FakeClock) -> None:
+    await filed_with_photo(harness)  # a card and a photo for Li Juan
+    harness.telegram.fail_next(LI_JUAN, TOO_MANY_REQUESTS)
+    first = await harness.deliver()
+    assert len(sent_to(first, LI_JUAN)) == 1, "after a 429 the chat's other messages wait too"
+    rows = await outbox(harness)
+    assert {r.status for r in rows} == {OutboxStatus.PENDING}
+    assert all(r.not_before == clock() + timedelta(seconds=7) for r in rows)
+
+    clock.advance(seconds=6)
+    assert await harness.deliver() == [], "nothing is sent before retry_after has passed"
+    clock.advance(seconds=1)
+    second = sent_to(await harness.deliver(), LI_JUAN)
+    assert [type(r).__name__ for r in second] == ["SendMessage", "SendPhoto"], "order is kept"
+    assert {r.status for r in await outbox(harness)} == {OutboxStatus.SENT}
+    assert await harness.deliver() == []
+
+
+async def test_403_marks_the_worker_unreachable_and_stops_sending(harness: Harness) -> None:
+    await filed_with_photo(harness)
+    harness.telegram.fail_next(LI_JUAN, BLOCKED)
+    delivered = await harness.deliver()
+    assert len(sent_to(delivered, LI_JUAN)) == 1
+    rows = await outbox(harness)
+    assert {r.status for r in rows} == {OutboxStatus.FAILED}
+    assert "403" in rows[0].error
+    async with harness.sessions() as session:
+        worker = await session.get(User, LI_JUAN)
+        assert worker is not None and worker.unreachable_at is not None
+
+    # Later messages to them are not even tried, until they talk to the bot again.
+    async with harness.sessions() as session, session.begin():
+        enqueue(session, LI_JUAN, Notice.TICKET_CARD, harness.app.sender.clock(), ticket_id=1)
+    assert sent_to(await harness.deliver(), LI_JUAN) == []
+    await harness.person(LI_JUAN).send("/help")
+    async with harness.sessions() as session:
+        worker = await session.get(User, LI_JUAN)
+        assert worker is not None and worker.unreachable_at is None
+
+
+async def test_server_errors_are_retried_with_backoff(harness: Harness, clock: FakeClock) -> None:
+    await filed_with_photo(harness)
+    harness.telegram.fail_next(LI_JUAN, SERVER_ERROR, SERVER_ERROR)
+    await harness.deliver()
+    rows = await outbox(harness)
+    assert rows[0].attempts == 1 and rows[0].status == OutboxStatus.PENDING
+    clock.advance(seconds=2)
+    await harness.deliver()
+    rows = await outbox(harness)
+    assert rows[0].attempts == 2 and rows[0].status == OutboxStatus.PENDING
+    clock.advance(seconds=4)
+    delivered = sent_to(await harness.deliver(), LI_JUAN)
+    assert len(delivered) == 2
+    assert {r.status for r in await outbox(harness)} == {OutboxStatus.SENT}
+
+
+async def test_a_crash_before_sending_loses_nothing_and_doubles_nothing(harness: Harness, clock: FakeClock) -> None:
+    number = await filed_with_photo(harness)
+    # The process dies right after the report was committed: its sender never ran.
+    restarted = Harness(harness.sessions, clock)
+    delivered = await restarted.deliver()
+    cards = [r for r in sent_to(delivered, LI_JUAN) if isinstance(r, SendMessage)]
+    assert len(cards) == 1 and f"#{number}" in cards[0].text
+    assert await restarted.deliver() == []
+    assert sent_to(harness.telegram.requests, LI_JUAN) == [], "the process that died sent nothing"
+
+
+async def test_rows_claimed_by_a_dead_process_are_released_after_a_while(harness: Harness, clock: FakeClock) -> None:
+    await filed_with_photo(harness)
+    async with harness.sessions() as session, session.begin():
+        await session.execute(update(OutboxMessage).values(status=OutboxStatus.SENDING, claimed_at=clock()))
+    sender = harness.app.sender
+    assert await sender.release_stale_claims() == 0, "a fresh claim may belong to a live process"
+    clock.advance(minutes=6)
+    assert await sender.release_stale_claims() == 2
+    assert len(sent_to(await harness.deliver(), LI_JUAN)) == 2
+
+
+async def test_token_bucket_spaces_sends_to_the_rate() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    bucket = TokenBucket(rate=25, monotonic=lambda: now[0], sleep=sleep)
+    for _ in range(50):
+        await bucket.take()
+    assert abs(now[0] - 49 / 25) < 1e-9
+    bucket.pause(5)
+    await bucket.take()
+    assert abs(now[0] - (49 / 25 + 5)) < 1e-9
