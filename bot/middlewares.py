@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiogram import BaseMiddleware
 from aiogram.types import TelegramObject
 from aiogram.types import User as TelegramUser
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.clock import Clock
 from domain.outbox import QUEUED_FLAG
-from domain.people import touch_user
+from domain.people import CHANGED_PEOPLE, Person, touch_user
 from storage.db import SessionFactory
 
 Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
@@ -35,17 +37,45 @@ class SessionMiddleware(BaseMiddleware):
 
 
 class UserMiddleware(BaseMiddleware):
-    """Loads (or creates) the sender's user record, so every handler knows who is asking."""
+    """Puts who is asking into ``data["user"]``, creating their record on first contact.
+
+    Snapshots are kept for ``ttl`` seconds: reading the record on every update costs more than the rest of a
+    wizard step. Changes made in this process drop the snapshot at once; changes made elsewhere (another bot
+    process, a community import) are seen within ``ttl``.
+    """
+
+    def __init__(self, ttl: float = 60.0, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.monotonic = monotonic
+        self.snapshots: dict[int, tuple[float, Person]] = {}
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         telegram_user: TelegramUser | None = data.get("event_from_user")
-        if telegram_user is not None and not telegram_user.is_bot:
-            clock: Clock = data["clock"]
-            data["user"] = await touch_user(
-                data["session"],
-                telegram_user.id,
-                telegram_user.full_name,
-                telegram_user.language_code,
-                clock(),
-            )
-        return await handler(event, data)
+        if telegram_user is None or telegram_user.is_bot:
+            return await handler(event, data)
+        session: AsyncSession = data["session"]
+        data["user"] = await self._person(session, telegram_user, data["clock"])
+        try:
+            return await handler(event, data)
+        finally:
+            for user_id in session.info.pop(CHANGED_PEOPLE, ()):
+                self.snapshots.pop(user_id, None)
+
+    async def _person(self, session: AsyncSession, telegram_user: TelegramUser, clock: Clock) -> Person:
+        now = self.monotonic()
+        cached = self.snapshots.get(telegram_user.id)
+        if cached is not None:
+            taken_at, person = cached
+            if (
+                now - taken_at < self.ttl
+                and person.full_name == telegram_user.full_name
+                and person.telegram_language == telegram_user.language_code
+            ):
+                return person
+        person = await touch_user(
+            session, telegram_user.id, telegram_user.full_name, telegram_user.language_code, clock()
+        )
+        if len(self.snapshots) > 100_000:
+            self.snapshots.clear()
+        self.snapshots[telegram_user.id] = (now, person)
+        return person

@@ -38,10 +38,15 @@ class Person:
     telegram_language: str | None
     building_id: int | None
     unit: int | None
+    is_worker: bool  # a grid worker or community staff somewhere
 
-    @classmethod
-    def of(cls, user: User) -> Person:
-        return cls(user.id, user.full_name, user.language, user.telegram_language, user.building_id, user.unit)
+
+# session.info key: ids of people whose record an operation changed, so snapshots of them can be dropped.
+CHANGED_PEOPLE = "people_changed"
+
+
+def _changed(session: AsyncSession, user_id: int) -> None:
+    session.info.setdefault(CHANGED_PEOPLE, set()).add(user_id)
 
 
 async def touch_user(
@@ -57,7 +62,16 @@ async def touch_user(
             user.full_name, user.telegram_language = full_name, telegram_language
         if user.unreachable_at is not None:
             user.unreachable_at = None  # they wrote to us, so they have unblocked the bot
-        return Person.of(user)
+        duties = await load_duties(session, user_id)
+        return Person(
+            user.id,
+            user.full_name,
+            user.language,
+            user.telegram_language,
+            user.building_id,
+            user.unit,
+            duties.is_worker,
+        )
 
 
 async def set_language(session: AsyncSession, user_id: int, language: str) -> None:
@@ -66,15 +80,11 @@ async def set_language(session: AsyncSession, user_id: int, language: str) -> No
         if user is None:
             raise NotFound(user_id)
         user.language = language
-
-
-async def duties_of(session: AsyncSession, user_id: int) -> Duties:
-    async with session.begin():
-        return await load_duties(session, user_id)
+        _changed(session, user_id)
 
 
 async def load_duties(session: AsyncSession, user_id: int) -> Duties:
-    """The same as :func:`duties_of`, inside a transaction the caller already holds."""
+    """What someone is responsible for, inside a transaction the caller already holds."""
     rows = (
         await session.execute(
             select(Membership.role, Membership.grid_id, Membership.community_id).where(
@@ -136,6 +146,7 @@ async def bind_resident(session: AsyncSession, user_id: int, building_id: int, u
         if user is None:
             raise NotFound(user_id)
         user.building_id, user.unit = building.id, unit
+        _changed(session, user_id)
     return building
 
 

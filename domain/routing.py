@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import Level, Membership, Rank, Role, Ticket, TicketStatus
@@ -123,8 +123,8 @@ async def choose_assignee(
 
 async def record_assignment(session: AsyncSession, *, community_id: int, user_id: int, now: datetime) -> None:
     """Remember when someone was last given a ticket: the tie-breaker for the next one."""
-    memberships = await session.scalars(
-        select(Membership).where(Membership.community_id == community_id, Membership.user_id == user_id)
+    await session.execute(
+        update(Membership)
+        .where(Membership.community_id == community_id, Membership.user_id == user_id)
+        .values(last_assigned_at=now)
     )
-    for membership in memberships:
-        membership.last_assigned_at = now

@@ -15,19 +15,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.errors import AccessDenied, DomainError, InvalidTransition, NotBound, NotFound
 from domain.outbox import Notice, enqueue
-from domain.people import Duties, display_names, load_duties
+from domain.people import Duties, Person, display_names, load_duties
 from domain.routing import RouteReason, RoutingDecision, choose_assignee, record_assignment
 from storage.models import (
     Building,
     Category,
     EventKind,
-    Level,
     PhotoStage,
     Ticket,
     TicketEvent,
     TicketPhoto,
     TicketStatus,
-    User,
 )
 
 MAX_DESCRIPTION = 800  # leaves room for the card's header inside Telegram's 1024-character caption
@@ -85,55 +83,63 @@ def _check_length(text: str, limit: int) -> str:
     return text
 
 
-async def file_report(session: AsyncSession, *, reporter_id: int, draft: ReportDraft, now: datetime) -> FiledTicket:
-    """Turn a confirmed wizard into a ticket and hand it to the right person at once."""
+async def file_report(
+    session: AsyncSession,
+    *,
+    reporter: Person,
+    building: Building,
+    category: Category,
+    draft: ReportDraft,
+    now: datetime,
+) -> FiledTicket:
+    """Turn a confirmed wizard into a ticket and hand it to the right person at once.
+
+    ``building`` and ``category`` come from the server's own records (the resident's home, the category the
+    wizard checked); here they are checked against each other and the reporter, never taken on trust.
+    """
     description = _check_length(draft.description, MAX_DESCRIPTION)
     if len(draft.photos) > MAX_PHOTOS:
         raise ValueError("too many photos")
+    if reporter.building_id != building.id or not building.active:
+        raise NotBound()
+    community_id = building.compound.community_id
+    if category.id != draft.category_id or not category.active or category.community_id != community_id:
+        raise NotFound(draft.category_id)
     async with session.begin():
-        reporter = await session.get(User, reporter_id)
-        if reporter is None or reporter.building_id is None:
-            raise NotBound()
-        building = await session.get(Building, reporter.building_id)
-        if building is None or not building.active:
-            raise NotBound()
-        category = await session.get(Category, draft.category_id)
-        community_id = building.compound.community_id
-        if category is None or not category.active or category.community_id != community_id:
-            raise NotFound(draft.category_id)
-
-        ticket = Ticket(
-            community_id=community_id,
-            category=category,
-            building=building,
-            unit=reporter.unit,
-            grid_id=building.grid_id,
-            reporter_id=reporter_id,
-            description=description,
-            latitude=draft.latitude,
-            longitude=draft.longitude,
-            status=TicketStatus.ASSIGNED,
-            level=Level.GRID,
-            created_at=now,
-            updated_at=now,
-            photos=[TicketPhoto(file_id=file_id, stage=PhotoStage.REPORT) for file_id in draft.photos],
-        )
-        session.add(ticket)
-        await session.flush()
-        session.add(TicketEvent(ticket_id=ticket.id, at=now, actor_id=reporter_id, kind=EventKind.CREATED))
         decision = await choose_assignee(
             session, community_id=community_id, grid_id=building.grid_id, category_level=category.level
         )
-        await _assign(session, ticket, decision, now)
+        ticket = Ticket(
+            community_id=community_id,
+            category_id=category.id,
+            building_id=building.id,
+            unit=reporter.unit,
+            grid_id=building.grid_id,
+            reporter_id=reporter.id,
+            description=description,
+            latitude=draft.latitude,
+            longitude=draft.longitude,
+            created_at=now,
+            photos=[TicketPhoto(file_id=file_id, stage=PhotoStage.REPORT) for file_id in draft.photos],
+        )
+        _apply_decision(ticket, decision, now)
+        session.add(ticket)
+        await session.flush()
+        session.add(TicketEvent(ticket_id=ticket.id, at=now, actor_id=reporter.id, kind=EventKind.CREATED))
+        await _record_routing(session, ticket, decision, now)
     return FiledTicket(ticket, decision)
 
 
-async def _assign(session: AsyncSession, ticket: Ticket, decision: RoutingDecision, now: datetime) -> None:
+def _apply_decision(ticket: Ticket, decision: RoutingDecision, now: datetime) -> None:
     ticket.status = TicketStatus.ASSIGNED
     ticket.level = decision.level
     ticket.accepted_at = None
     ticket.updated_at = now
     ticket.assignee_id = decision.assignee.user_id if decision.assignee else None
+
+
+async def _record_routing(session: AsyncSession, ticket: Ticket, decision: RoutingDecision, now: datetime) -> None:
+    """The routing event with its reason, and the new assignee's card."""
     session.add(TicketEvent(ticket_id=ticket.id, at=now, kind=EventKind.ROUTED, data=decision.as_event_data()))
     if decision.assignee is None:
         return
@@ -222,7 +228,8 @@ async def hand_back(session: AsyncSession, *, actor_id: int, ticket_id: int, rea
         if decision.assignee is None:
             raise NobodyToHandTo(ticket_id)
         await _record(session, ticket, EventKind.HANDED_BACK, actor_id, now, note=reason)
-        await _assign(session, ticket, decision, now)
+        _apply_decision(ticket, decision, now)
+        await _record_routing(session, ticket, decision, now)
     return FiledTicket(ticket, decision)
 
 

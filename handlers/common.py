@@ -8,20 +8,18 @@ from aiogram.fsm.context import FSMContext
 from aiogram.types import CallbackQuery, Message
 from aiogram.utils.i18n import I18n
 from aiogram.utils.i18n import gettext as _
-from aiogram.utils.keyboard import InlineKeyboardBuilder
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import views
 from bot.callbacks import LanguageCb
 from bot.i18n import LANGUAGES
-from domain.people import Person, duties_of, set_language
+from domain.people import Person, set_language
 
 router = Router(name="common")
 
 
-async def show_menu(message: Message, session: AsyncSession, user: Person, text: str) -> None:
-    duties = await duties_of(session, user.id)
-    await message.answer(text, reply_markup=views.main_menu(duties.is_worker))
+async def show_menu(message: Message, user: Person, text: str) -> None:
+    await message.answer(text, reply_markup=views.main_menu(user.is_worker))
 
 
 @router.message(Command("cancel"), StateFilter("*"))
@@ -29,7 +27,7 @@ async def cancel(message: Message, state: FSMContext, session: AsyncSession, use
     had_something = await state.get_state() is not None
     await state.clear()
     text = _("Cancelled. Nothing was sent.") if had_something else _("There is nothing to cancel.")
-    await show_menu(message, session, user, text)
+    await show_menu(message, user, text)
 
 
 @router.message(~StateFilter(None), F.text.startswith("/"))
@@ -41,7 +39,6 @@ async def command_mid_step(message: Message) -> None:
 async def help_(message: Message, session: AsyncSession, user: Person) -> None:
     await show_menu(
         message,
-        session,
         user,
         _(
             "I pass your reports to your grid worker and tell you how they go.\n\n"
@@ -58,10 +55,8 @@ async def help_(message: Message, session: AsyncSession, user: Person) -> None:
 @router.message(Command("language"))
 @router.message(F.text == views.MENU_LANGUAGE)
 async def choose_language(message: Message) -> None:
-    builder = InlineKeyboardBuilder()
-    for code, name in LANGUAGES.items():
-        builder.button(text=name, callback_data=LanguageCb(code=code))
-    await message.answer(_("Choose your language:"), reply_markup=builder.as_markup())
+    keyboard = views.inline_keyboard([(name, LanguageCb(code=code)) for code, name in LANGUAGES.items()])
+    await message.answer(_("Choose your language:"), reply_markup=keyboard)
 
 
 @router.callback_query(LanguageCb.filter())
@@ -75,4 +70,4 @@ async def set_language_(
     with i18n.use_locale(callback_data.code):
         await query.answer()
         if isinstance(query.message, Message):
-            await show_menu(query.message, session, user, _("Language changed."))
+            await show_menu(query.message, user, _("Language changed."))

@@ -9,6 +9,7 @@ from aiogram.types import CallbackQuery, Message
 from aiogram.utils.i18n import gettext as _
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from domain.directory import Directory
 from domain.people import Person
 from handlers import report
 
@@ -21,9 +22,11 @@ async def unknown_command(message: Message) -> None:
 
 
 @router.message(StateFilter(None), F.text)
-async def stray_text(message: Message, state: FSMContext, session: AsyncSession, user: Person) -> None:
+async def stray_text(
+    message: Message, state: FSMContext, session: AsyncSession, user: Person, directory: Directory
+) -> None:
     # Residents often just type what is wrong; treat that as the start of a report.
-    await report.start_wizard(message, state, session, user, first_text=message.text)
+    await report.start_wizard(message, state, session, user, directory, first_text=message.text)
 
 
 @router.message()

@@ -19,10 +19,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot import views
 from bot.callbacks import CategoryCb, ReportCb, ReportStep
 from bot.i18n import localized
-from domain import people, tickets
-from domain.categories import list_categories, suggest_category
+from domain import tickets
+from domain.categories import suggest_category
 from domain.clock import Clock
-from domain.errors import DomainError, NotBound
+from domain.directory import Directory
+from domain.errors import DomainError, NotBound, NotFound
 from domain.people import Person
 from handlers.common import show_menu
 from handlers.start import offer_places
@@ -39,15 +40,20 @@ class ReportWizard(StatesGroup):
 
 @router.message(Command("report"))
 @router.message(F.text == views.MENU_REPORT)
-async def begin(message: Message, state: FSMContext, session: AsyncSession, user: Person) -> None:
-    await start_wizard(message, state, session, user)
+async def begin(message: Message, state: FSMContext, session: AsyncSession, user: Person, directory: Directory) -> None:
+    await start_wizard(message, state, session, user, directory)
 
 
 async def start_wizard(
-    message: Message, state: FSMContext, session: AsyncSession, user: Person, first_text: str | None = None
+    message: Message,
+    state: FSMContext,
+    session: AsyncSession,
+    user: Person,
+    directory: Directory,
+    first_text: str | None = None,
 ) -> None:
     """Open the wizard; text a resident typed without /report becomes the description."""
-    home = await people.resident_home(session, user)
+    home = await directory.home(session, user)
     if home is None:
         await message.answer(views.refusal(NotBound()))
         await offer_places(message, session)
@@ -56,11 +62,11 @@ async def start_wizard(
     await state.set_state(ReportWizard.category)
     await state.set_data({"community_id": community_id, "photos": []})
     if first_text is not None:
-        await described_first(message, state, session)
+        await described_first(message, state, session, directory)
         return
     await message.answer(
         _("What is wrong? Choose a category below, or simply describe the problem in your own words."),
-        reply_markup=views.categories_keyboard(await list_categories(session, community_id)),
+        reply_markup=views.categories_keyboard(await directory.categories(session, community_id)),
     )
 
 
@@ -69,13 +75,13 @@ def _too_long(text: str) -> bool:
 
 
 @router.message(ReportWizard.category, F.text)
-async def described_first(message: Message, state: FSMContext, session: AsyncSession) -> None:
+async def described_first(message: Message, state: FSMContext, session: AsyncSession, directory: Directory) -> None:
     text = message.text or ""
     if _too_long(text):
         await message.answer(views.refusal(tickets.TextTooLong(tickets.MAX_DESCRIPTION)))
         return
     data = await state.update_data(description=text.strip())
-    categories = await list_categories(session, data["community_id"])
+    categories = await directory.categories(session, data["community_id"])
     suggested = suggest_category(categories, text)
     prompt = (
         _("Thank you. It sounds like “{category}” — press ✅ to confirm, or choose another category.").format(
@@ -89,11 +95,14 @@ async def described_first(message: Message, state: FSMContext, session: AsyncSes
 
 @router.callback_query(ReportWizard.category, CategoryCb.filter())
 async def category_chosen(
-    query: CallbackQuery, callback_data: CategoryCb, state: FSMContext, session: AsyncSession
+    query: CallbackQuery,
+    callback_data: CategoryCb,
+    state: FSMContext,
+    session: AsyncSession,
+    directory: Directory,
 ) -> None:
     data = await state.get_data()
-    categories = {c.id: c for c in await list_categories(session, data["community_id"])}
-    category = categories.get(callback_data.category_id)
+    category = await directory.category(session, data["community_id"], callback_data.category_id)
     if category is None or not isinstance(query.message, Message):
         await query.answer(_("Sorry, you cannot open this."), show_alert=True)
         return
@@ -160,13 +169,15 @@ async def location_added(message: Message, state: FSMContext) -> None:
 
 
 @router.message(ReportWizard.photos, F.text == views.WIZARD_DONE)
-async def photos_done(message: Message, state: FSMContext, session: AsyncSession, user: Person) -> None:
+async def photos_done(
+    message: Message, state: FSMContext, session: AsyncSession, user: Person, directory: Directory
+) -> None:
     data = await state.get_data()
-    home = await people.resident_home(session, user)
-    category = {c.id: c for c in await list_categories(session, data["community_id"])}.get(data["category_id"])
+    home = await directory.home(session, user)
+    category = await directory.category(session, data["community_id"], data["category_id"])
     if home is None or category is None:
         await state.clear()
-        await show_menu(message, session, user, _("Sorry, that cannot be done."))
+        await show_menu(message, user, _("Sorry, that cannot be done."))
         return
     await state.set_state(ReportWizard.confirm)
     await message.answer(_("Almost done."), reply_markup=ReplyKeyboardRemove())
@@ -196,30 +207,41 @@ def _draft(data: dict[str, Any]) -> tickets.ReportDraft:
 
 
 @router.callback_query(ReportWizard.confirm, ReportCb.filter(F.step == ReportStep.SUBMIT))
-async def submit(query: CallbackQuery, state: FSMContext, session: AsyncSession, user: Person, clock: Clock) -> None:
+async def submit(
+    query: CallbackQuery,
+    state: FSMContext,
+    session: AsyncSession,
+    user: Person,
+    clock: Clock,
+    directory: Directory,
+) -> None:
     message = query.message
     assert isinstance(message, Message)
+    data = await state.get_data()
+    await query.answer()
+    home = await directory.home(session, user)
+    category = await directory.category(session, data["community_id"], data["category_id"])
     try:
+        if home is None:
+            raise NotBound()
+        if category is None:
+            raise NotFound(data["category_id"])
         filed = await tickets.file_report(
-            session, reporter_id=user.id, draft=_draft(await state.get_data()), now=clock()
+            session, reporter=user, building=home, category=category, draft=_draft(data), now=clock()
         )
     except DomainError as error:
         await state.clear()
-        await query.answer()
-        await show_menu(message, session, user, views.refusal(error))
+        await show_menu(message, user, views.refusal(error))
         return
     await state.clear()
-    await query.answer()
     await message.edit_reply_markup(reply_markup=None)
-    ticket = filed.ticket
     await show_menu(
         message,
-        session,
         user,
         _(
             "Sent! Your report is ticket #{number}. It has gone to your grid ({grid}), and I will tell you "
             "here as soon as someone takes it on. /my shows all your reports."
-        ).format(number=ticket.id, grid=escape(localized(ticket.building.grid))),
+        ).format(number=filed.ticket.id, grid=escape(localized(home.grid))),
     )
 
 
@@ -229,7 +251,7 @@ async def cancel_report(query: CallbackQuery, state: FSMContext, session: AsyncS
     await query.answer()
     assert isinstance(query.message, Message)
     await query.message.edit_reply_markup(reply_markup=None)
-    await show_menu(query.message, session, user, _("Cancelled. Nothing was sent."))
+    await show_menu(query.message, user, _("Cancelled. Nothing was sent."))
 
 
 @router.callback_query(CategoryCb.filter())

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from html import escape
+
 from aiogram import Router
 from aiogram.filters import Command, CommandObject, CommandStart
 from aiogram.fsm.context import FSMContext
 from aiogram.types import CallbackQuery, InlineKeyboardMarkup, Message
 from aiogram.utils.i18n import gettext as _
-from aiogram.utils.keyboard import InlineKeyboardBuilder
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import views
 from bot.callbacks import PlaceCb, PlaceLevel
 from bot.i18n import localized
 from domain import people
+from domain.directory import Directory
 from domain.errors import NotFound
 from domain.people import Person
 from handlers.common import show_menu
@@ -36,9 +38,9 @@ async def start_from_qr(
 
 
 @router.message(CommandStart())
-async def start(message: Message, state: FSMContext, session: AsyncSession, user: Person) -> None:
+async def start(message: Message, state: FSMContext, session: AsyncSession, user: Person, directory: Directory) -> None:
     await state.clear()
-    home = await people.resident_home(session, user)
+    home = await directory.home(session, user)
     if home is None:
         await message.answer(
             _(
@@ -50,10 +52,9 @@ async def start(message: Message, state: FSMContext, session: AsyncSession, user
         return
     await show_menu(
         message,
-        session,
         user,
         _("Welcome back! You live in {place}. Press “Report a problem” whenever something is wrong.").format(
-            place=views.escape(views.place_label(home, user.unit))
+            place=escape(views.place_label(home, user.unit))
         ),
     )
 
@@ -69,19 +70,15 @@ async def offer_places(message: Message, session: AsyncSession) -> None:
         markup = await _compounds_keyboard(session, communities[0].id)
         await message.answer(_("Choose your compound:"), reply_markup=markup)
         return
-    builder = InlineKeyboardBuilder()
-    for community in communities:
-        builder.button(text=localized(community), callback_data=PlaceCb(level=PlaceLevel.COMMUNITY, id=community.id))
-    builder.adjust(1)
-    await message.answer(_("Choose your community:"), reply_markup=builder.as_markup())
+    keyboard = views.inline_keyboard(
+        [(localized(c), PlaceCb(level=PlaceLevel.COMMUNITY, id=c.id)) for c in communities], width=1
+    )
+    await message.answer(_("Choose your community:"), reply_markup=keyboard)
 
 
 async def _compounds_keyboard(session: AsyncSession, community_id: int) -> InlineKeyboardMarkup:
-    builder = InlineKeyboardBuilder()
-    for compound in await people.list_compounds(session, community_id):
-        builder.button(text=localized(compound), callback_data=PlaceCb(level=PlaceLevel.COMPOUND, id=compound.id))
-    builder.adjust(2)
-    return builder.as_markup()
+    compounds = await people.list_compounds(session, community_id)
+    return views.inline_keyboard([(localized(c), PlaceCb(level=PlaceLevel.COMPOUND, id=c.id)) for c in compounds])
 
 
 @router.callback_query(PlaceCb.filter())
@@ -96,13 +93,11 @@ async def choose_place(query: CallbackQuery, callback_data: PlaceCb, session: As
             markup = await _compounds_keyboard(session, callback_data.id)
             await message.edit_text(_("Choose your compound:"), reply_markup=markup)
         case PlaceLevel.COMPOUND:
-            builder = InlineKeyboardBuilder()
-            for building in await people.list_buildings(session, callback_data.id):
-                builder.button(
-                    text=localized(building), callback_data=PlaceCb(level=PlaceLevel.BUILDING, id=building.id)
-                )
-            builder.adjust(4)
-            await message.edit_text(_("Choose your building:"), reply_markup=builder.as_markup())
+            buildings = await people.list_buildings(session, callback_data.id)
+            keyboard = views.inline_keyboard(
+                [(localized(b), PlaceCb(level=PlaceLevel.BUILDING, id=b.id)) for b in buildings], width=4
+            )
+            await message.edit_text(_("Choose your building:"), reply_markup=keyboard)
         case PlaceLevel.BUILDING:
             try:
                 building = await people.get_building(session, callback_data.id)
@@ -120,20 +115,20 @@ async def _bind_or_ask_unit(
     if building.units <= 1:
         await _bind(message, session, user, building.id, None)
         return
-    builder = InlineKeyboardBuilder()
-    for unit in range(1, building.units + 1):
-        builder.button(
-            text=_("Unit {unit}").format(unit=unit),
-            callback_data=PlaceCb(level=PlaceLevel.UNIT, id=building.id, unit=unit),
-        )
-    builder.adjust(4)
+    keyboard = views.inline_keyboard(
+        [
+            (_("Unit {unit}").format(unit=unit), PlaceCb(level=PlaceLevel.UNIT, id=building.id, unit=unit))
+            for unit in range(1, building.units + 1)
+        ],
+        width=4,
+    )
     text = _("{building}: which unit (entrance) do you live in?").format(
-        building=views.escape(views.place_label(building, None))
+        building=escape(views.place_label(building, None))
     )
     if edit:
-        await message.edit_text(text, reply_markup=builder.as_markup())
+        await message.edit_text(text, reply_markup=keyboard)
     else:
-        await message.answer(text, reply_markup=builder.as_markup())
+        await message.answer(text, reply_markup=keyboard)
 
 
 async def _bind(message: Message, session: AsyncSession, user: Person, building_id: int, unit: int | None) -> None:
@@ -144,9 +139,8 @@ async def _bind(message: Message, session: AsyncSession, user: Person, building_
         return
     await show_menu(
         message,
-        session,
         user,
         _("Saved: you live in {place}. Now press “Report a problem” whenever something is wrong.").format(
-            place=views.escape(views.place_label(building, unit))
+            place=escape(views.place_label(building, unit))
         ),
     )

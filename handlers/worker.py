@@ -126,7 +126,7 @@ def _text_and_photo(message: Message) -> tuple[str, str | None]:
 
 async def _finish(message: Message, state: FSMContext, session: AsyncSession, user: Person, done: str) -> None:
     await state.clear()
-    await show_menu(message, session, user, done)
+    await show_menu(message, user, done)
 
 
 async def _apply(

@@ -9,7 +9,9 @@ from sqlalchemy import select, update
 
 from domain import tickets
 from domain.categories import list_categories, suggest_category
+from domain.directory import Directory
 from domain.errors import AccessDenied, InvalidTransition, NotBound
+from domain.people import touch_user
 from domain.routing import RouteReason
 from storage.db import SessionFactory
 from storage.models import Building, Category, Compound, Membership, TicketStatus, User
@@ -41,9 +43,15 @@ async def report(
 ) -> tickets.FiledTicket:
     cat = await category(session_factory, code)
     async with session_factory() as session:
+        reporter = await touch_user(session, user_id, "resident", "zh-hans", clock())
+        home = await Directory().home(session, reporter)
+        if home is None:
+            raise NotBound()
         return await tickets.file_report(
             session,
-            reporter_id=user_id,
+            reporter=reporter,
+            building=home,
+            category=cat,
             draft=tickets.ReportDraft(category_id=cat.id, description="路灯不亮"),
             now=clock(),
         )
@@ -100,18 +108,28 @@ async def test_unbound_resident_cannot_file(session_factory: SessionFactory, clo
         await report(session_factory, clock, 5)
 
 
-async def test_category_of_another_community_is_refused(
+async def test_category_of_another_community_or_another_building_is_refused(
     session_factory: SessionFactory, clock: FakeClock, community: None
 ) -> None:
     await resident_in(session_factory, clock, 1, "yinba/1")
+    await resident_in(session_factory, clock, 2, "chaoyang/1")
+    light = await category(session_factory, "light")
     async with session_factory() as session:
-        with pytest.raises(tickets.DomainError):
-            await tickets.file_report(
-                session,
-                reporter_id=1,
-                draft=tickets.ReportDraft(category_id=99999, description="x"),
-                now=clock(),
-            )
+        reporter = await touch_user(session, 1, "resident", "zh-hans", clock())
+        home = await Directory().home(session, reporter)
+        elsewhere = await Directory().home(session, await touch_user(session, 2, "r", "zh-hans", clock()))
+        assert home is not None and elsewhere is not None
+        foreign = Category(id=99999, community_id=home.compound.community_id + 1, code="x", name="x", active=True)
+        for building, cat in ((home, foreign), (elsewhere, light)):
+            with pytest.raises(tickets.DomainError):
+                await tickets.file_report(
+                    session,
+                    reporter=reporter,
+                    building=building,
+                    category=cat,
+                    draft=tickets.ReportDraft(category_id=cat.id, description="x"),
+                    now=clock(),
+                )
 
 
 async def test_lifecycle_rules_and_access(session_factory: SessionFactory, clock: FakeClock, community: None) -> None:
