@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import datetime, tzinfo
+from functools import cache
 from html import escape, unescape
 
 from aiogram.filters.callback_data import CallbackData
@@ -14,6 +15,7 @@ from aiogram.types import (
     KeyboardButton,
     ReplyKeyboardMarkup,
 )
+from aiogram.utils.i18n import get_i18n
 from aiogram.utils.i18n import gettext as _
 from aiogram.utils.i18n import lazy_gettext as __
 
@@ -48,6 +50,16 @@ def inline_keyboard(
 
 
 def main_menu(is_worker: bool) -> ReplyKeyboardMarkup:
+    return _main_menu(get_i18n().current_locale, is_worker)
+
+
+def photos_keyboard() -> ReplyKeyboardMarkup:
+    return _photos_keyboard(get_i18n().current_locale)
+
+
+# Reply keyboards never change within a language, so each is built once (pydantic models are not cheap).
+@cache
+def _main_menu(locale: str, is_worker: bool) -> ReplyKeyboardMarkup:
     rows = [[KeyboardButton(text=str(MENU_REPORT)), KeyboardButton(text=str(MENU_MY))]]
     if is_worker:
         rows.append([KeyboardButton(text=str(MENU_TICKETS))])
@@ -55,14 +67,14 @@ def main_menu(is_worker: bool) -> ReplyKeyboardMarkup:
     return ReplyKeyboardMarkup(keyboard=rows, resize_keyboard=True, is_persistent=True)
 
 
-def photos_keyboard() -> ReplyKeyboardMarkup:
+@cache
+def _photos_keyboard(locale: str) -> ReplyKeyboardMarkup:
     return ReplyKeyboardMarkup(
         keyboard=[
             [KeyboardButton(text=str(WIZARD_LOCATION), request_location=True)],
             [KeyboardButton(text=str(WIZARD_DONE))],
         ],
         resize_keyboard=True,
-        one_time_keyboard=False,
     )
 
 

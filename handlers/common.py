@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aiogram import F, Router
+from aiogram import Router
 from aiogram.filters import Command, StateFilter
 from aiogram.fsm.context import FSMContext
 from aiogram.types import CallbackQuery, Message
@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import views
 from bot.callbacks import LanguageCb
+from bot.filters import AnyCommand, Button
 from bot.i18n import LANGUAGES
 from domain.people import Person, set_language
 
@@ -30,7 +31,7 @@ async def cancel(message: Message, state: FSMContext, session: AsyncSession, use
     await show_menu(message, user, text)
 
 
-@router.message(~StateFilter(None), F.text.startswith("/"))
+@router.message(~StateFilter(None), AnyCommand())
 async def command_mid_step(message: Message) -> None:
     await message.answer(_("You are in the middle of something. Finish it, or send /cancel to stop."))
 
@@ -53,7 +54,7 @@ async def help_(message: Message, session: AsyncSession, user: Person) -> None:
 
 
 @router.message(Command("language"))
-@router.message(F.text == views.MENU_LANGUAGE)
+@router.message(Button(views.MENU_LANGUAGE))
 async def choose_language(message: Message) -> None:
     keyboard = views.inline_keyboard([(name, LanguageCb(code=code)) for code, name in LANGUAGES.items()])
     await message.answer(_("Choose your language:"), reply_markup=keyboard)

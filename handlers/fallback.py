@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from aiogram import F, Router
+from aiogram import Router
+from aiogram.enums import ContentType
 from aiogram.filters import StateFilter
 from aiogram.fsm.context import FSMContext
 from aiogram.types import CallbackQuery, Message
 from aiogram.utils.i18n import gettext as _
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.filters import AnyCommand, Content
 from domain.directory import Directory
 from domain.people import Person
 from handlers import report
@@ -16,12 +18,12 @@ from handlers import report
 router = Router(name="fallback")
 
 
-@router.message(F.text.startswith("/"))
+@router.message(AnyCommand())
 async def unknown_command(message: Message) -> None:
     await message.answer(_("I do not know that command. /help lists what I can do."))
 
 
-@router.message(StateFilter(None), F.text)
+@router.message(StateFilter(None), Content(ContentType.TEXT))
 async def stray_text(
     message: Message, state: FSMContext, session: AsyncSession, user: Person, directory: Directory
 ) -> None:

@@ -9,15 +9,17 @@ from html import escape
 from typing import Any
 
 from aiogram import F, Router
+from aiogram.enums import ContentType
 from aiogram.filters import Command
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
-from aiogram.types import CallbackQuery, Message, ReplyKeyboardRemove
+from aiogram.types import CallbackQuery, Message
 from aiogram.utils.i18n import gettext as _
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import views
 from bot.callbacks import CategoryCb, ReportCb, ReportStep
+from bot.filters import Button, Content
 from bot.i18n import localized
 from domain import tickets
 from domain.categories import suggest_category
@@ -39,7 +41,7 @@ class ReportWizard(StatesGroup):
 
 
 @router.message(Command("report"))
-@router.message(F.text == views.MENU_REPORT)
+@router.message(Button(views.MENU_REPORT))
 async def begin(message: Message, state: FSMContext, session: AsyncSession, user: Person, directory: Directory) -> None:
     await start_wizard(message, state, session, user, directory)
 
@@ -74,7 +76,7 @@ def _too_long(text: str) -> bool:
     return len(text.strip()) > tickets.MAX_DESCRIPTION
 
 
-@router.message(ReportWizard.category, F.text)
+@router.message(ReportWizard.category, Content(ContentType.TEXT))
 async def described_first(message: Message, state: FSMContext, session: AsyncSession, directory: Directory) -> None:
     text = message.text or ""
     if _too_long(text):
@@ -108,15 +110,18 @@ async def category_chosen(
         return
     await query.answer()
     await state.update_data(category_id=category.id)
-    await query.message.edit_text(_("Category: {category}").format(category=escape(localized(category))))
+    chosen = _("Category: {category}").format(category=escape(localized(category)))
     if data.get("description"):
+        await query.message.edit_text(chosen)
         await _ask_for_photos(query.message, state)
     else:
         await state.set_state(ReportWizard.description)
-        await query.message.answer(_("Please describe the problem in a few words: what, where exactly, since when."))
+        await query.message.edit_text(
+            chosen + "\n\n" + _("Please describe the problem in a few words: what, where exactly, since when.")
+        )
 
 
-@router.message(ReportWizard.description, F.text)
+@router.message(ReportWizard.description, Content(ContentType.TEXT))
 async def described(message: Message, state: FSMContext) -> None:
     text = message.text or ""
     if _too_long(text):
@@ -145,7 +150,7 @@ async def _ask_for_photos(message: Message, state: FSMContext) -> None:
     )
 
 
-@router.message(ReportWizard.photos, F.photo)
+@router.message(ReportWizard.photos, Content(ContentType.PHOTO))
 async def photo_added(message: Message, state: FSMContext) -> None:
     photos = list((await state.get_data()).get("photos", []))
     if len(photos) >= tickets.MAX_PHOTOS:
@@ -161,14 +166,14 @@ async def photo_added(message: Message, state: FSMContext) -> None:
     await message.answer(_("Photo {count} of {limit} added.").format(count=len(photos), limit=tickets.MAX_PHOTOS))
 
 
-@router.message(ReportWizard.photos, F.location)
+@router.message(ReportWizard.photos, Content(ContentType.LOCATION))
 async def location_added(message: Message, state: FSMContext) -> None:
     assert message.location is not None
     await state.update_data(latitude=message.location.latitude, longitude=message.location.longitude)
     await message.answer(_("Location added."))
 
 
-@router.message(ReportWizard.photos, F.text == views.WIZARD_DONE)
+@router.message(ReportWizard.photos, Button(views.WIZARD_DONE))
 async def photos_done(
     message: Message, state: FSMContext, session: AsyncSession, user: Person, directory: Directory
 ) -> None:
@@ -179,8 +184,8 @@ async def photos_done(
         await state.clear()
         await show_menu(message, user, _("Sorry, that cannot be done."))
         return
+    # The photo step's keyboard stays until the report is sent or cancelled; the main menu replaces it then.
     await state.set_state(ReportWizard.confirm)
-    await message.answer(_("Almost done."), reply_markup=ReplyKeyboardRemove())
     await message.answer(
         views.report_summary(_draft(data), category, home, user.unit), reply_markup=views.confirm_keyboard()
     )

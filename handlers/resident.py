@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import views
 from bot.callbacks import TicketAction, TicketCb
+from bot.filters import Button
 from domain import tickets
 from domain.errors import DomainError
 from domain.people import Person
@@ -20,7 +21,7 @@ router = Router(name="resident")
 
 
 @router.message(Command("my"))
-@router.message(F.text == views.MENU_MY)
+@router.message(Button(views.MENU_MY))
 async def my_reports(message: Message, session: AsyncSession, user: Person, tz: tzinfo) -> None:
     mine = await tickets.tickets_of_resident(session, user.id)
     if not mine:

@@ -6,6 +6,7 @@ from datetime import tzinfo
 from typing import Any
 
 from aiogram import F, Router
+from aiogram.enums import ContentType
 from aiogram.filters import Command
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import views
 from bot.callbacks import TicketAction, TicketCb
+from bot.filters import Button, Content
 from domain import tickets
 from domain.clock import Clock
 from domain.errors import DomainError
@@ -51,7 +53,7 @@ PROMPTS = {
 
 
 @router.message(Command("tickets"))
-@router.message(F.text == views.MENU_TICKETS)
+@router.message(Button(views.MENU_TICKETS))
 async def open_tickets(message: Message, session: AsyncSession, user: Person, tz: tzinfo) -> None:
     found = await tickets.open_tickets_for_worker(session, user.id)
     if not found:
@@ -151,7 +153,7 @@ async def _apply(
     await _finish(message, state, session, user, done.format(number=ticket_id))
 
 
-@router.message(WorkerInput.hand_back_reason, F.text)
+@router.message(WorkerInput.hand_back_reason, Content(ContentType.TEXT))
 async def hand_back_reason(
     message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock
 ) -> None:
@@ -167,7 +169,7 @@ async def hand_back_reason(
     )
 
 
-@router.message(WorkerInput.note, F.text | F.photo)
+@router.message(WorkerInput.note, Content(ContentType.TEXT, ContentType.PHOTO))
 async def progress_note(message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock) -> None:
     text, photo = _text_and_photo(message)
     await _apply(
@@ -183,7 +185,7 @@ async def progress_note(message: Message, state: FSMContext, session: AsyncSessi
     )
 
 
-@router.message(WorkerInput.resolution, F.text | F.photo)
+@router.message(WorkerInput.resolution, Content(ContentType.TEXT, ContentType.PHOTO))
 async def resolution(message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock) -> None:
     text, photo = _text_and_photo(message)
     if not text.strip():

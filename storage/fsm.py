@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
+from functools import cache
 from typing import Any
 
 from aiogram import BaseMiddleware
@@ -86,14 +87,7 @@ class SqlStorage(BaseStorage):
         try:
             async with self._sessions() as session, session.begin():
                 if rows:
-                    insert = sqlite_insert if session.bind.dialect.name == "sqlite" else postgresql_insert
-                    statement = insert(FsmRecord).values(rows)
-                    await session.execute(
-                        statement.on_conflict_do_update(
-                            index_elements=[FsmRecord.key],
-                            set_={"state": statement.excluded.state, "data": statement.excluded.data},
-                        )
-                    )
+                    await session.execute(_upsert(session.bind.dialect.name), rows)
                 if empty:
                     await session.execute(delete(FsmRecord).where(FsmRecord.key.in_(empty)))
         except BaseException:
@@ -102,6 +96,15 @@ class SqlStorage(BaseStorage):
 
     async def close(self) -> None:
         await self.flush()
+
+
+@cache
+def _upsert(dialect: str) -> Any:
+    """INSERT … ON CONFLICT DO UPDATE, built once so SQLAlchemy's compiled cache serves every flush."""
+    statement = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(FsmRecord)
+    return statement.on_conflict_do_update(
+        index_elements=[FsmRecord.key], set_={"state": statement.excluded.state, "data": statement.excluded.data}
+    )
 
 
 class FsmFlushMiddleware(BaseMiddleware):
