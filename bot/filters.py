@@ -2,7 +2,8 @@
 
 They do what ``F.text``, ``F.text == ...`` and ``F.text.startswith("/")`` would, on the event loop: aiogram
 runs a bare magic filter in a worker thread (``asyncio.to_thread``), and that hop cost more than the rest of a
-routing decision in bench/intake.py.
+routing decision in bench/intake.py. For the same reason handlers use ``StateFilter(state)`` rather than a
+bare ``State``, whose ``__call__`` is synchronous.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import datetime, tzinfo
-from functools import cache
+from functools import cache, lru_cache
 from html import escape, unescape
 
 from aiogram.filters.callback_data import CallbackData
@@ -105,9 +105,14 @@ def ticket_title(ticket: Ticket) -> str:
 
 
 def categories_keyboard(categories: list[Category], suggested: Category | None = None) -> InlineKeyboardMarkup:
-    buttons = [("✅ " + localized(suggested), CategoryCb(category_id=suggested.id))] if suggested else []
-    buttons += [(localized(c), CategoryCb(category_id=c.id)) for c in categories if c is not suggested]
-    return inline_keyboard(buttons, alone_first=1 if suggested else 0)
+    labels = [("✅ " + localized(suggested), suggested.id)] if suggested else []
+    labels += [(localized(c), c.id) for c in categories if c is not suggested]
+    return _categories_keyboard(tuple(labels), 1 if suggested else 0)
+
+
+@lru_cache(maxsize=256)  # the same dozen buttons open every report
+def _categories_keyboard(labels: tuple[tuple[str, int], ...], alone_first: int) -> InlineKeyboardMarkup:
+    return inline_keyboard([(text, CategoryCb(category_id=id_)) for text, id_ in labels], alone_first=alone_first)
 
 
 def report_summary(draft: ReportDraft, category: Category, building: Building, unit: int | None) -> str:
@@ -124,6 +129,11 @@ def report_summary(draft: ReportDraft, category: Category, building: Building, u
 
 
 def confirm_keyboard() -> InlineKeyboardMarkup:
+    return _confirm_keyboard(get_i18n().current_locale)
+
+
+@cache
+def _confirm_keyboard(locale: str) -> InlineKeyboardMarkup:
     return inline_keyboard(
         [(_("📨 Submit"), ReportCb(step=ReportStep.SUBMIT)), (_("✖️ Cancel"), ReportCb(step=ReportStep.CANCEL))]
     )

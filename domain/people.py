@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.errors import NotFound
@@ -49,12 +49,20 @@ def _changed(session: AsyncSession, user_id: int) -> None:
     session.info.setdefault(CHANGED_PEOPLE, set()).add(user_id)
 
 
+# Built once: this runs for every first update of a person, and building the statement costs as much as running it.
+_USER_AND_DUTY = select(
+    User,
+    exists().where(Membership.user_id == User.id, Membership.active.is_(True)).label("is_worker"),
+).where(User.id == bindparam("user_id"))
+
+
 async def touch_user(
     session: AsyncSession, user_id: int, full_name: str, telegram_language: str | None, now: datetime
 ) -> Person:
     """Load the user who sent an update, creating or refreshing their record."""
     async with session.begin():
-        user = await session.get(User, user_id)
+        found = (await session.execute(_USER_AND_DUTY, {"user_id": user_id})).first()
+        user, is_worker = found if found is not None else (None, False)
         if user is None:
             user = User(id=user_id, full_name=full_name, telegram_language=telegram_language, created_at=now)
             session.add(user)
@@ -62,15 +70,8 @@ async def touch_user(
             user.full_name, user.telegram_language = full_name, telegram_language
         if user.unreachable_at is not None:
             user.unreachable_at = None  # they wrote to us, so they have unblocked the bot
-        duties = await load_duties(session, user_id)
         return Person(
-            user.id,
-            user.full_name,
-            user.language,
-            user.telegram_language,
-            user.building_id,
-            user.unit,
-            duties.is_worker,
+            user.id, user.full_name, user.language, user.telegram_language, user.building_id, user.unit, is_worker
         )
 
 

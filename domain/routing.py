@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.models import Level, Membership, Rank, Role, Ticket, TicketStatus
@@ -62,30 +62,40 @@ def _least_loaded_first(candidate: Candidate) -> tuple[Any, ...]:
     )
 
 
-async def _candidates(session: AsyncSession, *, role: Role, community_id: int, grid_id: int | None) -> list[Candidate]:
-    open_count = func.count(Ticket.id)
-    query = (
-        select(
-            Membership.user_id,
-            Membership.rank,
-            func.max(Membership.last_assigned_at).label("last_assigned_at"),
-            open_count,
-        )
-        .outerjoin(
-            Ticket,
-            and_(Ticket.assignee_id == Membership.user_id, Ticket.status.in_(TicketStatus.open_statuses())),
-        )
-        .where(
-            Membership.community_id == community_id,
-            Membership.role == role,
-            Membership.active.is_(True),
-        )
-        .group_by(Membership.user_id, Membership.rank)
+# Built once (with bound parameters): constructing these on every report cost as much as running them.
+_COMMUNITY_CANDIDATES = (
+    select(
+        Membership.user_id,
+        Membership.rank,
+        func.max(Membership.last_assigned_at).label("last_assigned_at"),
+        func.count(Ticket.id).label("open_tickets"),
     )
-    if grid_id is not None:
-        query = query.where(Membership.grid_id == grid_id)
-    rows = (await session.execute(query)).all()
-    return [Candidate(r.user_id, role, r.rank, r[3], r.last_assigned_at) for r in rows]
+    .outerjoin(
+        Ticket,
+        and_(Ticket.assignee_id == Membership.user_id, Ticket.status.in_(TicketStatus.open_statuses())),
+    )
+    .where(
+        Membership.community_id == bindparam("community_id"),
+        Membership.role == bindparam("role"),
+        Membership.active.is_(True),
+    )
+    .group_by(Membership.user_id, Membership.rank)
+)
+_GRID_CANDIDATES = _COMMUNITY_CANDIDATES.where(Membership.grid_id == bindparam("grid_id"))
+_RECORD_ASSIGNMENT = (
+    update(Membership)
+    .where(Membership.community_id == bindparam("in_community"), Membership.user_id == bindparam("person"))
+    .values(last_assigned_at=bindparam("now"))
+)
+
+
+async def _candidates(session: AsyncSession, *, role: Role, community_id: int, grid_id: int | None) -> list[Candidate]:
+    if grid_id is None:
+        query, params = _COMMUNITY_CANDIDATES, {"community_id": community_id, "role": role}
+    else:
+        query, params = _GRID_CANDIDATES, {"community_id": community_id, "role": role, "grid_id": grid_id}
+    rows = (await session.execute(query, params)).all()
+    return [Candidate(r.user_id, role, r.rank, r.open_tickets, r.last_assigned_at) for r in rows]
 
 
 async def choose_assignee(
@@ -123,8 +133,4 @@ async def choose_assignee(
 
 async def record_assignment(session: AsyncSession, *, community_id: int, user_id: int, now: datetime) -> None:
     """Remember when someone was last given a ticket: the tie-breaker for the next one."""
-    await session.execute(
-        update(Membership)
-        .where(Membership.community_id == community_id, Membership.user_id == user_id)
-        .values(last_assigned_at=now)
-    )
+    await session.execute(_RECORD_ASSIGNMENT, {"in_community": community_id, "person": user_id, "now": now})

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiogram import F, Router
 from aiogram.enums import ContentType
-from aiogram.filters import Command
+from aiogram.filters import Command, StateFilter
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
 from aiogram.types import CallbackQuery, Message
@@ -76,7 +76,7 @@ def _too_long(text: str) -> bool:
     return len(text.strip()) > tickets.MAX_DESCRIPTION
 
 
-@router.message(ReportWizard.category, Content(ContentType.TEXT))
+@router.message(StateFilter(ReportWizard.category), Content(ContentType.TEXT))
 async def described_first(message: Message, state: FSMContext, session: AsyncSession, directory: Directory) -> None:
     text = message.text or ""
     if _too_long(text):
@@ -95,7 +95,7 @@ async def described_first(message: Message, state: FSMContext, session: AsyncSes
     await message.answer(prompt, reply_markup=views.categories_keyboard(categories, suggested))
 
 
-@router.callback_query(ReportWizard.category, CategoryCb.filter())
+@router.callback_query(StateFilter(ReportWizard.category), CategoryCb.filter())
 async def category_chosen(
     query: CallbackQuery,
     callback_data: CategoryCb,
@@ -121,7 +121,7 @@ async def category_chosen(
         )
 
 
-@router.message(ReportWizard.description, Content(ContentType.TEXT))
+@router.message(StateFilter(ReportWizard.description), Content(ContentType.TEXT))
 async def described(message: Message, state: FSMContext) -> None:
     text = message.text or ""
     if _too_long(text):
@@ -134,7 +134,7 @@ async def described(message: Message, state: FSMContext) -> None:
     await _ask_for_photos(message, state)
 
 
-@router.message(ReportWizard.description)
+@router.message(StateFilter(ReportWizard.description))
 async def description_not_text(message: Message) -> None:
     await message.answer(_("Please describe the problem in words first; you can add photos next."))
 
@@ -150,7 +150,7 @@ async def _ask_for_photos(message: Message, state: FSMContext) -> None:
     )
 
 
-@router.message(ReportWizard.photos, Content(ContentType.PHOTO))
+@router.message(StateFilter(ReportWizard.photos), Content(ContentType.PHOTO))
 async def photo_added(message: Message, state: FSMContext) -> None:
     photos = list((await state.get_data()).get("photos", []))
     if len(photos) >= tickets.MAX_PHOTOS:
@@ -166,14 +166,14 @@ async def photo_added(message: Message, state: FSMContext) -> None:
     await message.answer(_("Photo {count} of {limit} added.").format(count=len(photos), limit=tickets.MAX_PHOTOS))
 
 
-@router.message(ReportWizard.photos, Content(ContentType.LOCATION))
+@router.message(StateFilter(ReportWizard.photos), Content(ContentType.LOCATION))
 async def location_added(message: Message, state: FSMContext) -> None:
     assert message.location is not None
     await state.update_data(latitude=message.location.latitude, longitude=message.location.longitude)
     await message.answer(_("Location added."))
 
 
-@router.message(ReportWizard.photos, Button(views.WIZARD_DONE))
+@router.message(StateFilter(ReportWizard.photos), Button(views.WIZARD_DONE))
 async def photos_done(
     message: Message, state: FSMContext, session: AsyncSession, user: Person, directory: Directory
 ) -> None:
@@ -191,12 +191,12 @@ async def photos_done(
     )
 
 
-@router.message(ReportWizard.photos)
+@router.message(StateFilter(ReportWizard.photos))
 async def photos_other(message: Message) -> None:
     await message.answer(_("Send a photo or your location, or press “✅ Done”."))
 
 
-@router.message(ReportWizard.confirm)
+@router.message(StateFilter(ReportWizard.confirm))
 async def confirm_other(message: Message) -> None:
     await message.answer(_("Please press “Submit” or “Cancel” under your report above."))
 
@@ -211,7 +211,7 @@ def _draft(data: dict[str, Any]) -> tickets.ReportDraft:
     )
 
 
-@router.callback_query(ReportWizard.confirm, ReportCb.filter(F.step == ReportStep.SUBMIT))
+@router.callback_query(StateFilter(ReportWizard.confirm), ReportCb.filter(F.step == ReportStep.SUBMIT))
 async def submit(
     query: CallbackQuery,
     state: FSMContext,
@@ -250,7 +250,7 @@ async def submit(
     )
 
 
-@router.callback_query(ReportWizard.confirm, ReportCb.filter(F.step == ReportStep.CANCEL))
+@router.callback_query(StateFilter(ReportWizard.confirm), ReportCb.filter(F.step == ReportStep.CANCEL))
 async def cancel_report(query: CallbackQuery, state: FSMContext, session: AsyncSession, user: Person) -> None:
     await state.clear()
     await query.answer()

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiogram import F, Router
 from aiogram.enums import ContentType
-from aiogram.filters import Command
+from aiogram.filters import Command, StateFilter
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
 from aiogram.types import CallbackQuery, Message
@@ -153,7 +153,7 @@ async def _apply(
     await _finish(message, state, session, user, done.format(number=ticket_id))
 
 
-@router.message(WorkerInput.hand_back_reason, Content(ContentType.TEXT))
+@router.message(StateFilter(WorkerInput.hand_back_reason), Content(ContentType.TEXT))
 async def hand_back_reason(
     message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock
 ) -> None:
@@ -169,7 +169,7 @@ async def hand_back_reason(
     )
 
 
-@router.message(WorkerInput.note, Content(ContentType.TEXT, ContentType.PHOTO))
+@router.message(StateFilter(WorkerInput.note), Content(ContentType.TEXT, ContentType.PHOTO))
 async def progress_note(message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock) -> None:
     text, photo = _text_and_photo(message)
     await _apply(
@@ -185,7 +185,7 @@ async def progress_note(message: Message, state: FSMContext, session: AsyncSessi
     )
 
 
-@router.message(WorkerInput.resolution, Content(ContentType.TEXT, ContentType.PHOTO))
+@router.message(StateFilter(WorkerInput.resolution), Content(ContentType.TEXT, ContentType.PHOTO))
 async def resolution(message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock) -> None:
     text, photo = _text_and_photo(message)
     if not text.strip():
@@ -204,8 +204,8 @@ async def resolution(message: Message, state: FSMContext, session: AsyncSession,
     )
 
 
-@router.message(WorkerInput.hand_back_reason)
-@router.message(WorkerInput.note)
-@router.message(WorkerInput.resolution)
+@router.message(StateFilter(WorkerInput.hand_back_reason))
+@router.message(StateFilter(WorkerInput.note))
+@router.message(StateFilter(WorkerInput.resolution))
 async def not_text(message: Message) -> None:
     await message.answer(_("Please send text (or a photo with a caption), or /cancel."))
