@@ -9,6 +9,7 @@ right for one bot process (which SQLite implies). Several processes share wizard
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from functools import cache
@@ -18,7 +19,7 @@ from aiogram import BaseMiddleware
 from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import BaseStorage, DefaultKeyBuilder, KeyBuilder, StateType, StorageKey
 from aiogram.types import TelegramObject
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -37,17 +38,37 @@ class SqlStorage(BaseStorage):
         self._cache: OrderedDict[str, Record] = OrderedDict()
         self._dirty: set[str] = set()
         self._cache_size = cache_size
+        self._loading = asyncio.Lock()
+        self._loaded = False
+        # True while the cache holds every stored record: then a key it lacks has no record, and nobody's
+        # first update costs a database read. The first eviction ends that.
+        self._complete = False
+
+    async def _load_all(self) -> None:
+        async with self._loading:
+            if self._loaded:
+                return
+            async with self._sessions() as session, session.begin():
+                rows = list(await session.scalars(select(FsmRecord).limit(self._cache_size + 1)))
+            for row in rows[: self._cache_size]:
+                self._cache.setdefault(row.key, (row.state, dict(row.data)))
+            self._complete = len(rows) <= self._cache_size
+            self._loaded = True
 
     async def _get(self, key: StorageKey) -> tuple[str, Record]:
+        if not self._loaded:
+            await self._load_all()
         storage_key = self._keys.build(key)
         record = self._cache.get(storage_key)
-        if record is None:
-            async with self._sessions() as session, session.begin():
-                row = await session.get(FsmRecord, storage_key)
-            record = (row.state, dict(row.data)) if row else (None, {})
-            self._remember(storage_key, record)
-        else:
+        if record is not None:
             self._cache.move_to_end(storage_key)
+            return storage_key, record
+        if self._complete:
+            return storage_key, (None, {})
+        async with self._sessions() as session, session.begin():
+            row = await session.get(FsmRecord, storage_key)
+        record = (row.state, dict(row.data)) if row else (None, {})
+        self._remember(storage_key, record)
         return storage_key, record
 
     def _remember(self, storage_key: str, record: Record) -> None:
@@ -58,6 +79,7 @@ class SqlStorage(BaseStorage):
             if oldest in self._dirty:  # never forget what is not yet written
                 break
             del self._cache[oldest]
+            self._complete = False
 
     async def set_state(self, key: StorageKey, state: StateType = None) -> None:
         storage_key, (_, data) = await self._get(key)
@@ -90,6 +112,10 @@ class SqlStorage(BaseStorage):
                     await session.execute(_upsert(session.bind.dialect.name), rows)
                 if empty:
                     await session.execute(delete(FsmRecord).where(FsmRecord.key.in_(empty)))
+            if self._complete:  # a deleted record is what a missing key means already
+                for key in empty:
+                    if key not in self._dirty:
+                        self._cache.pop(key, None)
         except BaseException:
             self._dirty |= keys
             raise
