@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     bot_username: str | None = None
     send_rate_per_second: float = Field(25.0, gt=0)
     send_rate_per_chat_seconds: float = Field(1.0, ge=0)
+
+    @field_validator("community_file", "telegram_api_server", "redis_url", "bot_username", mode="before")
+    @classmethod
+    def _empty_means_unset(cls, value: object) -> object:
+        # COMMUNITY_FILE= in .env means "import nothing", not "the current directory".
+        return None if isinstance(value, str) and not value.strip() else value
 
     def require_token(self) -> str:
         if self.bot_token is None or not self.bot_token.get_secret_value().strip():

@@ -28,11 +28,10 @@ def locale_of(user: SpeaksLanguage | None, i18n: I18n) -> str:
         return i18n.default_locale
     if user.language in i18n.available_locales:
         return user.language
-    client = (user.telegram_language or "").replace("-", "_")
-    for candidate in (client, client.split("_")[0]):
-        if candidate in i18n.available_locales:
-            return candidate
-    return i18n.default_locale
+    client = (user.telegram_language or "").lower().split("-")[0]
+    if client == "zh":  # zh, zh-hans, zh-cn … all read Simplified Chinese here
+        return "zh_CN"
+    return client if client in i18n.available_locales else i18n.default_locale
 
 
 class UserI18nMiddleware(SimpleI18nMiddleware):

@@ -95,9 +95,13 @@ class OutboxSender:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.release_stale_claims()
+        last_release = float("-inf")
         while not stop.is_set():
             try:
+                # Rows another process claimed and then died with are given back while we run, not only at start.
+                if self._monotonic() - last_release >= 60:
+                    await self.release_stale_claims()
+                    last_release = self._monotonic()
                 delivered = await self.deliver_due()
             except Exception:  # the loop must outlive a database hiccup
                 log.exception("outbox delivery round failed")

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from storage.models import Level, Membership, Rank, Role, Ticket, TicketStatus
+from storage.models import Level, Membership, Rank, Role, Ticket, TicketStatus, User
 
 
 class RouteReason(StrEnum):
@@ -33,6 +33,7 @@ class Candidate:
     rank: str
     open_tickets: int
     last_assigned_at: datetime | None
+    reachable: bool = True  # False once Telegram said they blocked the bot (or never started it)
 
 
 @dataclass(frozen=True)
@@ -47,13 +48,17 @@ class RoutingDecision:
             "reason": self.reason,
             "level": self.level,
             "assignee": self.assignee.user_id if self.assignee else None,
-            "candidates": [{"user": c.user_id, "rank": c.rank, "open": c.open_tickets} for c in self.considered],
+            "candidates": [
+                {"user": c.user_id, "rank": c.rank, "open": c.open_tickets, "reachable": c.reachable}
+                for c in self.considered
+            ],
         }
 
 
 def _least_loaded_first(candidate: Candidate) -> tuple[Any, ...]:
     never_assigned = candidate.last_assigned_at is None
     return (
+        not candidate.reachable,
         candidate.rank != Rank.PRIMARY,
         candidate.open_tickets,
         not never_assigned,
@@ -69,7 +74,9 @@ _COMMUNITY_CANDIDATES = (
         Membership.rank,
         func.max(Membership.last_assigned_at).label("last_assigned_at"),
         func.count(Ticket.id).label("open_tickets"),
+        User.unreachable_at.is_(None).label("reachable"),
     )
+    .join(User, User.id == Membership.user_id)
     .outerjoin(
         Ticket,
         and_(Ticket.assignee_id == Membership.user_id, Ticket.status.in_(TicketStatus.open_statuses())),
@@ -79,7 +86,7 @@ _COMMUNITY_CANDIDATES = (
         Membership.role == bindparam("role"),
         Membership.active.is_(True),
     )
-    .group_by(Membership.user_id, Membership.rank)
+    .group_by(Membership.user_id, Membership.rank, User.unreachable_at)
 )
 _GRID_CANDIDATES = _COMMUNITY_CANDIDATES.where(Membership.grid_id == bindparam("grid_id"))
 _RECORD_ASSIGNMENT = (
@@ -95,7 +102,7 @@ async def _candidates(session: AsyncSession, *, role: Role, community_id: int, g
     else:
         query, params = _GRID_CANDIDATES, {"community_id": community_id, "role": role, "grid_id": grid_id}
     rows = (await session.execute(query, params)).all()
-    return [Candidate(r.user_id, role, r.rank, r.open_tickets, r.last_assigned_at) for r in rows]
+    return [Candidate(r.user_id, role, r.rank, r.open_tickets, r.last_assigned_at, bool(r.reachable)) for r in rows]
 
 
 async def choose_assignee(
@@ -108,10 +115,11 @@ async def choose_assignee(
 ) -> RoutingDecision:
     """Pick who gets the ticket; ``exclude`` holds people who already handed it back."""
     if category_level == Level.GRID:
+        # A worker Telegram cannot reach would never see the card: the ticket goes on to staff instead.
         workers = [
             c
             for c in await _candidates(session, role=Role.GRID_WORKER, community_id=community_id, grid_id=grid_id)
-            if c.user_id not in exclude
+            if c.user_id not in exclude and c.reachable
         ]
         if workers:
             workers.sort(key=_least_loaded_first)
@@ -127,6 +135,7 @@ async def choose_assignee(
     ]
     if not staff:
         return RoutingDecision(None, RouteReason.UNROUTED, Level.COMMUNITY)
+    # Staff are the last resort, so even an unreachable one is better than nobody: /tickets shows it to them.
     staff.sort(key=_least_loaded_first)
     return RoutingDecision(staff[0], reason, Level.COMMUNITY, staff)
 

@@ -166,3 +166,18 @@ async def test_category_suggestion_from_keywords(session_factory: SessionFactory
     assert suggest_category(categories, "楼顶堆了好多建筑垃圾，下雨漏水").code == "rooftop-waste"  # type: ignore[union-attr]
     assert suggest_category(categories, "The street light is broken").code == "light"  # type: ignore[union-attr]
     assert suggest_category(categories, "你好") is None
+
+
+async def test_a_worker_who_blocked_the_bot_is_passed_over(
+    session_factory: SessionFactory, clock: FakeClock, community: None
+) -> None:
+    async with session_factory() as session, session.begin():
+        await session.execute(update(User).where(User.id == LI_JUAN).values(unreachable_at=clock()))
+    await resident_in(session_factory, clock, 1, "yinba/1")
+    filed = await report(session_factory, clock, 1)
+    assert filed.decision.assignee and filed.decision.assignee.user_id == MA_LI
+    async with session_factory() as session, session.begin():
+        await session.execute(update(User).where(User.id.in_([MA_LI, ZHANG_WEI])).values(unreachable_at=clock()))
+    filed = await report(session_factory, clock, 1)
+    assert filed.decision.reason == RouteReason.NO_GRID_WORKER
+    assert filed.decision.assignee and filed.decision.assignee.user_id == STAFF_WANG
