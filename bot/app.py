@@ -41,6 +41,8 @@ from domain.clock import Clock, system_clock
 from domain.community_file import import_community, load_community_file
 from domain.directory import Directory
 from handlers import build_router
+from scheduler.confirmation import add_confirmation_sweep
+from scheduler.sweep import add_deadline_sweep, create_scheduler
 from storage.db import SessionFactory, create_engine, create_session_factory
 from storage.fsm import FsmFlushMiddleware, SqlStorage
 from storage.migrate import upgrade_database
@@ -127,6 +129,7 @@ def assemble(settings: Settings, bot: Bot, session_factory: SessionFactory, cloc
         storage=storage,
         events_isolation=isolation,
     )
+    dispatcher.workflow_data["yellow_share"] = settings.ledger_yellow_share
     return Application(bot, dispatcher, sender, session_factory)
 
 
@@ -179,10 +182,15 @@ async def run_polling(settings: Settings) -> None:
     app = assemble(settings, bot, session_factory)
     stop = asyncio.Event()
     sender_task = asyncio.create_task(app.sender.run(stop))
+    scheduler = create_scheduler()
+    add_deadline_sweep(scheduler, session_factory, system_clock, settings.ledger_yellow_share, app.sender.wake)
+    add_confirmation_sweep(scheduler, session_factory, system_clock, settings.confirm_within_days, app.sender.wake)
+    scheduler.start()
     try:
         await set_commands(bot, create_i18n(settings.default_locale))
         await app.dispatcher.start_polling(bot)
     finally:
+        scheduler.shutdown(wait=False)
         stop.set()
         app.sender.wake()
         await sender_task

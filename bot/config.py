@@ -29,8 +29,13 @@ class Settings(BaseSettings):
     timezone: str = "Asia/Shanghai"
     community_file: Path | None = PROJECT_ROOT / "communities" / "sample.toml"
     bot_username: str | None = None
-    send_rate_per_second: float = Field(25.0, gt=0)
-    send_rate_per_chat_seconds: float = Field(1.0, ge=0)
+    send_rate_per_second: float = Field(default=25.0, gt=0)
+    send_rate_per_chat_seconds: float = Field(default=1.0, ge=0)
+    # Days a resident has to answer "Is it fixed?" before the ticket closes as "resolved, unconfirmed";
+    # one reminder goes out at half that time.
+    confirm_within_days: float = Field(default=7.0, gt=0)
+    # Three-colour ledger: a ticket turns yellow when less than this share of its deadline's window is left.
+    ledger_yellow_share: float = Field(default=0.25, gt=0, lt=1)
 
     @field_validator("community_file", "telegram_api_server", "redis_url", "bot_username", mode="before")
     @classmethod

@@ -44,7 +44,6 @@ class UserI18nMiddleware(SimpleI18nMiddleware):
 
 def localized(obj: Any) -> str:
     """The English name in English when there is one, else the Chinese name."""
-
-    if get_i18n().current_locale == "en" and getattr(obj, "name_en", ""):
+    if get_i18n().current_locale == "en" and getattr(obj, "name_en", None):
         return str(obj.name_en)
     return str(obj.name)

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import tzinfo
+from datetime import datetime, tzinfo
 
 from aiogram.methods import SendMediaGroup, SendMessage, SendPhoto, TelegramMethod
 from aiogram.types import InputMediaPhoto
 from aiogram.utils.i18n import I18n
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import views
+from bot import feedback_views, ladder_views, views
 from bot.i18n import locale_of
 from domain.outbox import Notice
 from domain.people import display_names
 from domain.tickets import load_card, photos_of_event
-from storage.models import OutboxMessage, PhotoStage, Ticket, TicketEvent, User
+from storage.models import EventKind, OutboxMessage, PhotoStage, Ticket, TicketEvent, TicketStatus, User
 
 
 class Renderer:
@@ -36,6 +36,12 @@ class Renderer:
                     return self._photos(row.chat_id, ticket)
                 case Notice.TICKET_UPDATE:
                     return await self._update(session, row.chat_id, ticket, row.payload["event_id"])
+                case Notice.DEADLINE_REMINDER:
+                    return await self._deadline_reminder(session, row.chat_id, ticket, row.payload["event_id"])
+                case Notice.CONFIRM_REMINDER:
+                    return self._confirm_reminder(row.chat_id, ticket, row.payload["close_at"])
+                case Notice.RESIDENT_FEEDBACK:
+                    return await self._feedback(session, row.chat_id, ticket, row.payload["event_id"])
         return None
 
     async def _card(self, session: AsyncSession, chat_id: int, ticket: Ticket) -> TelegramMethod:
@@ -67,7 +73,45 @@ class Renderer:
         names = await display_names(session, ticket.community_id, [event.actor_id])
         text = views.resident_update(ticket, event, names)
         markup = views.history_keyboard(ticket.id)
+        if event.kind == EventKind.RESOLVED and ticket.status == TicketStatus.RESOLVED:
+            # Closing the loop: the resolution (with its photo) asks "Is it fixed?" while nobody has answered.
+            text += "\n\n" + feedback_views.is_it_fixed()
+            markup = feedback_views.fixed_keyboard(ticket.id)
         photos = photos_of_event(ticket, event.id)
         if photos and views.visible_length(text) <= views.CAPTION_LIMIT:
             return SendPhoto(chat_id=chat_id, photo=photos[0].file_id, caption=text, reply_markup=markup)
         return SendMessage(chat_id=chat_id, text=text, reply_markup=markup)
+
+    def _confirm_reminder(self, chat_id: int, ticket: Ticket, close_at: str) -> TelegramMethod | None:
+        if ticket.status != TicketStatus.RESOLVED:
+            return None  # answered (or reopened) since the reminder was queued: nothing left to ask
+        return SendMessage(
+            chat_id=chat_id,
+            text=feedback_views.reminder(ticket, datetime.fromisoformat(close_at), self.tz),
+            reply_markup=feedback_views.fixed_keyboard(ticket.id),
+        )
+
+    async def _feedback(
+        self, session: AsyncSession, chat_id: int, ticket: Ticket, event_id: int
+    ) -> TelegramMethod | None:
+        event = await session.get(TicketEvent, event_id)
+        if event is None:
+            return None
+        return SendMessage(
+            chat_id=chat_id,
+            text=feedback_views.worker_feedback(ticket, event),
+            reply_markup=views.history_keyboard(ticket.id),
+        )
+
+    async def _deadline_reminder(
+        self, session: AsyncSession, chat_id: int, ticket: Ticket, event_id: int
+    ) -> TelegramMethod | None:
+        """A deadline is close or passed; nothing when the ticket has moved on since (closed, or someone else's)."""
+        event = await session.get(TicketEvent, event_id)
+        if event is None or not ticket.is_open or ticket.assignee_id != chat_id:
+            return None
+        return SendMessage(
+            chat_id=chat_id,
+            text=ladder_views.deadline_reminder(ticket, event, self.tz),
+            reply_markup=views.ticket_actions(ticket),
+        )

@@ -1,8 +1,10 @@
 """Delivering the outbox: rate-limited, honouring Telegram's answers, each row sent at most once.
 
-A row goes pending → sending (claimed, committed) → sent / failed, or back to pending with a later
-``not_before`` when Telegram asks us to wait or has a passing fault. Rows left "sending" by a process that
-died are given back after ``stale_claim`` so nothing is lost.
+A row goes pending → claimed (a batch, committed) → sending (committed just before the request) → sent or
+failed, or back to pending with a later ``not_before`` when Telegram asks us to wait or has a passing fault.
+When a sender process dies, its claimed rows were never tried and are given back after ``stale_claim``, so
+nothing is lost; a row it left "sending" may or may not have reached Telegram, and is marked failed rather
+than sent again, so nothing is doubled. That window is one request per chat being served.
 """
 
 from __future__ import annotations
@@ -113,14 +115,21 @@ class OutboxSender:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.settings.idle_poll_seconds)
 
     async def release_stale_claims(self) -> int:
+        """Give back what a dead sender claimed but never tried; returns how many rows were given back."""
         cutoff = self.clock() - self.settings.stale_claim
+        stale = OutboxMessage.claimed_at < cutoff
         async with self.sessions() as session, session.begin():
-            result = await session.execute(
+            released = await session.execute(
                 update(OutboxMessage)
-                .where(OutboxMessage.status == OutboxStatus.SENDING, OutboxMessage.claimed_at < cutoff)
+                .where(OutboxMessage.status == OutboxStatus.CLAIMED, stale)
                 .values(status=OutboxStatus.PENDING)
             )
-        return int(getattr(result, "rowcount", 0) or 0)
+            await session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.status == OutboxStatus.SENDING, stale)
+                .values(status=OutboxStatus.FAILED, error="interrupted while sending; not repeated")
+            )
+        return int(getattr(released, "rowcount", 0) or 0)
 
     async def deliver_due(self) -> int:
         """Send every row that is due now; returns how many rows were handled."""
@@ -144,7 +153,7 @@ class OutboxSender:
                 )
             )
             for row in rows:
-                row.status, row.claimed_at = OutboxStatus.SENDING, now
+                row.status, row.claimed_at = OutboxStatus.CLAIMED, now
         return rows
 
     async def _deliver_chat(self, chat_id: int, rows: list[OutboxMessage]) -> None:
@@ -158,6 +167,7 @@ class OutboxSender:
 
     async def _deliver(self, row: OutboxMessage) -> OutboxStatus | None:
         """Send one row and record the result; returns a status the chat's later rows must share, if any."""
+        await self._pace(row.chat_id)
         async with self.sessions() as session, session.begin():
             recipient = await session.get(User, row.chat_id)
             if recipient is not None and recipient.unreachable_at is not None:
@@ -165,11 +175,14 @@ class OutboxSender:
                 row.error = "recipient blocked the bot"
             else:
                 method = await self.renderer.render(session, row)
+            if method is not None:
+                await session.execute(
+                    update(OutboxMessage).where(OutboxMessage.id == row.id).values(status=OutboxStatus.SENDING)
+                )
         if method is None:
             await self._finish([row], OutboxStatus.FAILED if row.error else OutboxStatus.SENT, None, row.error)
             return None
 
-        await self._pace(row.chat_id)
         now = self.clock()
         try:
             await self.bot(method)

@@ -24,7 +24,7 @@ from bot.i18n import localized
 from domain.errors import AccessDenied, DomainError, InvalidTransition, NotBound, NotFound
 from domain.routing import RouteReason
 from domain.tickets import NobodyToHandTo, ReportDraft, TextTooLong, TicketCard, TicketView
-from storage.models import Building, Category, EventKind, Ticket, TicketEvent, TicketStatus
+from storage.models import Building, Category, EventKind, Level, Ticket, TicketEvent, TicketStatus
 
 # Main-menu buttons; handlers match them with F.text == ... in the user's language.
 MENU_REPORT = __("📝 Report a problem")
@@ -87,6 +87,8 @@ def status_label(status: str) -> str:
         TicketStatus.ASSIGNED: _("waiting to be accepted"),
         TicketStatus.IN_PROGRESS: _("being handled"),
         TicketStatus.RESOLVED: _("resolved"),
+        TicketStatus.CLOSED: _("closed, confirmed by the resident"),
+        TicketStatus.UNCONFIRMED: _("resolved, unconfirmed"),
     }.get(TicketStatus(status), status)
 
 
@@ -173,12 +175,16 @@ def ticket_card(card: TicketCard, tz: tzinfo) -> str:
         "🕒 " + local_time(ticket.created_at, tz),
         _("Status: {status}").format(status=status_label(ticket.status)),
     ]
+    lines += deadline_lines(ticket, tz)
     if ticket.assignee_id is not None:
         lines.append(_("Handled by: {name}").format(name=escape(names.get(ticket.assignee_id, "?"))))
-    if handed_back is not None and handed_back.actor_id is not None:
+    if handed_back is not None and (moved := moved_line(handed_back, names)):
+        lines.append(moved)
+    lines.append(_("🏠 Affected households: {count}").format(count=card.households))
+    if card.reopened is not None:
         lines.append(
-            _("↩️ Handed back by {name}: {reason}").format(
-                name=escape(names.get(handed_back.actor_id, "?")), reason=escape(handed_back.note)
+            _("🔁 Reopened by a resident ({count}×): {reason}").format(
+                count=ticket.reopen_count, reason=escape(card.reopened.note)
             )
         )
     if ticket.latitude is not None and ticket.longitude is not None:
@@ -191,16 +197,62 @@ def ticket_card(card: TicketCard, tz: tzinfo) -> str:
     return "\n".join(lines)
 
 
-def ticket_actions(ticket: Ticket) -> InlineKeyboardMarkup:
+def deadline_lines(ticket: Ticket, tz: tzinfo) -> list[str]:
+    """The deadline the ticket is measured against now, and the level when it is above the grid."""
+    lines = []
+    if ticket.status == TicketStatus.ASSIGNED and ticket.respond_by is not None:
+        lines.append(_("⏳ Accept by {time}").format(time=local_time(ticket.respond_by, tz)))
+    elif ticket.status == TicketStatus.IN_PROGRESS and ticket.resolve_by is not None:
+        lines.append(_("⏳ Resolve by {time}").format(time=local_time(ticket.resolve_by, tz)))
+    if ticket.level != Level.GRID:
+        lines.append(_("Level: {level}").format(level=level_name(ticket.level)))
+    return lines
+
+
+def level_name(level: str, data: dict[str, object] | None = None) -> str:
+    """A level of the ladder in words; for a department its name, taken from an event's data."""
+    if level == Level.DEPARTMENT:
+        data = data or {}
+        name = data.get("department_name_en") if get_i18n().current_locale == "en" else None
+        name = name or data.get("department_name")
+        return escape(str(name)) if name else _("a department")
+    return {
+        Level.GRID: _("the grid worker"),
+        Level.COMMUNITY: _("the community office"),
+        Level.STREET: _("the street office"),
+    }.get(Level(level), level)
+
+
+def moved_line(event: TicketEvent, names: dict[int, str]) -> str:
+    """On the card: why the ticket came to its new holder (hand-back, escalation or send-down)."""
+    name = escape(names.get(event.actor_id, "?")) if event.actor_id is not None else ""
+    note = escape(event.note)
+    match event.kind:
+        case EventKind.HANDED_BACK if event.actor_id is not None:
+            return _("↩️ Handed back by {name}: {reason}").format(name=name, reason=note)
+        case EventKind.ESCALATED if event.actor_id is None:
+            return _("⬆️ Escalated automatically: not resolved in time")
+        case EventKind.ESCALATED:
+            return _("⬆️ Escalated by {name}: {reason}").format(name=name, reason=note)
+        case EventKind.SENT_DOWN:
+            return _("⬇️ Sent down by {name}: {instruction}").format(name=name, instruction=note)
+    return ""
+
+
+def ticket_actions(ticket: Ticket, can_act: bool = True) -> InlineKeyboardMarkup:
+    """The card's buttons: what fits the ticket's status and level; only History for someone who cannot act."""
     actions: list[tuple[str, TicketAction]] = []
-    if ticket.status == TicketStatus.ASSIGNED:
-        actions = [(_("✅ Accept"), TicketAction.ACCEPT), (_("↩️ Hand back"), TicketAction.HAND_BACK)]
-    elif ticket.status == TicketStatus.IN_PROGRESS:
-        actions = [
-            (_("📝 Progress note"), TicketAction.NOTE),
-            (_("✔️ Resolve"), TicketAction.RESOLVE),
-            (_("↩️ Hand back"), TicketAction.HAND_BACK),
-        ]
+    if can_act and ticket.status == TicketStatus.ASSIGNED:
+        actions = [(_("✅ Accept"), TicketAction.ACCEPT)]
+    elif can_act and ticket.status == TicketStatus.IN_PROGRESS:
+        actions = [(_("📝 Progress note"), TicketAction.NOTE), (_("✔️ Resolve"), TicketAction.RESOLVE)]
+    if actions:
+        if ticket.level in (Level.GRID, Level.COMMUNITY):
+            actions.append((_("↩️ Hand back"), TicketAction.HAND_BACK))
+        if ticket.level != Level.DEPARTMENT:
+            actions.append((_("⬆️ Escalate"), TicketAction.ESCALATE))
+        if ticket.level != Level.GRID:
+            actions.append((_("⬇️ Send down"), TicketAction.SEND_DOWN))
     actions.append((_("📜 History"), TicketAction.HISTORY))
     return inline_keyboard([(text, TicketCb(action=action, ticket_id=ticket.id)) for text, action in actions])
 
@@ -221,6 +273,9 @@ def _route_text(event: TicketEvent, names: dict[int, str], for_worker: bool) -> 
         RouteReason.CATEGORY_LEVEL: _("this category is handled by the community office"),
         RouteReason.NO_GRID_WORKER: _("no grid worker left for this grid"),
         RouteReason.UNROUTED: _("nobody to assign"),
+        RouteReason.OVERDUE: _("the previous person did not accept it in time"),
+        RouteReason.ESCALATED: _("escalated to this level"),
+        RouteReason.SENT_DOWN: _("sent back down to this level"),
     }[RouteReason(event.data.get("reason", RouteReason.UNROUTED))]
     return _("Assigned to {name} ({reason})").format(name=name, reason=reason)
 
@@ -245,7 +300,58 @@ def event_text(event: TicketEvent, names: dict[int, str], for_worker: bool) -> s
             return _("Progress from {name}: {note}").format(name=actor, note=note)
         case EventKind.RESOLVED:
             return _("{name} resolved it: {note}").format(name=actor, note=note)
-    return event.kind
+        case EventKind.ESCALATED | EventKind.SENT_DOWN:
+            return _moved_text(event, actor, note, for_worker)
+        case EventKind.REMINDED:
+            return _("⏰ Reminder sent: the deadline is close") if for_worker else ""
+        case EventKind.OVERDUE:
+            if not for_worker:
+                return ""
+            if event.data.get("stuck"):
+                return _("🔴 Overdue, and there is nobody else to pass it to")
+            return _("🔴 Not accepted in time: passed on")
+    return _resident_loop_text(event) or event.kind
+
+
+def _moved_text(event: TicketEvent, actor: str, note: str, for_worker: bool) -> str:
+    """Escalations and send-downs; the resident is told who now handles the report, never the reason."""
+    target = level_name(str(event.data.get("to", "")), event.data)
+    if event.kind == EventKind.SENT_DOWN:
+        if for_worker:
+            return _("{name} sent it back to {target}: {instruction}").format(
+                name=actor, target=target, instruction=note
+            )
+        return _("Your report has been passed back to {target}, who now handle it.").format(target=target)
+    if not for_worker:
+        return _("Your report has been passed to {target}, who now handle it.").format(target=target)
+    if event.actor_id is None:
+        return _("🔴 Not resolved in time: escalated to {target}").format(target=target)
+    return _("{name} escalated it to {target}: {reason}").format(name=actor, target=target, reason=note)
+
+
+def _resident_loop_text(event: TicketEvent) -> str | None:
+    """Confirmation, rating, reopening and "me too" (domain/confirmation.py, followers.py). Never names a resident."""
+    note = escape(event.note)
+    match EventKind(event.kind):
+        case EventKind.CONFIRMED:
+            return _("A resident confirmed it is fixed; the ticket is closed")
+        case EventKind.REOPENED:
+            return _("A resident says it is not fixed: {reason}. Reopened to the same worker").format(reason=note)
+        case EventKind.RATED:
+            return _("Satisfaction rating: {stars} of 5").format(stars=int(event.data.get("stars", 0)))
+        case EventKind.RATING_COMMENT:
+            return _("Comment on the rating: {note}").format(note=note)
+        case EventKind.CONFIRM_REMINDED:
+            return _("The residents were asked again whether it is fixed")
+        case EventKind.AUTO_CLOSED:
+            return _("Nobody answered whether it is fixed within {days} days: closed as resolved, unconfirmed").format(
+                days=f"{float(event.data.get('days', 0)):g}"
+            )
+        case EventKind.JOINED:
+            return _("Another household has the same problem ({count} affected households)").format(
+                count=int(event.data.get("households", 0))
+            )
+    return None
 
 
 def ticket_history(view: TicketView, tz: tzinfo, for_worker: bool) -> str:
@@ -258,7 +364,7 @@ def ticket_history(view: TicketView, tz: tzinfo, for_worker: bool) -> str:
         escape(ticket.description),
         "",
     ]
-    events = [f"{local_time(e.at, tz)} · {event_text(e, names, for_worker)}" for e in view.events]
+    events = [f"{local_time(e.at, tz)} · {text}" for e in view.events if (text := event_text(e, names, for_worker))]
     # A long history keeps its newest entries; cutting inside the HTML would make Telegram reject it.
     while events and visible_length("\n".join(header + events)) > MESSAGE_LIMIT - 2:
         events = events[1:]

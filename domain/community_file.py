@@ -28,6 +28,7 @@ from storage.models import (
     Category,
     Community,
     Compound,
+    Department,
     Grid,
     Level,
     Membership,
@@ -123,11 +124,23 @@ class CategorySpec:
 
 
 @dataclass(frozen=True)
+class DepartmentSpec:
+    """A department (or the property company) that escalated tickets can go to, with its people."""
+
+    code: str
+    name: str
+    name_en: str
+    people: tuple[PersonSpec, ...]
+
+
+@dataclass(frozen=True)
 class CommunitySpec:
     community: CommunityInfo
     staff: tuple[PersonSpec, ...]
     grids: tuple[GridSpec, ...]
     categories: tuple[CategorySpec, ...]
+    street: tuple[PersonSpec, ...] = ()  # the street office's people (街道)
+    departments: tuple[DepartmentSpec, ...] = ()
 
     def buildings(self) -> list[tuple[GridSpec, CompoundSpec, BuildingSpec]]:
         """Every building with the grid and compound it is listed under, in file order."""
@@ -496,17 +509,53 @@ def _parse_categories(reader: _Reader, data: Mapping[str, Any]) -> list[Category
     return categories
 
 
+def _parse_street(reader: _Reader, data: Mapping[str, Any]) -> list[PersonSpec]:
+    people = []
+    ids = _Unique(reader, "street telegram_id")
+    for where, table in reader.tables(data, "", "street"):
+        person = reader.person(table, where)
+        if person is not None and ids.add(str(person.telegram_id), where):
+            people.append(person)
+    return people
+
+
+def _parse_departments(reader: _Reader, data: Mapping[str, Any]) -> list[DepartmentSpec]:
+    departments = []
+    codes = _Unique(reader, "department code")
+    for where, table in reader.tables(data, "", "departments"):
+        reader.known_keys(table, where, ["code", "name", "name_en", "people"])
+        code = reader.code(table, where)
+        if code is not None and not codes.add(code, where):
+            code = None
+        name = reader.text(table, where, "name")
+        name_en = reader.text(table, where, "name_en", default=name or "")
+        raw_people = reader.tables(table, where, "people")
+        if not raw_people and isinstance(table.get("people", []), list):
+            reader.problem(where, "at least one person is needed: people = [ { telegram_id = ..., name = ... } ]")
+        people = []
+        ids = _Unique(reader, "telegram_id", f" in department {code!r}" if code else "")
+        for person_where, person_table in raw_people:
+            person = reader.person(person_table, person_where)
+            if person is not None and ids.add(str(person.telegram_id), person_where):
+                people.append(person)
+        if code and name and name_en and people:
+            departments.append(DepartmentSpec(code, name, name_en, tuple(people)))
+    return departments
+
+
 def parse_community(data: Mapping[str, Any], source: str = "") -> CommunitySpec:
     """Check already-parsed TOML data; raises :class:`CommunityFileError` listing every problem."""
     reader = _Reader()
-    reader.known_keys(data, "", ["community", "staff", "grids", "categories"])
+    reader.known_keys(data, "", ["community", "staff", "street", "departments", "grids", "categories"])
     community = _parse_community(reader, data)
     staff = _parse_staff(reader, data)
+    street = _parse_street(reader, data)
+    departments = _parse_departments(reader, data)
     grids = _parse_grids(reader, data, community.code if community else None)
     categories = _parse_categories(reader, data)
     if reader.problems or community is None:
         raise CommunityFileError(reader.problems or ["the [community] section is missing"], source)
-    return CommunitySpec(community, tuple(staff), tuple(grids), tuple(categories))
+    return CommunitySpec(community, tuple(staff), tuple(grids), tuple(categories), tuple(street), tuple(departments))
 
 
 def loads_community(text: str, source: str = "") -> CommunitySpec:
@@ -546,7 +595,7 @@ class Tally:
         return self.created + self.updated + self.reactivated + self.deactivated
 
 
-KINDS = ("community", "grids", "compounds", "buildings", "categories", "users", "memberships")
+KINDS = ("community", "grids", "compounds", "buildings", "categories", "departments", "users", "memberships")
 
 
 @dataclass
@@ -730,10 +779,34 @@ async def import_community(session: AsyncSession, spec: CommunitySpec, now: date
             kept_categories.add(id(category))
         _deactivate_missing(report["categories"], old_categories, kept_categories)
 
+        # Departments (and the property company) above the street office, in file order.
+        old_departments = list(await session.scalars(select(Department).where(Department.community_id == community.id)))
+        departments_by_code = {department.code: department for department in old_departments}
+        kept_departments = set()
+        for position, department_spec in enumerate(spec.departments):
+            department = _upsert(
+                session,
+                report["departments"],
+                departments_by_code.get(department_spec.code),
+                Department,
+                {
+                    "community_id": community.id,
+                    "code": department_spec.code,
+                    "name": department_spec.name,
+                    "name_en": department_spec.name_en,
+                    "sort_order": position,
+                },
+            )
+            kept_departments.add(id(department))
+        _deactivate_missing(report["departments"], old_departments, kept_departments)
+
         # People: a user record for everyone named in the file, never overwriting one that exists.
         duties: list[tuple[PersonSpec, Role, str, Grid | None]] = [
             (person, Role.STAFF, "", None) for person in spec.staff
         ]
+        duties.extend((person, Role.STREET, "", None) for person in spec.street)
+        for department_spec in spec.departments:
+            duties.extend((person, Role.DEPARTMENT, department_spec.code, None) for person in department_spec.people)
         for grid_spec in spec.grids:
             grid = grids[grid_spec.code]
             duties.extend((person, Role.GRID_WORKER, grid_spec.code, grid) for person in grid_spec.workers)

@@ -17,6 +17,9 @@ class Notice(StrEnum):
     TICKET_CARD = "ticket_card"  # a worker's actionable card; payload: ticket_id
     TICKET_PHOTOS = "ticket_photos"  # the photos a resident attached; payload: ticket_id
     TICKET_UPDATE = "ticket_update"  # a resident is told what happened; payload: ticket_id, event_id
+    DEADLINE_REMINDER = "deadline_reminder"  # the assignee: a deadline is close or passed; payload: ticket_id, event_id
+    CONFIRM_REMINDER = "confirm_reminder"  # "Is it fixed?" asked once more; payload: ticket_id, close_at
+    RESIDENT_FEEDBACK = "resident_feedback"  # the worker hears a confirmation or rating; payload: ticket_id, event_id
 
 
 QUEUED_FLAG = "outbox_queued"

@@ -10,22 +10,51 @@ from sqlalchemy import bindparam, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.errors import NotFound
-from storage.models import Building, Community, Compound, Membership, Role, Ticket, User
+from storage.models import Building, Community, Compound, Level, Membership, Role, Ticket, User
 
 
 @dataclass(frozen=True)
 class Duties:
-    """The grids someone works in and the communities they staff."""
+    """The grids someone works in, the communities they staff, and their street-office and department duties."""
 
     grid_ids: frozenset[int] = field(default_factory=frozenset)
     staff_community_ids: frozenset[int] = field(default_factory=frozenset)
+    street_community_ids: frozenset[int] = field(default_factory=frozenset)
+    departments: frozenset[tuple[int, str]] = field(default_factory=frozenset)  # (community id, department code)
 
     @property
     def is_worker(self) -> bool:
-        return bool(self.grid_ids or self.staff_community_ids)
+        return bool(self.grid_ids or self.staff_community_ids or self.street_community_ids or self.departments)
 
     def covers(self, ticket: Ticket) -> bool:
-        return ticket.grid_id in self.grid_ids or ticket.community_id in self.staff_community_ids
+        """May see the ticket: own grid, own community (staff), or escalated to their street office or department."""
+        return (
+            ticket.grid_id in self.grid_ids
+            or ticket.community_id in self.staff_community_ids
+            or (ticket.level in ABOVE_COMMUNITY and ticket.community_id in self.street_community_ids)
+            or (ticket.level == Level.DEPARTMENT and (ticket.community_id, ticket.department) in self.departments)
+        )
+
+    def can_handle(self, ticket: Ticket, user_id: int) -> bool:
+        """May work the ticket at its current level: its assignee, or a colleague of that level.
+
+        Community staff may step in on tickets at the grid and community levels; the street office on tickets
+        at its level; a department's people on tickets sent to that department. A grid worker cannot act on a
+        ticket while it is above the grid (unless it is assigned to them).
+        """
+        if ticket.assignee_id == user_id:
+            return True
+        match ticket.level:
+            case Level.GRID | Level.COMMUNITY:
+                return ticket.community_id in self.staff_community_ids
+            case Level.STREET:
+                return ticket.community_id in self.street_community_ids
+            case Level.DEPARTMENT:
+                return (ticket.community_id, ticket.department) in self.departments
+        return False
+
+
+ABOVE_COMMUNITY = (Level.STREET, Level.DEPARTMENT)
 
 
 @dataclass(frozen=True)
@@ -88,7 +117,7 @@ async def load_duties(session: AsyncSession, user_id: int) -> Duties:
     """What someone is responsible for, inside a transaction the caller already holds."""
     rows = (
         await session.execute(
-            select(Membership.role, Membership.grid_id, Membership.community_id).where(
+            select(Membership.role, Membership.grid_id, Membership.community_id, Membership.scope).where(
                 Membership.user_id == user_id, Membership.active.is_(True)
             )
         )
@@ -96,6 +125,8 @@ async def load_duties(session: AsyncSession, user_id: int) -> Duties:
     return Duties(
         grid_ids=frozenset(r.grid_id for r in rows if r.role == Role.GRID_WORKER and r.grid_id is not None),
         staff_community_ids=frozenset(r.community_id for r in rows if r.role == Role.STAFF),
+        street_community_ids=frozenset(r.community_id for r in rows if r.role == Role.STREET),
+        departments=frozenset((r.community_id, r.scope) for r in rows if r.role == Role.DEPARTMENT),
     )
 
 

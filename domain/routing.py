@@ -24,6 +24,9 @@ class RouteReason(StrEnum):
     CATEGORY_LEVEL = "category_level"  # the category is handled above the grid
     NO_GRID_WORKER = "no_grid_worker"  # the grid has nobody (left) to take it
     UNROUTED = "unrouted"  # nobody at all: the community file lacks staff
+    OVERDUE = "overdue"  # the assignee did not accept in time (the deadline sweep)
+    ESCALATED = "escalated"  # moved up the ladder (by hand, or by the sweep when overdue)
+    SENT_DOWN = "sent_down"  # sent back down the ladder
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ _COMMUNITY_CANDIDATES = (
     .group_by(Membership.user_id, Membership.rank, User.unreachable_at)
 )
 _GRID_CANDIDATES = _COMMUNITY_CANDIDATES.where(Membership.grid_id == bindparam("grid_id"))
+_SCOPED_CANDIDATES = _COMMUNITY_CANDIDATES.where(Membership.scope == bindparam("scope"))
 _RECORD_ASSIGNMENT = (
     update(Membership)
     .where(Membership.community_id == bindparam("in_community"), Membership.user_id == bindparam("person"))
@@ -143,3 +147,36 @@ async def choose_assignee(
 async def record_assignment(session: AsyncSession, *, community_id: int, user_id: int, now: datetime) -> None:
     """Remember when someone was last given a ticket: the tie-breaker for the next one."""
     await session.execute(_RECORD_ASSIGNMENT, {"in_community": community_id, "person": user_id, "now": now})
+
+
+LEVEL_ROLES = {Level.COMMUNITY: Role.STAFF, Level.STREET: Role.STREET, Level.DEPARTMENT: Role.DEPARTMENT}
+
+
+async def choose_at_level(
+    session: AsyncSession,
+    *,
+    community_id: int,
+    level: Level,
+    department: str | None = None,
+    reason: RouteReason,
+    exclude: Collection[int] = (),
+) -> RoutingDecision:
+    """Pick someone at a level above the grid (staff, the street office, one department) by the usual rule.
+
+    The decision's assignee is None when that level has nobody (left) to take the ticket.
+    """
+    role = LEVEL_ROLES[level]
+    params = {"community_id": community_id, "role": role}
+    query = _COMMUNITY_CANDIDATES
+    if level == Level.DEPARTMENT:
+        query, params = _SCOPED_CANDIDATES, {**params, "scope": department or ""}
+    rows = (await session.execute(query, params)).all()
+    people = [
+        Candidate(r.user_id, role, r.rank, r.open_tickets, r.last_assigned_at, bool(r.reachable))
+        for r in rows
+        if r.user_id not in exclude
+    ]
+    if not people:
+        return RoutingDecision(None, reason, level)
+    people.sort(key=_least_loaded_first)
+    return RoutingDecision(people[0], reason, level, people)

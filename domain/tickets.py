@@ -7,13 +7,15 @@ transaction. Access is checked here, for every action, because button data can b
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from domain.deadlines import start_window
 from domain.errors import AccessDenied, DomainError, InvalidTransition, NotBound, NotFound
+from domain.followers import households, is_follower, tell_households
 from domain.outbox import Notice, enqueue
 from domain.people import Duties, Person, display_names, load_duties
 from domain.routing import RouteReason, RoutingDecision, choose_assignee, record_assignment
@@ -21,9 +23,11 @@ from storage.models import (
     Building,
     Category,
     EventKind,
+    Level,
     PhotoStage,
     Ticket,
     TicketEvent,
+    TicketFollower,
     TicketPhoto,
     TicketStatus,
 )
@@ -65,15 +69,23 @@ class TicketView:
     ticket: Ticket
     events: list[TicketEvent]
     names: dict[int, str]
+    for_resident: bool = False  # the viewer is the reporter or a household that joined: no internal reasons
 
 
 @dataclass(frozen=True)
 class TicketCard:
-    """What a worker's card shows: the ticket, who has it, and the latest hand-back with its reason."""
+    """What a worker's card shows: the ticket, who has it, and the latest hand-back with its reason.
+
+    ``handed_back`` is the latest hand-back, escalation or send-down (see its ``kind``). ``can_act`` is False
+    for a viewer who may see the ticket but not work it now (a grid worker once it is above the grid).
+    """
 
     ticket: Ticket
     names: dict[int, str]
     handed_back: TicketEvent | None
+    can_act: bool = True
+    households: int = 1  # the reporter and every household that joined ("me too")
+    reopened: TicketEvent | None = None  # the latest "not fixed" from a resident, with the reason
 
 
 def _check_length(text: str, limit: int) -> str:
@@ -123,6 +135,7 @@ async def file_report(
             photos=[TicketPhoto(file_id=file_id, stage=PhotoStage.REPORT) for file_id in draft.photos],
         )
         _apply_decision(ticket, decision, now)
+        start_window(ticket, category, now)
         session.add(ticket)
         await session.flush()
         session.add(TicketEvent(ticket_id=ticket.id, at=now, actor_id=reporter.id, kind=EventKind.CREATED))
@@ -160,8 +173,8 @@ async def _ticket_for_worker(session: AsyncSession, actor_id: int, ticket_id: in
 
 
 def _require_handler(ticket: Ticket, actor_id: int, duties: Duties) -> None:
-    """Only the current assignee works a ticket; community staff may step in on any ticket of theirs."""
-    if ticket.assignee_id != actor_id and ticket.community_id not in duties.staff_community_ids:
+    """Only the current assignee works a ticket; colleagues of its level may step in (Duties.can_handle)."""
+    if not duties.can_handle(ticket, actor_id):
         raise InvalidTransition("assigned to someone else")
 
 
@@ -184,8 +197,9 @@ async def _record(
     return event
 
 
-def _tell_reporter(session: AsyncSession, ticket: Ticket, event: TicketEvent, now: datetime) -> None:
-    enqueue(session, ticket.reporter_id, Notice.TICKET_UPDATE, now, ticket_id=ticket.id, event_id=event.id)
+async def _tell_reporter(session: AsyncSession, ticket: Ticket, event: TicketEvent, now: datetime) -> None:
+    """Tell the reporter and every household that joined ("me too"). Async: it reads who joined."""
+    await tell_households(session, ticket, event, now)
 
 
 async def accept(session: AsyncSession, *, actor_id: int, ticket_id: int, now: datetime) -> Ticket:
@@ -198,7 +212,7 @@ async def accept(session: AsyncSession, *, actor_id: int, ticket_id: int, now: d
         ticket.assignee_id = actor_id
         ticket.accepted_at = now
         event = await _record(session, ticket, EventKind.ACCEPTED, actor_id, now)
-        _tell_reporter(session, ticket, event, now)
+        await _tell_reporter(session, ticket, event, now)
     return ticket
 
 
@@ -211,6 +225,8 @@ async def hand_back(session: AsyncSession, *, actor_id: int, ticket_id: int, rea
             raise InvalidTransition(ticket.status)
         if ticket.assignee_id != actor_id:
             raise InvalidTransition("assigned to someone else")
+        if ticket.level not in (Level.GRID, Level.COMMUNITY):
+            raise InvalidTransition(ticket.level)  # above the community, a ticket is sent down instead
         handed_back_before = set(
             await session.scalars(
                 select(TicketEvent.actor_id).where(
@@ -243,7 +259,7 @@ async def add_note(
             raise InvalidTransition(ticket.status)
         _require_handler(ticket, actor_id, duties)
         event = await _record(session, ticket, EventKind.NOTE, actor_id, now, note=text, photo=photo)
-        _tell_reporter(session, ticket, event, now)
+        await _tell_reporter(session, ticket, event, now)
     return ticket
 
 
@@ -268,7 +284,7 @@ async def resolve(
             photo=photo,
             stage=PhotoStage.RESOLUTION,
         )
-        _tell_reporter(session, ticket, event, now)
+        await _tell_reporter(session, ticket, event, now)
     return ticket
 
 
@@ -276,10 +292,15 @@ async def resolve(
 
 
 async def tickets_of_resident(session: AsyncSession, user_id: int, limit: int = 20) -> list[Ticket]:
+    """The resident's own reports and the neighbours' tickets they joined ("me too"), newest first."""
+    joined = select(TicketFollower.ticket_id).where(TicketFollower.user_id == user_id)
     async with session.begin():
         return list(
             await session.scalars(
-                select(Ticket).where(Ticket.reporter_id == user_id).order_by(Ticket.id.desc()).limit(limit)
+                select(Ticket)
+                .where(or_(Ticket.reporter_id == user_id, Ticket.id.in_(joined)))
+                .order_by(Ticket.id.desc())
+                .limit(limit)
             )
         )
 
@@ -293,6 +314,21 @@ async def open_tickets_for_worker(session: AsyncSession, user_id: int, limit: in
             scope.append(Ticket.grid_id.in_(duties.grid_ids))
         if duties.staff_community_ids:
             scope.append(Ticket.community_id.in_(duties.staff_community_ids))
+        if duties.street_community_ids:
+            scope.append(
+                and_(
+                    Ticket.community_id.in_(duties.street_community_ids),
+                    Ticket.level.in_([Level.STREET, Level.DEPARTMENT]),
+                )
+            )
+        for community_id, department in duties.departments:
+            scope.append(
+                and_(
+                    Ticket.community_id == community_id,
+                    Ticket.level == Level.DEPARTMENT,
+                    Ticket.department == department,
+                )
+            )
         return list(
             await session.scalars(
                 select(Ticket)
@@ -309,7 +345,7 @@ async def _check_viewer(session: AsyncSession, viewer_id: int, ticket_id: int) -
         raise NotFound(ticket_id)
     if ticket.reporter_id != viewer_id and ticket.assignee_id != viewer_id:
         duties = await load_duties(session, viewer_id)
-        if not duties.covers(ticket):
+        if not duties.covers(ticket) and not await is_follower(session, ticket.id, viewer_id):
             raise AccessDenied(ticket_id)
     return ticket
 
@@ -325,26 +361,47 @@ async def view_ticket(session: AsyncSession, *, viewer_id: int, ticket_id: int) 
         )
         people = {ticket.assignee_id} | {e.actor_id for e in events} | {e.data.get("assignee") for e in events}
         names = await display_names(session, ticket.community_id, people - {ticket.reporter_id})
-    return TicketView(ticket, events, names)
+        for_resident = ticket.reporter_id == viewer_id or (
+            ticket.assignee_id != viewer_id and await is_follower(session, ticket.id, viewer_id)
+        )
+    return TicketView(ticket, events, names, for_resident)
 
 
 async def open_card(session: AsyncSession, *, viewer_id: int, ticket_id: int) -> TicketCard:
     async with session.begin():
-        return await load_card(session, await _check_viewer(session, viewer_id, ticket_id))
+        ticket = await _check_viewer(session, viewer_id, ticket_id)
+        card = await load_card(session, ticket)
+        if ticket.assignee_id != viewer_id and ticket.reporter_id != viewer_id:
+            duties = await load_duties(session, viewer_id)
+            card = replace(card, can_act=duties.can_handle(ticket, viewer_id))
+        elif ticket.assignee_id != viewer_id:
+            card = replace(card, can_act=False)
+        return card
 
 
 async def load_card(session: AsyncSession, ticket: Ticket) -> TicketCard:
     """The card's facts, inside the caller's transaction (the sender has already chosen the recipient)."""
     handed_back = await session.scalar(
         select(TicketEvent)
-        .where(TicketEvent.ticket_id == ticket.id, TicketEvent.kind == EventKind.HANDED_BACK)
+        .where(
+            TicketEvent.ticket_id == ticket.id,
+            TicketEvent.kind.in_([EventKind.HANDED_BACK, EventKind.ESCALATED, EventKind.SENT_DOWN]),
+        )
         .order_by(TicketEvent.id.desc())
         .limit(1)
     )
     names = await display_names(
         session, ticket.community_id, [ticket.assignee_id, handed_back.actor_id if handed_back else None]
     )
-    return TicketCard(ticket, names, handed_back)
+    reopened = None
+    if ticket.reopen_count:
+        reopened = await session.scalar(
+            select(TicketEvent)
+            .where(TicketEvent.ticket_id == ticket.id, TicketEvent.kind == EventKind.REOPENED)
+            .order_by(TicketEvent.id.desc())
+            .limit(1)
+        )
+    return TicketCard(ticket, names, handed_back, households=await households(session, ticket.id), reopened=reopened)
 
 
 def routing_reason(event: TicketEvent) -> RouteReason | None:

@@ -2,10 +2,21 @@
 
 from aiogram import Router
 
-from handlers import common, fallback, report, resident, start, worker
+from handlers import common, confirm, escalation, fallback, me_too, report, resident, staff, start, worker
 
 # common first: /cancel must win in every state; fallback last: it answers whatever is left.
-ROUTERS = (common.router, start.router, report.router, resident.router, worker.router, fallback.router)
+ROUTERS = (
+    common.router,
+    start.router,
+    report.router,
+    me_too.router,
+    resident.router,
+    worker.router,
+    escalation.router,
+    staff.router,
+    confirm.router,
+    fallback.router,
+)
 
 
 def build_router() -> Router:

@@ -5,6 +5,7 @@ The wizard's state lives in the FSM storage (the database by default), so it sur
 
 from __future__ import annotations
 
+from datetime import tzinfo
 from html import escape
 from typing import Any
 
@@ -17,11 +18,11 @@ from aiogram.types import CallbackQuery, Message
 from aiogram.utils.i18n import gettext as _
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import views
+from bot import feedback_views, views
 from bot.callbacks import CategoryCb, ReportCb, ReportStep
 from bot.filters import Button, Content
 from bot.i18n import localized
-from domain import tickets
+from domain import followers, tickets
 from domain.categories import suggest_category
 from domain.clock import Clock
 from domain.directory import Directory
@@ -102,6 +103,8 @@ async def category_chosen(
     state: FSMContext,
     session: AsyncSession,
     directory: Directory,
+    user: Person,
+    tz: tzinfo,
 ) -> None:
     data = await state.get_data()
     category = await directory.category(session, data["community_id"], callback_data.category_id)
@@ -111,13 +114,24 @@ async def category_chosen(
     await query.answer()
     await state.update_data(category_id=category.id)
     chosen = _("Category: {category}").format(category=escape(localized(category)))
+    # "Me too": neighbours' open tickets of this category in this building, each with a button to join it.
+    home = await directory.home(session, user)
+    similar = (
+        await followers.similar_open_tickets(session, user_id=user.id, building_id=home.id, category_id=category.id)
+        if home is not None
+        else []
+    )
+    markup = feedback_views.me_too_keyboard(similar) if similar else None
+    if similar:
+        chosen += "\n\n" + feedback_views.similar_tickets(similar, tz)
     if data.get("description"):
-        await query.message.edit_text(chosen)
+        await query.message.edit_text(chosen, reply_markup=markup)
         await _ask_for_photos(query.message, state)
     else:
         await state.set_state(ReportWizard.description)
         await query.message.edit_text(
-            chosen + "\n\n" + _("Please describe the problem in a few words: what, where exactly, since when.")
+            chosen + "\n\n" + _("Please describe the problem in a few words: what, where exactly, since when."),
+            reply_markup=markup,
         )
 
 

@@ -19,7 +19,7 @@ from bot.callbacks import TicketAction, TicketCb
 from bot.filters import Button, Content
 from domain import tickets
 from domain.clock import Clock
-from domain.errors import DomainError
+from domain.errors import DomainError, InvalidTransition
 from domain.people import Person
 from handlers.common import show_menu
 
@@ -66,7 +66,7 @@ async def open_tickets(message: Message, session: AsyncSession, user: Person, tz
 
 async def _send_card(message: Message, session: AsyncSession, user: Person, ticket_id: int, tz: tzinfo) -> None:
     card = await tickets.open_card(session, viewer_id=user.id, ticket_id=ticket_id)
-    await message.answer(views.ticket_card(card, tz), reply_markup=views.ticket_actions(card.ticket))
+    await message.answer(views.ticket_card(card, tz), reply_markup=views.ticket_actions(card.ticket, card.can_act))
 
 
 @router.callback_query(TicketCb.filter(F.action == TicketAction.OPEN))
@@ -99,7 +99,9 @@ async def accept(
         return
     await query.answer(_("Accepted. The resident has been told."))
     if isinstance(query.message, Message):
-        await query.message.edit_text(views.ticket_card(card, tz), reply_markup=views.ticket_actions(card.ticket))
+        await query.message.edit_text(
+            views.ticket_card(card, tz), reply_markup=views.ticket_actions(card.ticket, card.can_act)
+        )
 
 
 @router.callback_query(TicketCb.filter(F.action.in_(PROMPTS)))
@@ -108,7 +110,9 @@ async def ask_for_text(
 ) -> None:
     # Check access now, so a forged button is refused before the worker types anything.
     try:
-        await tickets.open_card(session, viewer_id=user.id, ticket_id=callback_data.ticket_id)
+        card = await tickets.open_card(session, viewer_id=user.id, ticket_id=callback_data.ticket_id)
+        if not card.can_act:  # e.g. the grid worker once the ticket is above the grid
+            raise InvalidTransition("handled at another level")
     except DomainError as error:
         await query.answer(views.refusal(error), show_alert=True)
         return

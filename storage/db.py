@@ -17,8 +17,7 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     if not parsed.drivername.startswith("sqlite"):
         return create_async_engine(url, pool_pre_ping=True, **kwargs)
 
-    in_memory = not parsed.database or parsed.database == ":memory:"
-    if not in_memory:
+    if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         # SQLite has one writer. One pooled connection makes every transaction queue in asyncio instead of
         # spinning in SQLite's busy handler. (An in-memory database has a single connection anyway.)

@@ -109,7 +109,7 @@ class SqlStorage(BaseStorage):
         try:
             async with self._sessions() as session, session.begin():
                 if rows:
-                    await session.execute(_upsert(session.bind.dialect.name), rows)
+                    await session.execute(_upsert(session.get_bind().dialect.name), rows)
                 if empty:
                     await session.execute(delete(FsmRecord).where(FsmRecord.key.in_(empty)))
             if self._complete:  # a deleted record is what a missing key means already

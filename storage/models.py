@@ -67,6 +67,8 @@ class Level(StrEnum):
 class Role(StrEnum):
     GRID_WORKER = "grid_worker"
     STAFF = "staff"
+    STREET = "street"  # the street office (街道); scope ""
+    DEPARTMENT = "department"  # a city department or the property company; scope = the department's code
 
 
 class Rank(StrEnum):
@@ -77,7 +79,9 @@ class Rank(StrEnum):
 class TicketStatus(StrEnum):
     ASSIGNED = "assigned"  # routed to someone, waiting to be accepted
     IN_PROGRESS = "in_progress"  # accepted by the assignee
-    RESOLVED = "resolved"
+    RESOLVED = "resolved"  # the worker says it is done; waiting for the resident's answer
+    CLOSED = "closed"  # the resident confirmed the fix
+    UNCONFIRMED = "unconfirmed"  # resolved, unconfirmed: nobody answered "Is it fixed?" in time
 
     @classmethod
     def open_statuses(cls) -> tuple[TicketStatus, ...]:
@@ -91,6 +95,18 @@ class EventKind(StrEnum):
     HANDED_BACK = "handed_back"
     NOTE = "note"
     RESOLVED = "resolved"
+    REMINDED = "reminded"  # the sweep reminded the assignee of a close deadline (data: deadline, due)
+    OVERDUE = "overdue"  # a deadline passed (data: deadline, due, from; stuck=True when nobody could take it)
+    ESCALATED = "escalated"  # moved up the ladder (data: from, to, department, auto)
+    SENT_DOWN = "sent_down"  # sent back down the ladder with an instruction (data: from, to)
+    # Closing the loop with the resident (domain/confirmation.py) and "me too" (domain/followers.py).
+    CONFIRMED = "confirmed"  # a resident said it is fixed: the ticket is closed
+    REOPENED = "reopened"  # a resident said it is not fixed (note: why); back to the same worker
+    RATED = "rated"  # satisfaction 1-5 (data: stars)
+    RATING_COMMENT = "rating_comment"  # the optional comment on the rating (note)
+    CONFIRM_REMINDED = "confirm_reminded"  # residents were asked once more (data: close_at)
+    AUTO_CLOSED = "auto_closed"  # no answer in time: resolved, unconfirmed (data: days)
+    JOINED = "joined"  # another household has the same problem ("me too"; data: households)
 
 
 class PhotoStage(StrEnum):
@@ -101,7 +117,8 @@ class PhotoStage(StrEnum):
 
 class OutboxStatus(StrEnum):
     PENDING = "pending"
-    SENDING = "sending"
+    CLAIMED = "claimed"  # taken by a sender, not tried yet: safe to give back if that sender dies
+    SENDING = "sending"  # handed to Telegram: if the sender dies now, nobody knows whether it arrived
     SENT = "sent"
     FAILED = "failed"
 
@@ -176,6 +193,21 @@ class Category(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
+class Department(Base):
+    """A city department (住建局, 供电局 …) or a property company that escalated tickets can go to."""
+
+    __tablename__ = "departments"
+    __table_args__ = (UniqueConstraint("community_id", "code"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    community_id: Mapped[int] = mapped_column(ForeignKey("communities.id"))
+    code: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(100))
+    name_en: Mapped[str] = mapped_column(String(100), default="")
+    sort_order: Mapped[int] = mapped_column(Integer, default=0)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
 class User(Base):
     """Anyone who talks to the bot, keyed by Telegram user id (also their private chat id)."""
 
@@ -224,6 +256,13 @@ class Ticket(Base):
         Index("ix_tickets_grid_status", "grid_id", "status"),
         Index("ix_tickets_reporter", "reporter_id", "id"),
         Index("ix_tickets_community_stats", "community_id", "status", "category_id"),
+        # The deadline sweep reads open tickets by status and due time.
+        Index("ix_tickets_respond_by", "status", "respond_by"),
+        Index("ix_tickets_resolve_by", "status", "resolve_by"),
+        # "Me too": open tickets of one category in one building, read when a resident picks a category.
+        Index("ix_tickets_building_category", "building_id", "category_id", "status"),
+        # The confirmation sweep reads resolved tickets by the time they were resolved.
+        Index("ix_tickets_status_resolved", "status", "resolved_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -243,6 +282,17 @@ class Ticket(Base):
     updated_at: Mapped[datetime]
     accepted_at: Mapped[datetime | None] = mapped_column(default=None)
     resolved_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Deadlines of the current window (domain/deadlines.py): accept by, resolve by. A new level starts new ones.
+    respond_by: Mapped[datetime | None] = mapped_column(default=None)
+    resolve_by: Mapped[datetime | None] = mapped_column(default=None)
+    # The department's code while the ticket is at the department level, else None.
+    department: Mapped[str | None] = mapped_column(String(32), default=None)
+    # Closing the loop (domain/confirmation.py): how often a resident said "not fixed", the satisfaction
+    # rating (1-5) with its optional comment, and when the ticket was closed (confirmed or not).
+    reopen_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    rating: Mapped[int | None] = mapped_column(Integer, default=None)
+    rating_comment: Mapped[str] = mapped_column(Text, default="", server_default="")
+    closed_at: Mapped[datetime | None] = mapped_column(default=None)
 
     category: Mapped[Category] = relationship(lazy="joined", innerjoin=True)
     building: Mapped[Building] = relationship(lazy="joined", innerjoin=True)
@@ -263,6 +313,21 @@ class TicketPhoto(Base):
     file_id: Mapped[str] = mapped_column(String(256))
     stage: Mapped[str] = mapped_column(String(16), default=PhotoStage.REPORT)
     event_id: Mapped[int | None] = mapped_column(ForeignKey("ticket_events.id"), default=None)
+
+
+class TicketFollower(Base):
+    """A household that said "me too": affected by a neighbour's ticket and told about it like its reporter."""
+
+    __tablename__ = "ticket_followers"
+    __table_args__ = (
+        UniqueConstraint("ticket_id", "user_id"),
+        Index("ix_ticket_followers_user", "user_id", "ticket_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"))
+    user_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("users.id"))
+    joined_at: Mapped[datetime]
 
 
 class TicketEvent(Base):

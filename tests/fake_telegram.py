@@ -36,11 +36,16 @@ BLOCKED = ScriptedError(403, "Forbidden: bot was blocked by the user")
 SERVER_ERROR = ScriptedError(502, "Bad Gateway")
 
 
+class ProcessDied(BaseException):
+    """Stands for the bot process being killed: nothing after it runs, nothing catches it."""
+
+
 class FakeTelegram(BaseSession):
     def __init__(self) -> None:
         super().__init__()
         self.requests: list[TelegramMethod[Any]] = []
         self.errors: dict[int, deque[ScriptedError]] = defaultdict(deque)
+        self.die_after_next_request = False
         self._message_ids = 1000
 
     def fail_next(self, chat_id: int, *errors: ScriptedError) -> None:
@@ -54,6 +59,8 @@ class FakeTelegram(BaseSession):
         timeout: int | None = None,  # noqa: ASYNC109 - aiogram's signature
     ) -> TelegramType:
         self.requests.append(method)
+        if self.die_after_next_request:  # Telegram has the message; the process dies before it hears back
+            raise ProcessDied()
         chat_id = getattr(method, "chat_id", None)
         if isinstance(chat_id, int) and self.errors[chat_id]:
             error = self.errors[chat_id].popleft()

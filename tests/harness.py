@@ -20,7 +20,7 @@ from aiogram.types import (
 
 from bot.app import Application, assemble
 from bot.config import Settings
-from bot.sender import SenderSettings
+from bot.sender import OutboxSender, SenderSettings
 from domain.clock import Clock
 from storage.db import SessionFactory
 from tests.fake_telegram import BOT_ID, buttons_of, fake_bot, text_of
@@ -28,13 +28,28 @@ from tests.fake_telegram import BOT_ID, buttons_of, fake_bot, text_of
 _ids = itertools.count(1)
 
 
+async def _no_sleep(_seconds: float) -> None:
+    return None
+
+
 class Harness:
     def __init__(self, session_factory: SessionFactory, clock: Clock, redis_url: str | None = None) -> None:
         self.bot, self.telegram = fake_bot()
         settings = Settings(bot_token=None, community_file=None, redis_url=redis_url)
         self.app: Application = assemble(settings, self.bot, session_factory, clock)
-        # Tests do not wait a real second between two messages to one chat.
-        self.app.sender.settings = SenderSettings(chat_interval=0, rate_per_second=10_000)
+        # The sender keeps time by the test's clock and never really sleeps: a 429's retry_after passes when
+        # the test moves the clock. (The dispatcher's wake-up call still reaches the sender built by assemble;
+        # tests deliver explicitly.)
+        old = self.app.sender
+        self.app.sender = OutboxSender(
+            self.bot,
+            session_factory,
+            old.renderer,
+            clock,
+            SenderSettings(chat_interval=0, rate_per_second=10_000),
+            monotonic=lambda: clock().timestamp(),
+            sleep=_no_sleep,
+        )
         self.sessions = session_factory
 
     def person(self, user_id: int, name: str = "", language: str = "zh-hans") -> Person:

@@ -27,9 +27,11 @@ from storage.models import (
     Category,
     Community,
     Compound,
+    Department,
     Grid,
     Membership,
     Rank,
+    Role,
     Ticket,
     User,
 )
@@ -391,8 +393,9 @@ async def test_sample_imports(session_factory: SessionFactory, clock: FakeClock)
     assert report["compounds"].created == 3  # 银巴小区 is one row although two grids list it
     assert report["buildings"].created == len(spec.buildings()) == 26
     assert report["categories"].created == len(spec.categories)
-    assert report["users"].created == 10
-    assert report["memberships"].created == 10
+    assert report["users"].created == 17  # 2 staff, 8 grid workers, 2 street office, 5 department people
+    assert report["memberships"].created == 17
+    assert report["departments"].created == 4
     assert "grids:" in report.summary() and "3 created" in report.summary()
 
     async with session_factory() as session:
@@ -447,7 +450,7 @@ async def test_importing_the_same_file_again_changes_nothing(session_factory: Se
     assert await snapshot(session_factory) == before
     assert not report.changed
     assert report["buildings"].unchanged == 26
-    assert report["users"].unchanged == 10
+    assert report["users"].unchanged == 17
     assert "no changes" in report.summary()
 
 
@@ -612,7 +615,7 @@ async def test_communities_do_not_touch_each_other(session_factory: SessionFacto
                 await session.execute(select(Membership.community_id, func.count()).group_by(Membership.community_id))
             ).all()
         )
-    assert sorted(counts.values()) == [3, 10]
+    assert sorted(counts.values()) == [3, 17]
 
 
 async def test_building_links_list_active_buildings_in_printing_order(
@@ -635,3 +638,73 @@ async def test_building_links_list_active_buildings_in_printing_order(
     )
     async with session_factory() as session:
         assert await building_links(session, "nowhere") == []
+
+
+# --- the street office and departments (escalation ladder) -------------------------------------------------
+
+LADDER = """
+[[street]]
+telegram_id = 500001
+name = "陈主任"
+
+[[departments]]
+code = "housing"
+name = "住建局"
+name_en = "Housing Bureau"
+people = [ { telegram_id = 600001, name = "韩工" } ]
+"""
+
+
+def test_street_and_department_problems_are_named_with_their_place() -> None:
+    broken = (
+        SMALL
+        + LADDER
+        + """
+[[street]]
+telegram_id = 500001
+name = "again"
+
+[[departments]]
+code = "housing"
+name = "重复"
+people = [ { telegram_id = 600002, name = "x" } ]
+
+[[departments]]
+code = "power"
+name = "供电局"
+people = []
+
+[[departments]]
+code = "enforcement"
+name = "综合执法局"
+people = [ { telegram_id = "600021", name = "丁队长" } ]
+"""
+    )
+    found = problems_of(broken)
+    assert "street[1]: duplicate street telegram_id '500001' (already used at street[0])" in found
+    assert "departments[1]: duplicate department code 'housing' (already used at departments[0])" in found
+    assert any(p.startswith("departments[2]: at least one person is needed") for p in found)
+    assert any(p.startswith("departments[3].people[0]: telegram_id must be an integer") for p in found)
+
+
+async def test_street_and_departments_import_as_memberships_and_deactivate(
+    session_factory: SessionFactory, clock: FakeClock
+) -> None:
+    report = await do_import(session_factory, loads_community(SMALL + LADDER), clock)
+    assert report["departments"].created == 1
+    async with session_factory() as session:
+        duties = {(m.user_id, m.role, m.scope, m.active) for m in await session.scalars(select(Membership))}
+        assert (500001, Role.STREET, "", True) in duties
+        assert (600001, Role.DEPARTMENT, "housing", True) in duties
+        department = (await session.scalars(select(Department))).one()
+        assert (department.code, department.name_en, department.active) == ("housing", "Housing Bureau", True)
+    assert not (await do_import(session_factory, loads_community(SMALL + LADDER), clock)).changed
+    report = await do_import(session_factory, loads_community(SMALL), clock)
+    assert report["departments"].deactivated == 1
+    async with session_factory() as session:
+        department = (await session.scalars(select(Department))).one()
+        assert not department.active
+        ladder = list(
+            await session.scalars(select(Membership).where(Membership.role.in_([Role.STREET, Role.DEPARTMENT])))
+        )
+        assert ladder and not any(m.active for m in ladder)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from datetime import timedelta
 
+import pytest
 from aiogram.methods import SendMessage
 from sqlalchemy import select, update
 
-from bot.sender import TokenBucket
+from bot.sender import OutboxSender, SenderSettings, TokenBucket
 from domain.outbox import Notice, enqueue
 from storage.models import OutboxMessage, OutboxStatus, User
 from tests.conftest import FakeClock
-from tests.fake_telegram import BLOCKED, SERVER_ERROR, TOO_MANY_REQUESTS, sent_to
+from tests.fake_telegram import BLOCKED, SERVER_ERROR, TOO_MANY_REQUESTS, ProcessDied, sent_to, text_of
 from tests.harness import Harness
 from tests.test_report_flow import LI_JUAN, bind, file_report
 
@@ -97,12 +100,31 @@ async def test_a_crash_before_sending_loses_nothing_and_doubles_nothing(harness:
 async def test_rows_claimed_by_a_dead_process_are_released_after_a_while(harness: Harness, clock: FakeClock) -> None:
     await filed_with_photo(harness)
     async with harness.sessions() as session, session.begin():
-        await session.execute(update(OutboxMessage).values(status=OutboxStatus.SENDING, claimed_at=clock()))
+        await session.execute(update(OutboxMessage).values(status=OutboxStatus.CLAIMED, claimed_at=clock()))
     sender = harness.app.sender
     assert await sender.release_stale_claims() == 0, "a fresh claim may belong to a live process"
+    assert await harness.deliver() == []
     clock.advance(minutes=6)
     assert await sender.release_stale_claims() == 2
     assert len(sent_to(await harness.deliver(), LI_JUAN)) == 2
+
+
+async def test_a_process_killed_mid_send_neither_loses_nor_repeats(harness: Harness, clock: FakeClock) -> None:
+    number = await filed_with_photo(harness)  # the card, then the photo, for Li Juan
+    harness.telegram.die_after_next_request = True
+    with pytest.raises(ProcessDied):
+        await harness.deliver()
+    first_life = sent_to(harness.telegram.requests, LI_JUAN)
+    assert len(first_life) == 1 and f"#{number}" in text_of(first_life[0]), "the card reached Telegram"
+
+    clock.advance(minutes=6)
+    restarted = Harness(harness.sessions, clock)  # a new process on the same database
+    await restarted.app.sender.release_stale_claims()
+    second_life = sent_to(await restarted.deliver(), LI_JUAN)
+    assert [type(r).__name__ for r in second_life] == ["SendPhoto"], "the photo is sent, the card not again"
+    rows = await outbox(harness)
+    assert [r.status for r in rows] == [OutboxStatus.FAILED, OutboxStatus.SENT]
+    assert "interrupted" in rows[0].error
 
 
 async def test_token_bucket_spaces_sends_to_the_rate() -> None:
@@ -120,3 +142,47 @@ async def test_token_bucket_spaces_sends_to_the_rate() -> None:
     bucket.pause(5)
     await bucket.take()
     assert abs(now[0] - (49 / 25 + 5)) < 1e-9
+
+
+async def test_one_message_per_second_into_one_chat(harness: Harness, clock: FakeClock) -> None:
+    number = await filed_with_photo(harness)
+    await harness.deliver()
+    now = [0.0]
+    sent_at: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    record = harness.telegram.make_request
+
+    async def timed(bot, method, **kwargs):  # type: ignore[no-untyped-def]
+        sent_at.append(now[0])
+        return await record(bot, method, **kwargs)
+
+    harness.telegram.make_request = timed  # type: ignore[method-assign]
+    sender = OutboxSender(
+        harness.bot,
+        harness.sessions,
+        harness.app.sender.renderer,
+        clock,
+        SenderSettings(rate_per_second=100, chat_interval=1.0),
+        monotonic=lambda: now[0],
+        sleep=sleep,
+    )
+    async with harness.sessions() as session, session.begin():
+        for _ in range(3):
+            enqueue(session, LI_JUAN, Notice.TICKET_CARD, clock(), ticket_id=number)
+    assert await sender.deliver_due() == 3
+    assert [round(b - a, 6) for a, b in itertools.pairwise(sent_at)] == [1.0, 1.0]
+
+
+async def test_concurrent_senders_share_one_rate() -> None:
+    """Chats are served concurrently; the bucket still hands out one slot per 1/rate seconds."""
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    bucket = TokenBucket(rate=4, monotonic=lambda: 0.0, sleep=sleep)
+    await asyncio.gather(*(bucket.take() for _ in range(8)))
+    assert sorted(waits) == [0.25 * n for n in range(1, 8)], "the first goes at once, each next 0.25 s later"

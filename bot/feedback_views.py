@@ -1,0 +1,142 @@
+"""Texts and keyboards for closing the loop with the resident ("Is it fixed?", ratings) and "me too"."""
+
+from __future__ import annotations
+
+from datetime import datetime, tzinfo
+from html import escape
+
+from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
+from aiogram.utils.i18n import gettext as _
+
+from bot import views
+from bot.callbacks import FeedbackAction, FeedbackCb, MeTooAction, MeTooCb, TicketAction, TicketCb
+from domain.confirmation import MAX_STARS, MIN_STARS, ReasonRequired
+from domain.errors import DomainError
+from domain.followers import AlreadyJoined, OwnTicket, SimilarTicket
+from storage.models import Ticket, TicketEvent
+
+SHORT_DESCRIPTION = 60
+
+
+def _button(text: str, data: FeedbackCb | MeTooCb | TicketCb) -> InlineKeyboardButton:
+    return InlineKeyboardButton(text=text, callback_data=data.pack())
+
+
+# --- "Is it fixed?" -------------------------------------------------------------------------------------
+
+
+def is_it_fixed() -> str:
+    return _("<b>Is it fixed?</b> Please tell us with the buttons below.")
+
+
+def fixed_keyboard(ticket_id: int) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup(
+        inline_keyboard=[
+            [
+                _button(_("✅ Yes, it is fixed"), FeedbackCb(action=FeedbackAction.FIXED, ticket_id=ticket_id)),
+                _button(_("❌ No, not fixed"), FeedbackCb(action=FeedbackAction.NOT_FIXED, ticket_id=ticket_id)),
+            ],
+            [_button(_("📜 History"), TicketCb(action=TicketAction.HISTORY, ticket_id=ticket_id))],
+        ]
+    )
+
+
+def reminder(ticket: Ticket, close_at: datetime, tz: tzinfo) -> str:
+    return "\n".join(
+        [
+            f"<b>{escape(views.ticket_title(ticket))}</b>",
+            _(
+                "This was marked as resolved, and we have not heard from you yet. Is it fixed? Without an answer "
+                "by {date} the ticket will be closed as resolved, unconfirmed."
+            ).format(date=views.local_time(close_at, tz)),
+        ]
+    )
+
+
+def rating_prompt(ticket_id: int) -> str:
+    return _("Thank you! Ticket #{number} is closed. How satisfied are you with how it was handled?").format(
+        number=ticket_id
+    )
+
+
+def rating_keyboard(ticket_id: int) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup(
+        inline_keyboard=[[_button(f"{stars}⭐", _rate(ticket_id, stars)) for stars in range(MIN_STARS, MAX_STARS + 1)]]
+    )
+
+
+def _rate(ticket_id: int, stars: int) -> FeedbackCb:
+    return FeedbackCb(action=FeedbackAction.RATE, ticket_id=ticket_id, stars=stars)
+
+
+def comment_prompt(stars: int) -> str:
+    return _(
+        "You gave {stars} of 5. Would you like to add a comment for the worker? Send it as a message, or press Skip."
+    ).format(stars=stars)
+
+
+def skip_keyboard(ticket_id: int) -> InlineKeyboardMarkup:
+    return InlineKeyboardMarkup(
+        inline_keyboard=[[_button(_("Skip"), FeedbackCb(action=FeedbackAction.SKIP_COMMENT, ticket_id=ticket_id))]]
+    )
+
+
+def reason_prompt(ticket_id: int) -> str:
+    return _(
+        "Sorry to hear that. What is still wrong with ticket #{number}? Your answer goes to the worker, and the "
+        "ticket is reopened.\n/cancel to stop."
+    ).format(number=ticket_id)
+
+
+def worker_feedback(ticket: Ticket, event: TicketEvent) -> str:
+    """What the worker hears when a resident confirms, rates or comments."""
+    return "\n".join([f"<b>{escape(views.ticket_title(ticket))}</b>", views.event_text(event, {}, for_worker=True)])
+
+
+# --- "me too" -------------------------------------------------------------------------------------------
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= SHORT_DESCRIPTION else text[: SHORT_DESCRIPTION - 1] + "…"
+
+
+def similar_tickets(found: list[SimilarTicket], tz: tzinfo) -> str:
+    lines = [_("Neighbours in your building have already reported this, and it is being handled:")]
+    lines += [
+        _("#{number} {text} — {status} ({date})").format(
+            number=t.id,
+            text=escape(_short(t.description)),
+            status=views.status_label(t.status),
+            date=views.local_time(t.created_at, tz)[:10],
+        )
+        for t in found
+    ]
+    lines.append(_("If it is the same problem, press “Me too”: you will be told about every step, like the reporter."))
+    return "\n".join(lines)
+
+
+def me_too_keyboard(found: list[SimilarTicket]) -> InlineKeyboardMarkup:
+    rows = [
+        [_button(_("🙋 Me too: #{number}").format(number=t.id), MeTooCb(action=MeTooAction.JOIN, ticket_id=t.id))]
+        for t in found
+    ]
+    rows.append([_button(_("➡️ No, mine is different"), MeTooCb(action=MeTooAction.DIFFERENT))])
+    return InlineKeyboardMarkup(inline_keyboard=rows)
+
+
+def joined(ticket_id: int, households: int) -> str:
+    return _(
+        "Thank you. You have joined ticket #{number}: {count} households are now affected, and I will tell you "
+        "here about every step. /my lists it with your reports."
+    ).format(number=ticket_id, count=households)
+
+
+def refusal(error: DomainError) -> str:
+    if isinstance(error, OwnTicket):
+        return _("This is your own report.")
+    if isinstance(error, AlreadyJoined):
+        return _("You have already joined this ticket.")
+    if isinstance(error, ReasonRequired):
+        return _("Please write a few words.")
+    return views.refusal(error)

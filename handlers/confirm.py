@@ -1,0 +1,171 @@
+"""The resident closes the loop: "Is it fixed?" (Yes / No with a reason), the 1-5 rating and its comment.
+
+The rules (who may answer, in which state) are in domain/confirmation.py; this only reads the buttons and text.
+"""
+
+from __future__ import annotations
+
+from aiogram import F, Router
+from aiogram.enums import ContentType
+from aiogram.filters import StateFilter
+from aiogram.fsm.context import FSMContext
+from aiogram.fsm.state import State, StatesGroup
+from aiogram.types import CallbackQuery, Message
+from aiogram.utils.i18n import gettext as _
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot import feedback_views, views
+from bot.callbacks import FeedbackAction, FeedbackCb
+from bot.filters import Content
+from domain import confirmation
+from domain.clock import Clock
+from domain.errors import DomainError
+from domain.people import Person
+from domain.tickets import TextTooLong
+from handlers.common import show_menu
+
+router = Router(name="confirm")
+
+
+class FeedbackInput(StatesGroup):
+    reason = State()  # why it is not fixed
+    comment = State()  # the optional comment on the rating
+
+
+async def _refuse(query: CallbackQuery, error: DomainError) -> None:
+    await query.answer(feedback_views.refusal(error), show_alert=True)
+
+
+@router.callback_query(FeedbackCb.filter(F.action == FeedbackAction.FIXED))
+async def fixed(
+    query: CallbackQuery, callback_data: FeedbackCb, session: AsyncSession, user: Person, clock: Clock
+) -> None:
+    try:
+        ticket = await confirmation.confirm_fixed(
+            session, actor_id=user.id, ticket_id=callback_data.ticket_id, now=clock()
+        )
+    except DomainError as error:
+        await _refuse(query, error)
+        return
+    await query.answer()
+    if isinstance(query.message, Message):
+        await query.message.edit_reply_markup(reply_markup=views.history_keyboard(ticket.id))
+        await query.message.answer(
+            feedback_views.rating_prompt(ticket.id), reply_markup=feedback_views.rating_keyboard(ticket.id)
+        )
+
+
+@router.callback_query(FeedbackCb.filter(F.action == FeedbackAction.NOT_FIXED))
+async def not_fixed(
+    query: CallbackQuery, callback_data: FeedbackCb, state: FSMContext, session: AsyncSession, user: Person
+) -> None:
+    try:  # refuse a forged or stale button before the resident types anything
+        await confirmation.check_can_answer(session, actor_id=user.id, ticket_id=callback_data.ticket_id)
+    except DomainError as error:
+        await _refuse(query, error)
+        return
+    await state.set_state(FeedbackInput.reason)
+    await state.set_data({"ticket_id": callback_data.ticket_id})
+    await query.answer()
+    if isinstance(query.message, Message):
+        await query.message.answer(feedback_views.reason_prompt(callback_data.ticket_id))
+
+
+@router.message(StateFilter(FeedbackInput.reason), Content(ContentType.TEXT))
+async def reason_given(message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock) -> None:
+    ticket_id = int((await state.get_data())["ticket_id"])
+    try:
+        await confirmation.reopen(
+            session, actor_id=user.id, ticket_id=ticket_id, reason=message.text or "", now=clock()
+        )
+    except (TextTooLong, confirmation.ReasonRequired) as error:
+        await message.answer(feedback_views.refusal(error))  # stay in the step: they can try again
+        return
+    except DomainError as error:
+        await state.clear()
+        await show_menu(message, user, feedback_views.refusal(error))
+        return
+    await state.clear()
+    await show_menu(
+        message,
+        user,
+        _(
+            "Ticket #{number} is reopened and back with the worker, with your words. I will tell you about every step."
+        ).format(number=ticket_id),
+    )
+
+
+@router.message(StateFilter(FeedbackInput.reason))
+async def reason_not_text(message: Message) -> None:
+    await message.answer(_("Please write in words what is still wrong, or /cancel."))
+
+
+@router.callback_query(FeedbackCb.filter(F.action == FeedbackAction.RATE))
+async def rated(
+    query: CallbackQuery,
+    callback_data: FeedbackCb,
+    state: FSMContext,
+    session: AsyncSession,
+    user: Person,
+    clock: Clock,
+) -> None:
+    try:
+        await confirmation.rate(
+            session, actor_id=user.id, ticket_id=callback_data.ticket_id, stars=callback_data.stars, now=clock()
+        )
+    except DomainError as error:
+        await _refuse(query, error)
+        return
+    await state.set_state(FeedbackInput.comment)
+    await state.set_data({"ticket_id": callback_data.ticket_id})
+    await query.answer()
+    if isinstance(query.message, Message):
+        await query.message.edit_reply_markup(reply_markup=None)
+        await query.message.answer(
+            feedback_views.comment_prompt(callback_data.stars),
+            reply_markup=feedback_views.skip_keyboard(callback_data.ticket_id),
+        )
+
+
+def _thanks() -> str:
+    return _("Thank you for your feedback!")
+
+
+@router.message(StateFilter(FeedbackInput.comment), Content(ContentType.TEXT))
+async def commented(message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock) -> None:
+    ticket_id = int((await state.get_data())["ticket_id"])
+    try:
+        await confirmation.comment_on_rating(
+            session, actor_id=user.id, ticket_id=ticket_id, text=message.text or "", now=clock()
+        )
+    except (TextTooLong, confirmation.ReasonRequired) as error:
+        await message.answer(feedback_views.refusal(error))
+        return
+    except DomainError as error:
+        await state.clear()
+        await show_menu(message, user, feedback_views.refusal(error))
+        return
+    await state.clear()
+    await show_menu(message, user, _thanks())
+
+
+@router.message(StateFilter(FeedbackInput.comment))
+async def comment_not_text(message: Message) -> None:
+    await message.answer(_("Please send your comment as text, or press Skip."))
+
+
+@router.callback_query(StateFilter(FeedbackInput.comment), FeedbackCb.filter(F.action == FeedbackAction.SKIP_COMMENT))
+async def comment_skipped(query: CallbackQuery, callback_data: FeedbackCb, state: FSMContext, user: Person) -> None:
+    if int((await state.get_data()).get("ticket_id", 0)) != callback_data.ticket_id:
+        await query.answer(_("This button is out of date."), show_alert=True)
+        return
+    await state.clear()
+    await query.answer()
+    if isinstance(query.message, Message):
+        await query.message.edit_reply_markup(reply_markup=None)
+        await show_menu(query.message, user, _thanks())
+
+
+@router.callback_query(FeedbackCb.filter(F.action == FeedbackAction.SKIP_COMMENT))
+async def stale_skip(query: CallbackQuery) -> None:
+    await query.answer(_("This button is out of date."), show_alert=True)

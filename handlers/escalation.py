@@ -1,0 +1,157 @@
+"""Escalation buttons on the ticket card: up the ladder with a reason, back down with an instruction."""
+
+from __future__ import annotations
+
+from aiogram import F, Router
+from aiogram.enums import ContentType
+from aiogram.filters import StateFilter
+from aiogram.fsm.context import FSMContext
+from aiogram.fsm.state import State, StatesGroup
+from aiogram.types import CallbackQuery, Message
+from aiogram.utils.i18n import gettext as _
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot import ladder_views, views
+from bot.callbacks import EscalateCb, TicketAction, TicketCb
+from bot.filters import Content
+from domain import escalation
+from domain.clock import Clock
+from domain.errors import DomainError, InvalidTransition
+from domain.people import Person
+from domain.tickets import TextTooLong
+from handlers.common import show_menu
+from storage.models import Level
+
+router = Router(name="escalation")
+
+
+class EscalationInput(StatesGroup):
+    reason = State()
+    instruction = State()
+
+
+async def _ask_reason(message: Message | None, state: FSMContext, ticket_id: int, target: escalation.Target) -> None:
+    await state.set_state(EscalationInput.reason)
+    await state.set_data({"ticket_id": ticket_id, "level": target.level, "department": target.department or ""})
+    if message is not None:
+        prompt = ladder_views.escalate_prompt(ticket_id, ladder_views.target_label(target))
+        await message.answer(prompt + "\n" + _("/cancel to stop."))
+
+
+@router.callback_query(TicketCb.filter(F.action == TicketAction.ESCALATE))
+async def escalate_pressed(
+    query: CallbackQuery, callback_data: TicketCb, state: FSMContext, session: AsyncSession, user: Person
+) -> None:
+    ticket_id = callback_data.ticket_id
+    try:
+        targets = await escalation.escalation_targets(session, actor_id=user.id, ticket_id=ticket_id)
+    except DomainError as error:
+        await query.answer(views.refusal(error), show_alert=True)
+        return
+    await query.answer()
+    message = query.message if isinstance(query.message, Message) else None
+    if len(targets) == 1 and targets[0].level == Level.COMMUNITY:
+        await _ask_reason(message, state, ticket_id, targets[0])  # from the grid there is one way up
+    elif message is not None:
+        await message.answer(
+            ladder_views.choose_target(ticket_id), reply_markup=ladder_views.targets_keyboard(ticket_id, targets)
+        )
+
+
+@router.callback_query(EscalateCb.filter())
+async def target_chosen(
+    query: CallbackQuery, callback_data: EscalateCb, state: FSMContext, session: AsyncSession, user: Person
+) -> None:
+    try:
+        targets = await escalation.escalation_targets(session, actor_id=user.id, ticket_id=callback_data.ticket_id)
+        target = next(
+            (t for t in targets if t.level == callback_data.level and (t.department or "") == callback_data.department),
+            None,
+        )
+        if target is None:
+            raise InvalidTransition(callback_data.level)
+    except DomainError as error:
+        await query.answer(views.refusal(error), show_alert=True)
+        return
+    await query.answer()
+    await _ask_reason(
+        query.message if isinstance(query.message, Message) else None, state, callback_data.ticket_id, target
+    )
+
+
+@router.callback_query(TicketCb.filter(F.action == TicketAction.SEND_DOWN))
+async def send_down_pressed(
+    query: CallbackQuery, callback_data: TicketCb, state: FSMContext, session: AsyncSession, user: Person
+) -> None:
+    try:
+        await escalation.check_send_down(session, actor_id=user.id, ticket_id=callback_data.ticket_id)
+    except DomainError as error:
+        await query.answer(views.refusal(error), show_alert=True)
+        return
+    await state.set_state(EscalationInput.instruction)
+    await state.set_data({"ticket_id": callback_data.ticket_id})
+    await query.answer()
+    if isinstance(query.message, Message):
+        await query.message.answer(
+            ladder_views.send_down_prompt(callback_data.ticket_id) + "\n" + _("/cancel to stop.")
+        )
+
+
+async def _done(message: Message, state: FSMContext, user: Person, text: str) -> None:
+    await state.clear()
+    await show_menu(message, user, text)
+
+
+@router.message(StateFilter(EscalationInput.reason), Content(ContentType.TEXT))
+async def escalation_reason(
+    message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock
+) -> None:
+    data = await state.get_data()
+    try:
+        await escalation.escalate(
+            session,
+            actor_id=user.id,
+            ticket_id=data["ticket_id"],
+            level=Level(data["level"]),
+            department=data["department"] or None,
+            reason=message.text or "",
+            now=clock(),
+        )
+    except TextTooLong as error:
+        await message.answer(views.refusal(error))
+        return
+    except DomainError as error:
+        await _done(message, state, user, views.refusal(error))
+        return
+    await _done(
+        message,
+        state,
+        user,
+        _("Ticket #{number} has been escalated; the resident has been told.").format(number=data["ticket_id"]),
+    )
+
+
+@router.message(StateFilter(EscalationInput.instruction), Content(ContentType.TEXT))
+async def send_down_instruction(
+    message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock
+) -> None:
+    ticket_id = (await state.get_data())["ticket_id"]
+    try:
+        await escalation.send_down(
+            session, actor_id=user.id, ticket_id=ticket_id, instruction=message.text or "", now=clock()
+        )
+    except TextTooLong as error:
+        await message.answer(views.refusal(error))
+        return
+    except DomainError as error:
+        await _done(message, state, user, views.refusal(error))
+        return
+    await _done(
+        message, state, user, _("Ticket #{number} has been sent down with your instruction.").format(number=ticket_id)
+    )
+
+
+@router.message(StateFilter(EscalationInput.reason))
+@router.message(StateFilter(EscalationInput.instruction))
+async def not_text(message: Message) -> None:
+    await message.answer(_("Please send text, or /cancel."))
