@@ -80,6 +80,15 @@ def ledger_text(ledger: Ledger) -> str:
             lines.append(_("Showing {shown} of {total}.").format(shown=len(ledger.red), total=ledger.red_total))
     else:
         lines += ["", _("Nothing is overdue.")]
+    if ledger.unreachable_staff:
+        lines += [
+            "",
+            _("⚠️ Telegram cannot reach: {names}. They blocked the bot or never started it; tickets skip them.").format(
+                names=escape("、".join(ledger.unreachable_staff))
+            ),
+        ]
+    if ledger.unreachable_residents:
+        lines.append(_("⚠️ Residents who blocked the bot: {count}.").format(count=ledger.unreachable_residents))
     return "\n".join(lines)
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.deadlines import DEFAULT_YELLOW_SHARE, Colour, ticket_colour
 from domain.errors import AccessDenied
 from domain.people import load_duties
-from storage.models import Grid, Ticket, TicketStatus
+from storage.models import Building, Compound, Grid, Membership, Ticket, TicketStatus, User
 
 MAX_RED_ITEMS = 30
 
@@ -27,6 +27,9 @@ class Ledger:
     lines: list[GridLine]
     red: list[Ticket]  # overdue tickets, most overdue first (at most MAX_RED_ITEMS)
     red_total: int
+    # Telegram answered 403 for these: their cards and updates cannot reach them until they write to the bot.
+    unreachable_staff: list[str] = field(default_factory=list)  # names of workers, staff, officials
+    unreachable_residents: int = 0
 
     def total(self, colour: Colour) -> int:
         return sum(line.counts[colour] for line in self.lines)
@@ -59,6 +62,31 @@ async def ledger(
             if colour == Colour.RED:
                 due = ticket.respond_by if ticket.status == TicketStatus.ASSIGNED else ticket.resolve_by
                 red.append((due or now, ticket))
+        unreachable_staff = sorted(
+            set(
+                await session.scalars(
+                    select(Membership.display_name)
+                    .join(User, User.id == Membership.user_id)
+                    .where(
+                        Membership.community_id.in_(communities),
+                        Membership.active.is_(True),
+                        User.unreachable_at.is_not(None),
+                    )
+                )
+            )
+        )
+        unreachable_residents = await session.scalar(
+            select(func.count(User.id))
+            .join(Building, Building.id == User.building_id)
+            .join(Compound, Compound.id == Building.compound_id)
+            .where(Compound.community_id.in_(communities), User.unreachable_at.is_not(None))
+        )
     red.sort(key=lambda item: (item[0], item[1].id))
     shown = [line for line in lines.values() if line.grid.active or any(line.counts.values())]
-    return Ledger(shown, [ticket for _, ticket in red[:MAX_RED_ITEMS]], len(red))
+    return Ledger(
+        shown,
+        [ticket for _, ticket in red[:MAX_RED_ITEMS]],
+        len(red),
+        unreachable_staff,
+        unreachable_residents or 0,
+    )

@@ -16,7 +16,7 @@ from storage.models import OutboxMessage, OutboxStatus, User
 from tests.conftest import FakeClock
 from tests.fake_telegram import BLOCKED, SERVER_ERROR, TOO_MANY_REQUESTS, ProcessDied, sent_to, text_of
 from tests.harness import Harness
-from tests.test_report_flow import LI_JUAN, bind, file_report
+from tests.test_report_flow import LI_JUAN, STAFF_WANG, bind, file_report
 
 
 async def outbox(harness: Harness) -> list[OutboxMessage]:
@@ -59,6 +59,8 @@ async def test_403_marks_the_worker_unreachable_and_stops_sending(harness: Harne
     async with harness.sessions() as session:
         worker = await session.get(User, LI_JUAN)
         assert worker is not None and worker.unreachable_at is not None
+    ledger = await harness.person(STAFF_WANG, language="en").send("/ledger")
+    assert "cannot reach: 李娟" in " ".join(text_of(r) for r in ledger), "staff see who is unreachable"
 
     # Later messages to them are not even tried, until they talk to the bot again.
     async with harness.sessions() as session, session.begin():
