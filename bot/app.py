@@ -143,7 +143,7 @@ def fsm_backend(settings: Settings, session_factory: SessionFactory) -> tuple[Ba
 
 async def set_commands(bot: Bot, i18n: I18n) -> None:
     """The command list Telegram shows under "/", in each language."""
-    commands = ["report", "my", "tickets", "home", "language", "help", "cancel"]
+    commands = ["report", "my", "tickets", "ledger", "home", "language", "help", "cancel"]
     for locale in i18n.available_locales:
         with i18n.context(), i18n.use_locale(locale):
             descriptions = command_descriptions()
@@ -159,6 +159,7 @@ def command_descriptions() -> dict[str, str]:
         "report": _("Report a problem"),
         "my": _("My reports"),
         "tickets": _("Tickets to handle"),
+        "ledger": _("Three-colour ledger"),
         "home": _("Change my building"),
         "language": _("Language"),
         "help": _("Help"),

@@ -47,6 +47,7 @@ async def help_(message: Message, session: AsyncSession, user: Person) -> None:
             "/my — your reports and their progress\n"
             "/tickets — tickets to handle (grid workers and staff)\n"
             "/home — change the building you live in\n"
+            "/ledger — the three-colour ledger (community staff)\n"
             "/language — 语言 / language\n"
             "/cancel — stop what you are doing"
         ),
