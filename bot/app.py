@@ -6,6 +6,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
 from zoneinfo import ZoneInfo
 
 from aiogram import Bot, Dispatcher
@@ -39,10 +41,11 @@ from bot.notices import Renderer
 from bot.sender import OutboxSender, SenderSettings
 from domain.clock import Clock, system_clock
 from domain.community_file import import_community, load_community_file
+from domain.confirmation import close_unconfirmed
 from domain.directory import Directory
+from domain.sweep import sweep
 from handlers import build_router
-from scheduler.confirmation import add_confirmation_sweep
-from scheduler.sweep import add_deadline_sweep, create_scheduler
+from scheduler.jobs import create_scheduler, every_minute
 from storage.db import SessionFactory, create_engine, create_session_factory
 from storage.fsm import FsmFlushMiddleware, SqlStorage
 from storage.migrate import upgrade_database
@@ -184,8 +187,10 @@ async def run_polling(settings: Settings) -> None:
     stop = asyncio.Event()
     sender_task = asyncio.create_task(app.sender.run(stop))
     scheduler = create_scheduler()
-    add_deadline_sweep(scheduler, session_factory, system_clock, settings.ledger_yellow_share, app.sender.wake)
-    add_confirmation_sweep(scheduler, session_factory, system_clock, settings.confirm_within_days, app.sender.wake)
+    deadlines = partial(sweep, yellow_share=settings.ledger_yellow_share)
+    unanswered = partial(close_unconfirmed, within=timedelta(days=settings.confirm_within_days))
+    every_minute(scheduler, "deadline-sweep", deadlines, session_factory, system_clock, app.sender.wake)
+    every_minute(scheduler, "confirmation-sweep", unanswered, session_factory, system_clock, app.sender.wake)
     scheduler.start()
     try:
         await set_commands(bot, create_i18n(settings.default_locale))

@@ -165,6 +165,10 @@ class ConfirmationSweep:
     reminded: list[int] = field(default_factory=list)
     closed: list[int] = field(default_factory=list)
 
+    @property
+    def changed(self) -> bool:
+        return bool(self.reminded or self.closed)
+
 
 async def close_unconfirmed(
     session: AsyncSession,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from aiogram import Router
 from aiogram.filters import Command, StateFilter
 from aiogram.fsm.context import FSMContext
@@ -14,9 +17,36 @@ from bot import views
 from bot.callbacks import LanguageCb
 from bot.filters import AnyCommand, Button
 from bot.i18n import LANGUAGES
+from domain.errors import DomainError
 from domain.people import Person, set_language
+from domain.tickets import TextTooLong
 
 router = Router(name="common")
+
+
+async def finish_text_step(
+    message: Message,
+    state: FSMContext,
+    user: Person,
+    step: Awaitable[Any],
+    done: str,
+    refusal: Callable[[DomainError], str] = views.refusal,
+    retry_on: tuple[type[DomainError], ...] = (TextTooLong,),
+) -> None:
+    """Run the domain step that the text someone just typed was for, and end that step.
+
+    A refusal they can fix by typing again (too long, empty) keeps them in the step; any other refusal, or
+    success, ends it and shows the main menu with the answer.
+    """
+    try:
+        await step
+    except retry_on as error:
+        await message.answer(refusal(error))
+        return
+    except DomainError as error:
+        done = refusal(error)
+    await state.clear()
+    await show_menu(message, user, done)
 
 
 async def show_menu(message: Message, user: Person, text: str) -> None:

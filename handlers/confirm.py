@@ -22,9 +22,11 @@ from domain.clock import Clock
 from domain.errors import DomainError
 from domain.people import Person
 from domain.tickets import TextTooLong
-from handlers.common import show_menu
+from handlers.common import finish_text_step, show_menu
 
 router = Router(name="confirm")
+# Refusals a resident mends by typing again: the step stays open.
+RETRYABLE = (TextTooLong, confirmation.ReasonRequired)
 
 
 class FeedbackInput(StatesGroup):
@@ -74,25 +76,11 @@ async def not_fixed(
 @router.message(StateFilter(FeedbackInput.reason), Content(ContentType.TEXT))
 async def reason_given(message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock) -> None:
     ticket_id = int((await state.get_data())["ticket_id"])
-    try:
-        await confirmation.reopen(
-            session, actor_id=user.id, ticket_id=ticket_id, reason=message.text or "", now=clock()
-        )
-    except (TextTooLong, confirmation.ReasonRequired) as error:
-        await message.answer(feedback_views.refusal(error))  # stay in the step: they can try again
-        return
-    except DomainError as error:
-        await state.clear()
-        await show_menu(message, user, feedback_views.refusal(error))
-        return
-    await state.clear()
-    await show_menu(
-        message,
-        user,
-        _(
-            "Ticket #{number} is reopened and back with the worker, with your words. I will tell you about every step."
-        ).format(number=ticket_id),
-    )
+    step = confirmation.reopen(session, actor_id=user.id, ticket_id=ticket_id, reason=message.text or "", now=clock())
+    done = _(
+        "Ticket #{number} is reopened and back with the worker, with your words. I will tell you about every step."
+    ).format(number=ticket_id)
+    await finish_text_step(message, state, user, step, done, feedback_views.refusal, RETRYABLE)
 
 
 @router.message(StateFilter(FeedbackInput.reason))
@@ -134,19 +122,10 @@ def _thanks() -> str:
 @router.message(StateFilter(FeedbackInput.comment), Content(ContentType.TEXT))
 async def commented(message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock) -> None:
     ticket_id = int((await state.get_data())["ticket_id"])
-    try:
-        await confirmation.comment_on_rating(
-            session, actor_id=user.id, ticket_id=ticket_id, text=message.text or "", now=clock()
-        )
-    except (TextTooLong, confirmation.ReasonRequired) as error:
-        await message.answer(feedback_views.refusal(error))
-        return
-    except DomainError as error:
-        await state.clear()
-        await show_menu(message, user, feedback_views.refusal(error))
-        return
-    await state.clear()
-    await show_menu(message, user, _thanks())
+    step = confirmation.comment_on_rating(
+        session, actor_id=user.id, ticket_id=ticket_id, text=message.text or "", now=clock()
+    )
+    await finish_text_step(message, state, user, step, _thanks(), feedback_views.refusal, RETRYABLE)
 
 
 @router.message(StateFilter(FeedbackInput.comment))

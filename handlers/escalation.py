@@ -18,8 +18,7 @@ from domain import escalation
 from domain.clock import Clock
 from domain.errors import DomainError, InvalidTransition
 from domain.people import Person
-from domain.tickets import TextTooLong
-from handlers.common import show_menu
+from handlers.common import finish_text_step
 from storage.models import Level
 
 router = Router(name="escalation")
@@ -97,38 +96,22 @@ async def send_down_pressed(
         )
 
 
-async def _done(message: Message, state: FSMContext, user: Person, text: str) -> None:
-    await state.clear()
-    await show_menu(message, user, text)
-
-
 @router.message(StateFilter(EscalationInput.reason), Content(ContentType.TEXT))
 async def escalation_reason(
     message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock
 ) -> None:
     data = await state.get_data()
-    try:
-        await escalation.escalate(
-            session,
-            actor_id=user.id,
-            ticket_id=data["ticket_id"],
-            level=Level(data["level"]),
-            department=data["department"] or None,
-            reason=message.text or "",
-            now=clock(),
-        )
-    except TextTooLong as error:
-        await message.answer(views.refusal(error))
-        return
-    except DomainError as error:
-        await _done(message, state, user, views.refusal(error))
-        return
-    await _done(
-        message,
-        state,
-        user,
-        _("Ticket #{number} has been escalated; the resident has been told.").format(number=data["ticket_id"]),
+    step = escalation.escalate(
+        session,
+        actor_id=user.id,
+        ticket_id=data["ticket_id"],
+        level=Level(data["level"]),
+        department=data["department"] or None,
+        reason=message.text or "",
+        now=clock(),
     )
+    done = _("Ticket #{number} has been escalated; the resident has been told.").format(number=data["ticket_id"])
+    await finish_text_step(message, state, user, step, done)
 
 
 @router.message(StateFilter(EscalationInput.instruction), Content(ContentType.TEXT))
@@ -136,19 +119,11 @@ async def send_down_instruction(
     message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock
 ) -> None:
     ticket_id = (await state.get_data())["ticket_id"]
-    try:
-        await escalation.send_down(
-            session, actor_id=user.id, ticket_id=ticket_id, instruction=message.text or "", now=clock()
-        )
-    except TextTooLong as error:
-        await message.answer(views.refusal(error))
-        return
-    except DomainError as error:
-        await _done(message, state, user, views.refusal(error))
-        return
-    await _done(
-        message, state, user, _("Ticket #{number} has been sent down with your instruction.").format(number=ticket_id)
+    step = escalation.send_down(
+        session, actor_id=user.id, ticket_id=ticket_id, instruction=message.text or "", now=clock()
     )
+    done = _("Ticket #{number} has been sent down with your instruction.").format(number=ticket_id)
+    await finish_text_step(message, state, user, step, done)
 
 
 @router.message(StateFilter(EscalationInput.reason))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import tzinfo
-from typing import Any
 
 from aiogram import F, Router
 from aiogram.enums import ContentType
@@ -21,7 +20,7 @@ from domain import tickets
 from domain.clock import Clock
 from domain.errors import DomainError, InvalidTransition
 from domain.people import Person
-from handlers.common import show_menu
+from handlers.common import finish_text_step
 
 router = Router(name="worker")
 
@@ -130,63 +129,24 @@ def _text_and_photo(message: Message) -> tuple[str, str | None]:
     return message.text or "", None
 
 
-async def _finish(message: Message, state: FSMContext, session: AsyncSession, user: Person, done: str) -> None:
-    await state.clear()
-    await show_menu(message, user, done)
-
-
-async def _apply(
-    message: Message,
-    state: FSMContext,
-    session: AsyncSession,
-    user: Person,
-    action: Any,
-    done: str,
-    **kwargs: Any,
-) -> None:
-    """Run a domain action with the text the worker sent; a refusal keeps them in the same step."""
-    ticket_id = (await state.get_data())["ticket_id"]
-    try:
-        await action(session, actor_id=user.id, ticket_id=ticket_id, **kwargs)
-    except tickets.TextTooLong as error:
-        await message.answer(views.refusal(error))
-        return
-    except DomainError as error:
-        await _finish(message, state, session, user, views.refusal(error))
-        return
-    await _finish(message, state, session, user, done.format(number=ticket_id))
-
-
 @router.message(StateFilter(WorkerInput.hand_back_reason), Content(ContentType.TEXT))
 async def hand_back_reason(
     message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock
 ) -> None:
-    await _apply(
-        message,
-        state,
-        session,
-        user,
-        tickets.hand_back,
-        _("Ticket #{number} has been handed on."),
-        reason=message.text or "",
-        now=clock(),
+    ticket_id = (await state.get_data())["ticket_id"]
+    step = tickets.hand_back(session, actor_id=user.id, ticket_id=ticket_id, reason=message.text or "", now=clock())
+    await finish_text_step(
+        message, state, user, step, _("Ticket #{number} has been handed on.").format(number=ticket_id)
     )
 
 
 @router.message(StateFilter(WorkerInput.note), Content(ContentType.TEXT, ContentType.PHOTO))
 async def progress_note(message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock) -> None:
     text, photo = _text_and_photo(message)
-    await _apply(
-        message,
-        state,
-        session,
-        user,
-        tickets.add_note,
-        _("Note added to ticket #{number}; the resident has been told."),
-        text=text,
-        photo=photo,
-        now=clock(),
-    )
+    ticket_id = (await state.get_data())["ticket_id"]
+    step = tickets.add_note(session, actor_id=user.id, ticket_id=ticket_id, text=text, photo=photo, now=clock())
+    done = _("Note added to ticket #{number}; the resident has been told.").format(number=ticket_id)
+    await finish_text_step(message, state, user, step, done)
 
 
 @router.message(StateFilter(WorkerInput.resolution), Content(ContentType.TEXT, ContentType.PHOTO))
@@ -195,17 +155,10 @@ async def resolution(message: Message, state: FSMContext, session: AsyncSession,
     if not text.strip():
         await message.answer(_("Please say in words what was done (add it as the photo's caption)."))
         return
-    await _apply(
-        message,
-        state,
-        session,
-        user,
-        tickets.resolve,
-        _("Ticket #{number} is resolved; the resident has been told."),
-        note=text,
-        photo=photo,
-        now=clock(),
-    )
+    ticket_id = (await state.get_data())["ticket_id"]
+    step = tickets.resolve(session, actor_id=user.id, ticket_id=ticket_id, note=text, photo=photo, now=clock())
+    done = _("Ticket #{number} is resolved; the resident has been told.").format(number=ticket_id)
+    await finish_text_step(message, state, user, step, done)
 
 
 @router.message(StateFilter(WorkerInput.hand_back_reason))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from aiogram.methods import SendMessage, TelegramMethod
@@ -14,8 +15,9 @@ from sqlalchemy import func, select, update
 
 from bot.callbacks import FeedbackAction, FeedbackCb, TicketAction, TicketCb
 from bot.config import Settings
-from domain.confirmation import close_unconfirmed
+from domain.confirmation import ConfirmationSweep, close_unconfirmed
 from domain.outbox import Notice
+from scheduler.jobs import run_sweep
 from storage.models import EventKind, OutboxMessage, Ticket, TicketEvent, TicketStatus, User
 from tests.conftest import FakeClock
 from tests.fake_telegram import buttons_of, sent_to, text_of
@@ -267,12 +269,11 @@ async def test_forged_and_stale_confirm_and_rating_buttons_are_refused(harness: 
 
 
 async def test_the_scheduled_job_runs_the_sweep_and_wakes_the_sender(harness: Harness, clock: FakeClock) -> None:
-    from scheduler.confirmation import run_confirmation_sweep
-
     _resident, number, _told = await resolved_ticket(harness)
     woken: list[bool] = []
+    job = partial(close_unconfirmed, within=timedelta(days=7))
     clock.advance(days=8)
-    result = await run_confirmation_sweep(harness.sessions, clock, timedelta(days=7), lambda: woken.append(True))
-    assert result is not None and result.closed == [number] and woken == [True]
-    again = await run_confirmation_sweep(harness.sessions, clock, timedelta(days=7), lambda: woken.append(True))
-    assert again is not None and again.closed == [] and woken == [True]
+    result = await run_sweep("confirmation-sweep", job, harness.sessions, clock, lambda: woken.append(True))
+    assert isinstance(result, ConfirmationSweep) and result.closed == [number] and woken == [True]
+    again = await run_sweep("confirmation-sweep", job, harness.sessions, clock, lambda: woken.append(True))
+    assert isinstance(again, ConfirmationSweep) and again.closed == [] and woken == [True]

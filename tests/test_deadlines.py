@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import pytest
 from sqlalchemy import select
@@ -11,7 +12,7 @@ from domain import tickets
 from domain.deadlines import Colour, colour_at, ticket_colour
 from domain.outbox import Notice
 from domain.sweep import sweep
-from scheduler.sweep import INTERVAL_SECONDS, JOB_ID, add_deadline_sweep, create_scheduler, run_sweep
+from scheduler.jobs import INTERVAL_SECONDS, create_scheduler, every_minute, run_sweep
 from storage.db import SessionFactory
 from storage.models import EventKind, Level, OutboxMessage, Ticket, TicketEvent, TicketStatus
 from tests.conftest import FakeClock
@@ -200,8 +201,15 @@ async def test_scheduler_runs_the_sweep_every_minute(
 ) -> None:
     scheduler = create_scheduler()
     woken: list[bool] = []
-    add_deadline_sweep(scheduler, session_factory, clock, 0.25, lambda: woken.append(True))
-    job = scheduler.get_job(JOB_ID)
+    every_minute(
+        scheduler,
+        "deadline-sweep",
+        partial(sweep, yellow_share=0.25),
+        session_factory,
+        clock,
+        lambda: woken.append(True),
+    )
+    job = scheduler.get_job("deadline-sweep")
     assert job is not None and job.trigger.interval == timedelta(seconds=INTERVAL_SECONDS)
     await resident_in(session_factory, clock, RESIDENT, "yinba/1")
     filed = await report(session_factory, clock, RESIDENT)
