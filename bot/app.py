@@ -88,9 +88,9 @@ def build_dispatcher(
         events_isolation=events_isolation or SimpleEventIsolation(),
     )
     dispatcher.workflow_data.update(clock=clock, tz=tz, directory=Directory())
+    dispatcher.update.outer_middleware(SessionMiddleware(session_factory, wake_sender))
     if isinstance(storage, SqlStorage):
         dispatcher.update.outer_middleware(FsmFlushMiddleware(storage))
-    dispatcher.update.outer_middleware(SessionMiddleware(session_factory, wake_sender))
     dispatcher.update.outer_middleware(UserMiddleware())
     UserI18nMiddleware(i18n).setup(dispatcher)
     dispatcher.include_router(build_router())

@@ -113,6 +113,9 @@ async def category_chosen(
         return
     await query.answer()
     await state.update_data(category_id=category.id)
+    if not data.get("description"):
+        # Set before the "me too" query below, so both are written in that query's transaction.
+        await state.set_state(ReportWizard.description)
     chosen = _("Category: {category}").format(category=escape(localized(category)))
     # "Me too": neighbours' open tickets of this category in this building, each with a button to join it.
     home = await directory.home(session, user)
@@ -128,7 +131,6 @@ async def category_chosen(
         await query.message.edit_text(chosen, reply_markup=markup)
         await _ask_for_photos(query.message, state)
     else:
-        await state.set_state(ReportWizard.description)
         await query.message.edit_text(
             chosen + "\n\n" + _("Please describe the problem in a few words: what, where exactly, since when."),
             reply_markup=markup,
@@ -240,6 +242,8 @@ async def submit(
     await query.answer()
     home = await directory.home(session, user)
     category = await directory.category(session, data["community_id"], data["category_id"])
+    # Cleared first so the wizard's end is written in the ticket's own transaction (one commit, not two).
+    await state.clear()
     try:
         if home is None:
             raise NotBound()
@@ -249,10 +253,13 @@ async def submit(
             session, reporter=user, building=home, category=category, draft=_draft(data), now=clock()
         )
     except DomainError as error:
-        await state.clear()
         await show_menu(message, user, views.refusal(error))
         return
-    await state.clear()
+    except Exception:
+        # Not filed (the database failed): the resident keeps the wizard and can press Submit again.
+        await state.set_state(ReportWizard.confirm)
+        await state.set_data(data)
+        raise
     await message.edit_reply_markup(reply_markup=None)
     await show_menu(
         message,

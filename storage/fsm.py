@@ -13,15 +13,17 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 from aiogram import BaseMiddleware
 from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import BaseStorage, DefaultKeyBuilder, KeyBuilder, StateType, StorageKey
 from aiogram.types import TelegramObject
-from sqlalchemy import delete, select
+from sqlalchemy import Table, bindparam, delete, event, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from storage.db import SessionFactory
 from storage.models import FsmRecord
@@ -97,44 +99,88 @@ class SqlStorage(BaseStorage):
     async def get_data(self, key: StorageKey) -> dict[str, Any]:
         return dict((await self._get(key))[1][1])
 
+    def _pending(self) -> dict[str, Record]:
+        return {key: self._cache[key] for key in self._dirty}
+
     async def flush(self) -> None:
-        """Write every changed record in one transaction."""
+        """Write every changed record in one transaction of its own."""
         if not self._dirty:
             return
-        keys, self._dirty = self._dirty, set()
-        records = {key: self._cache[key] for key in keys}
-        # An empty record means the same as none: delete it, keep the table small.
-        empty = [key for key, (state, data) in records.items() if state is None and not data]
-        rows = [{"key": key, "state": s, "data": d} for key, (s, d) in records.items() if key not in empty]
-        try:
-            async with self._sessions() as session, session.begin():
-                if rows:
-                    await session.execute(_upsert(session.get_bind().dialect.name), rows)
-                if empty:
-                    await session.execute(delete(FsmRecord).where(FsmRecord.key.in_(empty)))
-            if self._complete:  # a deleted record is what a missing key means already
-                for key in empty:
-                    if key not in self._dirty:
-                        self._cache.pop(key, None)
-        except BaseException:
-            self._dirty |= keys
-            raise
+        records = self._pending()
+        async with self._sessions() as session, session.begin():
+            for statement, params in _writes(records, session.get_bind().dialect.name):
+                await session.execute(statement, params)
+        self._written(records)
+
+    def write_along(self, session: AsyncSession) -> None:
+        """Write pending changes inside every transaction ``session`` commits, instead of in one more.
+
+        A wizard step that changes state and then calls the domain (filing the ticket, say) thus commits
+        both at once; what is written is marked clean only when that transaction has committed.
+        """
+        written: dict[str, Record] = {}
+
+        def before_commit(sync_session: Session) -> None:
+            records = self._pending()
+            for statement, params in _writes(records, sync_session.get_bind().dialect.name):
+                sync_session.execute(statement, params)
+            written.update(records)
+
+        def after_commit(_sync_session: Session) -> None:
+            self._written(dict(written))
+            written.clear()
+
+        def after_rollback(_sync_session: Session, _previous_transaction: object) -> None:
+            written.clear()
+
+        event.listen(session.sync_session, "before_commit", before_commit)
+        event.listen(session.sync_session, "after_commit", after_commit)
+        event.listen(session.sync_session, "after_soft_rollback", after_rollback)
+
+    def _written(self, records: dict[str, Record]) -> None:
+        """These values are in the database now; a key changed again since stays dirty."""
+        for key, record in records.items():
+            if self._cache.get(key) is record:
+                self._dirty.discard(key)
+                if self._complete and record[0] is None and not record[1]:
+                    del self._cache[key]  # a deleted record is what a missing key means already
 
     async def close(self) -> None:
         await self.flush()
 
 
+def _writes(records: dict[str, Record], dialect: str) -> list[tuple[Any, Any]]:
+    """The statements that store ``records``; an empty record is deleted, keeping the table small."""
+    empty = [key for key, (state, data) in records.items() if state is None and not data]
+    rows = [{"key": key, "state": s, "data": d} for key, (s, d) in records.items() if key not in empty]
+    writes: list[tuple[Any, Any]] = []
+    if rows:
+        writes.append((_upsert(dialect), rows))
+    if empty:
+        writes.append((_DELETE, {"keys": empty}))
+    return writes
+
+
+# Plain table statements, built once: ORM-enabled ones cost several times more per call here, and these
+# run in most updates.
+_TABLE = cast(Table, FsmRecord.__table__)
+_DELETE = delete(_TABLE).where(_TABLE.c.key.in_(bindparam("keys", expanding=True)))
+
+
 @cache
 def _upsert(dialect: str) -> Any:
-    """INSERT … ON CONFLICT DO UPDATE, built once so SQLAlchemy's compiled cache serves every flush."""
-    statement = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(FsmRecord)
+    """INSERT … ON CONFLICT DO UPDATE."""
+    statement = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(_TABLE)
     return statement.on_conflict_do_update(
-        index_elements=[FsmRecord.key], set_={"state": statement.excluded.state, "data": statement.excluded.data}
+        index_elements=[_TABLE.c.key], set_={"state": statement.excluded.state, "data": statement.excluded.data}
     )
 
 
 class FsmFlushMiddleware(BaseMiddleware):
-    """Writes the update's wizard changes once the update has been handled."""
+    """Writes the update's wizard changes with the update's first commit, else once it has been handled.
+
+    Registered inside SessionMiddleware, so the update's session exists.
+    """
 
     def __init__(self, storage: SqlStorage) -> None:
         self.storage = storage
@@ -145,6 +191,7 @@ class FsmFlushMiddleware(BaseMiddleware):
         event: TelegramObject,
         data: dict[str, Any],
     ) -> Any:
+        self.storage.write_along(data["session"])
         try:
             return await handler(event, data)
         finally:

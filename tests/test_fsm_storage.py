@@ -71,3 +71,20 @@ async def test_a_failed_flush_keeps_the_changes_for_the_next_one(session_factory
     storage._sessions = real_sessions
     await storage.flush()
     assert list((await stored(session_factory)).values()) == [("S:1", {})]
+
+
+async def test_changes_ride_along_with_a_commit_of_the_update(session_factory: SessionFactory) -> None:
+    storage = SqlStorage(session_factory)
+    await storage.set_state(key(1), "Wizard:confirm")
+    async with session_factory() as session:
+        storage.write_along(session)
+        with pytest.raises(RuntimeError):
+            async with session.begin():
+                session.add(FsmRecord(key="other", state="x", data={}))
+                raise RuntimeError("the domain refused")
+        assert await stored(session_factory) == {}, "a rolled-back transaction takes nothing along"
+
+        async with session.begin():
+            session.add(FsmRecord(key="other", state="x", data={}))
+    assert (await stored(session_factory))[storage._keys.build(key(1))] == ("Wizard:confirm", {})
+    assert not storage._dirty, "nothing is left for the end-of-update flush"
