@@ -2,8 +2,10 @@
 
 The ceiling is aiogram with the same fake Bot session and the same kind of database, where each update's
 handler replies and commits one row. The product's own logic may cost no more than that write (ratio ≥ 0.5).
+Both sides run in one process in alternating chunks, so the machine's slow minutes fall on both alike; each
+round's ratio compares the two totals, and the median round is reported.
 
-    .venv/bin/python -m bench.intake --reports 300
+    .venv/bin/python -m bench.intake
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import asyncio
 import itertools
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aiogram import Dispatcher, Router
+from aiogram import Bot, Dispatcher, Router
 from aiogram.types import CallbackQuery, Chat, Message, Update, User
 from sqlalchemy import select
 
@@ -50,7 +53,32 @@ def button_update(user_id: int, data: str) -> Update:
     return Update(update_id=next(ids), callback_query=query)
 
 
-async def measure_product(db_url: str, reports: int) -> float:
+class Side:
+    """One side of the comparison: a dispatcher, its updates, and the time it has spent on them."""
+
+    def __init__(self, dispatcher: Dispatcher, bot: Bot, updates: list[Update]) -> None:
+        self.dispatcher, self.bot, self.updates = dispatcher, bot, updates
+        self.done = 0
+        self.elapsed = 0.0
+
+    async def run(self, count: int) -> None:
+        batch = self.updates[self.done : self.done + count]
+        started = time.perf_counter()
+        for update in batch:
+            await self.dispatcher.feed_update(self.bot, update)
+        self.elapsed += time.perf_counter() - started
+        self.done += len(batch)
+
+    @property
+    def per_second(self) -> float:
+        return self.done / self.elapsed
+
+
+Close = Callable[[], Awaitable[None]]
+
+
+async def product_side(db_url: str, reports: int) -> tuple[Side, Close]:
+    """The bot as it runs: the sample community, residents bound to a building, whole report wizards."""
     engine = create_engine(db_url)
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
@@ -83,21 +111,19 @@ async def measure_product(db_url: str, reports: int) -> float:
         lambda r: text_update(r, "✅ 完成"),
         lambda r: button_update(r, ReportCb(step=ReportStep.SUBMIT).pack()),
     ]
-    updates = [step(r) for r in residents for step in wizard]
-    started = time.perf_counter()
-    for update in updates:
-        await app.dispatcher.feed_update(bot, update)
-    elapsed = time.perf_counter() - started
-    async with sessions() as session:
-        filed = len(list(await session.scalars(select(Ticket.id))))
-        left = len(list(await session.scalars(select(FsmRecord.key))))
-    await engine.dispose()
-    if filed != reports or left:
-        raise SystemExit(f"benchmark is wrong: {filed} tickets for {reports} wizards, {left} wizards left open")
-    return len(updates) / elapsed
+
+    async def check_and_close() -> None:
+        async with sessions() as session:
+            filed = len(list(await session.scalars(select(Ticket.id))))
+            left = len(list(await session.scalars(select(FsmRecord.key))))
+        await engine.dispose()
+        if filed != reports or left:
+            raise SystemExit(f"benchmark is wrong: {filed} tickets for {reports} wizards, {left} wizards left open")
+
+    return Side(app.dispatcher, bot, [step(r) for r in residents for step in wizard]), check_and_close
 
 
-async def measure_ceiling(db_url: str, updates: int) -> float:
+async def ceiling_side(db_url: str, updates: int) -> tuple[Side, Close]:
     """aiogram + the same fake session + one ORM row committed and one reply per update."""
     engine = create_engine(db_url)
     async with engine.begin() as conn:
@@ -114,42 +140,39 @@ async def measure_ceiling(db_url: str, updates: int) -> float:
     dispatcher = Dispatcher()
     dispatcher.include_router(router)
     bot, _ = fake_bot()
-    batch = [text_update(6_000_000 + n, "hello") for n in range(updates)]
-    started = time.perf_counter()
-    for update in batch:
-        await dispatcher.feed_update(bot, update)
-    elapsed = time.perf_counter() - started
-    await engine.dispose()
-    return updates / elapsed
+    return Side(dispatcher, bot, [text_update(6_000_000 + n, "hello") for n in range(updates)]), engine.dispose
+
+
+async def measure_round(tmp: str, n: int, reports: int, chunk: int) -> tuple[float, float]:
+    """Both sides in alternating chunks of ``chunk`` wizards, so a slow minute slows both alike."""
+    product, close_product = await product_side(f"sqlite+aiosqlite:///{tmp}/product{n}.sqlite3", reports)
+    ceiling, close_ceiling = await ceiling_side(f"sqlite+aiosqlite:///{tmp}/ceiling{n}.sqlite3", reports * 5)
+    while product.done < len(product.updates):
+        await ceiling.run(chunk * 5)
+        await product.run(chunk * 5)
+    await close_product()
+    await close_ceiling()
+    return product.per_second, ceiling.per_second
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reports", type=int, default=300, help="complete wizards per round (5 updates each)")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating ceiling/product rounds; best counts")
-    parser.add_argument("--database-url", default="", help="default: a fresh SQLite file per round in a temp dir")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds; the median round's ratio is reported")
+    parser.add_argument("--chunk", type=int, default=20, help="wizards per alternating chunk")
     args = parser.parse_args()
-    ceilings, products = [], []
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
-        # Alternating rounds and taking each side's best keeps a noisy machine from deciding the ratio.
         for n in range(args.rounds):
-            url = args.database_url or f"sqlite+aiosqlite:///{tmp}/ceiling{n}.sqlite3"
-            await _reset(url)
-            ceilings.append(await measure_ceiling(url, args.reports * 5))
-            url = args.database_url or f"sqlite+aiosqlite:///{tmp}/product{n}.sqlite3"
-            await _reset(url)
-            products.append(await measure_product(url, args.reports))
-            print(f"round {n + 1}: product {products[-1]:,.0f} updates/s, ceiling {ceilings[-1]:,.0f} updates/s")
-    product, ceiling = max(products), max(ceilings)
-    print(f"wizards: {args.reports} per round ({args.reports * 5} updates), best of {args.rounds} rounds")
-    print(f"intake: updates_per_s={product:.1f} ceiling_per_s={ceiling:.1f} ratio={product / ceiling:.3f}")
-
-
-async def _reset(db_url: str) -> None:
-    engine = create_engine(db_url)
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.drop_all)
-    await engine.dispose()
+            product, ceiling = await measure_round(tmp, n, args.reports, args.chunk)
+            results.append((product / ceiling, product, ceiling))
+            print(
+                f"round {n + 1}: product {product:,.0f} updates/s, ceiling {ceiling:,.0f} updates/s, "
+                f"ratio {product / ceiling:.3f}"
+            )
+    ratio, product, ceiling = sorted(results)[len(results) // 2]
+    print(f"wizards: {args.reports} per round ({args.reports * 5} updates), {args.rounds} rounds; the median round:")
+    print(f"intake: updates_per_s={product:.1f} ceiling_per_s={ceiling:.1f} ratio={ratio:.3f}")
 
 
 if __name__ == "__main__":
