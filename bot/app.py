@@ -15,6 +15,7 @@ from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
+from aiogram.exceptions import TelegramNetworkError
 from aiogram.fsm.storage.base import BaseEventIsolation, BaseStorage
 from aiogram.fsm.storage.memory import SimpleEventIsolation
 from aiogram.fsm.storage.redis import RedisStorage
@@ -193,7 +194,11 @@ async def run_polling(settings: Settings) -> None:
     every_minute(scheduler, "confirmation-sweep", unanswered, session_factory, system_clock, app.sender.wake)
     scheduler.start()
     try:
-        await set_commands(bot, create_i18n(settings.default_locale))
+        try:
+            await set_commands(bot, create_i18n(settings.default_locale))
+        except TelegramNetworkError as error:
+            # The menu of commands is a nicety; polling below keeps retrying until Telegram answers.
+            log.warning("could not set the command menu: %s", error)
         await app.dispatcher.start_polling(bot)
     finally:
         scheduler.shutdown(wait=False)

@@ -13,6 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
+from aiogram.exceptions import TelegramNetworkError, TelegramUnauthorizedError
+
 from bot.app import create_bot, run_polling
 from bot.config import Settings
 from bot.qr import write_qr_codes
@@ -81,5 +83,10 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(run_polling(settings))
     except CommunityFileError as error:
         sys.exit(f"community file: {error}")
+    except TelegramUnauthorizedError:
+        sys.exit("Telegram rejected BOT_TOKEN: copy the token again from @BotFather (/mybots → API Token).")
+    except TelegramNetworkError as error:
+        where = settings.telegram_api_server or "api.telegram.org"
+        sys.exit(f"Cannot reach Telegram ({where}): {error.message}. Check the network or TELEGRAM_API_SERVER.")
     except KeyboardInterrupt:
         pass

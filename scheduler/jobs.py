@@ -61,6 +61,7 @@ def every_minute(
         seconds=INTERVAL_SECONDS,
         args=(name, sweep, session_factory, clock, wake_sender),
         id=name,
+        name=name,
         replace_existing=True,
         max_instances=1,  # a slow run is not started twice at once in this process
         coalesce=True,  # after a pause, one catch-up run, not one per missed minute
