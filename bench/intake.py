@@ -24,7 +24,7 @@ from aiogram.types import CallbackQuery, Chat, Message, Update, User
 from sqlalchemy import select
 
 from bot.app import assemble
-from bot.callbacks import CategoryCb, ReportCb, ReportStep
+from bot.callbacks import CategoryCb
 from bot.config import Settings
 from domain.clock import system_clock
 from domain.community_file import import_community, load_community_file
@@ -109,7 +109,7 @@ async def product_side(db_url: str, reports: int) -> tuple[Side, Close]:
         lambda r: button_update(r, CategoryCb(category_id=category.id).pack()),
         lambda r: text_update(r, "2单元门口的路灯坏了一个星期了"),
         lambda r: text_update(r, "✅ 完成"),
-        lambda r: button_update(r, ReportCb(step=ReportStep.SUBMIT).pack()),
+        lambda r: text_update(r, "📨 提交"),
     ]
 
     async def check_and_close() -> None:

@@ -33,15 +33,6 @@ class CategoryCb(CallbackData, prefix="c"):
     category_id: int
 
 
-class ReportStep(StrEnum):
-    SUBMIT = "s"
-    CANCEL = "x"
-
-
-class ReportCb(CallbackData, prefix="r"):
-    step: ReportStep
-
-
 class PlaceLevel(StrEnum):
     COMMUNITY = "c"
     COMPOUND = "p"

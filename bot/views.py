@@ -19,7 +19,7 @@ from aiogram.utils.i18n import get_i18n
 from aiogram.utils.i18n import gettext as _
 from aiogram.utils.i18n import lazy_gettext as __
 
-from bot.callbacks import CategoryCb, ReportCb, ReportStep, TicketAction, TicketCb
+from bot.callbacks import CategoryCb, TicketAction, TicketCb
 from bot.i18n import localized
 from domain.errors import AccessDenied, DomainError, InvalidTransition, NotBound, NotFound
 from domain.routing import RouteReason
@@ -33,6 +33,8 @@ MENU_TICKETS = __("🗂 Tickets to handle")
 MENU_LANGUAGE = __("🌐 Language")
 WIZARD_DONE = __("✅ Done")
 WIZARD_LOCATION = __("📍 Send my location")
+WIZARD_SUBMIT = __("📨 Submit")
+WIZARD_CANCEL = __("✖️ Cancel")
 
 
 def inline_keyboard(
@@ -130,14 +132,17 @@ def report_summary(draft: ReportDraft, category: Category, building: Building, u
     return "\n".join(lines)
 
 
-def confirm_keyboard() -> InlineKeyboardMarkup:
+def confirm_keyboard() -> ReplyKeyboardMarkup:
     return _confirm_keyboard(get_i18n().current_locale)
 
 
+# Big reply-keyboard buttons rather than inline ones: sending the report then takes one message from the bot
+# (the answer with the main menu) instead of three (answer the press, remove the buttons, the answer).
 @cache
-def _confirm_keyboard(locale: str) -> InlineKeyboardMarkup:
-    return inline_keyboard(
-        [(_("📨 Submit"), ReportCb(step=ReportStep.SUBMIT)), (_("✖️ Cancel"), ReportCb(step=ReportStep.CANCEL))]
+def _confirm_keyboard(locale: str) -> ReplyKeyboardMarkup:
+    return ReplyKeyboardMarkup(
+        keyboard=[[KeyboardButton(text=str(WIZARD_SUBMIT)), KeyboardButton(text=str(WIZARD_CANCEL))]],
+        resize_keyboard=True,
     )
 
 

@@ -9,7 +9,7 @@ from datetime import tzinfo
 from html import escape
 from typing import Any
 
-from aiogram import F, Router
+from aiogram import Router
 from aiogram.enums import ContentType
 from aiogram.filters import Command, StateFilter
 from aiogram.fsm.context import FSMContext
@@ -19,7 +19,7 @@ from aiogram.utils.i18n import gettext as _
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import feedback_views, views
-from bot.callbacks import CategoryCb, ReportCb, ReportStep
+from bot.callbacks import CategoryCb
 from bot.filters import Button, Content
 from bot.i18n import localized
 from domain import followers, tickets
@@ -200,7 +200,6 @@ async def photos_done(
         await state.clear()
         await show_menu(message, user, _("Sorry, that cannot be done."))
         return
-    # The photo step's keyboard stays until the report is sent or cancelled; the main menu replaces it then.
     await state.set_state(ReportWizard.confirm)
     await message.answer(
         views.report_summary(_draft(data), category, home, user.unit), reply_markup=views.confirm_keyboard()
@@ -210,11 +209,6 @@ async def photos_done(
 @router.message(StateFilter(ReportWizard.photos))
 async def photos_other(message: Message) -> None:
     await message.answer(_("Send a photo or your location, or press “✅ Done”."))
-
-
-@router.message(StateFilter(ReportWizard.confirm))
-async def confirm_other(message: Message) -> None:
-    await message.answer(_("Please press “Submit” or “Cancel” under your report above."))
 
 
 def _draft(data: dict[str, Any]) -> tickets.ReportDraft:
@@ -227,19 +221,16 @@ def _draft(data: dict[str, Any]) -> tickets.ReportDraft:
     )
 
 
-@router.callback_query(StateFilter(ReportWizard.confirm), ReportCb.filter(F.step == ReportStep.SUBMIT))
+@router.message(StateFilter(ReportWizard.confirm), Button(views.WIZARD_SUBMIT))
 async def submit(
-    query: CallbackQuery,
+    message: Message,
     state: FSMContext,
     session: AsyncSession,
     user: Person,
     clock: Clock,
     directory: Directory,
 ) -> None:
-    message = query.message
-    assert isinstance(message, Message)
     data = await state.get_data()
-    await query.answer()
     home = await directory.home(session, user)
     category = await directory.category(session, data["community_id"], data["category_id"])
     # Cleared first so the wizard's end is written in the ticket's own transaction (one commit, not two).
@@ -260,7 +251,6 @@ async def submit(
         await state.set_state(ReportWizard.confirm)
         await state.set_data(data)
         raise
-    await message.edit_reply_markup(reply_markup=None)
     await show_menu(
         message,
         user,
@@ -271,16 +261,23 @@ async def submit(
     )
 
 
-@router.callback_query(StateFilter(ReportWizard.confirm), ReportCb.filter(F.step == ReportStep.CANCEL))
-async def cancel_report(query: CallbackQuery, state: FSMContext, session: AsyncSession, user: Person) -> None:
+@router.message(StateFilter(ReportWizard.confirm), Button(views.WIZARD_CANCEL))
+async def cancel_report(message: Message, state: FSMContext, user: Person) -> None:
     await state.clear()
-    await query.answer()
-    assert isinstance(query.message, Message)
-    await query.message.edit_reply_markup(reply_markup=None)
-    await show_menu(query.message, user, _("Cancelled. Nothing was sent."))
+    await show_menu(message, user, _("Cancelled. Nothing was sent."))
+
+
+@router.message(StateFilter(ReportWizard.confirm))
+async def confirm_other(message: Message) -> None:
+    await message.answer(_("Please press “📨 Submit” or “✖️ Cancel” below."))
+
+
+@router.message(StateFilter(None), Button(views.WIZARD_SUBMIT))
+@router.message(StateFilter(None), Button(views.WIZARD_CANCEL))
+async def stale_confirmation(message: Message, user: Person) -> None:
+    await show_menu(message, user, _("This report was already sent or cancelled."))
 
 
 @router.callback_query(CategoryCb.filter())
-@router.callback_query(ReportCb.filter())
 async def stale_wizard_button(query: CallbackQuery) -> None:
     await query.answer(_("This report was already sent or cancelled."), show_alert=True)

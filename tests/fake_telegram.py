@@ -114,6 +114,13 @@ def text_of(method: TelegramMethod[Any]) -> str:
     return str(getattr(method, "text", None) or getattr(method, "caption", None) or "")
 
 
+def reply_buttons_of(method: TelegramMethod[Any]) -> list[str]:
+    """The texts of the reply-keyboard buttons the request shows."""
+    markup = getattr(method, "reply_markup", None)
+    rows = getattr(markup, "keyboard", None) or []
+    return [b.text for row in rows for b in row]
+
+
 def buttons_of(method: TelegramMethod[Any]) -> list[tuple[str, str]]:
     """(text, callback_data) of every inline button in the request."""
     markup = getattr(method, "reply_markup", None)

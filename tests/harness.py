@@ -23,7 +23,7 @@ from bot.config import Settings
 from bot.sender import OutboxSender, SenderSettings
 from domain.clock import Clock
 from storage.db import SessionFactory
-from tests.fake_telegram import BOT_ID, buttons_of, fake_bot, text_of
+from tests.fake_telegram import BOT_ID, buttons_of, fake_bot, reply_buttons_of, text_of
 
 _ids = itertools.count(1)
 
@@ -123,9 +123,15 @@ class Person:
         return await self.harness.feed(Update(update_id=next(_ids), callback_query=query))
 
     async def tap(self, requests: list[TelegramMethod[Any]], label: str) -> list[TelegramMethod[Any]]:
-        """Press the button whose text contains ``label`` in the latest of ``requests`` that has one."""
+        """Press the button whose text contains ``label`` in the latest of ``requests`` that has one.
+
+        An inline button sends its callback data; a reply-keyboard button sends its text as a message.
+        """
         for request in reversed(requests):
             for text, data in buttons_of(request):
                 if label in text:
                     return await self.press(data, text_of(request))
+            for text in reply_buttons_of(request):
+                if label in text:
+                    return await self.send(text)
         raise AssertionError(f"no button {label!r} in {[buttons_of(r) for r in requests]}")
