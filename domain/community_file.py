@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -666,6 +666,35 @@ def _deactivate_missing(tally: Tally, rows: Iterable[Any], kept: set[int]) -> No
             tally.deactivated += 1
 
 
+async def _sync_by_code(
+    session: AsyncSession,
+    tally: Tally,
+    model: type[Any],
+    community_id: int,
+    specs: Iterable[Any],
+    values: Callable[[Any, int], dict[str, Any]],
+) -> dict[str, Any]:
+    """Make the community's rows of ``model`` match ``specs`` by code: create, update, reactivate, switch off."""
+    existing = list(await session.scalars(select(model).where(model.community_id == community_id)))
+    by_code = {row.code: row for row in existing}
+    rows = {
+        spec.code: _upsert(
+            session,
+            tally,
+            by_code.get(spec.code),
+            model,
+            {"community_id": community_id, "code": spec.code, **values(spec, position)},
+        )
+        for position, spec in enumerate(specs)
+    }
+    _deactivate_missing(tally, existing, {id(row) for row in rows.values()})
+    return rows
+
+
+def _names(spec: Any, _position: int) -> dict[str, Any]:
+    return {"name": spec.name, "name_en": spec.name_en}
+
+
 async def import_community(session: AsyncSession, spec: CommunitySpec, now: datetime) -> ImportReport:
     """Bring the database in line with the file, in one transaction; safe to run again and again."""
     report = ImportReport(spec.community.code)
@@ -685,43 +714,9 @@ async def import_community(session: AsyncSession, spec: CommunitySpec, now: date
         await session.flush()
         report.community_id = community.id
 
-        # Grids.
-        old_grids = list(await session.scalars(select(Grid).where(Grid.community_id == community.id)))
-        grids_by_code = {grid.code: grid for grid in old_grids}
-        grids: dict[str, Grid] = {}
-        for grid_spec in spec.grids:
-            grids[grid_spec.code] = _upsert(
-                session,
-                report["grids"],
-                grids_by_code.get(grid_spec.code),
-                Grid,
-                {
-                    "community_id": community.id,
-                    "code": grid_spec.code,
-                    "name": grid_spec.name,
-                    "name_en": grid_spec.name_en,
-                },
-            )
-        _deactivate_missing(report["grids"], old_grids, {id(grid) for grid in grids.values()})
-
-        # Compounds (one row each, even when split between grids).
-        old_compounds = list(await session.scalars(select(Compound).where(Compound.community_id == community.id)))
-        compounds_by_code = {compound.code: compound for compound in old_compounds}
-        compounds: dict[str, Compound] = {}
-        for compound_spec in spec.compounds():
-            compounds[compound_spec.code] = _upsert(
-                session,
-                report["compounds"],
-                compounds_by_code.get(compound_spec.code),
-                Compound,
-                {
-                    "community_id": community.id,
-                    "code": compound_spec.code,
-                    "name": compound_spec.name,
-                    "name_en": compound_spec.name_en,
-                },
-            )
-        _deactivate_missing(report["compounds"], old_compounds, {id(c) for c in compounds.values()})
+        # Grids, and compounds (one row each, even when split between grids).
+        grids = await _sync_by_code(session, report["grids"], Grid, community.id, spec.grids, _names)
+        compounds = await _sync_by_code(session, report["compounds"], Compound, community.id, spec.compounds(), _names)
         await session.flush()
 
         # Buildings.
@@ -754,51 +749,30 @@ async def import_community(session: AsyncSession, spec: CommunitySpec, now: date
             kept_buildings.add(id(building))
         _deactivate_missing(report["buildings"], old_buildings, kept_buildings)
 
-        # Categories, in file order.
-        old_categories = list(await session.scalars(select(Category).where(Category.community_id == community.id)))
-        categories_by_code = {category.code: category for category in old_categories}
-        kept_categories = set()
-        for position, category_spec in enumerate(spec.categories):
-            category = _upsert(
-                session,
-                report["categories"],
-                categories_by_code.get(category_spec.code),
-                Category,
-                {
-                    "community_id": community.id,
-                    "code": category_spec.code,
-                    "name": category_spec.name,
-                    "name_en": category_spec.name_en,
-                    "keywords": list(category_spec.keywords),
-                    "level": category_spec.level,
-                    "response_hours": category_spec.response_hours,
-                    "resolve_hours": category_spec.resolve_hours,
-                    "sort_order": position,
-                },
-            )
-            kept_categories.add(id(category))
-        _deactivate_missing(report["categories"], old_categories, kept_categories)
-
-        # Departments (and the property company) above the street office, in file order.
-        old_departments = list(await session.scalars(select(Department).where(Department.community_id == community.id)))
-        departments_by_code = {department.code: department for department in old_departments}
-        kept_departments = set()
-        for position, department_spec in enumerate(spec.departments):
-            department = _upsert(
-                session,
-                report["departments"],
-                departments_by_code.get(department_spec.code),
-                Department,
-                {
-                    "community_id": community.id,
-                    "code": department_spec.code,
-                    "name": department_spec.name,
-                    "name_en": department_spec.name_en,
-                    "sort_order": position,
-                },
-            )
-            kept_departments.add(id(department))
-        _deactivate_missing(report["departments"], old_departments, kept_departments)
+        # Categories and departments (with the property company), in file order.
+        await _sync_by_code(
+            session,
+            report["categories"],
+            Category,
+            community.id,
+            spec.categories,
+            lambda category, position: {
+                **_names(category, position),
+                "keywords": list(category.keywords),
+                "level": category.level,
+                "response_hours": category.response_hours,
+                "resolve_hours": category.resolve_hours,
+                "sort_order": position,
+            },
+        )
+        await _sync_by_code(
+            session,
+            report["departments"],
+            Department,
+            community.id,
+            spec.departments,
+            lambda department, position: {**_names(department, position), "sort_order": position},
+        )
 
         # People: a user record for everyone named in the file, never overwriting one that exists.
         duties: list[tuple[PersonSpec, Role, str, Grid | None]] = [
