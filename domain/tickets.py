@@ -18,7 +18,7 @@ from domain.errors import AccessDenied, DomainError, InvalidTransition, NotBound
 from domain.followers import households, is_follower, tell_households
 from domain.outbox import Notice, enqueue
 from domain.people import Duties, Person, display_names, load_duties
-from domain.routing import RouteReason, RoutingDecision, choose_assignee, record_assignment
+from domain.routing import RoutingDecision, choose_assignee, record_assignment
 from storage.models import (
     Building,
     Category,
@@ -402,11 +402,6 @@ async def load_card(session: AsyncSession, ticket: Ticket) -> TicketCard:
             .limit(1)
         )
     return TicketCard(ticket, names, handed_back, households=await households(session, ticket.id), reopened=reopened)
-
-
-def routing_reason(event: TicketEvent) -> RouteReason | None:
-    reason = event.data.get("reason") if event.kind == EventKind.ROUTED else None
-    return RouteReason(reason) if reason else None
 
 
 def photos_of_event(ticket: Ticket, event_id: int) -> Sequence[TicketPhoto]:
