@@ -5,7 +5,7 @@ Times are stored as naive UTC and handed back as aware UTC, so SQLite and Postgr
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any, ClassVar
 
@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -123,6 +125,58 @@ class OutboxStatus(StrEnum):
     FAILED = "failed"
 
 
+class OutboxPriority:
+    """Lower goes first: a worker's card must not wait behind ten thousand agenda messages."""
+
+    NOTICE = 0
+    BROADCAST = 10
+
+
+class TopicStatus(StrEnum):
+    """The seven-step method (七步议事法), plus the bot's own proposals and what staff set aside."""
+
+    CANDIDATE = "candidate"  # proposed by the bot (same category, same compound, 3+ tickets a month); staff decide
+    DISMISSED = "dismissed"  # a candidate (or any topic) staff set aside, with a reason
+    COLLECTED = "collected"  # 1 收集问题: from a ticket, a resident's suggestion, staff, or an accepted candidate
+    DRAFTED = "drafted"  # 2 拟定议题: title, background and options written; on the next agenda
+    SURVEYED = "surveyed"  # 3 议前调研: the pre-meeting survey is open to the affected residents
+    VOTED = "voted"  # 4 协商表决: the meeting's decision and vote are recorded; the survey is closed
+    APPLIED = "applied"  # 5 结果应用: execution tasks with a responsible party, due date and progress
+    FEEDBACK = "feedback"  # 6 执行反馈: progress notes are being reported back
+    NOTICED = "noticed"  # 7 公示反馈: the outcome was publicly noticed; the topic is finished
+
+    @classmethod
+    def steps(cls) -> tuple[TopicStatus, ...]:
+        """The seven steps in order."""
+        return (cls.COLLECTED, cls.DRAFTED, cls.SURVEYED, cls.VOTED, cls.APPLIED, cls.FEEDBACK, cls.NOTICED)
+
+
+class TopicSource(StrEnum):
+    TICKET = "ticket"  # a worker or staff marked a ticket "needs deliberation"
+    SUGGESTION = "suggestion"  # a resident's /suggest (金点子)
+    STAFF = "staff"  # staff wrote it directly
+    CANDIDATE = "candidate"  # the bot noticed repeated reports
+
+
+class TopicEventKind(StrEnum):
+    PROPOSED = "proposed"  # the bot proposed a candidate (data: category_id, compound_id, ticket_ids)
+    COLLECTED = "collected"  # created, or a candidate accepted (data: source)
+    TICKET_LINKED = "ticket_linked"  # a ticket was marked "needs deliberation" into this topic (data: ticket_id)
+    DRAFTED = "drafted"  # title/background/options written or rewritten (data: options)
+    SURVEY_OPENED = "survey_opened"
+    VOTED = "voted"  # the meeting decided (note: decision; data: votes_for, votes_against, votes_abstain)
+    TASK_ADDED = "task_added"  # data: task_id
+    PROGRESS = "progress"  # a task's progress (note; data: task_id, percent)
+    FEEDBACK = "feedback"  # moved to the feedback step
+    NOTICED = "noticed"  # publicly noticed: finished
+    DISMISSED = "dismissed"  # note: why
+
+
+class BroadcastKind(StrEnum):
+    AGENDA = "agenda"  # before the meeting: the month's topics, date and place, survey buttons
+    FEEDBACK = "feedback"  # after it: decisions, execution progress, the month's tickets in numbers
+
+
 class Community(Base):
     __tablename__ = "communities"
 
@@ -131,6 +185,15 @@ class Community(Base):
     name: Mapped[str] = mapped_column(String(100))
     name_en: Mapped[str] = mapped_column(String(100), default="")
     timezone: Mapped[str] = mapped_column(String(64), default="Asia/Shanghai")
+    # The monthly deliberation (每月一议事), from the [deliberation] section of the community file. Times are
+    # in the community's time zone; the two schedules are five-field crontab lines ("0 9 25 * *").
+    meeting_day: Mapped[int] = mapped_column(Integer, default=28, server_default="28")
+    meeting_time: Mapped[str] = mapped_column(String(5), default="19:30", server_default="19:30")
+    meeting_place: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    agenda_cron: Mapped[str] = mapped_column(String(64), default="0 9 25 * *", server_default="0 9 25 * *")
+    feedback_cron: Mapped[str] = mapped_column(String(64), default="0 19 5 * *", server_default="0 19 5 * *")
+    # How many tickets of one category in one compound within a month make the bot propose a topic.
+    candidate_threshold: Mapped[int] = mapped_column(Integer, default=3, server_default="3")
 
 
 class Grid(Base):
@@ -222,6 +285,8 @@ class User(Base):
     unit: Mapped[int | None] = mapped_column(Integer, default=None)
     # Set when Telegram answers 403: the user blocked the bot, so nothing more is sent.
     unreachable_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The resident turned the monthly agenda and feedback broadcasts off (/settings); personal notices still come.
+    broadcasts_off: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime]
 
     building: Mapped[Building | None] = relationship(lazy="raise")
@@ -293,6 +358,8 @@ class Ticket(Base):
     rating: Mapped[int | None] = mapped_column(Integer, default=None)
     rating_comment: Mapped[str] = mapped_column(Text, default="", server_default="")
     closed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The deliberation topic this ticket was taken to ("needs deliberation", or an accepted candidate).
+    topic_id: Mapped[int | None] = mapped_column(ForeignKey("topics.id"), default=None, index=True)
 
     category: Mapped[Category] = relationship(lazy="joined", innerjoin=True)
     building: Mapped[Building] = relationship(lazy="joined", innerjoin=True)
@@ -353,19 +420,132 @@ class OutboxMessage(Base):
     """
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_due", "status", "not_before", "id"),)
+    __table_args__ = (
+        Index("ix_outbox_due", "status", "priority", "not_before", "id"),
+        # One row per recipient of a broadcast (NULLs, i.e. ordinary notices, never collide); also its progress.
+        UniqueConstraint("broadcast_id", "chat_id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     chat_id: Mapped[int] = mapped_column(BigInteger)
     kind: Mapped[str] = mapped_column(String(32))
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     status: Mapped[str] = mapped_column(String(16), default=OutboxStatus.PENDING)
+    priority: Mapped[int] = mapped_column(Integer, default=OutboxPriority.NOTICE, server_default="0")
+    # A broadcast's recipient row: one per resident and broadcast, so a resumed broadcast never sends twice.
+    broadcast_id: Mapped[int | None] = mapped_column(ForeignKey("broadcasts.id"), default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     not_before: Mapped[datetime]
     created_at: Mapped[datetime]
     claimed_at: Mapped[datetime | None] = mapped_column(default=None)
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
     error: Mapped[str] = mapped_column(Text, default="")
+
+
+class Topic(Base):
+    """A deliberation topic (议题) on its way through the seven steps; see :class:`TopicStatus`."""
+
+    __tablename__ = "topics"
+    __table_args__ = (
+        Index("ix_topics_community_status", "community_id", "status"),
+        # The bot proposes one candidate per category, compound and month, however often it looks.
+        UniqueConstraint("community_id", "candidate_key"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    community_id: Mapped[int] = mapped_column(ForeignKey("communities.id"))
+    status: Mapped[str] = mapped_column(String(16), default=TopicStatus.COLLECTED)
+    source: Mapped[str] = mapped_column(String(16))
+    # Who raised it (the suggesting resident, the worker or staff member); None for the bot's candidates.
+    raised_by: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("users.id"), default=None)
+    # What was raised, in the raiser's words (a suggestion's text, the reason a ticket needs deliberation).
+    origin_note: Mapped[str] = mapped_column(Text, default="")
+    # Narrowed to compounds or buildings (ids); both empty: the whole community.
+    compound_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    building_ids: Mapped[list[int]] = mapped_column(JSON, default=list)
+    # A candidate's identity: "<category id>:<compound id>:<YYYY-MM>"; None for every other topic.
+    candidate_key: Mapped[str | None] = mapped_column(String(64), default=None)
+    category_id: Mapped[int | None] = mapped_column(ForeignKey("categories.id"), default=None)
+    # Step 2: written by staff.
+    title: Mapped[str] = mapped_column(String(200), default="")
+    background: Mapped[str] = mapped_column(Text, default="")
+    options: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Step 4: the meeting's decision and its vote.
+    decision: Mapped[str] = mapped_column(Text, default="")
+    votes_for: Mapped[int | None] = mapped_column(Integer, default=None)
+    votes_against: Mapped[int | None] = mapped_column(Integer, default=None)
+    votes_abstain: Mapped[int | None] = mapped_column(Integer, default=None)
+    decided_at: Mapped[datetime | None] = mapped_column(default=None)
+    noticed_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class TopicEvent(Base):
+    """Append-only history of a topic: every step, by whom, when."""
+
+    __tablename__ = "topic_events"
+    __table_args__ = (Index("ix_topic_events_topic", "topic_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    topic_id: Mapped[int] = mapped_column(ForeignKey("topics.id"))
+    at: Mapped[datetime]
+    actor_id: Mapped[int | None] = mapped_column(BigInteger, default=None)  # None: the bot
+    kind: Mapped[str] = mapped_column(String(24))
+    note: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class SurveyVote(Base):
+    """A resident's answer to a topic's pre-meeting survey: one per resident, changeable while the survey is open."""
+
+    __tablename__ = "survey_votes"
+    __table_args__ = (UniqueConstraint("topic_id", "user_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    topic_id: Mapped[int] = mapped_column(ForeignKey("topics.id"))
+    user_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("users.id"))
+    option: Mapped[int] = mapped_column(Integer)  # index into Topic.options
+    voted_at: Mapped[datetime]
+
+
+class TopicTask(Base):
+    """Step 5: a piece of execution of a decision, with who is responsible, by when, and how far it is."""
+
+    __tablename__ = "topic_tasks"
+    __table_args__ = (Index("ix_topic_tasks_topic", "topic_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    topic_id: Mapped[int] = mapped_column(ForeignKey("topics.id"))
+    title: Mapped[str] = mapped_column(String(200))
+    responsible: Mapped[str] = mapped_column(String(100))  # a party, e.g. "物业公司" or "王书记"
+    due_on: Mapped[date] = mapped_column(Date)
+    progress: Mapped[int] = mapped_column(Integer, default=0)  # percent, 0-100
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Broadcast(Base):
+    """One scheduled broadcast to a community's residents. It exists once per community, kind and period.
+
+    The unique key, not the scheduler, guarantees "once": a double trigger, a restart or a second process
+    finds the row and sends nothing. ``content`` is the snapshot taken when it started, so every resident
+    reads the same agenda whenever their message goes out.
+    """
+
+    __tablename__ = "broadcasts"
+    __table_args__ = (UniqueConstraint("community_id", "kind", "period"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    community_id: Mapped[int] = mapped_column(ForeignKey("communities.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    # "YYYY-MM": the month of the meeting (agenda), the month reported on (feedback).
+    period: Mapped[str] = mapped_column(String(7))
+    scheduled_for: Mapped[datetime | None] = mapped_column(default=None)  # the schedule's time; None: sent by staff
+    started_by: Mapped[int | None] = mapped_column(BigInteger, default=None)  # staff who pressed "send now"
+    content: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    recipients: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
 
 
 class FsmRecord(Base):
