@@ -14,6 +14,7 @@ class TicketAction(StrEnum):
     HISTORY = "y"
     ESCALATE = "e"  # up the ladder: asks where to (above the grid), then why
     SEND_DOWN = "d"  # back down the ladder, with an instruction
+    DELIBERATE = "v"  # "needs deliberation": take the ticket to the monthly meeting (asks why)
 
 
 class TicketCb(CallbackData, prefix="t"):
@@ -71,3 +72,53 @@ class MeTooAction(StrEnum):
 class MeTooCb(CallbackData, prefix="mt"):
     action: MeTooAction
     ticket_id: int = 0
+
+
+class TopicAction(StrEnum):
+    """What staff do with a deliberation topic; each button carries the topic id, checked on the server."""
+
+    OPEN = "o"  # show the topic with its history and the actions of its current step
+    ACCEPT = "a"  # accept the bot's candidate as a topic
+    DISMISS = "x"  # set aside, with a reason
+    DRAFT = "d"  # write title, background and options
+    OPEN_SURVEY = "s"
+    RESULTS = "r"  # the survey's results so far
+    RECORD_VOTE = "v"  # the meeting's decision and vote
+    ADD_TASK = "t"
+    PROGRESS = "p"  # a task's progress (``task_id``)
+    FEEDBACK = "f"
+    NOTICE = "n"  # publicly noticed: the last step
+
+
+class TopicCb(CallbackData, prefix="tp"):
+    action: TopicAction
+    topic_id: int
+    task_id: int = 0
+
+
+class SurveyCb(CallbackData, prefix="sv"):
+    """A resident's survey button: ``option`` -1 shows the topic and its options, 0.. votes for that option."""
+
+    topic_id: int
+    option: int = -1
+
+
+class BroadcastAction(StrEnum):
+    PREVIEW = "v"  # staff see the broadcast as residents would
+    SEND_NOW = "s"
+    PROGRESS = "p"  # sent / failed / remaining, and who cannot be reached
+
+
+class BroadcastCb(CallbackData, prefix="bc"):
+    action: BroadcastAction
+    kind: str  # storage.models.BroadcastKind
+    broadcast_id: int = 0
+
+
+class SettingsAction(StrEnum):
+    BROADCASTS_ON = "on"
+    BROADCASTS_OFF = "off"
+
+
+class SettingsCb(CallbackData, prefix="st"):
+    action: SettingsAction

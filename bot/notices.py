@@ -25,23 +25,26 @@ class Renderer:
     async def render(self, session: AsyncSession, row: OutboxMessage) -> TelegramMethod | None:
         """The call that delivers ``row``, or None when there is nothing (left) to say."""
         recipient = await session.get(User, row.chat_id)
+        with self.i18n.context(), self.i18n.use_locale(locale_of(recipient, self.i18n)):
+            return await self._ticket_notice(session, row)
+
+    async def _ticket_notice(self, session: AsyncSession, row: OutboxMessage) -> TelegramMethod | None:
         ticket = await session.get(Ticket, row.payload["ticket_id"])
         if ticket is None:
             return None
-        with self.i18n.context(), self.i18n.use_locale(locale_of(recipient, self.i18n)):
-            match Notice(row.kind):
-                case Notice.TICKET_CARD:
-                    return await self._card(session, row.chat_id, ticket)
-                case Notice.TICKET_PHOTOS:
-                    return self._photos(row.chat_id, ticket)
-                case Notice.TICKET_UPDATE:
-                    return await self._update(session, row.chat_id, ticket, row.payload["event_id"])
-                case Notice.DEADLINE_REMINDER:
-                    return await self._deadline_reminder(session, row.chat_id, ticket, row.payload["event_id"])
-                case Notice.CONFIRM_REMINDER:
-                    return self._confirm_reminder(row.chat_id, ticket, row.payload["close_at"])
-                case Notice.RESIDENT_FEEDBACK:
-                    return await self._feedback(session, row.chat_id, ticket, row.payload["event_id"])
+        match Notice(row.kind):
+            case Notice.TICKET_CARD:
+                return await self._card(session, row.chat_id, ticket)
+            case Notice.TICKET_PHOTOS:
+                return self._photos(row.chat_id, ticket)
+            case Notice.TICKET_UPDATE:
+                return await self._update(session, row.chat_id, ticket, row.payload["event_id"])
+            case Notice.DEADLINE_REMINDER:
+                return await self._deadline_reminder(session, row.chat_id, ticket, row.payload["event_id"])
+            case Notice.CONFIRM_REMINDER:
+                return self._confirm_reminder(row.chat_id, ticket, row.payload["close_at"])
+            case Notice.RESIDENT_FEEDBACK:
+                return await self._feedback(session, row.chat_id, ticket, row.payload["event_id"])
         return None
 
     async def _card(self, session: AsyncSession, chat_id: int, ticket: Ticket) -> TelegramMethod:

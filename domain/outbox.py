@@ -20,6 +20,11 @@ class Notice(StrEnum):
     DEADLINE_REMINDER = "deadline_reminder"  # the assignee: a deadline is close or passed; payload: ticket_id, event_id
     CONFIRM_REMINDER = "confirm_reminder"  # "Is it fixed?" asked once more; payload: ticket_id, close_at
     RESIDENT_FEEDBACK = "resident_feedback"  # the worker hears a confirmation or rating; payload: ticket_id, event_id
+    # Deliberation (domain/deliberation.py).
+    TOPIC_UPDATE = "topic_update"  # residents behind a topic hear a decision or progress; payload: topic_id, event_id
+    TOPIC_CANDIDATE = "topic_candidate"  # staff: the bot proposes a topic; payload: topic_id
+    # Scheduled broadcasts (domain/broadcasts.py): one row per resident, with the outbox's broadcast_id set.
+    BROADCAST = "broadcast"  # payload: broadcast_id
 
 
 QUEUED_FLAG = "outbox_queued"
