@@ -34,12 +34,14 @@ from aiogram.methods.base import Response
 from aiogram.types import BotCommand, BotCommandScopeAllPrivateChats
 from aiogram.utils.i18n import I18n
 from aiogram.utils.i18n import gettext as _
+from redis.asyncio import Redis
 
 from bot.config import Settings
 from bot.i18n import UserI18nMiddleware, create_i18n
 from bot.middlewares import SessionMiddleware, UserMiddleware
 from bot.notices import Renderer
 from bot.sender import OutboxSender, SenderSettings
+from bot.shared_rate import RedisTokenBucket
 from domain.clock import Clock, system_clock
 from domain.community_file import import_community, load_community_file
 from domain.confirmation import close_unconfirmed
@@ -109,11 +111,20 @@ class Application:
     dispatcher: Dispatcher
     sender: OutboxSender
     session_factory: SessionFactory
+    shared_rate: RedisTokenBucket | None = None  # closed at shutdown
 
 
 def assemble(settings: Settings, bot: Bot, session_factory: SessionFactory, clock: Clock = system_clock) -> Application:
     i18n = create_i18n(settings.default_locale)
     tz = ZoneInfo(settings.timezone)
+    # Telegram's send limit is per bot: processes sharing one bot share one rate through Redis.
+    shared_rate = (
+        RedisTokenBucket(
+            Redis.from_url(settings.redis_url), f"feedback-bot:send-slot:{bot.id}", settings.send_rate_per_second
+        )
+        if settings.redis_url
+        else None
+    )
     sender = OutboxSender(
         bot,
         session_factory,
@@ -122,6 +133,7 @@ def assemble(settings: Settings, bot: Bot, session_factory: SessionFactory, cloc
         SenderSettings(
             rate_per_second=settings.send_rate_per_second, chat_interval=settings.send_rate_per_chat_seconds
         ),
+        rate=shared_rate,
     )
     storage, isolation = fsm_backend(settings, session_factory)
     dispatcher = build_dispatcher(
@@ -134,7 +146,7 @@ def assemble(settings: Settings, bot: Bot, session_factory: SessionFactory, cloc
         events_isolation=isolation,
     )
     dispatcher.workflow_data["yellow_share"] = settings.ledger_yellow_share
-    return Application(bot, dispatcher, sender, session_factory)
+    return Application(bot, dispatcher, sender, session_factory, shared_rate)
 
 
 def fsm_backend(settings: Settings, session_factory: SessionFactory) -> tuple[BaseStorage, BaseEventIsolation]:
@@ -205,5 +217,7 @@ async def run_polling(settings: Settings) -> None:
         stop.set()
         app.sender.wake()
         await sender_task
+        if app.shared_rate is not None:
+            await app.shared_rate.redis.aclose()
         await bot.session.close()
         await engine.dispose()

@@ -17,6 +17,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Protocol
 
 from aiogram import Bot
 from aiogram.exceptions import (
@@ -34,6 +35,14 @@ from storage.db import SessionFactory
 from storage.models import OutboxMessage, OutboxStatus, User
 
 log = logging.getLogger(__name__)
+
+
+class SendRate(Protocol):
+    """Where the sender waits for its turn: this process's bucket, or one shared by all (bot/shared_rate.py)."""
+
+    async def take(self) -> None: ...
+
+    async def pause(self, seconds: float) -> None: ...
 
 
 class TokenBucket:
@@ -57,7 +66,7 @@ class TokenBucket:
         if slot > now:
             await self._sleep(slot - now)
 
-    def pause(self, seconds: float) -> None:
+    async def pause(self, seconds: float) -> None:
         self._next_slot = max(self._next_slot, self._monotonic() + seconds)
 
 
@@ -81,13 +90,14 @@ class OutboxSender:
         settings: SenderSettings | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rate: SendRate | None = None,
     ) -> None:
         self.bot = bot
         self.sessions = session_factory
         self.renderer = renderer
         self.clock = clock
         self.settings = settings or SenderSettings()
-        self.bucket = TokenBucket(self.settings.rate_per_second, monotonic, sleep)
+        self.bucket = rate or TokenBucket(self.settings.rate_per_second, monotonic, sleep)
         self._monotonic = monotonic
         self._sleep = sleep
         self._last_sent_to: dict[int, float] = {}
@@ -187,7 +197,7 @@ class OutboxSender:
         try:
             await self.bot(method)
         except TelegramRetryAfter as error:
-            self.bucket.pause(error.retry_after)
+            await self.bucket.pause(error.retry_after)
             await self._finish([row], OutboxStatus.PENDING, now + timedelta(seconds=error.retry_after), "429")
             return OutboxStatus.PENDING
         except TelegramForbiddenError as error:

@@ -141,7 +141,7 @@ async def test_token_bucket_spaces_sends_to_the_rate() -> None:
     for _ in range(50):
         await bucket.take()
     assert abs(now[0] - 49 / 25) < 1e-9
-    bucket.pause(5)
+    await bucket.pause(5)
     await bucket.take()
     assert abs(now[0] - (49 / 25 + 5)) < 1e-9
 
