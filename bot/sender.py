@@ -28,6 +28,7 @@ from aiogram.exceptions import (
     TelegramServerError,
 )
 from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.notices import Renderer
 from domain.clock import Clock
@@ -101,6 +102,9 @@ class OutboxSender:
         self._monotonic = monotonic
         self._sleep = sleep
         self._last_sent_to: dict[int, float] = {}
+        # Rows Telegram accepted whose "sent" is not written yet: it rides along with the next commit the
+        # sender makes anyway, so a message costs one transaction, not two.
+        self._delivered: list[int] = []
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -147,7 +151,12 @@ class OutboxSender:
         by_chat: dict[int, list[OutboxMessage]] = defaultdict(list)
         for row in rows:
             by_chat[row.chat_id].append(row)
-        await asyncio.gather(*(self._deliver_chat(chat_id, chat_rows) for chat_id, chat_rows in by_chat.items()))
+        try:
+            await asyncio.gather(*(self._deliver_chat(chat_id, rows) for chat_id, rows in by_chat.items()))
+        finally:
+            if self._delivered:
+                async with self.sessions() as session, session.begin():
+                    await self._record_delivered(session)
         return len(rows)
 
     async def _claim(self) -> list[OutboxMessage]:
@@ -179,6 +188,7 @@ class OutboxSender:
         """Send one row and record the result; returns a status the chat's later rows must share, if any."""
         await self._pace(row.chat_id)
         async with self.sessions() as session, session.begin():
+            await self._record_delivered(session)
             recipient = await session.get(User, row.chat_id)
             if recipient is not None and recipient.unreachable_at is not None:
                 method = None
@@ -219,8 +229,23 @@ class OutboxSender:
             log.exception("outbox row %s could not be sent", row.id)
             await self._finish([row], OutboxStatus.FAILED, None, f"error: {error!r}")
             return None
-        await self._finish([row], OutboxStatus.SENT, None, "")
+        self._delivered.append(row.id)
+        row.status, row.error = OutboxStatus.SENT, ""
         return OutboxStatus.SENT
+
+    async def _record_delivered(self, session: AsyncSession) -> None:
+        """Write "sent" for the rows Telegram accepted since the last commit, as part of ``session``'s.
+
+        Should that commit fail, the rows stay "sending" and are later marked failed, never sent twice.
+        """
+        if not self._delivered:
+            return
+        delivered, self._delivered = self._delivered, []
+        await session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id.in_(delivered))
+            .values(status=OutboxStatus.SENT, sent_at=self.clock(), error="")
+        )
 
     async def _pace(self, chat_id: int) -> None:
         last = self._last_sent_to.get(chat_id)
