@@ -113,20 +113,12 @@ class SurveyResults:
         return sum(self.counts)
 
 
-def _text(text: str, limit: int) -> str:
+def check_text(text: str, limit: int) -> str:
+    """Typed text, trimmed: refused when empty or longer than ``limit`` (checked at each typed step)."""
     text = _check_length(text, limit)
     if not text:
         raise EmptyText()
     return text
-
-
-def check_title(text: str) -> str:
-    """A draft's title, checked as soon as it is typed (the draft is saved with its options)."""
-    return _text(text, MAX_TITLE)
-
-
-def check_background(text: str) -> str:
-    return _text(text, MAX_BACKGROUND)
 
 
 def check_options(lines: Iterable[str]) -> list[str]:
@@ -149,6 +141,19 @@ def month_key(now: datetime, tz: str) -> tuple[str, datetime]:
 async def _require_staff(session: AsyncSession, actor_id: int, community_id: int) -> None:
     if community_id not in (await load_duties(session, actor_id)).staff_community_ids:
         raise AccessDenied(community_id)
+
+
+async def _staff_communities(session: AsyncSession, actor_id: int) -> list[int]:
+    communities = sorted((await load_duties(session, actor_id)).staff_community_ids)
+    if not communities:
+        raise AccessDenied(actor_id)
+    return communities
+
+
+async def check_staff(session: AsyncSession, *, actor_id: int) -> None:
+    """Refuse /newtopic to anyone but staff before they type."""
+    async with session.begin():
+        await _staff_communities(session, actor_id)
 
 
 async def _staff_topic(session: AsyncSession, actor_id: int, topic_id: int, *steps: TopicStatus) -> Topic:
@@ -235,6 +240,24 @@ async def _tell_staff(session: AsyncSession, topic: Topic, now: datetime, skip: 
 # --- step 1: collecting ------------------------------------------------------------------------------
 
 
+async def _ticket_to_raise(session: AsyncSession, actor_id: int, ticket_id: int) -> Ticket:
+    ticket = await session.get(Ticket, ticket_id, with_for_update=True)
+    if ticket is None:
+        raise NotFound(ticket_id)
+    duties = await load_duties(session, actor_id)
+    if ticket.grid_id not in duties.grid_ids and ticket.community_id not in duties.staff_community_ids:
+        raise AccessDenied(ticket_id)
+    if ticket.topic_id is not None:
+        raise AlreadyRaised(ticket.topic_id)
+    return ticket
+
+
+async def check_ticket(session: AsyncSession, *, actor_id: int, ticket_id: int) -> None:
+    """Refuse the "needs deliberation" button before anyone types a reason."""
+    async with session.begin():
+        await _ticket_to_raise(session, actor_id, ticket_id)
+
+
 async def raise_from_ticket(
     session: AsyncSession, *, actor_id: int, ticket_id: int, reason: str, now: datetime
 ) -> Topic:
@@ -243,16 +266,9 @@ async def raise_from_ticket(
     The new topic is narrowed to the ticket's compound and linked to the ticket, so its households hear
     what the meeting decides. Staff are told (but the one who raised it).
     """
-    reason = _text(reason, MAX_NOTE)
+    reason = check_text(reason, MAX_NOTE)
     async with session.begin():
-        ticket = await session.get(Ticket, ticket_id, with_for_update=True)
-        if ticket is None:
-            raise NotFound(ticket_id)
-        duties = await load_duties(session, actor_id)
-        if ticket.grid_id not in duties.grid_ids and ticket.community_id not in duties.staff_community_ids:
-            raise AccessDenied(ticket_id)
-        if ticket.topic_id is not None:
-            raise AlreadyRaised(ticket.topic_id)
+        ticket = await _ticket_to_raise(session, actor_id, ticket_id)
         topic = Topic(
             community_id=ticket.community_id,
             source=TopicSource.TICKET,
@@ -284,7 +300,7 @@ async def raise_from_ticket(
 
 async def suggest(session: AsyncSession, *, user_id: int, text: str, now: datetime) -> Topic:
     """A resident's suggestion (金点子): a topic of their compound, collected; staff are told."""
-    text = _text(text, MAX_SUGGESTION)
+    text = check_text(text, MAX_SUGGESTION)
     async with session.begin():
         user = await session.get(User, user_id)
         building = None if user is None or user.building_id is None else await session.get(Building, user.building_id)
@@ -308,11 +324,9 @@ async def suggest(session: AsyncSession, *, user_id: int, text: str, now: dateti
 
 async def raise_by_staff(session: AsyncSession, *, actor_id: int, text: str, now: datetime) -> Topic:
     """Staff write a topic directly, for the whole community they staff (the first, if several)."""
-    text = _text(text, MAX_SUGGESTION)
+    text = check_text(text, MAX_SUGGESTION)
     async with session.begin():
-        communities = sorted((await load_duties(session, actor_id)).staff_community_ids)
-        if not communities:
-            raise AccessDenied(actor_id)
+        communities = await _staff_communities(session, actor_id)
         topic = Topic(
             community_id=communities[0],
             source=TopicSource.STAFF,
@@ -424,7 +438,7 @@ async def accept_candidate(session: AsyncSession, *, actor_id: int, topic_id: in
 
 async def dismiss(session: AsyncSession, *, actor_id: int, topic_id: int, reason: str, now: datetime) -> Topic:
     """Set a topic aside, with a reason, before the meeting has decided it."""
-    reason = _text(reason, MAX_NOTE)
+    reason = check_text(reason, MAX_NOTE)
     async with session.begin():
         topic = await _staff_topic(session, actor_id, topic_id, *DISMISSABLE)
         topic.status = TopicStatus.DISMISSED
@@ -452,7 +466,11 @@ async def draft(
     now: datetime,
 ) -> Topic:
     """Write (or rewrite, until the survey opens) the title, background and the survey's options."""
-    title, background, choices = check_title(title), check_background(background), check_options(options)
+    title, background, choices = (
+        check_text(title, MAX_TITLE),
+        check_text(background, MAX_BACKGROUND),
+        check_options(options),
+    )
     async with session.begin():
         topic = await _staff_topic(session, actor_id, topic_id, TopicStatus.COLLECTED, TopicStatus.DRAFTED)
         topic.title, topic.background, topic.options = title, background, choices
@@ -532,7 +550,7 @@ async def record_decision(
     now: datetime,
 ) -> Topic:
     """The meeting's decision and its vote (for, against, abstain); closes the survey; residents are told."""
-    decision = _text(decision, MAX_NOTE)
+    decision = check_text(decision, MAX_NOTE)
     if any(not 0 <= n <= MAX_VOTES for n in votes):
         raise BadNumber()
     async with session.begin():
@@ -569,7 +587,7 @@ async def add_task(
     now: datetime,
 ) -> TopicTask:
     """A piece of the decision's execution; the first one moves the topic to "applied"."""
-    title, responsible = _text(title, MAX_TITLE), _text(responsible, MAX_RESPONSIBLE)
+    title, responsible = check_text(title, MAX_TITLE), check_text(responsible, MAX_RESPONSIBLE)
     async with session.begin():
         topic = await _staff_topic(session, actor_id, topic_id, TopicStatus.VOTED, TopicStatus.APPLIED)
         task = TopicTask(
@@ -594,7 +612,7 @@ async def task_progress(
     now: datetime,
 ) -> TopicTask:
     """How far a task is (0-100 %) and what was done; residents are told."""
-    note = _text(note, MAX_NOTE)
+    note = check_text(note, MAX_NOTE)
     if not 0 <= percent <= 100:
         raise BadNumber()
     async with session.begin():
@@ -649,9 +667,7 @@ STEP_ORDER = {
 async def topics_for_staff(session: AsyncSession, *, actor_id: int, limit: int = 40) -> list[Topic]:
     """Topics of the communities someone staffs, by step (candidates first, finished last), newest first."""
     async with session.begin():
-        communities = (await load_duties(session, actor_id)).staff_community_ids
-        if not communities:
-            raise AccessDenied(actor_id)
+        communities = await _staff_communities(session, actor_id)
         found = list(
             await session.scalars(
                 select(Topic)
