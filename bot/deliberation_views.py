@@ -112,12 +112,12 @@ def task_line(task: TopicTask) -> str:
 def event_text(event: TopicEvent, names: dict[int, str], tasks: dict[int, TopicTask]) -> str:
     actor = escape(names.get(event.actor_id, "?")) if event.actor_id is not None else _("the bot")
     note = escape(event.note)
-    task = tasks.get(int(str(event.data.get("task_id", 0))))
+    task = tasks.get(event.data.get("task_id", 0))
     task_title = escape(task.title) if task is not None else "?"
     match TopicEventKind(event.kind):
         case TopicEventKind.PROPOSED:
             return _("Proposed by the bot from {count} reports this month").format(
-                count=len(list(event.data.get("ticket_ids", [])))  # type: ignore[call-overload]
+                count=len(event.data.get("ticket_ids") or [])
             )
         case TopicEventKind.COLLECTED:
             return _("Collected by {name} ({source}) {note}").format(

@@ -128,6 +128,12 @@ def check_options(lines: Iterable[str]) -> list[str]:
     return options
 
 
+def check_percent(percent: int) -> int:
+    if not 0 <= percent <= 100:
+        raise BadNumber()
+    return percent
+
+
 def month_key(now: datetime, tz: str) -> tuple[str, datetime]:
     """The community's current month as "YYYY-MM", and the moment it began."""
     local = now.astimezone(ZoneInfo(tz))
@@ -612,9 +618,7 @@ async def task_progress(
     now: datetime,
 ) -> TopicTask:
     """How far a task is (0-100 %) and what was done; residents are told."""
-    note = check_text(note, MAX_NOTE)
-    if not 0 <= percent <= 100:
-        raise BadNumber()
+    note, percent = check_text(note, MAX_NOTE), check_percent(percent)
     async with session.begin():
         topic = await _staff_topic(session, actor_id, topic_id, TopicStatus.APPLIED, TopicStatus.FEEDBACK)
         task = await session.get(TopicTask, task_id, with_for_update=True)

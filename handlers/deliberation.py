@@ -195,10 +195,12 @@ async def _next(message: Message, state: FSMContext, next_state: State, prompt: 
     await _prompt(message, prompt)
 
 
-def _checked(message: Message, limit: int) -> str | None:
+async def _checked(message: Message, limit: int) -> str | None:
+    """The typed text, or None after telling them why it cannot be used (they stay in the step)."""
     try:
         return deliberation.check_text(message.text or "", limit)
-    except DomainError:
+    except DomainError as error:
+        await message.answer(dv.refusal(error))
         return None
 
 
@@ -213,8 +215,7 @@ async def dismiss_reason(
 
 @router.message(StateFilter(TopicInput.title), Content(ContentType.TEXT))
 async def draft_title(message: Message, state: FSMContext) -> None:
-    if (title := _checked(message, deliberation.MAX_TITLE)) is None:
-        await message.answer(dv.refusal(TextTooLong(deliberation.MAX_TITLE)))
+    if (title := await _checked(message, deliberation.MAX_TITLE)) is None:
         return
     await _next(
         message, state, TopicInput.background, _("Draft, 2 of 3: the background residents should know."), title=title
@@ -223,8 +224,7 @@ async def draft_title(message: Message, state: FSMContext) -> None:
 
 @router.message(StateFilter(TopicInput.background), Content(ContentType.TEXT))
 async def draft_background(message: Message, state: FSMContext) -> None:
-    if (background := _checked(message, deliberation.MAX_BACKGROUND)) is None:
-        await message.answer(dv.refusal(TextTooLong(deliberation.MAX_BACKGROUND)))
+    if (background := await _checked(message, deliberation.MAX_BACKGROUND)) is None:
         return
     prompt = _("Draft, 3 of 3: the options residents choose from, one per line ({low} to {high}).").format(
         low=deliberation.MIN_OPTIONS, high=deliberation.MAX_OPTIONS
@@ -250,8 +250,7 @@ async def draft_options(message: Message, state: FSMContext, session: AsyncSessi
 
 @router.message(StateFilter(TopicInput.decision), Content(ContentType.TEXT))
 async def decision(message: Message, state: FSMContext) -> None:
-    if (text := _checked(message, MAX_NOTE)) is None:
-        await message.answer(dv.refusal(TextTooLong(MAX_NOTE)))
+    if (text := await _checked(message, MAX_NOTE)) is None:
         return
     prompt = _("The vote: three numbers, for, against and abstaining (e.g. 23 2 1).")
     await _next(message, state, TopicInput.votes, prompt, decision=text)
@@ -287,8 +286,7 @@ async def votes(message: Message, state: FSMContext, session: AsyncSession, user
 
 @router.message(StateFilter(TopicInput.task_title), Content(ContentType.TEXT))
 async def task_title(message: Message, state: FSMContext) -> None:
-    if (title := _checked(message, deliberation.MAX_TITLE)) is None:
-        await message.answer(dv.refusal(TextTooLong(deliberation.MAX_TITLE)))
+    if (title := await _checked(message, deliberation.MAX_TITLE)) is None:
         return
     prompt = _("Task, 2 of 3: who is responsible (e.g. the property company)?")
     await _next(message, state, TopicInput.task_responsible, prompt, task_title=title)
@@ -296,8 +294,7 @@ async def task_title(message: Message, state: FSMContext) -> None:
 
 @router.message(StateFilter(TopicInput.task_responsible), Content(ContentType.TEXT))
 async def task_responsible(message: Message, state: FSMContext) -> None:
-    if (responsible := _checked(message, deliberation.MAX_RESPONSIBLE)) is None:
-        await message.answer(dv.refusal(TextTooLong(deliberation.MAX_RESPONSIBLE)))
+    if (responsible := await _checked(message, deliberation.MAX_RESPONSIBLE)) is None:
         return
     prompt = _("Task, 3 of 3: the due date, as YYYY-MM-DD.")
     await _next(message, state, TopicInput.task_due, prompt, responsible=responsible)
@@ -327,10 +324,12 @@ async def task_due(message: Message, state: FSMContext, session: AsyncSession, u
 @router.message(StateFilter(TopicInput.percent), Content(ContentType.TEXT))
 async def percent(message: Message, state: FSMContext) -> None:
     numbers = _numbers((message.text or "").rstrip("%"), 1)
-    if numbers is None or numbers[0] > 100:
+    try:
+        value = deliberation.check_percent(numbers[0] if numbers else -1)
+    except DomainError:
         await message.answer(_("Please send a whole number from 0 to 100."))
         return
-    await _next(message, state, TopicInput.progress_note, _("What was done? A short note."), percent=numbers[0])
+    await _next(message, state, TopicInput.progress_note, _("What was done? A short note."), percent=value)
 
 
 @router.message(StateFilter(TopicInput.progress_note), Content(ContentType.TEXT))
