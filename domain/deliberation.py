@@ -162,9 +162,14 @@ async def check_staff(session: AsyncSession, *, actor_id: int) -> None:
         await _staff_communities(session, actor_id)
 
 
-async def _staff_topic(session: AsyncSession, actor_id: int, topic_id: int, *steps: TopicStatus) -> Topic:
-    """The topic, locked, for staff of its community, in one of ``steps`` (any step if none are given)."""
-    topic = await session.get(Topic, topic_id, with_for_update=True)
+async def _staff_topic(
+    session: AsyncSession, actor_id: int, topic_id: int, *steps: TopicStatus, lock: bool = True
+) -> Topic:
+    """The topic for staff of its community, in one of ``steps`` (any step if none are given).
+
+    Locked unless ``lock`` is False (reading only), so two staff moving it at once go one after the other.
+    """
+    topic = await session.get(Topic, topic_id, with_for_update=lock)
     if topic is None:
         raise NotFound(topic_id)
     await _require_staff(session, actor_id, topic.community_id)
@@ -455,7 +460,7 @@ async def dismiss(session: AsyncSession, *, actor_id: int, topic_id: int, reason
 async def check_step(session: AsyncSession, *, actor_id: int, topic_id: int, steps: Iterable[TopicStatus]) -> Topic:
     """Refuse a button before anyone types: the topic must be staff's own and in one of ``steps``."""
     async with session.begin():
-        return await _staff_topic(session, actor_id, topic_id, *steps)
+        return await _staff_topic(session, actor_id, topic_id, *steps, lock=False)
 
 
 # --- steps 2-4: draft, survey, meeting -----------------------------------------------------------------
@@ -535,7 +540,7 @@ async def vote(session: AsyncSession, *, user_id: int, topic_id: int, option: in
 async def survey_results(session: AsyncSession, *, actor_id: int, topic_id: int) -> SurveyResults:
     """How the survey stands (or ended), for staff of the topic's community."""
     async with session.begin():
-        topic = await _staff_topic(session, actor_id, topic_id)
+        topic = await _staff_topic(session, actor_id, topic_id, lock=False)
         rows = await session.execute(
             select(SurveyVote.option, func.count()).where(SurveyVote.topic_id == topic_id).group_by(SurveyVote.option)
         )
@@ -635,7 +640,7 @@ async def task_progress(
 async def check_task(session: AsyncSession, *, actor_id: int, topic_id: int, task_id: int) -> TopicTask:
     """Refuse a progress button before anyone types: staff's own topic, the right step, a task of that topic."""
     async with session.begin():
-        topic = await _staff_topic(session, actor_id, topic_id, TopicStatus.APPLIED, TopicStatus.FEEDBACK)
+        topic = await _staff_topic(session, actor_id, topic_id, TopicStatus.APPLIED, TopicStatus.FEEDBACK, lock=False)
         task = await session.get(TopicTask, task_id)
         if task is None or task.topic_id != topic.id:
             raise NotFound(task_id)
@@ -684,7 +689,7 @@ async def topics_for_staff(session: AsyncSession, *, actor_id: int, limit: int =
 
 async def view_topic(session: AsyncSession, *, actor_id: int, topic_id: int) -> TopicView:
     async with session.begin():
-        topic = await _staff_topic(session, actor_id, topic_id)
+        topic = await _staff_topic(session, actor_id, topic_id, lock=False)
         return await load_view(session, topic)
 
 

@@ -21,7 +21,7 @@ from bot.filters import Content
 from domain import deliberation
 from domain.clock import Clock
 from domain.deliberation import BadNumber, BadOptions, EmptyText
-from domain.errors import DomainError
+from domain.errors import DomainError, NotBound
 from domain.people import Person
 from domain.tickets import MAX_NOTE, TextTooLong
 from handlers.common import finish_text_step
@@ -372,8 +372,8 @@ async def new_topic_text(
 
 @router.message(Command("suggest"))
 async def suggest(message: Message, state: FSMContext, user: Person) -> None:
-    if user.building_id is None:
-        await message.answer(_("First tell me which building you live in: send /start."))
+    if user.building_id is None:  # refused before they type; the domain checks again when it is sent
+        await message.answer(dv.refusal(NotBound()))
         return
     await state.set_state(TopicInput.suggestion)
     await _prompt(

@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from domain import deliberation as delib
 from domain.errors import AccessDenied, InvalidTransition, NotBound, NotFound
+from domain.followers import join
 from domain.outbox import Notice
 from storage.db import SessionFactory
 from storage.models import EventKind, OutboxMessage, SurveyVote, Ticket, TicketEvent, Topic, TopicEvent, TopicStatus
@@ -17,7 +18,7 @@ from tests.test_routing import report, resident_in
 
 STAFF_WANG, STAFF_LIU = 100001, 100002
 LI_JUAN, YANG_MIN, ZHAO_HONG = 200001, 200011, 200021
-RESIDENT, NEIGHBOUR, FAR_AWAY = 900301, 900302, 900303
+RESIDENT, NEIGHBOUR, FAR_AWAY, NEXT_DOOR = 900301, 900302, 900303, 900304
 
 
 async def notices(sessions: SessionFactory, kind: Notice) -> list[tuple[int, dict[str, object]]]:
@@ -53,6 +54,9 @@ async def test_ticket_to_topic_through_all_seven_steps(
 ) -> None:
     await resident_in(session_factory, clock, RESIDENT, "yinba/1")
     filed = await report(session_factory, clock, RESIDENT, code="flying-lead")
+    await resident_in(session_factory, clock, NEXT_DOOR, "yinba/1")
+    async with session_factory() as session:
+        await join(session, user_id=NEXT_DOOR, ticket_id=filed.ticket.id, now=clock())
     async with session_factory() as session:
         topic = await delib.raise_from_ticket(
             session, actor_id=LI_JUAN, ticket_id=filed.ticket.id, reason="需要全体居民商量", now=clock()
@@ -136,10 +140,10 @@ async def test_ticket_to_topic_through_all_seven_steps(
         assert await session.scalar(select(SurveyVote.option).where(SurveyVote.user_id == RESIDENT)) == 1
     steps = "collected ticket_linked drafted survey_opened voted task_added progress feedback noticed"
     assert await kinds(session_factory, topic.id) == steps.split()
-    # The reporter heard the decision, the task, the progress and the notice; the voting neighbour did not.
+    # The reporter and the household that joined heard the decision, the task, the progress and the notice;
+    # the neighbour who only voted did not.
     updates = await notices(session_factory, Notice.TOPIC_UPDATE)
-    assert {chat for chat, _ in updates} == {RESIDENT}
-    assert len(updates) == 4
+    assert [chat for chat, _ in updates] == [RESIDENT, NEXT_DOOR] * 4
 
 
 async def test_suggestion_needs_a_building_and_is_narrowed_to_the_compound(
