@@ -258,7 +258,7 @@ def ticket_actions(ticket: Ticket, can_act: bool = True) -> InlineKeyboardMarkup
             actions.append((_("⬆️ Escalate"), TicketAction.ESCALATE))
         if ticket.level != Level.GRID:
             actions.append((_("⬇️ Send down"), TicketAction.SEND_DOWN))
-    if can_act and ticket.topic_id is None and ticket.level in (Level.GRID, Level.COMMUNITY):
+    if can_act and ticket.is_open and ticket.topic_id is None and ticket.level in (Level.GRID, Level.COMMUNITY):
         actions.append((_("🗳 Needs deliberation"), TicketAction.DELIBERATE))
     actions.append((_("📜 History"), TicketAction.HISTORY))
     return inline_keyboard([(text, TicketCb(action=action, ticket_id=ticket.id)) for text, action in actions])
