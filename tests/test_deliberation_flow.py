@@ -6,15 +6,18 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from bot.callbacks import SurveyCb, TicketAction, TicketCb, TopicAction, TopicCb
+from domain.community_file import import_community, loads_community
 from domain.deliberation import propose_candidates
-from storage.models import SurveyVote, Ticket, Topic, TopicStatus, TopicTask
+from storage.models import Building, Community, Compound, SurveyVote, Ticket, Topic, TopicStatus, TopicTask, User
 from tests.conftest import FakeClock
 from tests.fake_telegram import sent_to
 from tests.harness import Harness
+from tests.test_community_import import SMALL
 from tests.test_escalation import LI_JUAN, STAFF_LIU, STAFF_WANG, alerted, file, speak_english, texts
 from tests.test_routing import resident_in
 
 RESIDENT, FAR_AWAY = 900200, 900401
+OTHER_STAFF, OTHER_RESIDENT = 700001, 900402  # of a second community, 测试社区
 
 
 def topic_button(action: TopicAction, topic_id: int, task_id: int = 0) -> str:
@@ -52,7 +55,13 @@ async def test_from_a_ticket_to_the_public_notice(harness: Harness, clock: FakeC
     assert {r.chat_id for r in told} == {STAFF_WANG, STAFF_LIU}  # type: ignore[attr-defined]
     assert "A new topic was raised" in texts(told) and "&lt;b&gt;" in texts(told)
 
-    # Not staff, a stale step: refused, nothing changes.
+    # Staff of another community, not staff, a stale step, a topic that does not exist: refused, nothing changes.
+    async with harness.sessions() as session:
+        await import_community(session, loads_community(SMALL.replace("100001", str(OTHER_STAFF))), clock())
+    other_staff = harness.person(OTHER_STAFF, language="en")
+    assert alerted(await other_staff.press(topic_button(TopicAction.DRAFT, topic_id)))
+    assert alerted(await other_staff.press(topic_button(TopicAction.OPEN, topic_id)))
+    assert "No topics yet" in texts(await other_staff.send("/topics"))
     assert alerted(await resident.press(topic_button(TopicAction.OPEN_SURVEY, topic_id)))
     assert alerted(await worker.press(topic_button(TopicAction.DRAFT, topic_id)))
     assert alerted(await staff.press(topic_button(TopicAction.RECORD_VOTE, topic_id)))
@@ -82,9 +91,14 @@ async def test_from_a_ticket_to_the_public_notice(harness: Harness, clock: FakeC
     assert "Your vote: 3号楼东侧" in texts(changed)
     # Out of scope, out of range: refused, still one vote.
     await resident_in(harness.sessions, clock, FAR_AWAY, "chaoyang/1")
-    outsider = harness.person(FAR_AWAY, language="en")
-    assert alerted(await outsider.press(SurveyCb(topic_id=topic_id, option=0).pack()))
-    assert alerted(await outsider.press(SurveyCb(topic_id=topic_id).pack()))
+    async with harness.sessions() as session, session.begin():
+        other_building = await session.scalar(
+            select(Building.id).join(Compound).join(Community).where(Community.code == "t").limit(1)
+        )
+        session.add(User(id=OTHER_RESIDENT, full_name="resident", building_id=other_building, created_at=clock()))
+    for outsider in (harness.person(FAR_AWAY, language="en"), harness.person(OTHER_RESIDENT, language="en")):
+        assert alerted(await outsider.press(SurveyCb(topic_id=topic_id, option=0).pack()))
+        assert alerted(await outsider.press(SurveyCb(topic_id=topic_id).pack()))
     assert alerted(await resident.press(SurveyCb(topic_id=topic_id, option=7).pack()))
     assert await votes(harness) == 1
 
