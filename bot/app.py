@@ -45,6 +45,7 @@ from bot.shared_rate import RedisTokenBucket
 from domain.clock import Clock, system_clock
 from domain.community_file import import_community, load_community_file
 from domain.confirmation import close_unconfirmed
+from domain.deliberation import propose_candidates
 from domain.directory import Directory
 from domain.sweep import sweep
 from handlers import build_router
@@ -159,7 +160,19 @@ def fsm_backend(settings: Settings, session_factory: SessionFactory) -> tuple[Ba
 
 async def set_commands(bot: Bot, i18n: I18n) -> None:
     """The command list Telegram shows under "/", in each language."""
-    commands = ["report", "my", "tickets", "ledger", "home", "language", "help", "cancel"]
+    commands = [
+        "report",
+        "my",
+        "suggest",
+        "tickets",
+        "ledger",
+        "topics",
+        "newtopic",
+        "home",
+        "language",
+        "help",
+        "cancel",
+    ]
     for locale in i18n.available_locales:
         with i18n.context(), i18n.use_locale(locale):
             descriptions = command_descriptions()
@@ -176,6 +189,9 @@ def command_descriptions() -> dict[str, str]:
         "my": _("My reports"),
         "tickets": _("Tickets to handle"),
         "ledger": _("Three-colour ledger"),
+        "suggest": _("A suggestion for the deliberation"),
+        "topics": _("Deliberation topics"),
+        "newtopic": _("New deliberation topic"),
         "home": _("Change my building"),
         "language": _("Language"),
         "help": _("Help"),
@@ -204,6 +220,7 @@ async def run_polling(settings: Settings) -> None:
     unanswered = partial(close_unconfirmed, within=timedelta(days=settings.confirm_within_days))
     every_minute(scheduler, "deadline-sweep", deadlines, session_factory, system_clock, app.sender.wake)
     every_minute(scheduler, "confirmation-sweep", unanswered, session_factory, system_clock, app.sender.wake)
+    every_minute(scheduler, "topic-candidates", propose_candidates, session_factory, system_clock, app.sender.wake)
     scheduler.start()
     try:
         try:

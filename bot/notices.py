@@ -9,12 +9,26 @@ from aiogram.types import InputMediaPhoto
 from aiogram.utils.i18n import I18n
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import feedback_views, ladder_views, views
+from bot import deliberation_views, feedback_views, ladder_views, views
 from bot.i18n import locale_of
 from domain.outbox import Notice
 from domain.people import display_names
 from domain.tickets import load_card, photos_of_event
-from storage.models import EventKind, OutboxMessage, PhotoStage, Ticket, TicketEvent, TicketStatus, User
+from storage.models import (
+    EventKind,
+    OutboxMessage,
+    PhotoStage,
+    Ticket,
+    TicketEvent,
+    TicketStatus,
+    Topic,
+    TopicEvent,
+    TopicStatus,
+    TopicTask,
+    User,
+)
+
+TOPIC_NOTICES = (Notice.TOPIC_UPDATE, Notice.TOPIC_CANDIDATE)
 
 
 class Renderer:
@@ -26,7 +40,33 @@ class Renderer:
         """The call that delivers ``row``, or None when there is nothing (left) to say."""
         recipient = await session.get(User, row.chat_id)
         with self.i18n.context(), self.i18n.use_locale(locale_of(recipient, self.i18n)):
+            if row.kind in TOPIC_NOTICES:
+                return await self._topic_notice(session, row)
             return await self._ticket_notice(session, row)
+
+    async def _topic_notice(self, session: AsyncSession, row: OutboxMessage) -> TelegramMethod | None:
+        """Deliberation notices, rendered from the topic as it is now."""
+        topic = await session.get(Topic, row.payload["topic_id"])
+        if topic is None:
+            return None
+        if row.kind == Notice.TOPIC_CANDIDATE:
+            if topic.status not in (TopicStatus.CANDIDATE, TopicStatus.COLLECTED):
+                return None  # staff moved it on (or set it aside) before the notice went out
+            return SendMessage(
+                chat_id=row.chat_id,
+                text=deliberation_views.staff_new_topic(topic),
+                reply_markup=deliberation_views.open_keyboard(topic.id),
+            )
+        event = await session.get(TopicEvent, row.payload["event_id"])
+        if event is None:
+            return None
+        task_id = event.data.get("task_id")
+        task = await session.get(TopicTask, task_id) if task_id is not None else None
+        return SendMessage(
+            chat_id=row.chat_id,
+            text=deliberation_views.topic_update(topic, event, task),
+            reply_markup=deliberation_views.view_button(topic.id),
+        )
 
     async def _ticket_notice(self, session: AsyncSession, row: OutboxMessage) -> TelegramMethod | None:
         ticket = await session.get(Ticket, row.payload["ticket_id"])

@@ -258,6 +258,8 @@ def ticket_actions(ticket: Ticket, can_act: bool = True) -> InlineKeyboardMarkup
             actions.append((_("⬆️ Escalate"), TicketAction.ESCALATE))
         if ticket.level != Level.GRID:
             actions.append((_("⬇️ Send down"), TicketAction.SEND_DOWN))
+    if can_act and ticket.is_open and ticket.topic_id is None and ticket.level in (Level.GRID, Level.COMMUNITY):
+        actions.append((_("🗳 Needs deliberation"), TicketAction.DELIBERATE))
     actions.append((_("📜 History"), TicketAction.HISTORY))
     return inline_keyboard([(text, TicketCb(action=action, ticket_id=ticket.id)) for text, action in actions])
 
@@ -352,6 +354,8 @@ def _resident_loop_text(event: TicketEvent) -> str | None:
             return _("Nobody answered whether it is fixed within {days} days: closed as resolved, unconfirmed").format(
                 days=f"{float(event.data.get('days', 0)):g}"
             )
+        case EventKind.DELIBERATION:
+            return _("Taken to the monthly deliberation (topic #{number})").format(number=event.data.get("topic_id"))
         case EventKind.JOINED:
             return _("Another household has the same problem ({count} affected households)").format(
                 count=int(event.data.get("households", 0))

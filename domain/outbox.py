@@ -22,7 +22,8 @@ class Notice(StrEnum):
     RESIDENT_FEEDBACK = "resident_feedback"  # the worker hears a confirmation or rating; payload: ticket_id, event_id
     # Deliberation (domain/deliberation.py).
     TOPIC_UPDATE = "topic_update"  # residents behind a topic hear a decision or progress; payload: topic_id, event_id
-    TOPIC_CANDIDATE = "topic_candidate"  # staff: the bot proposes a topic; payload: topic_id
+    # Staff: a topic waits for them (the bot's candidate, or one a resident or worker raised); payload: topic_id
+    TOPIC_CANDIDATE = "topic_candidate"
     # Scheduled broadcasts (domain/broadcasts.py): one row per resident, with the outbox's broadcast_id set.
     BROADCAST = "broadcast"  # payload: broadcast_id
 

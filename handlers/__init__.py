@@ -2,7 +2,7 @@
 
 from aiogram import Router
 
-from handlers import common, confirm, escalation, fallback, me_too, report, resident, staff, start, worker
+from handlers import common, confirm, deliberation, escalation, fallback, me_too, report, resident, staff, start, worker
 
 # common first: /cancel must win in every state; fallback last: it answers whatever is left.
 ROUTERS = (
@@ -13,6 +13,7 @@ ROUTERS = (
     resident.router,
     worker.router,
     escalation.router,
+    deliberation.router,
     staff.router,
     confirm.router,
     fallback.router,

@@ -109,6 +109,7 @@ class EventKind(StrEnum):
     CONFIRM_REMINDED = "confirm_reminded"  # residents were asked once more (data: close_at)
     AUTO_CLOSED = "auto_closed"  # no answer in time: resolved, unconfirmed (data: days)
     JOINED = "joined"  # another household has the same problem ("me too"; data: households)
+    DELIBERATION = "deliberation"  # taken to the monthly deliberation (note: why; data: topic_id)
 
 
 class PhotoStage(StrEnum):

@@ -1,0 +1,703 @@
+"""The monthly deliberation (每月一议事) by the seven-step method (七步议事法).
+
+A topic (议题) belongs to one community, optionally narrowed to compounds or buildings. It is raised from a
+ticket that needs deliberation, a resident's suggestion (金点子), by staff, or proposed by the bot when one
+category keeps being reported in one compound within a month (a candidate, which staff accept or dismiss).
+It then moves collected → drafted → surveyed → voted → applied → feedback → noticed (see ``TopicStatus``).
+
+Only staff of the topic's community move it, each step only from the step before, and every step is an event
+in the topic's history. Residents behind a topic (reporters and joined households of its tickets, and the
+suggester) are told of its decision and progress through the outbox, in the transaction of the change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from domain.errors import AccessDenied, DomainError, InvalidTransition, NotBound, NotFound
+from domain.followers import household_ids
+from domain.outbox import Notice, enqueue
+from domain.people import display_names, load_duties
+from domain.tickets import MAX_NOTE, _check_length
+from storage.models import (
+    Building,
+    Community,
+    EventKind,
+    Membership,
+    Role,
+    SurveyVote,
+    Ticket,
+    TicketEvent,
+    Topic,
+    TopicEvent,
+    TopicEventKind,
+    TopicSource,
+    TopicStatus,
+    TopicTask,
+    User,
+)
+
+MAX_SUGGESTION = 800
+MAX_TITLE = 100
+MAX_BACKGROUND = 1500
+MAX_OPTION = 40  # an option is a button label
+MIN_OPTIONS, MAX_OPTIONS = 2, 6
+MAX_RESPONSIBLE = 100
+MAX_VOTES = 100_000  # a meeting's head count, with room to spare; stops typos like 1e9
+
+# Steps in which staff may still set a topic aside: before the meeting has decided anything.
+DISMISSABLE = (TopicStatus.CANDIDATE, TopicStatus.COLLECTED, TopicStatus.DRAFTED)
+# Residents may look at a topic once it has a title; before that there is nothing to show them.
+VISIBLE = TopicStatus.steps()[1:]
+
+
+class EmptyText(DomainError):
+    """Something that must be said in words was left empty."""
+
+
+class BadOptions(DomainError):
+    """A survey needs between MIN_OPTIONS and MAX_OPTIONS options, each short enough for a button."""
+
+
+class BadNumber(DomainError):
+    """A vote count or a percentage out of its range."""
+
+
+class AlreadyRaised(DomainError):
+    """The ticket is on a topic already."""
+
+
+@dataclass
+class CandidateReport:
+    """What one run of :func:`propose_candidates` did."""
+
+    proposed: list[int] = field(default_factory=list)  # topic ids
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.proposed)
+
+
+@dataclass(frozen=True)
+class TopicView:
+    """A topic for staff: its history, its tasks, and the names of the people in the history."""
+
+    topic: Topic
+    events: list[TopicEvent]
+    tasks: list[TopicTask]
+    names: dict[int, str]
+
+
+@dataclass(frozen=True)
+class SurveyView:
+    """A topic as a resident in its scope sees it, with their own vote (None: not voted)."""
+
+    topic: Topic
+    my_vote: int | None
+
+
+@dataclass(frozen=True)
+class SurveyResults:
+    topic: Topic
+    counts: list[int]  # per option
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+
+def check_text(text: str, limit: int) -> str:
+    """Typed text, trimmed: refused when empty or longer than ``limit`` (checked at each typed step)."""
+    text = _check_length(text, limit)
+    if not text:
+        raise EmptyText()
+    return text
+
+
+def check_options(lines: Iterable[str]) -> list[str]:
+    options = [line.strip() for line in lines if line.strip()]
+    if not MIN_OPTIONS <= len(options) <= MAX_OPTIONS or any(len(o) > MAX_OPTION for o in options):
+        raise BadOptions()
+    return options
+
+
+def check_percent(percent: int) -> int:
+    if not 0 <= percent <= 100:
+        raise BadNumber()
+    return percent
+
+
+def month_key(now: datetime, tz: str) -> tuple[str, datetime]:
+    """The community's current month as "YYYY-MM", and the moment it began."""
+    local = now.astimezone(ZoneInfo(tz))
+    start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return start.strftime("%Y-%m"), start
+
+
+# --- who may do what ---------------------------------------------------------------------------------
+
+
+async def _require_staff(session: AsyncSession, actor_id: int, community_id: int) -> None:
+    if community_id not in (await load_duties(session, actor_id)).staff_community_ids:
+        raise AccessDenied(community_id)
+
+
+async def _staff_communities(session: AsyncSession, actor_id: int) -> list[int]:
+    communities = sorted((await load_duties(session, actor_id)).staff_community_ids)
+    if not communities:
+        raise AccessDenied(actor_id)
+    return communities
+
+
+async def check_staff(session: AsyncSession, *, actor_id: int) -> None:
+    """Refuse /newtopic to anyone but staff before they type."""
+    async with session.begin():
+        await _staff_communities(session, actor_id)
+
+
+async def _staff_topic(
+    session: AsyncSession, actor_id: int, topic_id: int, *steps: TopicStatus, lock: bool = True
+) -> Topic:
+    """The topic for staff of its community, in one of ``steps`` (any step if none are given).
+
+    Locked unless ``lock`` is False (reading only), so two staff moving it at once go one after the other.
+    """
+    topic = await session.get(Topic, topic_id, with_for_update=lock)
+    if topic is None:
+        raise NotFound(topic_id)
+    await _require_staff(session, actor_id, topic.community_id)
+    if steps and topic.status not in steps:
+        raise InvalidTransition(topic.status)
+    return topic
+
+
+async def _in_scope(session: AsyncSession, topic: Topic, user_id: int) -> bool:
+    """Whether a resident lives where the topic applies: its buildings, else its compounds, else its community."""
+    user = await session.get(User, user_id)
+    if user is None or user.building_id is None:
+        return False
+    building = await session.get(Building, user.building_id)
+    if building is None or not building.active:
+        return False
+    if topic.building_ids:
+        return building.id in topic.building_ids
+    if topic.compound_ids:
+        return building.compound_id in topic.compound_ids
+    return building.compound.community_id == topic.community_id
+
+
+async def staff_ids(session: AsyncSession, community_id: int) -> list[int]:
+    return list(
+        await session.scalars(
+            select(Membership.user_id)
+            .where(
+                Membership.community_id == community_id,
+                Membership.role == Role.STAFF,
+                Membership.active.is_(True),
+            )
+            .order_by(Membership.id)
+        )
+    )
+
+
+# --- history and notices -----------------------------------------------------------------------------
+
+
+async def _record(
+    session: AsyncSession,
+    topic: Topic,
+    kind: TopicEventKind,
+    actor_id: int | None,
+    now: datetime,
+    note: str = "",
+    **data: object,
+) -> TopicEvent:
+    event = TopicEvent(topic_id=topic.id, at=now, actor_id=actor_id, kind=kind, note=note, data=data)
+    session.add(event)
+    topic.updated_at = now
+    await session.flush()
+    return event
+
+
+async def residents_behind(session: AsyncSession, topic: Topic) -> list[int]:
+    """The suggester, then the reporters and joined households of the topic's tickets, each once."""
+    found: list[int] = []
+    if topic.source == TopicSource.SUGGESTION and topic.raised_by is not None:
+        found.append(topic.raised_by)
+    for ticket in await session.scalars(select(Ticket).where(Ticket.topic_id == topic.id).order_by(Ticket.id)):
+        found += await household_ids(session, ticket)
+    return list(dict.fromkeys(found))
+
+
+async def _tell_residents(session: AsyncSession, topic: Topic, event: TopicEvent, now: datetime) -> None:
+    for user_id in await residents_behind(session, topic):
+        enqueue(session, user_id, Notice.TOPIC_UPDATE, now, topic_id=topic.id, event_id=event.id)
+
+
+async def _tell_staff(session: AsyncSession, topic: Topic, now: datetime, skip: int | None = None) -> None:
+    """A new topic waits for staff: a candidate to accept or dismiss, or one raised by a resident or worker."""
+    for user_id in await staff_ids(session, topic.community_id):
+        if user_id != skip:
+            enqueue(session, user_id, Notice.TOPIC_CANDIDATE, now, topic_id=topic.id)
+
+
+# --- step 1: collecting ------------------------------------------------------------------------------
+
+
+async def _ticket_to_raise(session: AsyncSession, actor_id: int, ticket_id: int) -> Ticket:
+    ticket = await session.get(Ticket, ticket_id, with_for_update=True)
+    if ticket is None:
+        raise NotFound(ticket_id)
+    duties = await load_duties(session, actor_id)
+    if ticket.grid_id not in duties.grid_ids and ticket.community_id not in duties.staff_community_ids:
+        raise AccessDenied(ticket_id)
+    if ticket.topic_id is not None:
+        raise AlreadyRaised(ticket.topic_id)
+    return ticket
+
+
+async def check_ticket(session: AsyncSession, *, actor_id: int, ticket_id: int) -> None:
+    """Refuse the "needs deliberation" button before anyone types a reason."""
+    async with session.begin():
+        await _ticket_to_raise(session, actor_id, ticket_id)
+
+
+async def raise_from_ticket(
+    session: AsyncSession, *, actor_id: int, ticket_id: int, reason: str, now: datetime
+) -> Topic:
+    """A grid worker of the ticket's grid, or staff of its community, says it needs deliberation.
+
+    The new topic is narrowed to the ticket's compound and linked to the ticket, so its households hear
+    what the meeting decides. Staff are told (but the one who raised it).
+    """
+    reason = check_text(reason, MAX_NOTE)
+    async with session.begin():
+        ticket = await _ticket_to_raise(session, actor_id, ticket_id)
+        topic = Topic(
+            community_id=ticket.community_id,
+            source=TopicSource.TICKET,
+            raised_by=actor_id,
+            origin_note=reason,
+            compound_ids=[ticket.building.compound_id],
+            category_id=ticket.category_id,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(topic)
+        await session.flush()
+        ticket.topic_id = topic.id
+        await _record(session, topic, TopicEventKind.COLLECTED, actor_id, now, reason, source=TopicSource.TICKET)
+        await _record(session, topic, TopicEventKind.TICKET_LINKED, actor_id, now, ticket_id=ticket.id)
+        session.add(
+            TicketEvent(
+                ticket_id=ticket.id,
+                at=now,
+                actor_id=actor_id,
+                kind=EventKind.DELIBERATION,
+                note=reason,
+                data={"topic_id": topic.id},
+            )
+        )
+        await _tell_staff(session, topic, now, skip=actor_id)
+    return topic
+
+
+async def suggest(session: AsyncSession, *, user_id: int, text: str, now: datetime) -> Topic:
+    """A resident's suggestion (金点子): a topic of their compound, collected; staff are told."""
+    text = check_text(text, MAX_SUGGESTION)
+    async with session.begin():
+        user = await session.get(User, user_id)
+        building = None if user is None or user.building_id is None else await session.get(Building, user.building_id)
+        if building is None or not building.active:
+            raise NotBound()
+        topic = Topic(
+            community_id=building.compound.community_id,
+            source=TopicSource.SUGGESTION,
+            raised_by=user_id,
+            origin_note=text,
+            compound_ids=[building.compound_id],
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(topic)
+        await session.flush()
+        await _record(session, topic, TopicEventKind.COLLECTED, user_id, now, text, source=TopicSource.SUGGESTION)
+        await _tell_staff(session, topic, now)
+    return topic
+
+
+async def raise_by_staff(session: AsyncSession, *, actor_id: int, text: str, now: datetime) -> Topic:
+    """Staff write a topic directly, for the whole community they staff (the first, if several)."""
+    text = check_text(text, MAX_SUGGESTION)
+    async with session.begin():
+        communities = await _staff_communities(session, actor_id)
+        topic = Topic(
+            community_id=communities[0],
+            source=TopicSource.STAFF,
+            raised_by=actor_id,
+            origin_note=text,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(topic)
+        await session.flush()
+        await _record(session, topic, TopicEventKind.COLLECTED, actor_id, now, text, source=TopicSource.STAFF)
+    return topic
+
+
+async def propose_candidates(session: AsyncSession, now: datetime) -> CandidateReport:
+    """Propose a topic for every category reported ``candidate_threshold`` times in one compound this month.
+
+    The candidate's key (category, compound, month) is unique per community, so whatever runs twice, in two
+    processes or after a restart, proposes it once; a dismissed candidate is not proposed again that month.
+    The month's tickets not on a topic yet are linked to it, and staff are told.
+    """
+    report = CandidateReport()
+    async with session.begin():
+        communities = list(await session.scalars(select(Community).order_by(Community.id)))
+        groups: list[tuple[int, str, datetime, int, int]] = []
+        for community in communities:
+            key, start = month_key(now, community.timezone)
+            rows = await session.execute(
+                select(Ticket.category_id, Building.compound_id)
+                .join(Building, Building.id == Ticket.building_id)
+                .where(Ticket.community_id == community.id, Ticket.created_at >= start)
+                .group_by(Ticket.category_id, Building.compound_id)
+                .having(func.count() >= community.candidate_threshold)
+            )
+            groups += [(community.id, key, start, category_id, compound_id) for category_id, compound_id in rows]
+        known = set(await session.scalars(select(Topic.candidate_key).where(Topic.candidate_key.is_not(None))))
+    for community_id, month, start, category_id, compound_id in groups:
+        key = f"{category_id}:{compound_id}:{month}"
+        if key in known:
+            continue
+        async with session.begin():
+            topic = await _propose(session, community_id, key, start, category_id, compound_id, now)
+        if topic is not None:
+            report.proposed.append(topic.id)
+    return report
+
+
+async def _propose(
+    session: AsyncSession,
+    community_id: int,
+    key: str,
+    start: datetime,
+    category_id: int,
+    compound_id: int,
+    now: datetime,
+) -> Topic | None:
+    topic = Topic(
+        community_id=community_id,
+        status=TopicStatus.CANDIDATE,
+        source=TopicSource.CANDIDATE,
+        compound_ids=[compound_id],
+        candidate_key=key,
+        category_id=category_id,
+        created_at=now,
+        updated_at=now,
+    )
+    try:
+        async with session.begin_nested():
+            session.add(topic)
+            await session.flush()
+    except IntegrityError:
+        return None  # another process proposed it a moment ago
+    ticket_ids = list(
+        await session.scalars(
+            select(Ticket.id)
+            .join(Building, Building.id == Ticket.building_id)
+            .where(
+                Ticket.community_id == community_id,
+                Ticket.category_id == category_id,
+                Building.compound_id == compound_id,
+                Ticket.created_at >= start,
+                Ticket.topic_id.is_(None),
+            )
+            .order_by(Ticket.id)
+        )
+    )
+    await session.execute(update(Ticket).where(Ticket.id.in_(ticket_ids)).values(topic_id=topic.id))
+    await _record(
+        session,
+        topic,
+        TopicEventKind.PROPOSED,
+        None,
+        now,
+        category_id=category_id,
+        compound_id=compound_id,
+        ticket_ids=ticket_ids,
+    )
+    await _tell_staff(session, topic, now)
+    return topic
+
+
+async def accept_candidate(session: AsyncSession, *, actor_id: int, topic_id: int, now: datetime) -> Topic:
+    async with session.begin():
+        topic = await _staff_topic(session, actor_id, topic_id, TopicStatus.CANDIDATE)
+        topic.status = TopicStatus.COLLECTED
+        await _record(session, topic, TopicEventKind.COLLECTED, actor_id, now, source=TopicSource.CANDIDATE)
+    return topic
+
+
+async def dismiss(session: AsyncSession, *, actor_id: int, topic_id: int, reason: str, now: datetime) -> Topic:
+    """Set a topic aside, with a reason, before the meeting has decided it."""
+    reason = check_text(reason, MAX_NOTE)
+    async with session.begin():
+        topic = await _staff_topic(session, actor_id, topic_id, *DISMISSABLE)
+        topic.status = TopicStatus.DISMISSED
+        await _record(session, topic, TopicEventKind.DISMISSED, actor_id, now, reason)
+    return topic
+
+
+async def check_step(session: AsyncSession, *, actor_id: int, topic_id: int, steps: Iterable[TopicStatus]) -> Topic:
+    """Refuse a button before anyone types: the topic must be staff's own and in one of ``steps``."""
+    async with session.begin():
+        return await _staff_topic(session, actor_id, topic_id, *steps, lock=False)
+
+
+# --- steps 2-4: draft, survey, meeting -----------------------------------------------------------------
+
+
+async def draft(
+    session: AsyncSession,
+    *,
+    actor_id: int,
+    topic_id: int,
+    title: str,
+    background: str,
+    options: Iterable[str],
+    now: datetime,
+) -> Topic:
+    """Write (or rewrite, until the survey opens) the title, background and the survey's options."""
+    title, background, choices = (
+        check_text(title, MAX_TITLE),
+        check_text(background, MAX_BACKGROUND),
+        check_options(options),
+    )
+    async with session.begin():
+        topic = await _staff_topic(session, actor_id, topic_id, TopicStatus.COLLECTED, TopicStatus.DRAFTED)
+        topic.title, topic.background, topic.options = title, background, choices
+        topic.status = TopicStatus.DRAFTED
+        await _record(session, topic, TopicEventKind.DRAFTED, actor_id, now, options=choices)
+    return topic
+
+
+async def open_survey(session: AsyncSession, *, actor_id: int, topic_id: int, now: datetime) -> Topic:
+    async with session.begin():
+        topic = await _staff_topic(session, actor_id, topic_id, TopicStatus.DRAFTED)
+        topic.status = TopicStatus.SURVEYED
+        await _record(session, topic, TopicEventKind.SURVEY_OPENED, actor_id, now)
+    return topic
+
+
+async def _resident_topic(session: AsyncSession, user_id: int, topic_id: int) -> Topic:
+    topic = await session.get(Topic, topic_id)
+    if topic is None or not await _in_scope(session, topic, user_id):
+        raise AccessDenied(topic_id)
+    if topic.status not in VISIBLE:
+        raise InvalidTransition(topic.status)
+    return topic
+
+
+async def _vote_of(session: AsyncSession, topic_id: int, user_id: int) -> SurveyVote | None:
+    return await session.scalar(
+        select(SurveyVote).where(SurveyVote.topic_id == topic_id, SurveyVote.user_id == user_id)
+    )
+
+
+async def survey_view(session: AsyncSession, *, user_id: int, topic_id: int) -> SurveyView:
+    """The topic for a resident in its scope, once it is drafted; refused for anyone else."""
+    async with session.begin():
+        topic = await _resident_topic(session, user_id, topic_id)
+        vote = await _vote_of(session, topic_id, user_id)
+        return SurveyView(topic, None if vote is None else vote.option)
+
+
+async def vote(session: AsyncSession, *, user_id: int, topic_id: int, option: int, now: datetime) -> SurveyView:
+    """One vote per resident in scope, changeable while the survey is open."""
+    async with session.begin():
+        topic = await _resident_topic(session, user_id, topic_id)
+        if topic.status != TopicStatus.SURVEYED:
+            raise InvalidTransition(topic.status)
+        if not 0 <= option < len(topic.options):
+            raise NotFound(option)
+        found = await _vote_of(session, topic_id, user_id)
+        if found is None:
+            session.add(SurveyVote(topic_id=topic_id, user_id=user_id, option=option, voted_at=now))
+        else:
+            found.option, found.voted_at = option, now
+        return SurveyView(topic, option)
+
+
+async def survey_results(session: AsyncSession, *, actor_id: int, topic_id: int) -> SurveyResults:
+    """How the survey stands (or ended), for staff of the topic's community."""
+    async with session.begin():
+        topic = await _staff_topic(session, actor_id, topic_id, lock=False)
+        rows = await session.execute(
+            select(SurveyVote.option, func.count()).where(SurveyVote.topic_id == topic_id).group_by(SurveyVote.option)
+        )
+        counts = [0] * len(topic.options)
+        for option, count in rows:
+            if 0 <= option < len(counts):
+                counts[option] = count
+        return SurveyResults(topic, counts)
+
+
+async def record_decision(
+    session: AsyncSession,
+    *,
+    actor_id: int,
+    topic_id: int,
+    decision: str,
+    votes: tuple[int, int, int],
+    now: datetime,
+) -> Topic:
+    """The meeting's decision and its vote (for, against, abstain); closes the survey; residents are told."""
+    decision = check_text(decision, MAX_NOTE)
+    if any(not 0 <= n <= MAX_VOTES for n in votes):
+        raise BadNumber()
+    async with session.begin():
+        topic = await _staff_topic(session, actor_id, topic_id, TopicStatus.SURVEYED)
+        topic.decision, topic.decided_at = decision, now
+        topic.votes_for, topic.votes_against, topic.votes_abstain = votes
+        topic.status = TopicStatus.VOTED
+        event = await _record(
+            session,
+            topic,
+            TopicEventKind.VOTED,
+            actor_id,
+            now,
+            decision,
+            votes_for=votes[0],
+            votes_against=votes[1],
+            votes_abstain=votes[2],
+        )
+        await _tell_residents(session, topic, event, now)
+    return topic
+
+
+# --- steps 5-7: applying, feedback, public notice -------------------------------------------------------
+
+
+async def add_task(
+    session: AsyncSession,
+    *,
+    actor_id: int,
+    topic_id: int,
+    title: str,
+    responsible: str,
+    due_on: date,
+    now: datetime,
+) -> TopicTask:
+    """A piece of the decision's execution; the first one moves the topic to "applied"."""
+    title, responsible = check_text(title, MAX_TITLE), check_text(responsible, MAX_RESPONSIBLE)
+    async with session.begin():
+        topic = await _staff_topic(session, actor_id, topic_id, TopicStatus.VOTED, TopicStatus.APPLIED)
+        task = TopicTask(
+            topic_id=topic.id, title=title, responsible=responsible, due_on=due_on, created_at=now, updated_at=now
+        )
+        session.add(task)
+        await session.flush()
+        topic.status = TopicStatus.APPLIED
+        event = await _record(session, topic, TopicEventKind.TASK_ADDED, actor_id, now, task_id=task.id)
+        await _tell_residents(session, topic, event, now)
+    return task
+
+
+async def task_progress(
+    session: AsyncSession,
+    *,
+    actor_id: int,
+    topic_id: int,
+    task_id: int,
+    percent: int,
+    note: str,
+    now: datetime,
+) -> TopicTask:
+    """How far a task is (0-100 %) and what was done; residents are told."""
+    note, percent = check_text(note, MAX_NOTE), check_percent(percent)
+    async with session.begin():
+        topic = await _staff_topic(session, actor_id, topic_id, TopicStatus.APPLIED, TopicStatus.FEEDBACK)
+        task = await session.get(TopicTask, task_id, with_for_update=True)
+        if task is None or task.topic_id != topic.id:
+            raise NotFound(task_id)
+        task.progress, task.updated_at = percent, now
+        event = await _record(
+            session, topic, TopicEventKind.PROGRESS, actor_id, now, note, task_id=task.id, percent=percent
+        )
+        await _tell_residents(session, topic, event, now)
+    return task
+
+
+async def check_task(session: AsyncSession, *, actor_id: int, topic_id: int, task_id: int) -> TopicTask:
+    """Refuse a progress button before anyone types: staff's own topic, the right step, a task of that topic."""
+    async with session.begin():
+        topic = await _staff_topic(session, actor_id, topic_id, TopicStatus.APPLIED, TopicStatus.FEEDBACK, lock=False)
+        task = await session.get(TopicTask, task_id)
+        if task is None or task.topic_id != topic.id:
+            raise NotFound(task_id)
+        return task
+
+
+async def start_feedback(session: AsyncSession, *, actor_id: int, topic_id: int, now: datetime) -> Topic:
+    async with session.begin():
+        topic = await _staff_topic(session, actor_id, topic_id, TopicStatus.APPLIED)
+        topic.status = TopicStatus.FEEDBACK
+        await _record(session, topic, TopicEventKind.FEEDBACK, actor_id, now)
+    return topic
+
+
+async def publish_notice(session: AsyncSession, *, actor_id: int, topic_id: int, now: datetime) -> Topic:
+    """The last step: the outcome is publicly noticed (公示反馈) and the topic is finished; residents are told."""
+    async with session.begin():
+        topic = await _staff_topic(session, actor_id, topic_id, TopicStatus.FEEDBACK)
+        topic.status, topic.noticed_at = TopicStatus.NOTICED, now
+        event = await _record(session, topic, TopicEventKind.NOTICED, actor_id, now)
+        await _tell_residents(session, topic, event, now)
+    return topic
+
+
+# --- reading ------------------------------------------------------------------------------------------
+
+
+STEP_ORDER = {
+    status: i for i, status in enumerate((TopicStatus.CANDIDATE, *TopicStatus.steps(), TopicStatus.DISMISSED))
+}
+
+
+async def topics_for_staff(session: AsyncSession, *, actor_id: int, limit: int = 40) -> list[Topic]:
+    """Topics of the communities someone staffs, by step (candidates first, finished last), newest first."""
+    async with session.begin():
+        communities = await _staff_communities(session, actor_id)
+        found = list(
+            await session.scalars(
+                select(Topic)
+                .where(Topic.community_id.in_(communities), Topic.status != TopicStatus.DISMISSED)
+                .order_by(Topic.id.desc())
+            )
+        )
+    return sorted(found, key=lambda t: STEP_ORDER[TopicStatus(t.status)])[:limit]
+
+
+async def view_topic(session: AsyncSession, *, actor_id: int, topic_id: int) -> TopicView:
+    async with session.begin():
+        topic = await _staff_topic(session, actor_id, topic_id, lock=False)
+        return await load_view(session, topic)
+
+
+async def load_view(session: AsyncSession, topic: Topic) -> TopicView:
+    """The topic's history, tasks and names, inside the caller's transaction."""
+    events = list(
+        await session.scalars(select(TopicEvent).where(TopicEvent.topic_id == topic.id).order_by(TopicEvent.id))
+    )
+    tasks = list(await session.scalars(select(TopicTask).where(TopicTask.topic_id == topic.id).order_by(TopicTask.id)))
+    names = await display_names(session, topic.community_id, [e.actor_id for e in events])
+    return TopicView(topic, events, tasks, names)
