@@ -14,12 +14,13 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -45,6 +46,7 @@ MAX_UNITS = 99
 MAX_HOURS = 24 * 366
 MAX_TELEGRAM_ID = 2**63 - 1
 DEFAULT_TIMEZONE = "Asia/Shanghai"
+MEETING_TIME = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 DEFAULT_RESPONSE_HOURS = 24
 DEFAULT_RESOLVE_HOURS = 168
 
@@ -68,11 +70,24 @@ class CommunityFileError(ValueError):
 
 
 @dataclass(frozen=True)
+class DeliberationSpec:
+    """The ``[deliberation]`` section: when the monthly meeting is, and when its broadcasts go out."""
+
+    meeting_day: int = 28  # day of the month; in a shorter month, its last day
+    meeting_time: str = "19:30"
+    meeting_place: str = ""
+    agenda: str = "0 9 25 * *"  # crontab, in the community's time zone
+    feedback: str = "0 19 5 * *"
+    candidate_threshold: int = 3  # tickets of one category in one compound in a month that make a topic
+
+
+@dataclass(frozen=True)
 class CommunityInfo:
     code: str
     name: str
     name_en: str
     timezone: str
+    deliberation: DeliberationSpec = DeliberationSpec()
 
 
 @dataclass(frozen=True)
@@ -340,6 +355,53 @@ def _parse_community(reader: _Reader, data: Mapping[str, Any]) -> CommunityInfo 
     return CommunityInfo(code, name, name_en, timezone)
 
 
+def _parse_deliberation(reader: _Reader, data: Mapping[str, Any], timezone: str) -> DeliberationSpec | None:
+    """The optional ``[deliberation]`` section; every key has a default."""
+    defaults = DeliberationSpec()
+    table = data.get("deliberation", {})
+    where = "deliberation"
+    if not isinstance(table, dict):
+        reader.problem(where, f"must be a section [deliberation], not {_describe(table)}")
+        return None
+    reader.known_keys(
+        table, where, ["meeting_day", "meeting_time", "meeting_place", "agenda", "feedback", "candidate_threshold"]
+    )
+    day = reader.integer(table, where, "meeting_day", default=defaults.meeting_day, low=1, high=31)
+    time = reader.text(table, where, "meeting_time", default=defaults.meeting_time, limit=5)
+    if time is not None and not MEETING_TIME.fullmatch(time):
+        reader.problem(where, f"meeting_time must be a time of day like '19:30', not {time!r}")
+        time = None
+    place = table.get("meeting_place", defaults.meeting_place)
+    if not isinstance(place, str) or len(place) > 200:
+        reader.problem(where, "meeting_place must be text in quotes of at most 200 characters")
+        place = None
+    schedules = {
+        key: _crontab(reader, table, where, key, getattr(defaults, key), timezone) for key in ("agenda", "feedback")
+    }
+    threshold = reader.integer(
+        table, where, "candidate_threshold", default=defaults.candidate_threshold, low=2, high=1000
+    )
+    if day is None or time is None or place is None or None in schedules.values() or threshold is None:
+        return None
+    return DeliberationSpec(day, time, place.strip(), schedules["agenda"] or "", schedules["feedback"] or "", threshold)
+
+
+def _crontab(
+    reader: _Reader, table: Mapping[str, Any], where: str, key: str, default: str, timezone: str
+) -> str | None:
+    line = reader.text(table, where, key, default=default, limit=64)
+    if line is None:
+        return None
+    try:
+        CronTrigger.from_crontab(line, timezone=ZoneInfo(timezone))
+    except ValueError as error:
+        reader.problem(
+            where, f"{key} must be a crontab line 'minute hour day month weekday' like '0 9 25 * *': {error}"
+        )
+        return None
+    return " ".join(line.split())
+
+
 def _parse_staff(reader: _Reader, data: Mapping[str, Any]) -> list[PersonSpec]:
     raw = reader.tables(data, "", "staff")
     if not raw:
@@ -546,15 +608,17 @@ def _parse_departments(reader: _Reader, data: Mapping[str, Any]) -> list[Departm
 def parse_community(data: Mapping[str, Any], source: str = "") -> CommunitySpec:
     """Check already-parsed TOML data; raises :class:`CommunityFileError` listing every problem."""
     reader = _Reader()
-    reader.known_keys(data, "", ["community", "staff", "street", "departments", "grids", "categories"])
+    reader.known_keys(data, "", ["community", "deliberation", "staff", "street", "departments", "grids", "categories"])
     community = _parse_community(reader, data)
+    deliberation = _parse_deliberation(reader, data, community.timezone if community else DEFAULT_TIMEZONE)
     staff = _parse_staff(reader, data)
     street = _parse_street(reader, data)
     departments = _parse_departments(reader, data)
     grids = _parse_grids(reader, data, community.code if community else None)
     categories = _parse_categories(reader, data)
-    if reader.problems or community is None:
+    if reader.problems or community is None or deliberation is None:
         raise CommunityFileError(reader.problems or ["the [community] section is missing"], source)
+    community = replace(community, deliberation=deliberation)
     return CommunitySpec(community, tuple(staff), tuple(grids), tuple(categories), tuple(street), tuple(departments))
 
 
@@ -702,7 +766,18 @@ async def import_community(session: AsyncSession, spec: CommunitySpec, now: date
         # The community itself.
         info = spec.community
         community = await session.scalar(select(Community).where(Community.code == info.code))
-        values = {"name": info.name, "name_en": info.name_en, "timezone": info.timezone}
+        meeting = info.deliberation
+        values = {
+            "name": info.name,
+            "name_en": info.name_en,
+            "timezone": info.timezone,
+            "meeting_day": meeting.meeting_day,
+            "meeting_time": meeting.meeting_time,
+            "meeting_place": meeting.meeting_place,
+            "agenda_cron": meeting.agenda,
+            "feedback_cron": meeting.feedback,
+            "candidate_threshold": meeting.candidate_threshold,
+        }
         if community is None:
             community = Community(code=info.code, **values)
             session.add(community)
