@@ -166,7 +166,8 @@ class OutboxSender:
                 await session.scalars(
                     select(OutboxMessage)
                     .where(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.not_before <= now)
-                    .order_by(OutboxMessage.id)
+                    # A worker's card must not wait behind ten thousand agenda messages.
+                    .order_by(OutboxMessage.priority, OutboxMessage.id)
                     .limit(self.settings.batch_size)
                     .with_for_update(skip_locked=True)
                 )

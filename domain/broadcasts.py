@@ -1,0 +1,415 @@
+"""The monthly broadcasts to residents: the deliberation agenda before the meeting, the execution feedback after it.
+
+A broadcast exists once per community, kind and period (the unique key of ``broadcasts``): whoever starts
+it second — a double trigger, a restart, another process, staff pressing "send now" — finds it and sends
+nothing. Starting one writes its content snapshot and one outbox row per recipient in one transaction, so
+a crash leaves either the whole broadcast queued or none of it, and the sender's per-row states let it
+resume without sending anyone the same broadcast twice.
+"""
+
+from __future__ import annotations
+
+import calendar
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from domain.errors import AccessDenied, NotFound
+from domain.outbox import Notice
+from domain.people import load_duties
+from storage.models import (
+    Broadcast,
+    BroadcastKind,
+    Building,
+    Community,
+    Compound,
+    OutboxMessage,
+    OutboxPriority,
+    OutboxStatus,
+    Ticket,
+    TicketStatus,
+    Topic,
+    TopicStatus,
+    TopicTask,
+    User,
+)
+
+MAX_UNREACHABLE_LISTED = 50
+AGENDA_STEPS = (TopicStatus.DRAFTED, TopicStatus.SURVEYED)  # drafted for the meeting, not yet decided
+EXECUTING_STEPS = (TopicStatus.APPLIED, TopicStatus.FEEDBACK)
+BACKGROUND_SNIPPET = 160
+
+
+# --- when: meetings and periods -----------------------------------------------------------------
+
+
+def meeting_at(community: Community, year: int, month: int) -> datetime:
+    """The meeting of that month, in the community's time zone (a day past the month's end is its last day)."""
+    day = min(community.meeting_day, calendar.monthrange(year, month)[1])
+    hour, minute = (int(part) for part in community.meeting_time.split(":"))
+    return datetime.combine(date(year, month, day), time(hour, minute), ZoneInfo(community.timezone))
+
+
+def _month(value: date) -> str:
+    return f"{value.year:04d}-{value.month:02d}"
+
+
+def _shift(year: int, month: int, by: int) -> tuple[int, int]:
+    index = year * 12 + month - 1 + by
+    return index // 12, index % 12 + 1
+
+
+def period_of(community: Community, kind: BroadcastKind, at: datetime) -> str:
+    """The month a broadcast sent at ``at`` is about.
+
+    The agenda is about the next meeting on or after the day it goes out; the feedback about the latest
+    meeting before the day it goes out. Days count in the community's time zone.
+    """
+    local = at.astimezone(ZoneInfo(community.timezone)).date()
+    this_month = meeting_at(community, local.year, local.month).date()
+    if kind is BroadcastKind.AGENDA:
+        year, month = (local.year, local.month) if this_month >= local else _shift(local.year, local.month, 1)
+    else:
+        year, month = (local.year, local.month) if this_month < local else _shift(local.year, local.month, -1)
+    return f"{year:04d}-{month:02d}"
+
+
+def _month_bounds(community: Community, period: str) -> tuple[datetime, datetime]:
+    """The calendar month ``period`` in the community's time zone, as UTC instants [start, end)."""
+    year, month = (int(part) for part in period.split("-"))
+    tz = ZoneInfo(community.timezone)
+    start = datetime(year, month, 1, tzinfo=tz)
+    end = datetime(*_shift(year, month, 1), 1, tzinfo=tz)
+    return start.astimezone(UTC), end.astimezone(UTC)
+
+
+# --- what: the content snapshot ---------------------------------------------------------------------
+
+
+async def _agenda_content(session: AsyncSession, community: Community, period: str) -> dict[str, Any]:
+    year, month = (int(part) for part in period.split("-"))
+    topics = await session.scalars(
+        select(Topic).where(Topic.community_id == community.id, Topic.status.in_(AGENDA_STEPS)).order_by(Topic.id)
+    )
+    return {
+        "meeting": meeting_at(community, year, month).isoformat(),
+        "place": community.meeting_place,
+        "topics": [
+            {
+                "id": topic.id,
+                "title": topic.title,
+                "background": topic.background[:BACKGROUND_SNIPPET],
+                "survey_open": topic.status == TopicStatus.SURVEYED,
+            }
+            for topic in topics
+        ],
+    }
+
+
+async def _feedback_content(session: AsyncSession, community: Community, period: str, now: datetime) -> dict[str, Any]:
+    year, month = (int(part) for part in period.split("-"))
+    # Decisions since the meeting before this one: staff may record a decision the day after the meeting.
+    since = meeting_at(community, *_shift(year, month, -1)).astimezone(UTC)
+    decided = await session.scalars(
+        select(Topic)
+        .where(Topic.community_id == community.id, Topic.decided_at > since, Topic.decided_at <= now)
+        .order_by(Topic.decided_at, Topic.id)
+    )
+    tasks = await session.execute(
+        select(TopicTask, Topic.title)
+        .join(Topic, Topic.id == TopicTask.topic_id)
+        .where(Topic.community_id == community.id, Topic.status.in_(EXECUTING_STEPS))
+        .order_by(TopicTask.due_on, TopicTask.id)
+    )
+    start, end = _month_bounds(community, period)
+    in_community = Ticket.community_id == community.id
+    received = await session.scalar(
+        select(func.count())
+        .select_from(Ticket)
+        .where(in_community, Ticket.created_at >= start, Ticket.created_at < end)
+    )
+    resolved = await session.scalar(
+        select(func.count())
+        .select_from(Ticket)
+        .where(
+            in_community,
+            Ticket.resolved_at >= start,
+            Ticket.resolved_at < end,
+            Ticket.status.in_((TicketStatus.RESOLVED, TicketStatus.CLOSED, TicketStatus.UNCONFIRMED)),
+        )
+    )
+    rated, average = (
+        await session.execute(
+            select(func.count(Ticket.rating), func.avg(Ticket.rating)).where(
+                in_community, Ticket.closed_at >= start, Ticket.closed_at < end, Ticket.rating.is_not(None)
+            )
+        )
+    ).one()
+    return {
+        "meeting": meeting_at(community, year, month).isoformat(),
+        "decisions": [
+            {
+                "id": topic.id,
+                "title": topic.title,
+                "decision": topic.decision,
+                "for": topic.votes_for,
+                "against": topic.votes_against,
+                "abstain": topic.votes_abstain,
+            }
+            for topic in decided
+        ],
+        "tasks": [
+            {
+                "topic": title,
+                "title": task.title,
+                "responsible": task.responsible,
+                "due": task.due_on.isoformat(),
+                "progress": task.progress,
+            }
+            for task, title in tasks
+        ],
+        "tickets": {
+            "received": int(received or 0),
+            "resolved": int(resolved or 0),
+            "rated": int(rated or 0),
+            "satisfaction": round(float(average), 1) if average is not None else None,
+        },
+    }
+
+
+async def broadcast_content(
+    session: AsyncSession, community: Community, kind: BroadcastKind, period: str, now: datetime
+) -> dict[str, Any]:
+    """What residents will read; also what staff see in a preview."""
+    if kind is BroadcastKind.AGENDA:
+        return await _agenda_content(session, community, period)
+    return await _feedback_content(session, community, period, now)
+
+
+# --- who: recipients ------------------------------------------------------------------------------
+
+
+def _recipients(community_id: int) -> Any:
+    """Residents of the community's buildings who want broadcasts and have not blocked the bot."""
+    return (
+        select(User.id)
+        .join(Building, Building.id == User.building_id)
+        .join(Compound, Compound.id == Building.compound_id)
+        .where(
+            Compound.community_id == community_id,
+            Building.active.is_(True),
+            User.broadcasts_off.is_(False),
+            User.unreachable_at.is_(None),
+        )
+        .order_by(User.id)
+    )
+
+
+# --- starting one, once ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Started:
+    broadcast: Broadcast
+    new: bool  # False: it existed already (started by a schedule, another process or staff), nothing queued
+
+
+async def start_broadcast(
+    session: AsyncSession,
+    community_id: int,
+    kind: BroadcastKind,
+    period: str,
+    now: datetime,
+    *,
+    scheduled_for: datetime | None = None,
+    started_by: int | None = None,
+) -> Started:
+    """Queue the broadcast for every recipient, unless it exists for this community, kind and period."""
+    try:
+        async with session.begin():
+            if (existing := await _find(session, community_id, kind, period)) is not None:
+                return Started(existing, new=False)
+            community = await session.get(Community, community_id)
+            if community is None:
+                raise NotFound(community_id)
+            broadcast = Broadcast(
+                community_id=community_id,
+                kind=kind,
+                period=period,
+                scheduled_for=scheduled_for,
+                started_by=started_by,
+                content=await broadcast_content(session, community, kind, period, now),
+                created_at=now,
+            )
+            session.add(broadcast)
+            await session.flush()  # a second starter stops here, on the unique key
+            recipients = list(await session.scalars(_recipients(community_id)))
+            if recipients:
+                await session.execute(
+                    insert(OutboxMessage),
+                    [
+                        {
+                            "chat_id": chat_id,
+                            "kind": Notice.BROADCAST,
+                            "payload": {"broadcast_id": broadcast.id},
+                            "status": OutboxStatus.PENDING,
+                            "priority": OutboxPriority.BROADCAST,
+                            "broadcast_id": broadcast.id,
+                            "attempts": 0,
+                            "error": "",
+                            "not_before": now,
+                            "created_at": now,
+                        }
+                        for chat_id in recipients
+                    ],
+                )
+            broadcast.recipients = len(recipients)
+    except IntegrityError:
+        # Another process created it between our look and our insert; theirs stands.
+        async with session.begin():
+            existing = await _find(session, community_id, kind, period)
+        if existing is None:
+            raise
+        return Started(existing, new=False)
+    return Started(broadcast, new=True)
+
+
+async def _find(session: AsyncSession, community_id: int, kind: BroadcastKind, period: str) -> Broadcast | None:
+    return await session.scalar(
+        select(Broadcast).where(
+            Broadcast.community_id == community_id, Broadcast.kind == kind, Broadcast.period == period
+        )
+    )
+
+
+async def start_scheduled(
+    session: AsyncSession, community: Community, kind: BroadcastKind, fired_at: datetime, now: datetime
+) -> Started:
+    """The run the schedule fired at ``fired_at`` (on time, or caught up after the bot was down)."""
+    return await start_broadcast(
+        session, community.id, kind, period_of(community, kind, fired_at), now, scheduled_for=fired_at
+    )
+
+
+# --- staff: preview, send now, progress ---------------------------------------------------------------
+
+
+async def staff_community(session: AsyncSession, viewer_id: int) -> Community:
+    """The community someone staffs (the first, for someone who staffs several); refused for anyone else."""
+    async with session.begin():
+        duties = await load_duties(session, viewer_id)
+        if not duties.staff_community_ids:
+            raise AccessDenied("broadcasts")
+        community = await session.get(Community, min(duties.staff_community_ids))
+    assert community is not None
+    return community
+
+
+@dataclass(frozen=True)
+class Preview:
+    community: Community
+    kind: BroadcastKind
+    period: str
+    content: dict[str, Any]
+    existing: Broadcast | None  # already started for this period: what was sent, not what would be
+
+
+async def preview(session: AsyncSession, viewer_id: int, kind: BroadcastKind, now: datetime) -> Preview:
+    """The broadcast of the current period as residents get (or got) it; staff only."""
+    community = await staff_community(session, viewer_id)
+    period = period_of(community, kind, now)
+    async with session.begin():
+        existing = await _find(session, community.id, kind, period)
+        content = existing.content if existing else await broadcast_content(session, community, kind, period, now)
+    return Preview(community, kind, period, content, existing)
+
+
+async def send_now(session: AsyncSession, viewer_id: int, kind: BroadcastKind, now: datetime) -> Started:
+    """Staff start the current period's broadcast by hand; it is the same broadcast the schedule would send."""
+    community = await staff_community(session, viewer_id)
+    return await start_broadcast(
+        session, community.id, kind, period_of(community, kind, now), now, started_by=viewer_id
+    )
+
+
+@dataclass
+class Progress:
+    broadcast: Broadcast
+    sent: int = 0
+    failed: int = 0
+    remaining: int = 0
+    unreachable: list[str] = field(default_factory=list)  # names, at most MAX_UNREACHABLE_LISTED
+    unreachable_total: int = 0
+
+
+async def progress(session: AsyncSession, viewer_id: int, broadcast_id: int) -> Progress:
+    """Sent / failed / remaining, and who Telegram could not reach; staff of its community only."""
+    async with session.begin():
+        broadcast = await session.get(Broadcast, broadcast_id)
+        duties = await load_duties(session, viewer_id)
+        if broadcast is None or broadcast.community_id not in duties.staff_community_ids:
+            raise AccessDenied("broadcast")
+        result = Progress(broadcast)
+        counts = await session.execute(
+            select(OutboxMessage.status, func.count())
+            .where(OutboxMessage.broadcast_id == broadcast_id)
+            .group_by(OutboxMessage.status)
+        )
+        for status, count in counts:
+            if status == OutboxStatus.SENT:
+                result.sent = count
+            elif status == OutboxStatus.FAILED:
+                result.failed = count
+            else:
+                result.remaining += count
+        blocked = (
+            select(User.full_name)
+            .join(OutboxMessage, OutboxMessage.chat_id == User.id)
+            .where(
+                OutboxMessage.broadcast_id == broadcast_id,
+                OutboxMessage.status == OutboxStatus.FAILED,
+                User.unreachable_at.is_not(None),
+            )
+        )
+        result.unreachable_total = int(await session.scalar(select(func.count()).select_from(blocked.subquery())) or 0)
+        result.unreachable = list(await session.scalars(blocked.order_by(User.id).limit(MAX_UNREACHABLE_LISTED)))
+    return result
+
+
+async def latest_broadcasts(session: AsyncSession, viewer_id: int, limit: int = 6) -> list[Broadcast]:
+    """The community's newest broadcasts, for staff to follow their progress."""
+    community = await staff_community(session, viewer_id)
+    async with session.begin():
+        return list(
+            await session.scalars(
+                select(Broadcast)
+                .where(Broadcast.community_id == community.id)
+                .order_by(Broadcast.id.desc())
+                .limit(limit)
+            )
+        )
+
+
+# --- residents: opting out --------------------------------------------------------------------------
+
+
+async def broadcasts_wanted(session: AsyncSession, user_id: int) -> bool:
+    async with session.begin():
+        user = await session.get(User, user_id)
+        if user is None:
+            raise NotFound(user_id)
+        return not user.broadcasts_off
+
+
+async def set_broadcasts(session: AsyncSession, user_id: int, wanted: bool) -> None:
+    """Turn the monthly broadcasts on or off; notices about one's own reports still come."""
+    async with session.begin():
+        user = await session.get(User, user_id)
+        if user is None:
+            raise NotFound(user_id)
+        user.broadcasts_off = not wanted
