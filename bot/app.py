@@ -49,6 +49,7 @@ from domain.deliberation import propose_candidates
 from domain.directory import Directory
 from domain.sweep import sweep
 from handlers import build_router
+from scheduler.broadcasts import schedule_broadcasts
 from scheduler.jobs import create_scheduler, every_minute
 from storage.db import SessionFactory, create_engine, create_session_factory
 from storage.fsm import FsmFlushMiddleware, SqlStorage
@@ -168,6 +169,8 @@ async def set_commands(bot: Bot, i18n: I18n) -> None:
         "ledger",
         "topics",
         "newtopic",
+        "broadcasts",
+        "settings",
         "home",
         "language",
         "help",
@@ -192,6 +195,8 @@ def command_descriptions() -> dict[str, str]:
         "suggest": _("A suggestion for the deliberation"),
         "topics": _("Deliberation topics"),
         "newtopic": _("New deliberation topic"),
+        "broadcasts": _("Monthly broadcasts"),
+        "settings": _("Settings"),
         "home": _("Change my building"),
         "language": _("Language"),
         "help": _("Help"),
@@ -221,6 +226,8 @@ async def run_polling(settings: Settings) -> None:
     every_minute(scheduler, "deadline-sweep", deadlines, session_factory, system_clock, app.sender.wake)
     every_minute(scheduler, "confirmation-sweep", unanswered, session_factory, system_clock, app.sender.wake)
     every_minute(scheduler, "topic-candidates", propose_candidates, session_factory, system_clock, app.sender.wake)
+    grace = timedelta(hours=settings.broadcast_grace_hours)
+    await schedule_broadcasts(scheduler, session_factory, system_clock, grace, app.sender.wake)
     scheduler.start()
     try:
         try:

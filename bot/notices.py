@@ -5,16 +5,18 @@ from __future__ import annotations
 from datetime import datetime, tzinfo
 
 from aiogram.methods import SendMediaGroup, SendMessage, SendPhoto, TelegramMethod
-from aiogram.types import InputMediaPhoto
+from aiogram.types import InlineKeyboardMarkup, InputMediaPhoto
 from aiogram.utils.i18n import I18n
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import deliberation_views, feedback_views, ladder_views, views
+from bot import broadcast_views, deliberation_views, feedback_views, ladder_views, views
 from bot.i18n import locale_of
 from domain.outbox import Notice
 from domain.people import display_names
 from domain.tickets import load_card, photos_of_event
 from storage.models import (
+    Broadcast,
+    Community,
     EventKind,
     OutboxMessage,
     PhotoStage,
@@ -29,20 +31,45 @@ from storage.models import (
 )
 
 TOPIC_NOTICES = (Notice.TOPIC_UPDATE, Notice.TOPIC_CANDIDATE)
+RENDERED_BROADCASTS = 64
 
 
 class Renderer:
     def __init__(self, i18n: I18n, tz: tzinfo) -> None:
         self.i18n = i18n
         self.tz = tz
+        # Broadcast content is a snapshot, so its rendering never goes stale; keyed by (broadcast id, locale).
+        self._broadcasts: dict[tuple[int, str], tuple[str, InlineKeyboardMarkup]] = {}
 
     async def render(self, session: AsyncSession, row: OutboxMessage) -> TelegramMethod | None:
         """The call that delivers ``row``, or None when there is nothing (left) to say."""
         recipient = await session.get(User, row.chat_id)
         with self.i18n.context(), self.i18n.use_locale(locale_of(recipient, self.i18n)):
+            if row.kind == Notice.BROADCAST:
+                return await self._broadcast(session, row)
             if row.kind in TOPIC_NOTICES:
                 return await self._topic_notice(session, row)
             return await self._ticket_notice(session, row)
+
+    async def _broadcast(self, session: AsyncSession, row: OutboxMessage) -> TelegramMethod | None:
+        """One resident's copy of a broadcast: the same snapshot for all, rendered once per language."""
+        key = (row.payload["broadcast_id"], self.i18n.current_locale)
+        rendered = self._broadcasts.get(key)
+        if rendered is None:
+            broadcast = await session.get(Broadcast, key[0])
+            if broadcast is None:
+                return None
+            community = await session.get(Community, broadcast.community_id)
+            assert community is not None
+            rendered = (
+                broadcast_views.broadcast_text(community, broadcast.kind, broadcast.period, broadcast.content),
+                broadcast_views.broadcast_keyboard(broadcast.kind, broadcast.content),
+            )
+            if len(self._broadcasts) >= RENDERED_BROADCASTS:
+                self._broadcasts.pop(next(iter(self._broadcasts)))
+            self._broadcasts[key] = rendered
+        text, keyboard = rendered
+        return SendMessage(chat_id=row.chat_id, text=text, reply_markup=keyboard)
 
     async def _topic_notice(self, session: AsyncSession, row: OutboxMessage) -> TelegramMethod | None:
         """Deliberation notices, rendered from the topic as it is now."""

@@ -2,7 +2,20 @@
 
 from aiogram import Router
 
-from handlers import common, confirm, deliberation, escalation, fallback, me_too, report, resident, staff, start, worker
+from handlers import (
+    broadcasts,
+    common,
+    confirm,
+    deliberation,
+    escalation,
+    fallback,
+    me_too,
+    report,
+    resident,
+    staff,
+    start,
+    worker,
+)
 
 # common first: /cancel must win in every state; fallback last: it answers whatever is left.
 ROUTERS = (
@@ -14,6 +27,7 @@ ROUTERS = (
     worker.router,
     escalation.router,
     deliberation.router,
+    broadcasts.router,
     staff.router,
     confirm.router,
     fallback.router,

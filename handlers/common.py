@@ -81,6 +81,8 @@ async def help_(message: Message, session: AsyncSession, user: Person) -> None:
             "/suggest — a suggestion (金点子) for the monthly deliberation\n"
             "/topics — deliberation topics, step by step (community staff)\n"
             "/newtopic — write a deliberation topic (community staff)\n"
+            "/broadcasts — the monthly agenda and feedback broadcasts (community staff)\n"
+            "/settings — turn the monthly broadcasts off or on\n"
             "/language — 语言 / language\n"
             "/cancel — stop what you are doing"
         ),

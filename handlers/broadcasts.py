@@ -1,0 +1,94 @@
+"""The monthly broadcasts: residents turn them off and on (/settings); staff preview, send now, follow progress."""
+
+from __future__ import annotations
+
+from aiogram import Router
+from aiogram.filters import Command
+from aiogram.types import CallbackQuery, Message
+from aiogram.utils.i18n import gettext as _
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot import broadcast_views as bv
+from bot import views
+from bot.callbacks import BroadcastAction, BroadcastCb, SettingsAction, SettingsCb
+from domain import broadcasts
+from domain.clock import Clock
+from domain.errors import AccessDenied, DomainError
+from domain.people import Person
+from storage.models import BroadcastKind
+
+router = Router(name="broadcasts")
+
+
+def _staff_only() -> str:
+    return _("Sorry, broadcasts are only for community staff.")
+
+
+def _message(query: CallbackQuery) -> Message | None:
+    return query.message if isinstance(query.message, Message) else None
+
+
+@router.message(Command("settings"))
+async def show_settings(message: Message, session: AsyncSession, user: Person) -> None:
+    wanted = await broadcasts.broadcasts_wanted(session, user.id)
+    await message.answer(bv.settings_text(wanted), reply_markup=bv.settings_keyboard(wanted))
+
+
+@router.callback_query(SettingsCb.filter())
+async def change_settings(query: CallbackQuery, callback_data: SettingsCb, session: AsyncSession, user: Person) -> None:
+    wanted = callback_data.action is SettingsAction.BROADCASTS_ON
+    await broadcasts.set_broadcasts(session, user.id, wanted)
+    await query.answer(_("Monthly broadcasts turned on.") if wanted else _("Monthly broadcasts turned off."))
+    if (message := _message(query)) is not None:
+        # From a broadcast's own button, the broadcast stays; the settings come as a new message.
+        await message.answer(bv.settings_text(wanted), reply_markup=bv.settings_keyboard(wanted))
+
+
+@router.message(Command("broadcasts"))
+async def staff_menu(message: Message, session: AsyncSession, user: Person) -> None:
+    try:
+        latest = await broadcasts.latest_broadcasts(session, user.id)
+    except AccessDenied:
+        await message.answer(_staff_only())
+        return
+    await message.answer(bv.staff_menu(latest), reply_markup=bv.staff_menu_keyboard(latest))
+
+
+@router.callback_query(BroadcastCb.filter())
+async def staff_action(
+    query: CallbackQuery, callback_data: BroadcastCb, session: AsyncSession, user: Person, clock: Clock
+) -> None:
+    message = _message(query)
+    try:
+        if callback_data.kind not in tuple(BroadcastKind):
+            raise AccessDenied("broadcast kind")
+        kind = BroadcastKind(callback_data.kind)
+        match callback_data.action:
+            case BroadcastAction.PREVIEW:
+                preview = await broadcasts.preview(session, user.id, kind, clock())
+                await query.answer()
+                if message is not None:
+                    await message.answer(bv.preview_intro(preview))
+                    await message.answer(
+                        bv.broadcast_text(preview.community, kind, preview.period, preview.content),
+                        reply_markup=bv.preview_keyboard(preview),
+                    )
+            case BroadcastAction.SEND_NOW:
+                started = await broadcasts.send_now(session, user.id, kind, clock())
+                await query.answer()
+                if message is not None:
+                    await message.answer(
+                        bv.sent_now(started.new, started.broadcast),
+                        reply_markup=bv.progress_keyboard(started.broadcast),
+                    )
+            case BroadcastAction.PROGRESS:
+                progress = await broadcasts.progress(session, user.id, callback_data.broadcast_id)
+                await query.answer()
+                if message is not None:
+                    await message.answer(
+                        bv.progress_text(progress), reply_markup=bv.progress_keyboard(progress.broadcast)
+                    )
+    except AccessDenied:
+        await query.answer(_staff_only(), show_alert=True)
+    except DomainError as error:
+        await query.answer(views.refusal(error), show_alert=True)
