@@ -708,3 +708,51 @@ async def test_street_and_departments_import_as_memberships_and_deactivate(
             await session.scalars(select(Membership).where(Membership.role.in_([Role.STREET, Role.DEPARTMENT])))
         )
         assert ladder and not any(m.active for m in ladder)
+
+
+DELIBERATION = """
+[deliberation]
+meeting_day = 30
+meeting_time = "20:00"
+meeting_place = "银巴小区活动室"
+agenda = "0 10  27 * *"
+feedback = "30 18 3 * *"
+candidate_threshold = 4
+"""
+
+
+def test_deliberation_problems_are_named_with_their_place() -> None:
+    broken = SMALL + DELIBERATION.replace("= 30\n", "= 0\n").replace('"20:00"', '"8pm"')
+    broken = broken.replace('"0 10  27 * *"', '"every month"').replace("candidate_threshold = 4", "threshold = 4")
+    found = problems_of(broken)
+    assert "deliberation: meeting_day must be between 1 and 31, not 0" in found
+    assert "deliberation: meeting_time must be a time of day like '19:30', not '8pm'" in found
+    assert any(p.startswith("deliberation: agenda must be a crontab line") for p in found)
+    assert any(p.startswith("deliberation: unknown key 'threshold'") for p in found)
+
+
+async def test_the_deliberation_schedule_imports_and_defaults(
+    session_factory: SessionFactory, clock: FakeClock
+) -> None:
+    await do_import(session_factory, loads_community(SMALL), clock)
+    async with session_factory() as session:
+        community = await session.scalar(select(Community))
+        assert community is not None
+        assert (community.meeting_day, community.meeting_time, community.agenda_cron) == (28, "19:30", "0 9 25 * *")
+    report = await do_import(session_factory, loads_community(SMALL + DELIBERATION), clock)
+    assert report["community"].updated == 1
+    async with session_factory() as session:
+        community = await session.scalar(select(Community))
+        assert community is not None
+        assert (community.meeting_day, community.meeting_time, community.meeting_place) == (
+            30,
+            "20:00",
+            "银巴小区活动室",
+        )
+        assert (community.agenda_cron, community.feedback_cron, community.candidate_threshold) == (
+            "0 10 27 * *",
+            "30 18 3 * *",
+            4,
+        )
+    again = await do_import(session_factory, loads_community(SMALL + DELIBERATION), clock)
+    assert again["community"].unchanged == 1
