@@ -13,7 +13,7 @@ Two runs, each on a fresh database with the sample community and ``--recipients`
 
 Counted at the fake server, per recipient: more than one message is a duplicate, none is missing.
 
-    .venv/bin/python -m bench.broadcast                 # 2 x 10,000 messages at 250/s, about 1.5 minutes
+    .venv/bin/python -m bench.broadcast                 # 2 x 10,000 messages at 200/s, about 2 minutes
 """
 
 from __future__ import annotations
@@ -260,7 +260,7 @@ async def main(args: argparse.Namespace) -> None:
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipients", type=int, default=10_000)
-    parser.add_argument("--limit", type=float, default=250.0, help="the fake Telegram's messages per second")
+    parser.add_argument("--limit", type=float, default=200.0, help="the fake Telegram's messages per second")
     parser.add_argument("--sender-share", type=float, default=0.99, help="the sender's rate as a share of it")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)
