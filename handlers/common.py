@@ -8,6 +8,7 @@ from typing import Any
 from aiogram import Router
 from aiogram.filters import Command, StateFilter
 from aiogram.fsm.context import FSMContext
+from aiogram.fsm.state import State
 from aiogram.types import CallbackQuery, Message
 from aiogram.utils.i18n import I18n
 from aiogram.utils.i18n import gettext as _
@@ -47,6 +48,20 @@ async def finish_text_step(
         done = refusal(error)
     await state.clear()
     await show_menu(message, user, done)
+
+
+async def start_text_step(
+    query: CallbackQuery, state: FSMContext, next_state: State, prompt: str, **data: object
+) -> None:
+    """A button (already checked) that starts a typed step: enter it, keep what it is about, and ask.
+
+    Shared so every typed step is entered the same way and always says how to leave it.
+    """
+    await state.set_state(next_state)
+    await state.set_data(data)
+    await query.answer()
+    if isinstance(query.message, Message):
+        await query.message.answer(prompt + "\n" + _("/cancel to stop."))
 
 
 async def show_menu(message: Message, user: Person, text: str) -> None:

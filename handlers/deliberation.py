@@ -24,7 +24,7 @@ from domain.deliberation import BadNumber, BadOptions, EmptyText
 from domain.errors import DomainError, NotBound
 from domain.people import Person
 from domain.tickets import MAX_NOTE, TextTooLong
-from handlers.common import finish_text_step
+from handlers.common import finish_text_step, start_text_step
 from storage.models import TopicStatus
 
 router = Router(name="deliberation")
@@ -165,10 +165,7 @@ async def ask_for_text(
     except DomainError as error:
         await query.answer(dv.refusal(error), show_alert=True)
         return
-    await state.set_state(next_state)
-    await state.set_data({"topic_id": callback_data.topic_id})
-    await query.answer()
-    await _prompt(_message(query), prompt())
+    await start_text_step(query, state, next_state, prompt(), topic_id=callback_data.topic_id)
 
 
 @router.callback_query(TopicCb.filter(F.action == TopicAction.PROGRESS))
@@ -182,10 +179,8 @@ async def ask_for_progress(
     except DomainError as error:
         await query.answer(dv.refusal(error), show_alert=True)
         return
-    await state.set_state(TopicInput.percent)
-    await state.set_data({"topic_id": callback_data.topic_id, "task_id": task.id})
-    await query.answer()
-    await _prompt(_message(query), _("How far is “{task}”? A percentage, 0 to 100.").format(task=task.title))
+    prompt = _("How far is “{task}”? A percentage, 0 to 100.").format(task=task.title)
+    await start_text_step(query, state, TopicInput.percent, prompt, topic_id=callback_data.topic_id, task_id=task.id)
 
 
 async def _next(message: Message, state: FSMContext, next_state: State, prompt: str, **data: object) -> None:
@@ -400,15 +395,10 @@ async def deliberate_pressed(
     except DomainError as error:
         await query.answer(dv.refusal(error), show_alert=True)
         return
-    await state.set_state(TopicInput.ticket_reason)
-    await state.set_data({"ticket_id": callback_data.ticket_id})
-    await query.answer()
-    await _prompt(
-        _message(query),
-        _("Why does ticket #{number} need the monthly deliberation? Staff will see your reason.").format(
-            number=callback_data.ticket_id
-        ),
+    prompt = _("Why does ticket #{number} need the monthly deliberation? Staff will see your reason.").format(
+        number=callback_data.ticket_id
     )
+    await start_text_step(query, state, TopicInput.ticket_reason, prompt, ticket_id=callback_data.ticket_id)
 
 
 @router.message(StateFilter(TopicInput.ticket_reason), Content(ContentType.TEXT))

@@ -18,7 +18,7 @@ from domain import escalation
 from domain.clock import Clock
 from domain.errors import DomainError, InvalidTransition
 from domain.people import Person
-from handlers.common import finish_text_step
+from handlers.common import finish_text_step, start_text_step
 from storage.models import Level
 
 router = Router(name="escalation")
@@ -87,13 +87,8 @@ async def send_down_pressed(
     except DomainError as error:
         await query.answer(views.refusal(error), show_alert=True)
         return
-    await state.set_state(EscalationInput.instruction)
-    await state.set_data({"ticket_id": callback_data.ticket_id})
-    await query.answer()
-    if isinstance(query.message, Message):
-        await query.message.answer(
-            ladder_views.send_down_prompt(callback_data.ticket_id) + "\n" + _("/cancel to stop.")
-        )
+    prompt = ladder_views.send_down_prompt(callback_data.ticket_id)
+    await start_text_step(query, state, EscalationInput.instruction, prompt, ticket_id=callback_data.ticket_id)
 
 
 @router.message(StateFilter(EscalationInput.reason), Content(ContentType.TEXT))
