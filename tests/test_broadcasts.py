@@ -26,7 +26,7 @@ from storage.models import (
     User,
 )
 from tests.conftest import FakeClock
-from tests.fake_telegram import BLOCKED, buttons_of, sent_to
+from tests.fake_telegram import BLOCKED, SERVER_ERROR, TOO_MANY_REQUESTS, buttons_of, sent_to
 from tests.harness import Harness
 from tests.test_community_import import SMALL
 from tests.test_escalation import LI_JUAN, STAFF_WANG, alerted, file, texts
@@ -297,3 +297,21 @@ async def test_a_ticket_card_goes_out_before_a_queued_broadcast(harness: Harness
     # chats are served at once, so on PostgreSQL a few broadcast messages may finish before it.)
     card_at = next(n for n, request in enumerate(delivered) if getattr(request, "chat_id", None) == LI_JUAN)
     assert card_at < 100 and "工单 #" in texts(delivered[card_at : card_at + 1])
+
+
+async def test_a_429_in_the_middle_of_a_broadcast_delays_and_never_doubles(harness: Harness, clock: FakeClock) -> None:
+    await resident_in(harness.sessions, clock, NEIGHBOUR, "yinba/11")
+    await resident_in(harness.sessions, clock, OPTED_OUT, "yinba/1")  # here simply a second resident
+    harness.telegram.fail_next(NEIGHBOUR, TOO_MANY_REQUESTS, SERVER_ERROR)
+    staff = harness.person(STAFF_WANG, language="en")
+    queued = await staff.press(broadcast_button(BroadcastAction.SEND_NOW))
+    first = await harness.deliver()
+    assert len(sent_to(first, OPTED_OUT)) == 1 and len(sent_to(first, NEIGHBOUR)) == 1  # the 429 answer
+    assert "remaining 1" in texts(await staff.tap(queued, "Refresh"))
+    clock.advance(seconds=8)  # past retry_after; then a 502, retried after its backoff
+    await harness.deliver()
+    clock.advance(seconds=5)
+    await harness.deliver()
+    assert len(sent_to(harness.telegram.requests, NEIGHBOUR)) == 3  # 429, 502, and the one that arrived
+    assert await harness.deliver() == []
+    assert "Sent 2 · failed 0 · remaining 0 (of 2)" in texts(await staff.tap(queued, "Refresh"))
