@@ -26,7 +26,11 @@ MAX_SURVEY_BUTTONS = 20
 
 
 def kind_label(kind: str) -> str:
-    return _("monthly agenda") if kind == BroadcastKind.AGENDA else _("execution feedback")
+    return {
+        BroadcastKind.AGENDA: _("monthly agenda"),
+        BroadcastKind.FEEDBACK: _("execution feedback"),
+        BroadcastKind.SURVEY: _("survey invitation"),
+    }.get(BroadcastKind(kind), kind)
 
 
 def _meeting(content: dict[str, Any]) -> str:
@@ -121,14 +125,32 @@ def _settings_hint() -> str:
     return _("<i>You get this once a month. /settings turns it off.</i>")
 
 
+def survey_invitation_text(community: Community, content: dict[str, Any]) -> str:
+    head = [
+        _("🗳 <b>Your view before the meeting · {community}</b>").format(community=escape(localized(community))),
+        "",
+        f"<b>{escape(content['title'])}</b>",
+    ]
+    if content["background"]:
+        head.append(escape(content["background"]))
+    head += ["", _("Options:")]
+    items = [f"{number}. {escape(option)}" for number, option in enumerate(content["options"], 1)]
+    tail = ["", _("Tap below to vote. You can change your vote until the meeting."), _settings_hint()]
+    return _fit(head, items, tail)
+
+
 def broadcast_text(community: Community, kind: str, period: str, content: dict[str, Any]) -> str:
     if kind == BroadcastKind.AGENDA:
         return agenda_text(community, content)
+    if kind == BroadcastKind.SURVEY:
+        return survey_invitation_text(community, content)
     return feedback_text(community, period, content)
 
 
 def broadcast_keyboard(kind: str, content: dict[str, Any]) -> InlineKeyboardMarkup:
     buttons: list[tuple[str, SurveyCb | SettingsCb]] = []
+    if kind == BroadcastKind.SURVEY:
+        buttons.append((_("🗳 Vote"), SurveyCb(topic_id=content["topic_id"])))
     if kind == BroadcastKind.AGENDA:
         for topic in content["topics"][:MAX_SURVEY_BUTTONS]:
             title = topic["title"]

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.errors import AccessDenied, NotFound
-from domain.outbox import Notice
+from domain.outbox import QUEUED_FLAG, Notice
 from domain.people import load_duties
 from storage.models import (
     Broadcast,
@@ -229,7 +229,7 @@ async def start_broadcast(
     scheduled_for: datetime | None = None,
     started_by: int | None = None,
 ) -> Started:
-    """Queue the broadcast for every recipient, unless it exists for this community, kind and period."""
+    """Queue the monthly broadcast for every recipient, unless it exists for this community, kind and period."""
     try:
         async with session.begin():
             if (existing := await _find(session, community_id, kind, period)) is not None:
@@ -237,38 +237,21 @@ async def start_broadcast(
             community = await session.get(Community, community_id)
             if community is None:
                 raise NotFound(community_id)
-            broadcast = Broadcast(
-                community_id=community_id,
-                kind=kind,
-                period=period,
-                scheduled_for=scheduled_for,
-                started_by=started_by,
-                content=await broadcast_content(session, community, kind, period, now),
-                created_at=now,
+            content = await broadcast_content(session, community, kind, period, now)
+            broadcast = await _queue(
+                session,
+                Broadcast(
+                    community_id=community_id,
+                    kind=kind,
+                    period=period,
+                    scheduled_for=scheduled_for,
+                    started_by=started_by,
+                    content=content,
+                    created_at=now,
+                ),
+                _recipients(community_id),
+                now,
             )
-            session.add(broadcast)
-            await session.flush()  # a second starter stops here, on the unique key
-            recipients = list(await session.scalars(_recipients(community_id)))
-            if recipients:
-                await session.execute(
-                    insert(OutboxMessage),
-                    [
-                        {
-                            "chat_id": chat_id,
-                            "kind": Notice.BROADCAST,
-                            "payload": {"broadcast_id": broadcast.id},
-                            "status": OutboxStatus.PENDING,
-                            "priority": OutboxPriority.BROADCAST,
-                            "broadcast_id": broadcast.id,
-                            "attempts": 0,
-                            "error": "",
-                            "not_before": now,
-                            "created_at": now,
-                        }
-                        for chat_id in recipients
-                    ],
-                )
-            broadcast.recipients = len(recipients)
     except IntegrityError:
         # Another process created it between our look and our insert; theirs stands.
         async with session.begin():
@@ -277,6 +260,57 @@ async def start_broadcast(
             raise
         return Started(existing, new=False)
     return Started(broadcast, new=True)
+
+
+async def queue_survey_invitation(session: AsyncSession, topic: Topic, actor_id: int, now: datetime) -> Broadcast:
+    """Ask the residents in a topic's scope for their view, in the transaction that opens its survey.
+
+    A survey opens once (the topic's step says so), and its period ``t<topic id>`` keeps it to one broadcast.
+    """
+    scope = _recipients(topic.community_id)
+    if topic.building_ids:
+        scope = scope.where(Building.id.in_(topic.building_ids))
+    elif topic.compound_ids:
+        scope = scope.where(Building.compound_id.in_(topic.compound_ids))
+    content = {"topic_id": topic.id, "title": topic.title, "background": topic.background, "options": topic.options}
+    invitation = Broadcast(
+        community_id=topic.community_id,
+        kind=BroadcastKind.SURVEY,
+        period=f"t{topic.id}",
+        started_by=actor_id,
+        content=content,
+        created_at=now,
+    )
+    return await _queue(session, invitation, scope, now)
+
+
+async def _queue(session: AsyncSession, broadcast: Broadcast, recipients: Any, now: datetime) -> Broadcast:
+    """Write the broadcast and one outbox row per recipient into the caller's transaction."""
+    session.add(broadcast)
+    await session.flush()  # a second starter stops here, on the unique key
+    chat_ids = list(await session.scalars(recipients))
+    if chat_ids:
+        await session.execute(
+            insert(OutboxMessage),
+            [
+                {
+                    "chat_id": chat_id,
+                    "kind": Notice.BROADCAST,
+                    "payload": {"broadcast_id": broadcast.id},
+                    "status": OutboxStatus.PENDING,
+                    "priority": OutboxPriority.BROADCAST,
+                    "broadcast_id": broadcast.id,
+                    "attempts": 0,
+                    "error": "",
+                    "not_before": now,
+                    "created_at": now,
+                }
+                for chat_id in chat_ids
+            ],
+        )
+        session.info[QUEUED_FLAG] = True  # wake the sender once committed
+    broadcast.recipients = len(chat_ids)
+    return broadcast
 
 
 async def _find(session: AsyncSession, community_id: int, kind: BroadcastKind, period: str) -> Broadcast | None:

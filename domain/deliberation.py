@@ -21,6 +21,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from domain.broadcasts import queue_survey_invitation
 from domain.errors import AccessDenied, DomainError, InvalidTransition, NotBound, NotFound
 from domain.followers import household_ids
 from domain.outbox import Notice, enqueue
@@ -494,7 +495,8 @@ async def open_survey(session: AsyncSession, *, actor_id: int, topic_id: int, no
     async with session.begin():
         topic = await _staff_topic(session, actor_id, topic_id, TopicStatus.DRAFTED)
         topic.status = TopicStatus.SURVEYED
-        await _record(session, topic, TopicEventKind.SURVEY_OPENED, actor_id, now)
+        invitation = await queue_survey_invitation(session, topic, actor_id, now)
+        await _record(session, topic, TopicEventKind.SURVEY_OPENED, actor_id, now, residents=invitation.recipients)
     return topic
 
 

@@ -60,34 +60,31 @@ async def staff_action(
 ) -> None:
     message = _message(query)
     try:
-        if callback_data.kind not in tuple(BroadcastKind):
-            raise AccessDenied("broadcast kind")
+        if callback_data.action is BroadcastAction.PROGRESS:
+            progress = await broadcasts.progress(session, user.id, callback_data.broadcast_id)
+            await query.answer()
+            if message is not None:
+                await message.answer(bv.progress_text(progress), reply_markup=bv.progress_keyboard(progress.broadcast))
+            return
+        if callback_data.kind not in BroadcastKind.monthly():
+            raise AccessDenied("broadcast kind")  # only the monthly ones are previewed and sent by hand
         kind = BroadcastKind(callback_data.kind)
-        match callback_data.action:
-            case BroadcastAction.PREVIEW:
-                preview = await broadcasts.preview(session, user.id, kind, clock())
-                await query.answer()
-                if message is not None:
-                    await message.answer(bv.preview_intro(preview))
-                    await message.answer(
-                        bv.broadcast_text(preview.community, kind, preview.period, preview.content),
-                        reply_markup=bv.preview_keyboard(preview),
-                    )
-            case BroadcastAction.SEND_NOW:
-                started = await broadcasts.send_now(session, user.id, kind, clock())
-                await query.answer()
-                if message is not None:
-                    await message.answer(
-                        bv.sent_now(started.new, started.broadcast),
-                        reply_markup=bv.progress_keyboard(started.broadcast),
-                    )
-            case BroadcastAction.PROGRESS:
-                progress = await broadcasts.progress(session, user.id, callback_data.broadcast_id)
-                await query.answer()
-                if message is not None:
-                    await message.answer(
-                        bv.progress_text(progress), reply_markup=bv.progress_keyboard(progress.broadcast)
-                    )
+        if callback_data.action is BroadcastAction.PREVIEW:
+            preview = await broadcasts.preview(session, user.id, kind, clock())
+            await query.answer()
+            if message is not None:
+                await message.answer(bv.preview_intro(preview))
+                await message.answer(
+                    bv.broadcast_text(preview.community, kind, preview.period, preview.content),
+                    reply_markup=bv.preview_keyboard(preview),
+                )
+            return
+        started = await broadcasts.send_now(session, user.id, kind, clock())
+        await query.answer()
+        if message is not None:
+            await message.answer(
+                bv.sent_now(started.new, started.broadcast), reply_markup=bv.progress_keyboard(started.broadcast)
+            )
     except AccessDenied:
         await query.answer(_staff_only(), show_alert=True)
     except DomainError as error:

@@ -51,7 +51,7 @@ async def send_due_broadcasts(
     try:
         async with session_factory() as session:
             for community in await list_communities(session):
-                for kind in BroadcastKind:
+                for kind in BroadcastKind.monthly():
                     fired = latest_fire_time(schedule_of(community, kind), community.timezone, now - grace, now)
                     if fired is None:
                         continue
@@ -84,7 +84,7 @@ async def schedule_broadcasts(
     async with session_factory() as session:
         communities = await list_communities(session)
     for community in communities:
-        for kind in BroadcastKind:
+        for kind in BroadcastKind.monthly():
             scheduler.add_job(
                 send_due_broadcasts,
                 CronTrigger.from_crontab(schedule_of(community, kind), timezone=ZoneInfo(community.timezone)),

@@ -176,6 +176,12 @@ class TopicEventKind(StrEnum):
 class BroadcastKind(StrEnum):
     AGENDA = "agenda"  # before the meeting: the month's topics, date and place, survey buttons
     FEEDBACK = "feedback"  # after it: decisions, execution progress, the month's tickets in numbers
+    SURVEY = "survey"  # a topic's survey opened: the residents in its scope are asked for their view
+
+    @classmethod
+    def monthly(cls) -> tuple[BroadcastKind, ...]:
+        """The kinds that go out on the community's schedule, once a month."""
+        return (cls.AGENDA, cls.FEEDBACK)
 
 
 class Community(Base):
@@ -540,7 +546,7 @@ class Broadcast(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     community_id: Mapped[int] = mapped_column(ForeignKey("communities.id"))
     kind: Mapped[str] = mapped_column(String(16))
-    # "YYYY-MM": the month of the meeting (agenda), the month reported on (feedback).
+    # "YYYY-MM": the month of the meeting (agenda), the month reported on (feedback); "t<topic id>" for a survey.
     period: Mapped[str] = mapped_column(String(7))
     scheduled_for: Mapped[datetime | None] = mapped_column(default=None)  # the schedule's time; None: sent by staff
     started_by: Mapped[int | None] = mapped_column(BigInteger, default=None)  # staff who pressed "send now"

@@ -11,6 +11,7 @@ from sqlalchemy import func, insert, select, update
 from bot.callbacks import BroadcastAction, BroadcastCb, SurveyCb
 from domain.broadcasts import period_of, start_broadcast
 from domain.community_file import import_community, loads_community
+from domain.deliberation import open_survey
 from scheduler.broadcasts import latest_fire_time, schedule_broadcasts, send_due_broadcasts
 from scheduler.jobs import create_scheduler
 from storage.db import SessionFactory
@@ -19,6 +20,7 @@ from storage.models import (
     BroadcastKind,
     Building,
     Community,
+    Compound,
     OutboxMessage,
     Topic,
     TopicSource,
@@ -315,3 +317,27 @@ async def test_a_429_in_the_middle_of_a_broadcast_delays_and_never_doubles(harne
     assert len(sent_to(harness.telegram.requests, NEIGHBOUR)) == 3  # 429, 502, and the one that arrived
     assert await harness.deliver() == []
     assert "Sent 2 · failed 0 · remaining 0 (of 2)" in texts(await staff.tap(queued, "Refresh"))
+
+
+async def test_opening_a_survey_asks_the_residents_in_its_scope_once(harness: Harness, clock: FakeClock) -> None:
+    await residents(harness.sessions, clock)  # NEIGHBOUR wants broadcasts, OPTED_OUT does not, both in 银巴小区
+    await resident_in(harness.sessions, clock, 900506, "chaoyang/1")  # another compound
+    topic_id = await drafted_topic(harness, clock, status=TopicStatus.DRAFTED)
+    async with harness.sessions() as session, session.begin():
+        topic = await session.get(Topic, topic_id)
+        assert topic is not None
+        topic.compound_ids = list(await session.scalars(select(Compound.id).where(Compound.code == "yinba")))
+    staff = harness.person(STAFF_WANG, language="en")
+    async with harness.sessions() as session:
+        await open_survey(session, actor_id=STAFF_WANG, topic_id=topic_id, now=clock())
+    assert await recipients(harness.sessions) == [NEIGHBOUR]
+    [invitation] = await harness.deliver()
+    assert invitation.chat_id == NEIGHBOUR  # type: ignore[attr-defined]
+    assert "议前调研" in texts([invitation]) and "东门停车场" in texts([invitation])
+    # Staff follow it like the monthly ones; it cannot be sent again by hand.
+    async with harness.sessions() as session:
+        survey_id = await session.scalar(select(Broadcast.id).where(Broadcast.kind == BroadcastKind.SURVEY))
+    progress = await staff.press(broadcast_button(BroadcastAction.PROGRESS, BroadcastKind.SURVEY, survey_id or 0))
+    assert f"survey invitation t{topic_id}" in texts(progress)
+    assert "Sent 1 · failed 0 · remaining 0 (of 1)" in texts(progress)
+    assert alerted(await staff.press(broadcast_button(BroadcastAction.SEND_NOW, BroadcastKind.SURVEY)))

@@ -10,7 +10,7 @@ from domain.community_file import import_community, loads_community
 from domain.deliberation import propose_candidates
 from storage.models import Building, Community, Compound, SurveyVote, Ticket, Topic, TopicStatus, TopicTask, User
 from tests.conftest import FakeClock
-from tests.fake_telegram import sent_to
+from tests.fake_telegram import buttons_of, sent_to
 from tests.harness import Harness
 from tests.test_community_import import SMALL
 from tests.test_escalation import LI_JUAN, STAFF_LIU, STAFF_WANG, alerted, file, speak_english, texts
@@ -83,6 +83,11 @@ async def test_from_a_ticket_to_the_public_notice(harness: Harness, clock: FakeC
     opened = await staff.press(topic_button(TopicAction.OPEN, topic_id))
     assert "3. 暂不建设" in texts(opened)
     assert "The survey is open" in texts(await staff.tap(opened, "Open the survey"))
+    # The residents in the topic's scope (its compound, 银巴小区) are asked, once, through the broadcast engine.
+    [invitation] = await harness.deliver()
+    assert invitation.chat_id == RESIDENT  # type: ignore[attr-defined]
+    assert "银巴小区电动车充电棚选址" in texts([invitation]) and "3. 暂不建设" in texts([invitation])
+    assert SurveyCb(topic_id=topic_id).pack() in [data for _, data in buttons_of(invitation)]
 
     shown = await resident.press(SurveyCb(topic_id=topic_id).pack())
     assert "银巴小区电动车充电棚选址" in texts(shown) and "Tap an option to vote" in texts(shown)
