@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import Select, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -194,7 +194,7 @@ async def broadcast_content(
 # --- who: recipients ------------------------------------------------------------------------------
 
 
-def _recipients(community_id: int) -> Any:
+def _recipients(community_id: int) -> Select[int]:
     """Residents of the community's buildings who want broadcasts and have not blocked the bot."""
     return (
         select(User.id)
@@ -284,7 +284,7 @@ async def queue_survey_invitation(session: AsyncSession, topic: Topic, actor_id:
     return await _queue(session, invitation, scope, now)
 
 
-async def _queue(session: AsyncSession, broadcast: Broadcast, recipients: Any, now: datetime) -> Broadcast:
+async def _queue(session: AsyncSession, broadcast: Broadcast, recipients: Select[int], now: datetime) -> Broadcast:
     """Write the broadcast and one outbox row per recipient into the caller's transaction."""
     session.add(broadcast)
     await session.flush()  # a second starter stops here, on the unique key
