@@ -147,12 +147,22 @@ def broadcast_text(community: Community, kind: str, period: str, content: dict[s
     return feedback_text(community, period, content)
 
 
-def broadcast_keyboard(kind: str, content: dict[str, Any]) -> InlineKeyboardMarkup:
+def survey_topics(content: dict[str, Any], building_id: int | None) -> list[dict[str, Any]]:
+    """The agenda's topics whose survey a resident of ``building_id`` may take (None: all, for staff's preview)."""
+    return [
+        topic
+        for topic in content["topics"]
+        if building_id is None or topic.get("buildings") is None or building_id in topic["buildings"]
+    ]
+
+
+def broadcast_keyboard(kind: str, content: dict[str, Any], building_id: int | None = None) -> InlineKeyboardMarkup:
+    """Everyone reads the whole agenda; the survey buttons are the ones the reader may use."""
     buttons: list[tuple[str, SurveyCb | SettingsCb]] = []
     if kind == BroadcastKind.SURVEY:
         buttons.append((_("🗳 Vote"), SurveyCb(topic_id=content["topic_id"])))
     if kind == BroadcastKind.AGENDA:
-        for topic in content["topics"][:MAX_SURVEY_BUTTONS]:
+        for topic in survey_topics(content, building_id)[:MAX_SURVEY_BUTTONS]:
             title = topic["title"]
             short = title if len(title) <= SURVEY_BUTTON_TITLE else title[:SURVEY_BUTTON_TITLE] + "…"
             buttons.append(("🗳 " + short, SurveyCb(topic_id=topic["id"])))

@@ -31,29 +31,33 @@ from storage.models import (
 )
 
 TOPIC_NOTICES = (Notice.TOPIC_UPDATE, Notice.TOPIC_CANDIDATE)
-RENDERED_BROADCASTS = 64
+RENDERED_BROADCASTS = 2048  # a broadcast × two languages × a district's buildings
 
 
 class Renderer:
     def __init__(self, i18n: I18n, tz: tzinfo) -> None:
         self.i18n = i18n
         self.tz = tz
-        # Broadcast content is a snapshot, so its rendering never goes stale; keyed by (broadcast id, locale).
-        self._broadcasts: dict[tuple[int, str], tuple[str, InlineKeyboardMarkup]] = {}
+        # Broadcast content is a snapshot, so its rendering never goes stale; keyed by (broadcast id, locale,
+        # building).
+        self._broadcasts: dict[tuple[int, str, int | None], tuple[str, InlineKeyboardMarkup]] = {}
 
     async def render(self, session: AsyncSession, row: OutboxMessage) -> TelegramMethod | None:
         """The call that delivers ``row``, or None when there is nothing (left) to say."""
         recipient = await session.get(User, row.chat_id)
         with self.i18n.context(), self.i18n.use_locale(locale_of(recipient, self.i18n)):
             if row.kind == Notice.BROADCAST:
-                return await self._broadcast(session, row)
+                return await self._broadcast(session, row, recipient.building_id if recipient else None)
             if row.kind in TOPIC_NOTICES:
                 return await self._topic_notice(session, row)
             return await self._ticket_notice(session, row)
 
-    async def _broadcast(self, session: AsyncSession, row: OutboxMessage) -> TelegramMethod | None:
-        """One resident's copy of a broadcast: the same snapshot for all, rendered once per language."""
-        key = (row.payload["broadcast_id"], self.i18n.current_locale)
+    async def _broadcast(
+        self, session: AsyncSession, row: OutboxMessage, building_id: int | None
+    ) -> TelegramMethod | None:
+        """One resident's copy of a broadcast: the same snapshot for all, rendered once per language and building
+        (an agenda's survey buttons are those of the topics the resident's building may vote on)."""
+        key = (row.payload["broadcast_id"], self.i18n.current_locale, building_id)
         rendered = self._broadcasts.get(key)
         if rendered is None:
             broadcast = await session.get(Broadcast, key[0])
@@ -63,7 +67,7 @@ class Renderer:
             assert community is not None
             rendered = (
                 broadcast_views.broadcast_text(community, broadcast.kind, broadcast.period, broadcast.content),
-                broadcast_views.broadcast_keyboard(broadcast.kind, broadcast.content),
+                broadcast_views.broadcast_keyboard(broadcast.kind, broadcast.content, building_id),
             )
             if len(self._broadcasts) >= RENDERED_BROADCASTS:
                 self._broadcasts.pop(next(iter(self._broadcasts)))

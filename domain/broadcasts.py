@@ -105,10 +105,20 @@ async def _agenda_content(session: AsyncSession, community: Community, period: s
                 "title": topic.title,
                 "background": topic.background[:BACKGROUND_SNIPPET],
                 "survey_open": topic.status == TopicStatus.SURVEYED,
+                "buildings": await _scope_buildings(session, topic),
             }
             for topic in topics
         ],
     }
+
+
+async def _scope_buildings(session: AsyncSession, topic: Topic) -> list[int] | None:
+    """The buildings whose residents may take part in a topic's survey; None: the whole community."""
+    if topic.building_ids:
+        return list(topic.building_ids)
+    if topic.compound_ids:
+        return list(await session.scalars(select(Building.id).where(Building.compound_id.in_(topic.compound_ids))))
+    return None
 
 
 async def _feedback_content(session: AsyncSession, community: Community, period: str, now: datetime) -> dict[str, Any]:

@@ -341,3 +341,23 @@ async def test_opening_a_survey_asks_the_residents_in_its_scope_once(harness: Ha
     assert f"survey invitation t{topic_id}" in texts(progress)
     assert "Sent 1 · failed 0 · remaining 0 (of 1)" in texts(progress)
     assert alerted(await staff.press(broadcast_button(BroadcastAction.SEND_NOW, BroadcastKind.SURVEY)))
+
+
+async def test_the_agenda_offers_each_resident_the_surveys_they_may_take(harness: Harness, clock: FakeClock) -> None:
+    await resident_in(harness.sessions, clock, NEIGHBOUR, "yinba/11")
+    await resident_in(harness.sessions, clock, 900506, "chaoyang/1")
+    narrowed = await drafted_topic(harness, clock)
+    everyone = await drafted_topic(harness, clock)
+    async with harness.sessions() as session, session.begin():
+        topic = await session.get(Topic, narrowed)
+        assert topic is not None
+        topic.compound_ids = list(await session.scalars(select(Compound.id).where(Compound.code == "yinba")))
+    await harness.person(STAFF_WANG, language="en").press(broadcast_button(BroadcastAction.SEND_NOW))
+    delivered = await harness.deliver()
+    [inside] = sent_to(delivered, NEIGHBOUR)
+    [outside] = sent_to(delivered, 900506)
+    # Both read the whole agenda; only the resident of 银巴小区 gets the button of the topic about 银巴小区.
+    assert texts([inside]) == texts([outside]) and texts([inside]).count("充电棚选址") == 2
+    survey = {SurveyCb(topic_id=t).pack(): t for t in (narrowed, everyone)}
+    assert {survey[d] for _, d in buttons_of(inside) if d in survey} == {narrowed, everyone}
+    assert {survey[d] for _, d in buttons_of(outside) if d in survey} == {everyone}
