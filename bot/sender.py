@@ -47,22 +47,28 @@ class SendRate(Protocol):
 
 
 class TokenBucket:
-    """Spaces calls to at most ``rate`` per second; a 429 pauses everyone."""
+    """Spaces calls to at most ``rate`` per second; a 429 pauses everyone.
+
+    Slots missed in the last ``catch_up`` seconds (while the sender was busy claiming its next batch, say)
+    may still be used, so a short stall costs no throughput; Telegram counts its limit over about a second.
+    """
 
     def __init__(
         self,
         rate: float,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        catch_up: float = 0.0,
     ) -> None:
         self.interval = 1.0 / rate
+        self.catch_up = catch_up
         self._monotonic = monotonic
         self._sleep = sleep
-        self._next_slot = 0.0
+        self._next_slot = monotonic()
 
     async def take(self) -> None:
         now = self._monotonic()
-        slot = max(now, self._next_slot)
+        slot = max(now - self.catch_up, self._next_slot)
         self._next_slot = slot + self.interval
         if slot > now:
             await self._sleep(slot - now)
@@ -75,6 +81,7 @@ class TokenBucket:
 class SenderSettings:
     rate_per_second: float = 25.0
     chat_interval: float = 1.0  # Telegram allows about one message per second into one chat
+    catch_up: float = 0.05  # seconds of missed sending slots that may still be used (see TokenBucket)
     batch_size: int = 100
     max_attempts: int = 8
     stale_claim: timedelta = timedelta(minutes=5)
@@ -98,7 +105,7 @@ class OutboxSender:
         self.renderer = renderer
         self.clock = clock
         self.settings = settings or SenderSettings()
-        self.bucket = rate or TokenBucket(self.settings.rate_per_second, monotonic, sleep)
+        self.bucket = rate or TokenBucket(self.settings.rate_per_second, monotonic, sleep, self.settings.catch_up)
         self._monotonic = monotonic
         self._sleep = sleep
         self._last_sent_to: dict[int, float] = {}

@@ -188,3 +188,26 @@ async def test_concurrent_senders_share_one_rate() -> None:
     bucket = TokenBucket(rate=4, monotonic=lambda: 0.0, sleep=sleep)
     await asyncio.gather(*(bucket.take() for _ in range(8)))
     assert sorted(waits) == [0.25 * n for n in range(1, 8)], "the first goes at once, each next 0.25 s later"
+
+
+async def test_a_short_stall_is_made_up_and_a_long_one_is_not() -> None:
+    now = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    bucket = TokenBucket(rate=100, monotonic=lambda: now[0], sleep=sleep, catch_up=0.05)
+    for _ in range(10):
+        await bucket.take()
+    assert now[0] == pytest.approx(0.09)
+    now[0] += 0.03  # a stall shorter than catch_up: the three slots it missed are used at once
+    for _ in range(4):
+        await bucket.take()
+    assert now[0] == pytest.approx(0.13)  # the fourth waited for its own slot, exactly on the rate again
+    now[0] += 1.0  # a long stall: only catch_up's worth goes at once (5 missed slots and the current one)
+    start = now[0]
+    for _ in range(6):
+        await bucket.take()
+    assert now[0] == start
+    await bucket.take()
+    assert now[0] == pytest.approx(start + 0.01)  # then the rate again, never a second's burst
