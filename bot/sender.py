@@ -159,7 +159,7 @@ class OutboxSender:
         for row in rows:
             by_chat[row.chat_id].append(row)
         try:
-            await asyncio.gather(*(self._deliver_chat(chat_id, rows) for chat_id, rows in by_chat.items()))
+            await asyncio.gather(*(self._deliver_chat(chat_id, chat_rows) for chat_id, chat_rows in by_chat.items()))
         finally:
             if self._delivered:
                 async with self.sessions() as session, session.begin():
