@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.errors import AccessDenied, NotFound
-from domain.outbox import QUEUED_FLAG, Notice
+from domain.outbox import Notice, mark_queued
 from domain.people import load_duties
 from storage.models import (
     Broadcast,
@@ -55,8 +55,9 @@ def meeting_at(community: Community, year: int, month: int) -> datetime:
     return datetime.combine(date(year, month, day), time(hour, minute), ZoneInfo(community.timezone))
 
 
-def _month(value: date) -> str:
-    return f"{value.year:04d}-{value.month:02d}"
+def _year_month(period: str) -> tuple[int, int]:
+    year, month = period.split("-")
+    return int(year), int(month)
 
 
 def _shift(year: int, month: int, by: int) -> tuple[int, int]:
@@ -81,7 +82,7 @@ def period_of(community: Community, kind: BroadcastKind, at: datetime) -> str:
 
 def _month_bounds(community: Community, period: str) -> tuple[datetime, datetime]:
     """The calendar month ``period`` in the community's time zone, as UTC instants [start, end)."""
-    year, month = (int(part) for part in period.split("-"))
+    year, month = _year_month(period)
     tz = ZoneInfo(community.timezone)
     start = datetime(year, month, 1, tzinfo=tz)
     end = datetime(*_shift(year, month, 1), 1, tzinfo=tz)
@@ -92,7 +93,7 @@ def _month_bounds(community: Community, period: str) -> tuple[datetime, datetime
 
 
 async def _agenda_content(session: AsyncSession, community: Community, period: str) -> dict[str, Any]:
-    year, month = (int(part) for part in period.split("-"))
+    year, month = _year_month(period)
     topics = await session.scalars(
         select(Topic).where(Topic.community_id == community.id, Topic.status.in_(AGENDA_STEPS)).order_by(Topic.id)
     )
@@ -122,7 +123,7 @@ async def _scope_buildings(session: AsyncSession, topic: Topic) -> list[int] | N
 
 
 async def _feedback_content(session: AsyncSession, community: Community, period: str, now: datetime) -> dict[str, Any]:
-    year, month = (int(part) for part in period.split("-"))
+    year, month = _year_month(period)
     # Decisions since the meeting before this one: staff may record a decision the day after the meeting.
     since = meeting_at(community, *_shift(year, month, -1)).astimezone(UTC)
     decided = await session.scalars(
@@ -318,7 +319,7 @@ async def _queue(session: AsyncSession, broadcast: Broadcast, recipients: Select
                 for chat_id in chat_ids
             ],
         )
-        session.info[QUEUED_FLAG] = True  # wake the sender once committed
+        mark_queued(session)
     broadcast.recipients = len(chat_ids)
     return broadcast
 

@@ -33,5 +33,9 @@ QUEUED_FLAG = "outbox_queued"
 
 def enqueue(session: AsyncSession, chat_id: int, kind: Notice, now: datetime, **payload: Any) -> None:
     session.add(OutboxMessage(chat_id=chat_id, kind=kind, payload=payload, not_before=now, created_at=now))
-    # Lets the process wake its sender once the transaction is committed, instead of polling hard.
+    mark_queued(session)
+
+
+def mark_queued(session: AsyncSession) -> None:
+    """Lets the process wake its sender once the transaction is committed, instead of polling hard."""
     session.info[QUEUED_FLAG] = True
