@@ -15,6 +15,7 @@ from domain import broadcasts
 from domain.clock import Clock
 from domain.errors import AccessDenied, DomainError
 from domain.people import Person
+from handlers.common import message_of
 from storage.models import BroadcastKind
 
 router = Router(name="broadcasts")
@@ -22,10 +23,6 @@ router = Router(name="broadcasts")
 
 def _staff_only() -> str:
     return _("Sorry, broadcasts are only for community staff.")
-
-
-def _message(query: CallbackQuery) -> Message | None:
-    return query.message if isinstance(query.message, Message) else None
 
 
 @router.message(Command("settings"))
@@ -39,7 +36,7 @@ async def change_settings(query: CallbackQuery, callback_data: SettingsCb, sessi
     wanted = callback_data.action is SettingsAction.BROADCASTS_ON
     await broadcasts.set_broadcasts(session, user.id, wanted)
     await query.answer(_("Monthly broadcasts turned on.") if wanted else _("Monthly broadcasts turned off."))
-    if (message := _message(query)) is not None:
+    if (message := message_of(query)) is not None:
         # From a broadcast's own button, the broadcast stays; the settings come as a new message.
         await message.answer(bv.settings_text(wanted), reply_markup=bv.settings_keyboard(wanted))
 
@@ -58,7 +55,7 @@ async def staff_menu(message: Message, session: AsyncSession, user: Person) -> N
 async def staff_action(
     query: CallbackQuery, callback_data: BroadcastCb, session: AsyncSession, user: Person, clock: Clock
 ) -> None:
-    message = _message(query)
+    message = message_of(query)
     try:
         if callback_data.action is BroadcastAction.PROGRESS:
             progress = await broadcasts.progress(session, user.id, callback_data.broadcast_id)

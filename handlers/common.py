@@ -64,6 +64,11 @@ async def start_text_step(
         await query.message.answer(prompt + "\n" + _("/cancel to stop."))
 
 
+def message_of(query: CallbackQuery) -> Message | None:
+    """The message the pressed button was on; None when Telegram no longer has it (too old)."""
+    return query.message if isinstance(query.message, Message) else None
+
+
 async def show_menu(message: Message, user: Person, text: str) -> None:
     await message.answer(text, reply_markup=views.main_menu(user.is_worker))
 

@@ -24,7 +24,7 @@ from domain.deliberation import BadNumber, BadOptions, EmptyText
 from domain.errors import DomainError, NotBound
 from domain.people import Person
 from domain.tickets import MAX_NOTE, TextTooLong
-from handlers.common import finish_text_step, start_text_step
+from handlers.common import finish_text_step, message_of, start_text_step
 from storage.models import TopicStatus
 
 router = Router(name="deliberation")
@@ -59,10 +59,6 @@ async def _prompt(message: Message | None, text: str) -> None:
         await message.answer(text + "\n" + _("/cancel to stop."))
 
 
-def _message(query: CallbackQuery) -> Message | None:
-    return query.message if isinstance(query.message, Message) else None
-
-
 # --- staff: the list and the topic ---------------------------------------------------------------------
 
 
@@ -87,7 +83,7 @@ async def open_topic(
     query: CallbackQuery, callback_data: TopicCb, session: AsyncSession, user: Person, tz: tzinfo
 ) -> None:
     try:
-        await _show_topic(_message(query), session, user, callback_data.topic_id, tz)
+        await _show_topic(message_of(query), session, user, callback_data.topic_id, tz)
     except DomainError as error:
         await query.answer(dv.refusal(error), show_alert=True)
         return
@@ -102,7 +98,7 @@ async def results(query: CallbackQuery, callback_data: TopicCb, session: AsyncSe
         await query.answer(dv.refusal(error), show_alert=True)
         return
     await query.answer()
-    if (message := _message(query)) is not None:
+    if (message := message_of(query)) is not None:
         await message.answer(dv.results_text(found))
 
 
@@ -122,7 +118,7 @@ async def one_tap(
     step, done = ONE_TAP[callback_data.action]
     try:
         await step(session, actor_id=user.id, topic_id=callback_data.topic_id, now=clock())
-        await _show_topic(_message(query), session, user, callback_data.topic_id, tz)
+        await _show_topic(message_of(query), session, user, callback_data.topic_id, tz)
     except DomainError as error:
         await query.answer(dv.refusal(error), show_alert=True)
         return
@@ -433,7 +429,7 @@ async def survey(
     except DomainError as error:
         await query.answer(dv.refusal(error, for_resident=True), show_alert=True)
         return
-    message = _message(query)
+    message = message_of(query)
     if callback_data.option < 0:
         await query.answer()
         if message is not None:
