@@ -31,9 +31,13 @@ def schedule_of(community: Community, kind: BroadcastKind) -> str:
     return community.agenda_cron if kind is BroadcastKind.AGENDA else community.feedback_cron
 
 
+def crontab_trigger(crontab: str, timezone: str) -> CronTrigger:
+    return CronTrigger.from_crontab(crontab, timezone=ZoneInfo(timezone))
+
+
 def latest_fire_time(crontab: str, timezone: str, since: datetime, now: datetime) -> datetime | None:
     """The last time the crontab fired in (since, now], or None."""
-    trigger = CronTrigger.from_crontab(crontab, timezone=ZoneInfo(timezone))
+    trigger = crontab_trigger(crontab, timezone)
     latest = None
     fire = trigger.get_next_fire_time(None, since + timedelta(microseconds=1))
     while fire is not None and fire <= now:
@@ -87,7 +91,7 @@ async def schedule_broadcasts(
         for kind in BroadcastKind.monthly():
             scheduler.add_job(
                 send_due_broadcasts,
-                CronTrigger.from_crontab(schedule_of(community, kind), timezone=ZoneInfo(community.timezone)),
+                crontab_trigger(schedule_of(community, kind), community.timezone),
                 args=args,
                 id=f"broadcast-{community.code}-{kind}",
                 replace_existing=True,
