@@ -240,6 +240,13 @@ def progress_text(progress: Progress) -> str:
             sent=progress.sent, failed=progress.failed, remaining=progress.remaining, total=broadcast.recipients
         ),
     ]
+    if progress.in_doubt:
+        lines.append(
+            _(
+                "In doubt: {count}. The bot stopped while these were on their way; they may have arrived, "
+                "and are not sent again."
+            ).format(count=progress.in_doubt)
+        )
     if progress.unreachable_total:
         lines += [
             "",

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     confirm_within_days: float = Field(default=7.0, gt=0)
     # Three-colour ledger: a ticket turns yellow when less than this share of its deadline's window is left.
     ledger_yellow_share: float = Field(default=0.25, gt=0, lt=1)
+    # Personal messages (cards, notices) are retried through Telegram outages for this many hours after queueing.
+    outbox_retry_hours: float = Field(default=24.0, gt=0)
     # A scheduled broadcast the bot was down for is still sent when it comes back within this many hours.
     broadcast_grace_hours: float = Field(default=12.0, ge=0)
 

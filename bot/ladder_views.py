@@ -14,7 +14,8 @@ from bot.i18n import localized
 from bot.views import inline_keyboard, level_name, local_time, ticket_title
 from domain.deadlines import Colour
 from domain.escalation import Target
-from domain.ledger import Ledger
+from domain.ledger import Ledger, Undelivered
+from domain.outbox import Notice
 from storage.models import EventKind, Level, Ticket, TicketEvent
 
 COLOUR_MARKS = {Colour.GREEN: "🟢", Colour.YELLOW: "🟡", Colour.RED: "🔴"}
@@ -89,7 +90,34 @@ def ledger_text(ledger: Ledger) -> str:
         ]
     if ledger.unreachable_residents:
         lines.append(_("⚠️ Residents who blocked the bot: {count}.").format(count=ledger.unreachable_residents))
+    if ledger.undelivered:
+        lines += ["", _("📭 <b>Not delivered</b> in the last 7 days (the bot gave up on these):")]
+        lines += ["• " + undelivered_line(item) for item in ledger.undelivered]
+        if ledger.undelivered_total > len(ledger.undelivered):
+            lines.append(_("… and {count} more").format(count=ledger.undelivered_total - len(ledger.undelivered)))
     return "\n".join(lines)
+
+
+def undelivered_line(item: Undelivered) -> str:
+    """ "Card of #12 → 李娟: blocked the bot": what it was, for whom, and why it did not arrive."""
+    subject = f"#{item.ticket_id}" if item.ticket_id is not None else _("topic {number}").format(number=item.topic_id)
+    what = {
+        Notice.TICKET_CARD: _("card of {subject}"),
+        Notice.TICKET_PHOTOS: _("photos of {subject}"),
+        Notice.DEADLINE_REMINDER: _("deadline reminder for {subject}"),
+        Notice.CONFIRM_REMINDER: _("“Is it fixed?” reminder for {subject}"),
+        Notice.RESIDENT_FEEDBACK: _("resident's answer on {subject}"),
+        Notice.TOPIC_CANDIDATE: _("new {subject}"),
+    }.get(Notice(item.kind), _("update on {subject}"))
+    if item.error.startswith("403") or "blocked" in item.error:
+        why = _("they blocked the bot")
+    elif item.error.startswith("400"):
+        why = _("Telegram refused it ({answer})").format(answer=item.error.removeprefix("400: "))
+    elif item.error.startswith("gave up"):
+        why = _("Telegram could not be reached for too long")
+    else:
+        why = _("an error in the bot")
+    return escape(f"{what.format(subject=subject)} → {item.recipient or '?'}: {why}")
 
 
 def ledger_keyboard(ledger: Ledger) -> InlineKeyboardMarkup | None:

@@ -1,10 +1,21 @@
-"""Delivering the outbox: rate-limited, honouring Telegram's answers, each row sent at most once.
+"""Delivering the outbox: rate-limited, honouring Telegram's answers, and nothing lost in a crash or an outage.
 
-A row goes pending → claimed (a batch, committed) → sending (committed just before the request) → sent or
-failed, or back to pending with a later ``not_before`` when Telegram asks us to wait or has a passing fault.
-When a sender process dies, its claimed rows were never tried and are given back after ``stale_claim``, so
-nothing is lost; a row it left "sending" may or may not have reached Telegram, and is marked failed rather
-than sent again, so nothing is doubled. That window is one request per chat being served.
+What is promised depends on the kind of row (README, "Delivery semantics"):
+
+* Personal rows (worker cards, reminders, notices to residents) are delivered **at least once**. A row goes
+  pending → claimed (a batch, committed) → sent. If the process dies after Telegram took a message but before
+  "sent" was written, the row is sent again: a worker may get a card twice after a crash, never zero times.
+* Broadcast rows are delivered **at most once**. They are also marked "sending" in a commit just before their
+  request; a row its sender died with is "in doubt": perhaps delivered, never repeated, and counted on
+  /broadcasts. At most one row per chat being served is in doubt after a crash.
+
+A claim is a lease: each sender renews its :class:`SenderLease` every few seconds, and claims whose holder's
+lease lapsed are taken back by whoever runs next. The only process of a polling bot takes everything back at
+once when it starts, since its predecessor is dead.
+
+Passing faults (5xx, timeouts, connection errors) are retried with capped backoff until ``retry_horizon`` after
+the row was queued; only Telegram's word on the chat (403 blocked, 400) ends a row early. Rows that end failed
+are listed for community staff in /ledger.
 """
 
 from __future__ import annotations
@@ -13,10 +24,11 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Protocol
 
 from aiogram import Bot
@@ -27,13 +39,13 @@ from aiogram.exceptions import (
     TelegramRetryAfter,
     TelegramServerError,
 )
-from sqlalchemy import select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.notices import Renderer
 from domain.clock import Clock
 from storage.db import SessionFactory
-from storage.models import OutboxMessage, OutboxStatus, User
+from storage.models import OutboxMessage, OutboxStatus, SenderLease, User
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +95,11 @@ class SenderSettings:
     chat_interval: float = 1.0  # Telegram allows about one message per second into one chat
     catch_up: float = 0.05  # seconds of missed sending slots that may still be used (see TokenBucket)
     batch_size: int = 100
-    max_attempts: int = 8
-    stale_claim: timedelta = timedelta(minutes=5)
+    # Passing faults are retried until this long after the row was queued, at most ``max_backoff`` apart.
+    retry_horizon: timedelta = timedelta(hours=24)
+    max_backoff: float = 60.0
+    # A sender renews its lease every third of this; claims of a holder silent for this long are taken back.
+    lease: timedelta = timedelta(seconds=10)
     idle_poll_seconds: float = 1.0
 
 
@@ -99,6 +114,7 @@ class OutboxSender:
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rate: SendRate | None = None,
+        sole: bool = False,
     ) -> None:
         self.bot = bot
         self.sessions = session_factory
@@ -106,9 +122,13 @@ class OutboxSender:
         self.clock = clock
         self.settings = settings or SenderSettings()
         self.bucket = rate or TokenBucket(self.settings.rate_per_second, monotonic, sleep, self.settings.catch_up)
+        # The only sender there is (a polling bot): whatever claims it finds at start belong to the dead.
+        self.sole = sole
+        self.holder = uuid.uuid4().hex
         self._monotonic = monotonic
         self._sleep = sleep
         self._last_sent_to: dict[int, float] = {}
+        self._lease_renewed: datetime | None = None
         # Rows Telegram accepted whose "sent" is not written yet: it rides along with the next commit the
         # sender makes anyway, so a message costs one transaction, not two.
         self._delivered: list[int] = []
@@ -118,39 +138,92 @@ class OutboxSender:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        last_release = float("-inf")
-        while not stop.is_set():
-            try:
-                # Rows another process claimed and then died with are given back while we run, not only at start.
-                if self._monotonic() - last_release >= 60:
-                    await self.release_stale_claims()
-                    last_release = self._monotonic()
-                delivered = await self.deliver_due()
-            except Exception:  # the loop must outlive a database hiccup
-                log.exception("outbox delivery round failed")
-                delivered = 0
-            if delivered:
-                continue
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.idle_poll_seconds)
+        await self.take_back_claims(everyone=self.sole)
+        upkeep = asyncio.create_task(self._keep_lease(stop))
+        try:
+            while not stop.is_set():
+                try:
+                    delivered = await self.deliver_due()
+                except Exception:  # the loop must outlive a database hiccup
+                    log.exception("outbox delivery round failed")
+                    delivered = 0
+                if delivered:
+                    continue
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.settings.idle_poll_seconds)
+        finally:
+            upkeep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await upkeep
+            await self._release_lease()
 
-    async def release_stale_claims(self) -> int:
-        """Give back what a dead sender claimed but never tried; returns how many rows were given back."""
-        cutoff = self.clock() - self.settings.stale_claim
-        stale = OutboxMessage.claimed_at < cutoff
+    async def _keep_lease(self, stop: asyncio.Event) -> None:
+        """Renew this sender's lease, and take back claims of senders that stopped renewing theirs."""
+        interval = self.settings.lease.total_seconds() / 3
+        while not stop.is_set():
+            await asyncio.sleep(interval)
+            try:
+                if await self.take_back_claims():
+                    self.wake()
+            except Exception:
+                log.exception("could not renew the sender lease")
+
+    async def take_back_claims(self, *, everyone: bool = False) -> int:
+        """Give back what dead senders claimed; returns how many rows will be sent after all.
+
+        With ``everyone``, every other holder counts as dead (this is the only sender, just started).
+        Claimed rows go back to pending; personal rows caught "sending" by an older version, too (at least
+        once); broadcast rows caught "sending" are in doubt (at most once).
+        """
+        now = self.clock()
         async with self.sessions() as session, session.begin():
+            await self._renew_lease(session, now)
+            lapsed = SenderLease.holder != self.holder if everyone else SenderLease.expires_at < now
+            await session.execute(delete(SenderLease).where(lapsed))
+            orphaned = or_(
+                OutboxMessage.claimed_by.is_(None), OutboxMessage.claimed_by.not_in(select(SenderLease.holder))
+            )
             released = await session.execute(
                 update(OutboxMessage)
-                .where(OutboxMessage.status == OutboxStatus.CLAIMED, stale)
-                .values(status=OutboxStatus.PENDING)
+                .where(
+                    OutboxMessage.status.in_((OutboxStatus.CLAIMED, OutboxStatus.SENDING)),
+                    or_(OutboxMessage.status == OutboxStatus.CLAIMED, OutboxMessage.broadcast_id.is_(None)),
+                    orphaned,
+                )
+                .values(status=OutboxStatus.PENDING, claimed_by=None)
             )
             await session.execute(
                 update(OutboxMessage)
-                .where(OutboxMessage.status == OutboxStatus.SENDING, stale)
-                .values(status=OutboxStatus.FAILED, error="interrupted while sending; not repeated")
+                .where(
+                    OutboxMessage.status == OutboxStatus.SENDING,
+                    OutboxMessage.broadcast_id.is_not(None),
+                    orphaned,
+                )
+                .values(status=OutboxStatus.IN_DOUBT, error="the sender stopped while sending; not repeated")
             )
         return int(getattr(released, "rowcount", 0) or 0)
+
+    async def _renew_lease(self, session: AsyncSession, now: datetime) -> None:
+        expires_at = now + self.settings.lease
+        renewed = await session.execute(
+            update(SenderLease).where(SenderLease.holder == self.holder).values(expires_at=expires_at)
+        )
+        if not getattr(renewed, "rowcount", 0):
+            session.add(SenderLease(holder=self.holder, expires_at=expires_at))
+        self._lease_renewed = now
+
+    async def _release_lease(self) -> None:
+        """On a clean stop: give back what is still claimed, at once, to whoever sends next."""
+        with contextlib.suppress(Exception):
+            async with self.sessions() as session, session.begin():
+                await self._record_delivered(session)
+                await session.execute(
+                    update(OutboxMessage)
+                    .where(OutboxMessage.status == OutboxStatus.CLAIMED, OutboxMessage.claimed_by == self.holder)
+                    .values(status=OutboxStatus.PENDING, claimed_by=None)
+                )
+                await session.execute(delete(SenderLease).where(SenderLease.holder == self.holder))
 
     async def deliver_due(self) -> int:
         """Send every row that is due now; returns how many rows were handled."""
@@ -169,6 +242,9 @@ class OutboxSender:
     async def _claim(self) -> list[OutboxMessage]:
         now = self.clock()
         async with self.sessions() as session, session.begin():
+            renew_every = self.settings.lease / 3
+            if self._lease_renewed is None or now - self._lease_renewed >= renew_every:
+                await self._renew_lease(session, now)
             rows = list(
                 await session.scalars(
                     select(OutboxMessage)
@@ -180,7 +256,7 @@ class OutboxSender:
                 )
             )
             for row in rows:
-                row.status, row.claimed_at = OutboxStatus.CLAIMED, now
+                row.status, row.claimed_at, row.claimed_by = OutboxStatus.CLAIMED, now, self.holder
         return rows
 
     async def _deliver_chat(self, chat_id: int, rows: list[OutboxMessage]) -> None:
@@ -203,7 +279,7 @@ class OutboxSender:
                 row.error = "recipient blocked the bot"
             else:
                 method = await self.renderer.render(session, row)
-            if method is not None:
+            if method is not None and row.broadcast_id is not None:
                 await session.execute(
                     update(OutboxMessage).where(OutboxMessage.id == row.id).values(status=OutboxStatus.SENDING)
                 )
@@ -223,14 +299,16 @@ class OutboxSender:
             await self._finish([row], OutboxStatus.FAILED, None, f"403: {error.message}")
             return OutboxStatus.FAILED
         except TelegramBadRequest as error:
+            # Telegram's word on this chat or this message ("chat not found"): trying again cannot help.
             await self._finish([row], OutboxStatus.FAILED, None, f"400: {error.message}")
             return None
         except (TelegramServerError, TelegramNetworkError) as error:
             attempts = row.attempts + 1
-            if attempts >= self.settings.max_attempts:
-                await self._finish([row], OutboxStatus.FAILED, None, f"gave up: {error}", attempts)
+            if now - row.created_at >= self.settings.retry_horizon:
+                hours = self.settings.retry_horizon.total_seconds() / 3600
+                await self._finish([row], OutboxStatus.FAILED, None, f"gave up after {hours:g} h: {error}", attempts)
                 return None
-            retry_at = now + timedelta(seconds=min(300, 2**attempts))
+            retry_at = now + timedelta(seconds=min(self.settings.max_backoff, 2**attempts))
             await self._finish([row], OutboxStatus.PENDING, retry_at, str(error), attempts)
             return OutboxStatus.PENDING
         except Exception as error:
@@ -244,7 +322,7 @@ class OutboxSender:
     async def _record_delivered(self, session: AsyncSession) -> None:
         """Write "sent" for the rows Telegram accepted since the last commit, as part of ``session``'s.
 
-        Should that commit fail, the rows stay "sending" and are later marked failed, never sent twice.
+        Should the process die first, a personal row is sent again and a broadcast row is in doubt.
         """
         if not self._delivered:
             return
@@ -275,7 +353,7 @@ class OutboxSender:
         if not rows:
             return
         now = self.clock()
-        values: dict[str, object] = {"status": status, "error": error}
+        values: dict[str, object] = {"status": status, "error": error, "claimed_by": None}
         if status is OutboxStatus.SENT:
             values["sent_at"] = now
         if not_before is not None and status is OutboxStatus.PENDING:

@@ -388,6 +388,8 @@ class Progress:
     sent: int = 0
     failed: int = 0
     remaining: int = 0
+    # The sender stopped while these were on their way: perhaps delivered, never repeated (at most once).
+    in_doubt: int = 0
     unreachable: list[str] = field(default_factory=list)  # names, at most MAX_UNREACHABLE_LISTED
     unreachable_total: int = 0
 
@@ -410,6 +412,8 @@ async def progress(session: AsyncSession, viewer_id: int, broadcast_id: int) -> 
                 result.sent = count
             elif status == OutboxStatus.FAILED:
                 result.failed = count
+            elif status == OutboxStatus.IN_DOUBT:
+                result.in_doubt = count
             else:
                 result.remaining += count
         blocked = (

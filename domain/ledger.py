@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -11,9 +11,35 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from domain.deadlines import DEFAULT_YELLOW_SHARE, Colour, ticket_colour
 from domain.errors import AccessDenied
 from domain.people import load_duties
-from storage.models import Building, Compound, Grid, Membership, Ticket, TicketStatus, User
+from storage.models import (
+    Building,
+    Compound,
+    Grid,
+    Membership,
+    OutboxMessage,
+    OutboxStatus,
+    Ticket,
+    TicketStatus,
+    Topic,
+    User,
+)
 
 MAX_RED_ITEMS = 30
+# Personal messages that finally failed are shown for this long, at most this many (newest first).
+UNDELIVERED_WINDOW = timedelta(days=7)
+MAX_UNDELIVERED = 10
+
+
+@dataclass(frozen=True)
+class Undelivered:
+    """A personal message the sender gave up on: what it was, for whom, and Telegram's last answer."""
+
+    kind: str  # a domain.outbox.Notice
+    recipient: str
+    ticket_id: int | None
+    topic_id: int | None
+    error: str
+    queued_at: datetime
 
 
 @dataclass
@@ -30,6 +56,8 @@ class Ledger:
     # Telegram answered 403 for these: their cards and updates cannot reach them until they write to the bot.
     unreachable_staff: list[str] = field(default_factory=list)  # names of workers, staff, officials
     unreachable_residents: int = 0
+    undelivered: list[Undelivered] = field(default_factory=list)
+    undelivered_total: int = 0
 
     def total(self, colour: Colour) -> int:
         return sum(line.counts[colour] for line in self.lines)
@@ -81,6 +109,7 @@ async def ledger(
             .join(Compound, Compound.id == Building.compound_id)
             .where(Compound.community_id.in_(communities), User.unreachable_at.is_not(None))
         )
+        undelivered = await undelivered_messages(session, communities, now)
     red.sort(key=lambda item: (item[0], item[1].id))
     shown = [line for line in lines.values() if line.grid.active or any(line.counts.values())]
     return Ledger(
@@ -89,4 +118,37 @@ async def ledger(
         len(red),
         unreachable_staff,
         unreachable_residents or 0,
+        undelivered[:MAX_UNDELIVERED],
+        len(undelivered),
     )
+
+
+async def undelivered_messages(session: AsyncSession, communities: frozenset[int], now: datetime) -> list[Undelivered]:
+    """Failed personal messages of the last days about tickets or topics of ``communities``, newest first."""
+    rows = (
+        await session.execute(
+            select(OutboxMessage, User.full_name)
+            .outerjoin(User, User.id == OutboxMessage.chat_id)
+            .where(
+                OutboxMessage.status == OutboxStatus.FAILED,
+                OutboxMessage.broadcast_id.is_(None),
+                OutboxMessage.created_at >= now - UNDELIVERED_WINDOW,
+            )
+            .order_by(OutboxMessage.id.desc())
+            .limit(500)
+        )
+    ).all()
+    ticket_ids = {row.payload["ticket_id"] for row, _ in rows if "ticket_id" in row.payload}
+    topic_ids = {row.payload["topic_id"] for row, _ in rows if "topic_id" in row.payload}
+    ours_tickets = set(
+        await session.scalars(select(Ticket.id).where(Ticket.id.in_(ticket_ids), Ticket.community_id.in_(communities)))
+    )
+    ours_topics = set(
+        await session.scalars(select(Topic.id).where(Topic.id.in_(topic_ids), Topic.community_id.in_(communities)))
+    )
+    found = []
+    for row, name in rows:
+        ticket_id, topic_id = row.payload.get("ticket_id"), row.payload.get("topic_id")
+        if ticket_id in ours_tickets or topic_id in ours_topics:
+            found.append(Undelivered(row.kind, name or "", ticket_id, topic_id, row.error, row.created_at))
+    return found

@@ -121,9 +121,15 @@ class PhotoStage(StrEnum):
 class OutboxStatus(StrEnum):
     PENDING = "pending"
     CLAIMED = "claimed"  # taken by a sender, not tried yet: safe to give back if that sender dies
-    SENDING = "sending"  # handed to Telegram: if the sender dies now, nobody knows whether it arrived
+    SENDING = "sending"  # a broadcast row handed to Telegram: if the sender dies now, nobody knows whether it arrived
     SENT = "sent"
     FAILED = "failed"
+    # A broadcast row whose sender died while it was "sending": perhaps delivered, never repeated, counted.
+    IN_DOUBT = "in_doubt"
+
+    @classmethod
+    def unfinished(cls) -> tuple[OutboxStatus, ...]:
+        return (cls.PENDING, cls.CLAIMED, cls.SENDING)
 
 
 class OutboxPriority:
@@ -445,8 +451,41 @@ class OutboxMessage(Base):
     not_before: Mapped[datetime]
     created_at: Mapped[datetime]
     claimed_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The sender process holding the claim (:class:`SenderLease`); its claims go back when its lease lapses.
+    claimed_by: Mapped[str | None] = mapped_column(String(32), default=None)
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
     error: Mapped[str] = mapped_column(Text, default="")
+
+
+class SenderLease(Base):
+    """A live sender process: it renews ``expires_at`` every few seconds while it runs.
+
+    Outbox rows claimed by a holder whose lease has lapsed (or is gone) belong to a dead process and are taken
+    back by whoever runs next, so a crash delays its messages by seconds, not minutes.
+    """
+
+    __tablename__ = "sender_leases"
+
+    holder: Mapped[str] = mapped_column(String(32), primary_key=True)
+    expires_at: Mapped[datetime]
+
+
+class InboundUpdate(Base):
+    """An update from Telegram, recorded before Telegram is told it arrived, so a crash cannot lose it.
+
+    ``handled_at`` is written in the same transaction as the update's own changes, so an update that is
+    delivered again, or recovered after a crash, is handled exactly once.
+    """
+
+    __tablename__ = "inbound_updates"
+    __table_args__ = (Index("ix_inbound_updates_handled_at", "handled_at"),)
+
+    update_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    payload: Mapped[str] = mapped_column(Text)  # the update as Telegram sent it (JSON)
+    received_at: Mapped[datetime]
+    handled_at: Mapped[datetime | None] = mapped_column(default=None)
+    # How often a process started handling it after a restart: one that keeps crashing the bot is set aside.
+    recoveries: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Topic(Base):

@@ -1,4 +1,4 @@
-"""The outbox sender: Telegram's 429, 403 and 5xx answers, and a crash that loses and doubles nothing."""
+"""The outbox sender: Telegram's 429, 403 and 5xx answers, outages, leases, and what a crash may repeat."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from datetime import timedelta
 
 import pytest
 from aiogram.methods import SendMessage
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from bot.sender import OutboxSender, SenderSettings, TokenBucket
+from domain.broadcasts import progress, start_broadcast
 from domain.outbox import Notice, enqueue
-from storage.models import OutboxMessage, OutboxStatus, User
+from storage.models import BroadcastKind, Community, OutboxMessage, OutboxStatus, User
 from tests.conftest import FakeClock
 from tests.fake_telegram import BLOCKED, SERVER_ERROR, TOO_MANY_REQUESTS, ProcessDied, sent_to, text_of
 from tests.harness import Harness
@@ -99,34 +100,119 @@ async def test_a_crash_before_sending_loses_nothing_and_doubles_nothing(harness:
     assert sent_to(harness.telegram.requests, LI_JUAN) == [], "the process that died sent nothing"
 
 
-async def test_rows_claimed_by_a_dead_process_are_released_after_a_while(harness: Harness, clock: FakeClock) -> None:
-    await filed_with_photo(harness)
-    async with harness.sessions() as session, session.begin():
-        await session.execute(update(OutboxMessage).values(status=OutboxStatus.CLAIMED, claimed_at=clock()))
-    sender = harness.app.sender
-    assert await sender.release_stale_claims() == 0, "a fresh claim may belong to a live process"
-    assert await harness.deliver() == []
-    clock.advance(minutes=6)
-    assert await sender.release_stale_claims() == 2
-    assert len(sent_to(await harness.deliver(), LI_JUAN)) == 2
-
-
-async def test_a_process_killed_mid_send_neither_loses_nor_repeats(harness: Harness, clock: FakeClock) -> None:
+async def test_a_restart_takes_its_predecessors_claims_back_at_once(harness: Harness, clock: FakeClock) -> None:
     number = await filed_with_photo(harness)  # the card, then the photo, for Li Juan
     harness.telegram.die_after_next_request = True
     with pytest.raises(ProcessDied):
         await harness.deliver()
     first_life = sent_to(harness.telegram.requests, LI_JUAN)
     assert len(first_life) == 1 and f"#{number}" in text_of(first_life[0]), "the card reached Telegram"
+    assert {r.status for r in await outbox(harness)} == {OutboxStatus.CLAIMED}
 
-    clock.advance(minutes=6)
-    restarted = Harness(harness.sessions, clock)  # a new process on the same database
-    await restarted.app.sender.release_stale_claims()
+    # The polling bot's only process restarts at once, on the same database and the same clock.
+    restarted = Harness(harness.sessions, clock)
+    restarted.app.sender.sole = True
+    assert await restarted.app.sender.take_back_claims(everyone=True) == 2
     second_life = sent_to(await restarted.deliver(), LI_JUAN)
-    assert [type(r).__name__ for r in second_life] == ["SendPhoto"], "the photo is sent, the card not again"
+    # At least once: Telegram had the card but "sent" was never written, so the worker gets it again.
+    assert [type(r).__name__ for r in second_life] == ["SendMessage", "SendPhoto"]
+    assert f"#{number}" in text_of(second_life[0])
+    assert {r.status for r in await outbox(harness)} == {OutboxStatus.SENT}
+    assert await restarted.deliver() == [], "and nothing more"
+
+
+async def test_with_several_senders_a_silent_holders_claims_lapse_within_seconds(
+    harness: Harness, clock: FakeClock
+) -> None:
+    await filed_with_photo(harness)
+    dead = harness.app.sender
+    assert len(await dead._claim()) == 2  # claimed, and then the process stops renewing its lease
+
+    other = Harness(harness.sessions, clock).app.sender  # another live process, not the only one
+    assert await other.take_back_claims() == 0, "a fresh lease may belong to a live process"
+    assert await other.deliver_due() == 0
+    clock.advance(seconds=5)
+    assert await other.take_back_claims() == 0
+    clock.advance(seconds=6)  # the lease (10 s) has lapsed
+    assert await other.take_back_claims() == 2
+    assert await other.deliver_due() == 2
+    assert {r.status for r in await outbox(harness)} == {OutboxStatus.SENT}
+
+
+async def test_a_live_sender_keeps_its_claims(harness: Harness, clock: FakeClock) -> None:
+    await filed_with_photo(harness)
+    live = harness.app.sender
+    await live._claim()
+    other = Harness(harness.sessions, clock).app.sender
+    for _ in range(5):  # a minute of renewals by the live one
+        clock.advance(seconds=8)
+        await live.take_back_claims()
+        assert await other.take_back_claims() == 0
+    assert {r.status for r in await outbox(harness)} == {OutboxStatus.CLAIMED}
+
+
+async def test_a_ten_minute_outage_delays_the_card_and_never_gives_it_up(harness: Harness, clock: FakeClock) -> None:
+    number = await filed_with_photo(harness)
+    harness.telegram.fail_next(LI_JUAN, *[SERVER_ERROR] * 1000)
+    started = clock()
+    tries: list[float] = []
+    while clock() - started < timedelta(minutes=10):
+        before = len(harness.telegram.requests)
+        await harness.deliver()
+        if len(harness.telegram.requests) > before:
+            tries.append((clock() - started).total_seconds())
+        clock.advance(seconds=1)
+    assert {r.status for r in await outbox(harness)} == {OutboxStatus.PENDING}, "nothing is given up"
+    gaps = [b - a for a, b in itertools.pairwise(tries)]
+    assert max(gaps) <= 61 and len(tries) >= 12, f"retried at most a minute apart: {gaps}"
+
+    harness.telegram.errors[LI_JUAN].clear()  # Telegram is back
+    clock.advance(seconds=60)
+    delivered = sent_to(await harness.deliver(), LI_JUAN)
+    assert [type(r).__name__ for r in delivered] == ["SendMessage", "SendPhoto"]
+    assert f"#{number}" in text_of(delivered[0])
+    assert {r.status for r in await outbox(harness)} == {OutboxStatus.SENT}
+
+
+async def test_after_the_retry_horizon_the_card_fails_and_staff_see_it_in_the_ledger(
+    harness: Harness, clock: FakeClock
+) -> None:
+    number = await filed_with_photo(harness)
+    harness.telegram.fail_next(LI_JUAN, *[SERVER_ERROR] * 5000)
+    for _ in range(25):  # a day and an hour of outage
+        await harness.deliver()
+        clock.advance(hours=1)
+        await harness.deliver()
     rows = await outbox(harness)
-    assert [r.status for r in rows] == [OutboxStatus.FAILED, OutboxStatus.SENT]
-    assert "interrupted" in rows[0].error
+    assert rows[0].status == OutboxStatus.FAILED and rows[0].error.startswith("gave up after 24 h")
+    ledger = await harness.person(STAFF_WANG, language="en").send("/ledger")
+    text = " ".join(text_of(r) for r in ledger)
+    assert "Not delivered" in text
+    assert f"card of #{number} → 李娟: Telegram could not be reached for too long" in text
+
+
+async def test_a_broadcast_row_caught_sending_is_in_doubt_never_repeated(harness: Harness, clock: FakeClock) -> None:
+    resident = harness.person(900100)
+    await bind(resident)
+    async with harness.sessions() as session:
+        jsx = await session.scalar(select(Community.id).where(Community.code == "jsx"))
+        assert jsx is not None
+    async with harness.sessions() as session:
+        started = await start_broadcast(session, jsx, BroadcastKind.AGENDA, "2026-11", clock())
+    before = len(harness.telegram.requests)
+    harness.telegram.die_after_next_request = True
+    with pytest.raises(ProcessDied):
+        await harness.deliver()
+    assert len(sent_to(harness.telegram.requests[before:], resident.id)) == 1, "the agenda reached Telegram"
+
+    restarted = Harness(harness.sessions, clock)
+    await restarted.app.sender.take_back_claims(everyone=True)
+    assert sent_to(await restarted.deliver(), resident.id) == [], "at most once"
+    rows = [r for r in await outbox(harness) if r.broadcast_id is not None]
+    assert [r.status for r in rows] == [OutboxStatus.IN_DOUBT]
+    async with harness.sessions() as session:
+        shown = await progress(session, STAFF_WANG, started.broadcast.id)
+    assert (shown.in_doubt, shown.sent, shown.remaining) == (1, 0, 0)
 
 
 async def test_token_bucket_spaces_sends_to_the_rate() -> None:
