@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -38,6 +40,7 @@ from redis.asyncio import Redis
 
 from bot.config import Settings
 from bot.i18n import UserI18nMiddleware, create_i18n
+from bot.intake import InboxMarkMiddleware, UpdateInbox
 from bot.middlewares import SessionMiddleware, UserMiddleware
 from bot.notices import Renderer
 from bot.sender import OutboxSender, SenderSettings
@@ -97,6 +100,7 @@ def build_dispatcher(
     if isinstance(storage, SqlStorage):
         dispatcher.update.outer_middleware(FsmFlushMiddleware(storage))
     dispatcher.update.outer_middleware(UserMiddleware())
+    dispatcher.update.outer_middleware(InboxMarkMiddleware())
     UserI18nMiddleware(i18n).setup(dispatcher)
     dispatcher.include_router(build_router())
     return dispatcher
@@ -116,7 +120,10 @@ class Application:
     shared_rate: RedisTokenBucket | None = None  # closed at shutdown
 
 
-def assemble(settings: Settings, bot: Bot, session_factory: SessionFactory, clock: Clock = system_clock) -> Application:
+def assemble(
+    settings: Settings, bot: Bot, session_factory: SessionFactory, clock: Clock = system_clock, *, sole: bool = False
+) -> Application:
+    """The bot's parts; ``sole`` says this process is the only one (long polling), see OutboxSender."""
     i18n = create_i18n(settings.default_locale)
     tz = ZoneInfo(settings.timezone)
     # Telegram's send limit is per bot: processes sharing one bot share one rate through Redis.
@@ -133,9 +140,12 @@ def assemble(settings: Settings, bot: Bot, session_factory: SessionFactory, cloc
         Renderer(i18n, tz),
         clock,
         SenderSettings(
-            rate_per_second=settings.send_rate_per_second, chat_interval=settings.send_rate_per_chat_seconds
+            rate_per_second=settings.send_rate_per_second,
+            chat_interval=settings.send_rate_per_chat_seconds,
+            retry_horizon=timedelta(hours=settings.outbox_retry_hours),
         ),
         rate=shared_rate,
+        sole=sole,
     )
     storage, isolation = fsm_backend(settings, session_factory)
     dispatcher = build_dispatcher(
@@ -217,8 +227,21 @@ async def run_polling(settings: Settings) -> None:
         log.info("community file %s: %s", settings.community_file, report.summary())
 
     bot = create_bot(token, settings.telegram_api_server)
-    app = assemble(settings, bot, session_factory)
+    try:
+        # The token and the way to Telegram first: a wrong one is one clear line, before anything starts.
+        me = await bot.me()
+    except BaseException:
+        await bot.session.close()
+        await engine.dispose()
+        raise
+    log.info("running as @%s", me.username)
+    # Long polling: only one process may poll a token, so this one is the only sender too.
+    app = assemble(settings, bot, session_factory, sole=True)
     stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # not on Windows
+            loop.add_signal_handler(signum, stop.set)
     sender_task = asyncio.create_task(app.sender.run(stop))
     scheduler = create_scheduler()
     deadlines = partial(sweep, yellow_share=settings.ledger_yellow_share)
@@ -229,18 +252,32 @@ async def run_polling(settings: Settings) -> None:
     grace = timedelta(hours=settings.broadcast_grace_hours)
     await schedule_broadcasts(scheduler, session_factory, system_clock, grace, app.sender.wake)
     scheduler.start()
+    inbox = UpdateInbox(bot, app.dispatcher, session_factory, system_clock)
+    workflow = {**app.dispatcher.workflow_data, "dispatcher": app.dispatcher, "bots": [bot]}
     try:
         try:
             await set_commands(bot, create_i18n(settings.default_locale))
         except TelegramNetworkError as error:
             # The menu of commands is a nicety; polling below keeps retrying until Telegram answers.
             log.warning("could not set the command menu: %s", error)
-        await app.dispatcher.start_polling(bot)
+        await app.dispatcher.emit_startup(bot=bot, **workflow)
+        recovered = await inbox.recover()
+        if recovered:
+            log.info("handling %d updates the previous run had recorded but not finished", recovered)
+        log.info("polling for updates")
+        polling = asyncio.create_task(inbox.poll(stop))
+        await stop.wait()
+        polling.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await polling
+        await inbox.drain(seconds=10)
+        await inbox.write_marks()
     finally:
         scheduler.shutdown(wait=False)
         stop.set()
         app.sender.wake()
         await sender_task
+        await app.dispatcher.emit_shutdown(bot=bot, **workflow)
         if app.shared_rate is not None:
             await app.shared_rate.redis.aclose()
         await bot.session.close()

@@ -193,6 +193,10 @@ class FsmFlushMiddleware(BaseMiddleware):
     ) -> Any:
         self.storage.write_along(data["session"])
         try:
-            return await handler(event, data)
-        finally:
+            outcome = await handler(event, data)
+        except Exception:
             await self.storage.flush()
+            raise
+        # Not on cancellation or a crash: the state changes belong with the transaction that never committed.
+        await self.storage.flush()
+        return outcome

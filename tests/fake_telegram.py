@@ -6,6 +6,7 @@ the real server's answer would.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import defaultdict, deque
 from collections.abc import AsyncGenerator
@@ -17,8 +18,9 @@ from aiogram import Bot
 from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.base import BaseSession
 from aiogram.enums import ParseMode
-from aiogram.methods import TelegramMethod
+from aiogram.methods import GetUpdates, TelegramMethod
 from aiogram.methods.base import TelegramType
+from aiogram.types import Update
 
 BOT_ID = 42
 BOT_TOKEN = f"{BOT_ID}:TEST-TOKEN"
@@ -47,6 +49,9 @@ class FakeTelegram(BaseSession):
         self.errors: dict[int, deque[ScriptedError]] = defaultdict(deque)
         self.die_after_next_request = False
         self._message_ids = 1000
+        # getUpdates: what Telegram holds for the bot until a later call's offset confirms it.
+        self.unconfirmed: list[Update] = []
+        self.offsets: list[int | None] = []  # the offset of every getUpdates, in order
 
     def fail_next(self, chat_id: int, *errors: ScriptedError) -> None:
         """The next requests to ``chat_id`` get these answers, in order."""
@@ -58,6 +63,8 @@ class FakeTelegram(BaseSession):
         method: TelegramMethod[TelegramType],
         timeout: int | None = None,  # noqa: ASYNC109 - aiogram's signature
     ) -> TelegramType:
+        if isinstance(method, GetUpdates):
+            return await self._get_updates(method)  # type: ignore[return-value]
         self.requests.append(method)
         if self.die_after_next_request:  # Telegram has the message; the process dies before it hears back
             raise ProcessDied()
@@ -72,6 +79,15 @@ class FakeTelegram(BaseSession):
             result = self._result(method)
             response = self.check_response(bot, method, 200, json.dumps({"ok": True, "result": result}))
         return response.result  # type: ignore[return-value]
+
+    async def _get_updates(self, method: GetUpdates) -> list[Update]:
+        """Like Telegram: an offset confirms (forgets) every update below it; the rest come again."""
+        self.offsets.append(method.offset)
+        if method.offset is not None:
+            self.unconfirmed = [u for u in self.unconfirmed if u.update_id >= method.offset]
+        if not self.unconfirmed:
+            await asyncio.sleep(0.01)  # a long poll that found nothing
+        return list(self.unconfirmed[: method.limit or 100])
 
     def _message(self, method: TelegramMethod[Any]) -> dict[str, Any]:
         self._message_ids += 1

@@ -1,0 +1,285 @@
+"""Incoming updates: recorded before Telegram is told they arrived, handled exactly once, in order per user.
+
+Telegram forgets an update once a later ``getUpdates`` names a higher offset. So the poller writes each batch
+to ``inbound_updates`` (one transaction) before it asks for the next one, and a crash can lose nothing that
+was confirmed. Each recorded update is then handled through the dispatcher; the row's ``handled_at`` is
+written in the same transaction as the update's own changes (:class:`InboxMarkMiddleware`), so an update that
+arrives twice, or that a restarted process finds unhandled, changes things once. Updates of one user run one
+after another in the order Telegram sent them; different users run concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, cast
+
+from aiogram import BaseMiddleware, Bot, Dispatcher
+from aiogram.exceptions import TelegramNetworkError, TelegramServerError
+from aiogram.methods import GetUpdates
+from aiogram.types import TelegramObject, Update
+from aiogram.utils.backoff import Backoff, BackoffConfig
+from sqlalchemy import Table, bindparam, delete, event, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from domain.clock import Clock
+from storage.db import SessionFactory
+from storage.models import InboundUpdate
+
+log = logging.getLogger(__name__)
+
+_TABLE = cast(Table, InboundUpdate.__table__)
+_MARK_HANDLED = (
+    update(_TABLE).where(_TABLE.c.update_id.in_(bindparam("ids", expanding=True))).values(handled_at=bindparam("now"))
+)
+# An update that was being handled when the process died this many times is set aside, not retried for ever.
+MAX_RECOVERIES = 3
+# Handled rows are kept this long, so that Telegram delivering one again is recognised.
+KEEP_HANDLED = timedelta(days=2)
+
+
+@dataclass
+class HandledMark:
+    """Whether an update's "handled" is already part of a committed transaction."""
+
+    update_id: int
+    written: bool = False
+
+
+def order_key(update: Update) -> int:
+    """Whose updates must stay in order: the user's, else the chat's."""
+    try:
+        event_ = update.event
+    except Exception:  # a kind of update this aiogram does not know: it goes in line with no one
+        return 0
+    user = getattr(event_, "from_user", None)
+    if user is not None:
+        return int(user.id)
+    chat = getattr(event_, "chat", None)
+    return int(chat.id) if chat is not None else 0
+
+
+class InboxMarkMiddleware(BaseMiddleware):
+    """Writes "handled" with every commit the update's own work makes (registered after the user lookup).
+
+    The user lookup's commit must not carry it: a crash between that and the ticket's commit would then
+    lose the ticket.
+    """
+
+    async def __call__(
+        self,
+        handler: Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]],
+        event_: TelegramObject,
+        data: dict[str, Any],
+    ) -> Any:
+        mark: HandledMark | None = data.get("inbox_mark")
+        if mark is None:  # fed directly (tests, benchmarks), not through the inbox
+            return await handler(event_, data)
+        session: AsyncSession = data["session"]
+        clock: Clock = data["clock"]
+
+        def before_commit(sync_session: Session) -> None:
+            if not mark.written:
+                sync_session.execute(_MARK_HANDLED, {"ids": [mark.update_id], "now": clock()})
+
+        def after_commit(_sync_session: Session) -> None:
+            mark.written = True
+
+        event.listen(session.sync_session, "before_commit", before_commit)
+        event.listen(session.sync_session, "after_commit", after_commit)
+        try:
+            return await handler(event_, data)
+        finally:
+            event.remove(session.sync_session, "before_commit", before_commit)
+            event.remove(session.sync_session, "after_commit", after_commit)
+
+
+class UpdateInbox:
+    """Records updates, hands them to the dispatcher per user in order, and marks them handled."""
+
+    def __init__(
+        self,
+        bot: Bot,
+        dispatcher: Dispatcher,
+        session_factory: SessionFactory,
+        clock: Clock,
+        *,
+        concurrency: int = 64,
+        max_backlog: int = 1_000,
+    ) -> None:
+        self.bot = bot
+        self.dispatcher = dispatcher
+        self.sessions = session_factory
+        self.clock = clock
+        self.max_backlog = max_backlog
+        self._slots = asyncio.Semaphore(concurrency)
+        self._queues: dict[int, deque[tuple[Update, HandledMark]]] = {}
+        self._workers: set[asyncio.Task[None]] = set()
+        self._backlog = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        # Updates handled without a commit of their own: "handled" is written for them in one go, shortly after.
+        self._unmarked: list[int] = []
+        self._marks_due = asyncio.Event()
+
+    # --- recording --------------------------------------------------------------------------------------
+
+    async def record(self, updates: Iterable[Update]) -> list[Update]:
+        """Store updates that are new; returns those (an update Telegram sends again is left out)."""
+        batch = {u.update_id: u for u in updates}
+        if not batch:
+            return []
+        now = self.clock()
+        rows = [
+            {"update_id": i, "payload": u.model_dump_json(exclude_unset=True, by_alias=True), "received_at": now}
+            for i, u in batch.items()
+        ]
+        async with self.sessions() as session, session.begin():
+            dialect = session.get_bind().dialect.name
+            insert = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(_TABLE)
+            fresh = set(
+                await session.scalars(insert.values(rows).on_conflict_do_nothing().returning(_TABLE.c.update_id))
+            )
+            await self._write_marks(session)
+        return [u for update_id, u in sorted(batch.items()) if update_id in fresh]
+
+    async def recover(self) -> int:
+        """Queue what a dead predecessor recorded but did not finish; returns how many updates."""
+        async with self.sessions() as session, session.begin():
+            pending = InboundUpdate.handled_at.is_(None)
+            await session.execute(update(InboundUpdate).where(pending).values(recoveries=InboundUpdate.recoveries + 1))
+            rows = list(await session.scalars(select(InboundUpdate).where(pending).order_by(InboundUpdate.update_id)))
+            poison = [row.update_id for row in rows if row.recoveries > MAX_RECOVERIES]
+            if poison:
+                log.error("updates %s crashed the bot %d times each; set aside unhandled", poison, MAX_RECOVERIES)
+                await session.execute(_MARK_HANDLED, {"ids": poison, "now": self.clock()})
+        recovered = [
+            Update.model_validate_json(row.payload, context={"bot": self.bot})
+            for row in rows
+            if row.recoveries <= MAX_RECOVERIES
+        ]
+        for recovered_update in recovered:
+            self.submit(recovered_update)
+        return len(recovered)
+
+    async def forget_old(self) -> None:
+        async with self.sessions() as session, session.begin():
+            await session.execute(delete(InboundUpdate).where(InboundUpdate.handled_at < self.clock() - KEEP_HANDLED))
+
+    # --- handling ---------------------------------------------------------------------------------------
+
+    def submit(self, update_: Update) -> None:
+        key = order_key(update_)
+        queue = self._queues.get(key)
+        self._backlog += 1
+        self._idle.clear()
+        if self._backlog >= self.max_backlog:
+            self._room.clear()
+        item = (update_, HandledMark(update_.update_id))
+        if queue is not None:
+            queue.append(item)
+            return
+        self._queues[key] = deque([item])
+        worker = asyncio.create_task(self._drain(key))
+        self._workers.add(worker)
+        worker.add_done_callback(self._workers.discard)
+
+    async def _drain(self, key: int) -> None:
+        queue = self._queues[key]
+        try:
+            while queue:
+                update_, mark = queue[0]
+                async with self._slots:
+                    await self._handle(update_, mark)
+                queue.popleft()
+                self._backlog -= 1
+                if self._backlog < self.max_backlog:
+                    self._room.set()
+        finally:
+            del self._queues[key]
+            if not self._queues:
+                self._idle.set()
+
+    async def _handle(self, update_: Update, mark: HandledMark) -> None:
+        try:
+            await self.dispatcher.feed_update(self.bot, update_, inbox_mark=mark)
+        except Exception:
+            # The handler's own transaction rolled back; what it did commit stays. Not retried: the same
+            # update would fail the same way, and the user's next message starts afresh.
+            log.exception("update %s failed", update_.update_id)
+        if not mark.written:
+            self._unmarked.append(mark.update_id)
+            self._marks_due.set()
+
+    async def _write_marks(self, session: AsyncSession) -> None:
+        if self._unmarked:
+            ids, self._unmarked = self._unmarked, []
+            await session.execute(_MARK_HANDLED, {"ids": ids, "now": self.clock()})
+
+    async def write_marks(self) -> None:
+        """Write "handled" for updates that made no commit of their own (a reply, a read)."""
+        async with self.sessions() as session, session.begin():
+            await self._write_marks(session)
+
+    async def _keep_marking(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self._marks_due.wait()
+            self._marks_due.clear()
+            await asyncio.sleep(0.05)  # gather the marks of a burst into one transaction
+            try:
+                await self.write_marks()
+            except Exception:
+                log.exception("could not mark updates handled; they will be handled again after a restart")
+
+    async def drain(self, seconds: float) -> None:
+        """Wait (at most this long) until everything queued has been handled."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), seconds)
+
+    # --- polling ----------------------------------------------------------------------------------------
+
+    async def poll(self, stop: asyncio.Event, polling_timeout: int = 10) -> None:
+        """Long polling until ``stop``: record each batch, then confirm it with the next request."""
+        marker = asyncio.create_task(self._keep_marking(stop))
+        backoff = Backoff(BackoffConfig(min_delay=1.0, max_delay=30.0, factor=1.5, jitter=0.1))
+        request = GetUpdates(timeout=polling_timeout, allowed_updates=self.dispatcher.resolve_used_update_types())
+        request_timeout = int((self.bot.session.timeout or 60) + polling_timeout)
+        last_forget = 0.0
+        loop = asyncio.get_running_loop()
+        try:
+            while not stop.is_set():
+                await self._room.wait()
+                if loop.time() - last_forget > 3600:
+                    await self.forget_old()
+                    last_forget = loop.time()
+                try:
+                    updates = await self.bot(request, request_timeout=request_timeout)
+                    fresh = await self.record(updates)
+                except (TelegramNetworkError, TelegramServerError, OSError) as error:
+                    log.warning("getUpdates failed (%s); again in %.0f s", error, backoff.next_delay)
+                    await backoff.asleep()
+                    continue
+                except Exception:
+                    # The database may be down: nothing was confirmed, so Telegram will send it all again.
+                    log.exception("could not record updates; again in %.0f s", backoff.next_delay)
+                    await backoff.asleep()
+                    continue
+                backoff.reset()
+                if updates:
+                    request.offset = updates[-1].update_id + 1
+                for fresh_update in fresh:
+                    self.submit(fresh_update)
+        finally:
+            marker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await marker

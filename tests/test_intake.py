@@ -1,0 +1,208 @@
+"""Incoming updates: recorded before Telegram is told they arrived, handled once, in order per user."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from aiogram.types import CallbackQuery, Chat, Message, Update, User
+from sqlalchemy import func, select
+
+from bot.intake import HandledMark, UpdateInbox
+from domain import tickets
+from storage.models import InboundUpdate, Ticket
+from tests.conftest import FakeClock
+from tests.fake_telegram import BOT_ID, ProcessDied, sent_to, text_of
+from tests.harness import Harness
+from tests.test_report_flow import bind
+
+_ids = itertools.count(10_000)
+
+
+def text_update(user_id: int, text: str) -> Update:
+    user = User(id=user_id, is_bot=False, first_name=f"user{user_id}", language_code="zh-hans")
+    chat = Chat(id=user_id, type="private")
+    message = Message(message_id=next(_ids), date=datetime.now(UTC), chat=chat, from_user=user, text=text)
+    return Update(update_id=next(_ids), message=message)
+
+
+async def up_to_submit(harness: Harness, user_id: int, description: str) -> Update:
+    """A resident's report wizard up to the summary; returns their Submit, not yet sent."""
+    resident = harness.person(user_id)
+    await bind(resident)
+    answer = await resident.send("/report")
+    await resident.tap(answer, "楼道杂物")
+    await resident.send(description)
+    await resident.send("✅ 完成")
+    return text_update(user_id, "📨 提交")
+
+
+def inbox_of(harness: Harness) -> UpdateInbox:
+    return UpdateInbox(harness.bot, harness.app.dispatcher, harness.sessions, harness.app.sender.clock)
+
+
+async def tickets_described(harness: Harness, description: str) -> int:
+    async with harness.sessions() as session:
+        return int(await session.scalar(select(func.count(Ticket.id)).where(Ticket.description == description)) or 0)
+
+
+async def unhandled(harness: Harness) -> int:
+    async with harness.sessions() as session:
+        found = await session.scalar(
+            select(func.count(InboundUpdate.update_id)).where(InboundUpdate.handled_at.is_(None))
+        )
+        return int(found or 0)
+
+
+async def test_an_update_delivered_twice_is_handled_once(harness: Harness) -> None:
+    submit = await up_to_submit(harness, 900300, "三楼楼道堆满纸箱")
+    inbox = inbox_of(harness)
+    assert [u.update_id for u in await inbox.record([submit])] == [submit.update_id]
+    assert await inbox.record([submit]) == [], "Telegram sent it again: it is known already"
+    for fresh in await inbox.record([submit]):
+        inbox.submit(fresh)
+    inbox.submit(submit)
+    await inbox.drain(seconds=5)
+    assert await inbox.record([submit]) == []
+    assert await tickets_described(harness, "三楼楼道堆满纸箱") == 1
+    assert await unhandled(harness) == 0
+
+
+async def test_a_crash_after_the_commit_loses_nothing_and_repeats_nothing(harness: Harness, clock: FakeClock) -> None:
+    submit = await up_to_submit(harness, 900301, "楼顶有建筑垃圾")
+    inbox = inbox_of(harness)
+    await inbox.record([submit])
+    # The ticket is committed; the process dies while telling the resident.
+    harness.telegram.die_after_next_request = True
+    with pytest.raises(ProcessDied):
+        await inbox._handle(submit, inbox_mark_for(submit))
+    assert await tickets_described(harness, "楼顶有建筑垃圾") == 1
+
+    restarted = Harness(harness.sessions, clock)
+    again = inbox_of(restarted)
+    assert await again.recover() == 0, "handled in the ticket's own transaction"
+    assert await again.record([submit]) == [], "delivered again by Telegram: known"
+    assert await tickets_described(harness, "楼顶有建筑垃圾") == 1
+
+
+async def test_a_crash_before_the_commit_is_handled_after_the_restart(
+    harness: Harness, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    submit = await up_to_submit(harness, 900302, "单元门口路灯不亮")
+    inbox = inbox_of(harness)
+    await inbox.record([submit])
+    real_file_report = tickets.file_report
+
+    async def die(*args: Any, **kwargs: Any) -> Any:
+        raise ProcessDied()
+
+    monkeypatch.setattr(tickets, "file_report", die)
+    with pytest.raises(ProcessDied):
+        await inbox._handle(submit, inbox_mark_for(submit))
+    assert await tickets_described(harness, "单元门口路灯不亮") == 0
+    monkeypatch.setattr(tickets, "file_report", real_file_report)
+
+    restarted = Harness(harness.sessions, clock)
+    again = inbox_of(restarted)
+    assert await again.recover() == 1
+    await again.drain(seconds=5)
+    assert await tickets_described(harness, "单元门口路灯不亮") == 1
+    async with harness.sessions() as session:
+        number = await session.scalar(select(Ticket.id).where(Ticket.description == "单元门口路灯不亮"))
+    replies = [text_of(r) for r in sent_to(restarted.telegram.requests, 900302)]
+    assert any(f"#{number}" in reply for reply in replies), f"the resident is told the number: {replies}"
+    assert await unhandled(harness) == 0
+    assert await again.recover() == 0, "and not again"
+
+
+async def test_updates_of_one_user_keep_their_order_and_users_run_concurrently(harness: Harness) -> None:
+    inbox = inbox_of(harness)
+    residents = [900310 + n for n in range(6)]
+    for resident in residents:
+        await bind(harness.person(resident))
+    # Each resident's whole wizard at once: it only files a ticket if its steps run in order.
+    steps = ["/report", None, "飞线充电", "✅ 完成", "📨 提交"]
+    category = await category_button(harness, residents[0])
+    batches = [
+        [text_update(r, text) if text is not None else press(harness, r, category) for text in steps] for r in residents
+    ]
+    # One resident's reply is held up until another's arrives: were users run one after another, this would hang.
+    held = asyncio.Event()
+    record = harness.telegram.make_request
+
+    async def make_request(bot: Any, method: Any, timeout: int | None = None) -> Any:  # noqa: ASYNC109
+        chat_id = getattr(method, "chat_id", None)
+        if chat_id == residents[0] and not held.is_set():
+            await asyncio.wait_for(held.wait(), 5)
+        if chat_id == residents[1]:
+            held.set()
+        return await record(bot, method, timeout)
+
+    harness.telegram.make_request = make_request  # type: ignore[method-assign]
+    for update_ in itertools.chain(*zip(*batches, strict=True)):  # interleaved, as Telegram would mix them
+        inbox.submit(update_)
+    await inbox.drain(seconds=10)
+    for resident in residents:
+        async with harness.sessions() as session:
+            filed = await session.scalar(select(func.count(Ticket.id)).where(Ticket.reporter_id == resident))
+        assert filed == 1, resident
+
+
+async def test_nothing_is_confirmed_to_telegram_before_it_is_recorded(harness: Harness) -> None:
+    inbox = inbox_of(harness)
+    first, second = text_update(900320, "/help"), text_update(900321, "/help")
+    harness.telegram.unconfirmed = [first, second]
+    record = inbox.record
+    failures = iter([True])
+
+    async def record_or_fail(updates: Any) -> Any:
+        if next(failures, False):
+            raise RuntimeError("database unavailable")
+        return await record(updates)
+
+    inbox.record = record_or_fail  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    polling = asyncio.create_task(inbox.poll(stop, polling_timeout=0))
+    for _ in range(500):
+        if second.update_id + 1 in harness.telegram.offsets:
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    polling.cancel()
+    await asyncio.gather(polling, return_exceptions=True)
+    offsets = harness.telegram.offsets
+    # The first batch could not be recorded: the next request confirmed nothing and got it all again.
+    assert offsets[:2] == [None, None], offsets
+    assert second.update_id + 1 in offsets
+    await inbox.drain(seconds=5)
+    answered = {r.chat_id for r in harness.telegram.requests if hasattr(r, "chat_id")}
+    assert {900320, 900321} <= answered
+
+
+def inbox_mark_for(update_: Update) -> HandledMark:
+    return HandledMark(update_.update_id)
+
+
+async def category_button(harness: Harness, resident: int) -> str:
+    answer = await harness.person(resident).send("/report")
+    for request in answer:
+        markup = getattr(request, "reply_markup", None)
+        for row in getattr(markup, "inline_keyboard", None) or []:
+            for button in row:
+                if "楼道杂物" in button.text:
+                    await harness.person(resident).send("/cancel")
+                    return str(button.callback_data)
+    raise AssertionError("no category button")
+
+
+def press(harness: Harness, user_id: int, data: str) -> Update:
+    user = User(id=user_id, is_bot=False, first_name=f"user{user_id}", language_code="zh-hans")
+    chat = Chat(id=user_id, type="private")
+    bot_message = Message(
+        message_id=next(_ids), date=datetime.now(UTC), chat=chat, from_user=User(id=BOT_ID, is_bot=True, first_name="b")
+    )
+    query = CallbackQuery(id=str(next(_ids)), from_user=user, chat_instance="t", data=data, message=bot_message)
+    return Update(update_id=next(_ids), callback_query=query)
