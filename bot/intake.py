@@ -200,7 +200,7 @@ class UpdateInbox:
             while queue:
                 update_, mark = queue[0]
                 async with self._slots:
-                    await self._handle(update_, mark)
+                    await self.handle(update_, mark)
                 queue.popleft()
                 self._backlog -= 1
                 if self._backlog < self.max_backlog:
@@ -210,7 +210,9 @@ class UpdateInbox:
             if not self._queues:
                 self._idle.set()
 
-    async def _handle(self, update_: Update, mark: HandledMark) -> None:
+    async def handle(self, update_: Update, mark: HandledMark | None = None) -> None:
+        """Handle one recorded update now (the queue calls this in order per user)."""
+        mark = mark or HandledMark(update_.update_id)
         try:
             await self.dispatcher.feed_update(self.bot, update_, inbox_mark=mark)
         except Exception:

@@ -11,7 +11,7 @@ import pytest
 from aiogram.types import CallbackQuery, Chat, Message, Update, User
 from sqlalchemy import func, select
 
-from bot.intake import HandledMark, UpdateInbox
+from bot.intake import UpdateInbox
 from domain import tickets
 from storage.models import InboundUpdate, Ticket
 from tests.conftest import FakeClock
@@ -78,7 +78,7 @@ async def test_a_crash_after_the_commit_loses_nothing_and_repeats_nothing(harnes
     # The ticket is committed; the process dies while telling the resident.
     harness.telegram.die_after_next_request = True
     with pytest.raises(ProcessDied):
-        await inbox._handle(submit, inbox_mark_for(submit))
+        await inbox.handle(submit)
     assert await tickets_described(harness, "楼顶有建筑垃圾") == 1
 
     restarted = Harness(harness.sessions, clock)
@@ -101,7 +101,7 @@ async def test_a_crash_before_the_commit_is_handled_after_the_restart(
 
     monkeypatch.setattr(tickets, "file_report", die)
     with pytest.raises(ProcessDied):
-        await inbox._handle(submit, inbox_mark_for(submit))
+        await inbox.handle(submit)
     assert await tickets_described(harness, "单元门口路灯不亮") == 0
     monkeypatch.setattr(tickets, "file_report", real_file_report)
 
@@ -180,10 +180,6 @@ async def test_nothing_is_confirmed_to_telegram_before_it_is_recorded(harness: H
     await inbox.drain(seconds=5)
     answered = {r.chat_id for r in harness.telegram.requests if hasattr(r, "chat_id")}
     assert {900320, 900321} <= answered
-
-
-def inbox_mark_for(update_: Update) -> HandledMark:
-    return HandledMark(update_.update_id)
 
 
 async def category_button(harness: Harness, resident: int) -> str:
