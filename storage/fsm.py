@@ -5,17 +5,25 @@ the update has been handled (:class:`FsmFlushMiddleware`), instead of one transa
 ``update_data`` call: on SQLite a transaction costs more than the rest of the update. That makes this storage
 right for one bot process (which SQLite implies). Several processes share wizard state through Redis
 (``REDIS_URL``, aiogram's RedisStorage) instead.
+
+Each update writes only the records it changed itself, in key order. On PostgreSQL one process handles many
+updates at once; when every commit wrote every pending record of the process, two commits locked each other's
+rows in opposite orders and deadlocked.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cache
+from itertools import groupby
 from typing import Any, cast
 
 from aiogram import BaseMiddleware
+from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import BaseStorage, DefaultKeyBuilder, KeyBuilder, StateType, StorageKey
 from aiogram.types import TelegramObject
@@ -29,6 +37,9 @@ from storage.db import SessionFactory
 from storage.models import FsmRecord
 
 Record = tuple[str | None, dict[str, Any]]
+
+# The keys the update being handled has changed (see SqlStorage.tracking_update): its commits write these only.
+_changed_by_update: ContextVar[set[str] | None] = ContextVar("fsm_changed_by_update", default=None)
 
 
 class SqlStorage(BaseStorage):
@@ -83,10 +94,31 @@ class SqlStorage(BaseStorage):
             del self._cache[oldest]
             self._complete = False
 
+    def _changed(self, storage_key: str) -> None:
+        self._dirty.add(storage_key)
+        changes = _changed_by_update.get()
+        if changes is not None:
+            changes.add(storage_key)
+
+    @contextmanager
+    def tracking_update(self, key: StorageKey | None) -> Iterator[set[str]]:
+        """Collects the keys changed inside the block: the update's own, for its commits to write.
+
+        The update's own ``key`` is in from the start: if an earlier update of the same chat left it unwritten
+        (its write failed), this one takes it along rather than leaving it to :meth:`close`. No other update
+        can be changing it meanwhile, as the dispatcher's event isolation holds that key's lock.
+        """
+        changes = {self._keys.build(key)} if key is not None else set()
+        token = _changed_by_update.set(changes)
+        try:
+            yield changes
+        finally:
+            _changed_by_update.reset(token)
+
     async def set_state(self, key: StorageKey, state: StateType = None) -> None:
         storage_key, (_, data) = await self._get(key)
         self._remember(storage_key, (state.state if isinstance(state, State) else state, data))
-        self._dirty.add(storage_key)
+        self._changed(storage_key)
 
     async def get_state(self, key: StorageKey) -> str | None:
         return (await self._get(key))[1][0]
@@ -94,34 +126,35 @@ class SqlStorage(BaseStorage):
     async def set_data(self, key: StorageKey, data: Mapping[str, Any]) -> None:
         storage_key, (state, _) = await self._get(key)
         self._remember(storage_key, (state, dict(data)))
-        self._dirty.add(storage_key)
+        self._changed(storage_key)
 
     async def get_data(self, key: StorageKey) -> dict[str, Any]:
         return dict((await self._get(key))[1][1])
 
-    def _pending(self) -> dict[str, Record]:
-        return {key: self._cache[key] for key in self._dirty}
+    def _pending(self, keys: Collection[str]) -> dict[str, Record]:
+        return {key: self._cache[key] for key in keys if key in self._dirty}
 
-    async def flush(self) -> None:
-        """Write every changed record in one transaction of its own."""
-        if not self._dirty:
+    async def flush(self, keys: Collection[str] | None = None) -> None:
+        """Write the changed records among ``keys`` (all of them when None) in one transaction of its own."""
+        records = self._pending(self._dirty if keys is None else keys)
+        if not records:
             return
-        records = self._pending()
         async with self._sessions() as session, session.begin():
             for statement, params in _writes(records, session.get_bind().dialect.name):
                 await session.execute(statement, params)
         self._written(records)
 
-    def write_along(self, session: AsyncSession) -> None:
-        """Write pending changes inside every transaction ``session`` commits, instead of in one more.
+    def write_along(self, session: AsyncSession, keys: Collection[str]) -> None:
+        """Write the pending changes among ``keys`` inside every transaction ``session`` commits, not in one more.
 
-        A wizard step that changes state and then calls the domain (filing the ticket, say) thus commits
-        both at once; what is written is marked clean only when that transaction has committed.
+        ``keys`` are the update's own (:meth:`tracking_update`), read at each commit. A wizard step that changes
+        state and then calls the domain (filing the ticket, say) thus commits both at once; what is written is
+        marked clean only when that transaction has committed.
         """
         written: dict[str, Record] = {}
 
         def before_commit(sync_session: Session) -> None:
-            records = self._pending()
+            records = self._pending(keys)
             for statement, params in _writes(records, sync_session.get_bind().dialect.name):
                 sync_session.execute(statement, params)
             written.update(records)
@@ -142,7 +175,7 @@ class SqlStorage(BaseStorage):
         for key, record in records.items():
             if self._cache.get(key) is record:
                 self._dirty.discard(key)
-                if self._complete and record[0] is None and not record[1]:
+                if self._complete and _is_empty(record):
                     del self._cache[key]  # a deleted record is what a missing key means already
 
     async def close(self) -> None:
@@ -150,21 +183,29 @@ class SqlStorage(BaseStorage):
 
 
 def _writes(records: dict[str, Record], dialect: str) -> list[tuple[Any, Any]]:
-    """The statements that store ``records``; an empty record is deleted, keeping the table small."""
-    empty = [key for key, (state, data) in records.items() if state is None and not data]
-    rows = [{"key": key, "state": s, "data": d} for key, (s, d) in records.items() if key not in empty]
+    """The statements that store ``records``; an empty record is deleted, keeping the table small.
+
+    Rows are written (and so locked) in key order, also across the upserts and deletes: two transactions
+    writing some of the same keys then wait for each other at most one way round, never in a cycle.
+    """
     writes: list[tuple[Any, Any]] = []
-    if rows:
-        writes.append((_upsert(dialect), rows))
-    if empty:
-        writes.append((_DELETE, {"keys": empty}))
+    for empty, run in groupby(sorted(records.items()), key=lambda item: _is_empty(item[1])):
+        if empty:
+            writes.append((_DELETE, [{"key": key} for key, _ in run]))
+        else:
+            writes.append((_upsert(dialect), [{"key": key, "state": s, "data": d} for key, (s, d) in run]))
     return writes
+
+
+def _is_empty(record: Record) -> bool:
+    state, data = record
+    return state is None and not data
 
 
 # Plain table statements, built once: ORM-enabled ones cost several times more per call here, and these
 # run in most updates.
 _TABLE = cast(Table, FsmRecord.__table__)
-_DELETE = delete(_TABLE).where(_TABLE.c.key.in_(bindparam("keys", expanding=True)))
+_DELETE = delete(_TABLE).where(_TABLE.c.key == bindparam("key"))
 
 
 @cache
@@ -177,7 +218,7 @@ def _upsert(dialect: str) -> Any:
 
 
 class FsmFlushMiddleware(BaseMiddleware):
-    """Writes the update's wizard changes with the update's first commit, else once it has been handled.
+    """Writes the update's own wizard changes with the update's commits, else once it has been handled.
 
     Registered inside SessionMiddleware, so the update's session exists.
     """
@@ -191,12 +232,14 @@ class FsmFlushMiddleware(BaseMiddleware):
         event: TelegramObject,
         data: dict[str, Any],
     ) -> Any:
-        self.storage.write_along(data["session"])
-        try:
-            outcome = await handler(event, data)
-        except Exception:
-            await self.storage.flush()
-            raise
-        # Not on cancellation or a crash: the state changes belong with the transaction that never committed.
-        await self.storage.flush()
-        return outcome
+        state: FSMContext | None = data.get("state")
+        with self.storage.tracking_update(state.key if state is not None else None) as changes:
+            self.storage.write_along(data["session"], changes)
+            try:
+                outcome = await handler(event, data)
+            except Exception:
+                await self.storage.flush(changes)
+                raise
+            # Not on cancellation or a crash: these changes belong with a transaction that never committed.
+            await self.storage.flush(changes)
+            return outcome
