@@ -36,7 +36,7 @@ from aiogram.methods.base import Response
 from aiogram.types import BotCommand, BotCommandScopeAllPrivateChats
 from aiogram.utils.i18n import I18n
 from aiogram.utils.i18n import gettext as _
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from bot.config import Settings
 from bot.i18n import UserI18nMiddleware, create_i18n
@@ -164,7 +164,10 @@ def assemble(
 def fsm_backend(settings: Settings, session_factory: SessionFactory) -> tuple[BaseStorage, BaseEventIsolation]:
     """Wizard state in Redis when several processes share the load, else in the bot's own database."""
     if settings.redis_url:
-        storage = RedisStorage.from_url(settings.redis_url)
+        # A blocking pool: beyond its connections an update waits for one instead of failing (redis-py's
+        # default pool raises MaxConnectionsError past 100 at once).
+        pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=100, timeout=30)
+        storage = RedisStorage(Redis(connection_pool=pool))
         return storage, storage.create_isolation()
     return SqlStorage(session_factory), SimpleEventIsolation()
 
