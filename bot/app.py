@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -38,6 +39,7 @@ from aiogram.utils.i18n import I18n
 from aiogram.utils.i18n import gettext as _
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from bot import replies
 from bot.config import Settings
 from bot.i18n import UserI18nMiddleware, create_i18n
 from bot.intake import InboxMarkMiddleware, UpdateInbox
@@ -96,6 +98,7 @@ def build_dispatcher(
         events_isolation=events_isolation or SimpleEventIsolation(),
     )
     dispatcher.workflow_data.update(clock=clock, tz=tz, directory=Directory())
+    replies.install(dispatcher)
     dispatcher.update.outer_middleware(SessionMiddleware(session_factory, wake_sender))
     if isinstance(storage, SqlStorage):
         dispatcher.update.outer_middleware(FsmFlushMiddleware(storage))
@@ -121,9 +124,17 @@ class Application:
 
 
 def assemble(
-    settings: Settings, bot: Bot, session_factory: SessionFactory, clock: Clock = system_clock, *, sole: bool = False
+    settings: Settings,
+    bot: Bot,
+    session_factory: SessionFactory,
+    clock: Clock = system_clock,
+    monotonic: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    *,
+    sole: bool = False,
 ) -> Application:
-    """The bot's parts; ``sole`` says this process is the only one (long polling), see OutboxSender."""
+    """Everything but the process: ``monotonic`` and ``sleep`` time the direct replies' pacing and retries;
+    ``sole`` says this process is the only one (long polling), see OutboxSender."""
     i18n = create_i18n(settings.default_locale)
     tz = ZoneInfo(settings.timezone)
     # Telegram's send limit is per bot: processes sharing one bot share one rate through Redis.
@@ -147,6 +158,8 @@ def assemble(
         rate=shared_rate,
         sole=sole,
     )
+    pacer = replies.ChatPacer(settings.send_rate_per_chat_seconds, monotonic, sleep)
+    bot.session.middleware(replies.ReplyPolicy(pacer, settings.reply_retry_seconds, monotonic, sleep))
     storage, isolation = fsm_backend(settings, session_factory)
     dispatcher = build_dispatcher(
         session_factory=session_factory,

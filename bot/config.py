@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     bot_username: str | None = None
     send_rate_per_second: float = Field(default=25.0, gt=0)
     send_rate_per_chat_seconds: float = Field(default=1.0, ge=0)
+    # How long a reply to the person in front of the bot is retried through 429s, 5xx and network errors
+    # before it is given up (the change it reports stays saved); the person waits at most about this long.
+    reply_retry_seconds: float = Field(default=30.0, ge=0)
     # Days a resident has to answer "Is it fixed?" before the ticket closes as "resolved, unconfirmed";
     # one reminder goes out at half that time.
     confirm_within_days: float = Field(default=7.0, gt=0)

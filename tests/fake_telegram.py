@@ -1,15 +1,17 @@
 """A fake Bot API: records every request, answers like Telegram, and can answer with errors.
 
 Answers go through aiogram's own ``check_response``, so a scripted 429 or 403 raises exactly the exception
-the real server's answer would.
+the real server's answer would. Like Telegram, it can also refuse a second message into a chat within a
+second (``limit_per_chat``), or refuse everything during an outage.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections import defaultdict, deque
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -46,16 +48,26 @@ class FakeTelegram(BaseSession):
     def __init__(self) -> None:
         super().__init__()
         self.requests: list[TelegramMethod[Any]] = []
+        self.accepted: list[TelegramMethod[Any]] = []  # the requests answered "ok", in order
+        self.refused: list[TelegramMethod[Any]] = []  # the requests answered with an error, in order
         self.errors: dict[int, deque[ScriptedError]] = defaultdict(deque)
+        self.outage: ScriptedError | None = None  # while set, every request gets this answer
         self.die_after_next_request = False
         self._message_ids = 1000
         # getUpdates: what Telegram holds for the bot until a later call's offset confirms it.
         self.unconfirmed: list[Update] = []
         self.offsets: list[int | None] = []  # the offset of every getUpdates, in order
+        self._chat_limit: tuple[float, Callable[[], float]] | None = None
+        self._last_accepted_in: dict[int, float] = {}
 
     def fail_next(self, chat_id: int, *errors: ScriptedError) -> None:
         """The next requests to ``chat_id`` get these answers, in order."""
         self.errors[chat_id].extend(errors)
+
+    def limit_per_chat(self, interval: float, monotonic: Callable[[], float]) -> None:
+        """From now on refuse, as Telegram does, a request into a chat sooner than ``interval`` seconds (by
+        ``monotonic``) after the last one it accepted there, with a 429 whose retry_after is the rest."""
+        self._chat_limit = (interval, monotonic)
 
     async def make_request(
         self,
@@ -63,19 +75,20 @@ class FakeTelegram(BaseSession):
         method: TelegramMethod[TelegramType],
         timeout: int | None = None,  # noqa: ASYNC109 - aiogram's signature
     ) -> TelegramType:
-        if isinstance(method, GetUpdates):
+        if isinstance(method, GetUpdates) and self.outage is None:
             return await self._get_updates(method)  # type: ignore[return-value]
         self.requests.append(method)
         if self.die_after_next_request:  # Telegram has the message; the process dies before it hears back
             raise ProcessDied()
-        chat_id = getattr(method, "chat_id", None)
-        if isinstance(chat_id, int) and self.errors[chat_id]:
-            error = self.errors[chat_id].popleft()
+        error = self._error_for(method)
+        if error is not None:
+            self.refused.append(method)
             body: dict[str, Any] = {"ok": False, "error_code": error.status, "description": error.description}
             if error.retry_after is not None:
                 body["parameters"] = {"retry_after": error.retry_after}
             response = self.check_response(bot, method, error.status, json.dumps(body))
         else:
+            self.accepted.append(method)
             result = self._result(method)
             response = self.check_response(bot, method, 200, json.dumps({"ok": True, "result": result}))
         return response.result  # type: ignore[return-value]
@@ -88,6 +101,25 @@ class FakeTelegram(BaseSession):
         if not self.unconfirmed:
             await asyncio.sleep(0.01)  # a long poll that found nothing
         return list(self.unconfirmed[: method.limit or 100])
+
+    def _error_for(self, method: TelegramMethod[Any]) -> ScriptedError | None:
+        if self.outage is not None:
+            return self.outage
+        chat_id = getattr(method, "chat_id", None)
+        if not isinstance(chat_id, int):
+            return None
+        if self.errors[chat_id]:
+            return self.errors[chat_id].popleft()
+        if self._chat_limit is not None:
+            interval, monotonic = self._chat_limit
+            now = monotonic()
+            last = self._last_accepted_in.get(chat_id)
+            # A nanosecond of slack: the pacer's float arithmetic may land a hair before the full second.
+            if last is not None and now - last < interval - 1e-9:
+                wait = math.ceil(interval - (now - last))
+                return ScriptedError(429, f"Too Many Requests: retry after {wait}", retry_after=wait)
+            self._last_accepted_in[chat_id] = now
+        return None
 
     def _message(self, method: TelegramMethod[Any]) -> dict[str, Any]:
         self._message_ids += 1

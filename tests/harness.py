@@ -32,11 +32,30 @@ async def _no_sleep(_seconds: float) -> None:
     return None
 
 
+class FakeTimer:
+    """Monotonic time for the direct replies' pacing and retries: it moves only when they wait (or a test
+    moves it), so tests never really sleep and can tell how long a reply waited."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
 class Harness:
     def __init__(self, session_factory: SessionFactory, clock: Clock, redis_url: str | None = None) -> None:
         self.bot, self.telegram = fake_bot()
         settings = Settings(bot_token=None, community_file=None, redis_url=redis_url)
-        self.app: Application = assemble(settings, self.bot, session_factory, clock)
+        self.timer = FakeTimer()
+        self.app: Application = assemble(
+            settings, self.bot, session_factory, clock, monotonic=self.timer.monotonic, sleep=self.timer.sleep
+        )
         # The sender keeps time by the test's clock and never really sleeps: a 429's retry_after passes when
         # the test moves the clock. (The dispatcher's wake-up call still reaches the sender built by assemble;
         # tests deliver explicitly.)

@@ -39,7 +39,6 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("claimed_by", sa.String(length=32), nullable=True))
 
 
-
 def downgrade() -> None:
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.drop_column("claimed_by")
