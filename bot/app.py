@@ -145,6 +145,8 @@ def assemble(
         if settings.redis_url
         else None
     )
+    # One per-chat pace for the direct replies and the outbox sender: they write into the same chats.
+    pacer = replies.ChatPacer(settings.send_rate_per_chat_seconds, monotonic, sleep)
     sender = OutboxSender(
         bot,
         session_factory,
@@ -157,8 +159,8 @@ def assemble(
         ),
         rate=shared_rate,
         sole=sole,
+        pacer=pacer,
     )
-    pacer = replies.ChatPacer(settings.send_rate_per_chat_seconds, monotonic, sleep)
     bot.session.middleware(replies.ReplyPolicy(pacer, settings.reply_retry_seconds, monotonic, sleep))
     storage, isolation = fsm_backend(settings, session_factory)
     dispatcher = build_dispatcher(

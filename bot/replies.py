@@ -102,7 +102,7 @@ class ChatPacer:
 
     Turns are reserved in the order they are asked for, so replies waiting for the same chat go out one by
     one rather than all at once when a wait ends, and one instance can serve several writers into the same
-    chats. (The outbox sender still paces itself, in bot/sender.py; it could take its turns here instead.)
+    chats: the bot's direct replies and its outbox sender share one.
     """
 
     def __init__(

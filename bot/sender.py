@@ -43,6 +43,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.notices import Renderer
+from bot.replies import ChatPacer
 from domain.clock import Clock
 from storage.db import SessionFactory
 from storage.models import OutboxMessage, OutboxStatus, SenderLease, User
@@ -115,6 +116,7 @@ class OutboxSender:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rate: SendRate | None = None,
         sole: bool = False,
+        pacer: ChatPacer | None = None,
     ) -> None:
         self.bot = bot
         self.sessions = session_factory
@@ -125,9 +127,9 @@ class OutboxSender:
         # The only sender there is (a polling bot): whatever claims it finds at start belong to the dead.
         self.sole = sole
         self.holder = uuid.uuid4().hex
-        self._monotonic = monotonic
-        self._sleep = sleep
-        self._last_sent_to: dict[int, float] = {}
+        # Shared with the direct replies (bot/replies.py): a worker answering the bot and getting cards at
+        # the same time still gets one message a second.
+        self.pacer = pacer or ChatPacer(self.settings.chat_interval, monotonic, sleep)
         self._lease_renewed: datetime | None = None
         # Rows Telegram accepted whose "sent" is not written yet: it rides along with the next commit the
         # sender makes anyway, so a message costs one transaction, not two.
@@ -334,13 +336,8 @@ class OutboxSender:
         )
 
     async def _pace(self, chat_id: int) -> None:
-        last = self._last_sent_to.get(chat_id)
-        if last is not None:
-            wait = last + self.settings.chat_interval - self._monotonic()
-            if wait > 0:
-                await self._sleep(wait)
+        await self.pacer.wait_turn(chat_id)
         await self.bucket.take()
-        self._last_sent_to[chat_id] = self._monotonic()
 
     async def _finish(
         self,
