@@ -18,7 +18,7 @@ from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.enums import ParseMode
-from aiogram.exceptions import TelegramNetworkError
+from aiogram.exceptions import TelegramNetworkError, TelegramServerError
 from aiogram.fsm.storage.base import BaseEventIsolation, BaseStorage
 from aiogram.fsm.storage.memory import SimpleEventIsolation
 from aiogram.fsm.storage.redis import RedisStorage
@@ -55,7 +55,7 @@ from domain.directory import Directory
 from domain.sweep import sweep
 from handlers import build_router
 from scheduler.broadcasts import schedule_broadcasts
-from scheduler.jobs import create_scheduler, every_minute
+from scheduler.jobs import create_scheduler, every_minute, stop_scheduler
 from storage.db import SessionFactory, create_engine, create_session_factory
 from storage.fsm import FsmFlushMiddleware, SqlStorage
 from storage.migrate import upgrade_database
@@ -246,13 +246,11 @@ async def run_polling(settings: Settings) -> None:
 
     bot = create_bot(token, settings.telegram_api_server)
     try:
-        # The token and the way to Telegram first: a wrong one is one clear line, before anything starts.
-        me = await bot.me()
+        await check_telegram(bot, settings.telegram_api_server or "api.telegram.org")
     except BaseException:
         await bot.session.close()
         await engine.dispose()
         raise
-    log.info("running as @%s", me.username)
     # Long polling: only one process may poll a token, so this one is the only sender too.
     app = assemble(settings, bot, session_factory, sole=True)
     stop = asyncio.Event()
@@ -260,38 +258,37 @@ async def run_polling(settings: Settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):  # not on Windows
             loop.add_signal_handler(signum, stop.set)
+    # First what a dead predecessor left: its claimed messages (the sender takes them back as it starts) and
+    # the updates it had recorded but not finished.
     sender_task = asyncio.create_task(app.sender.run(stop))
-    scheduler = create_scheduler()
-    deadlines = partial(sweep, yellow_share=settings.ledger_yellow_share)
-    unanswered = partial(close_unconfirmed, within=timedelta(days=settings.confirm_within_days))
-    every_minute(scheduler, "deadline-sweep", deadlines, session_factory, system_clock, app.sender.wake)
-    every_minute(scheduler, "confirmation-sweep", unanswered, session_factory, system_clock, app.sender.wake)
-    every_minute(scheduler, "topic-candidates", propose_candidates, session_factory, system_clock, app.sender.wake)
-    grace = timedelta(hours=settings.broadcast_grace_hours)
-    await schedule_broadcasts(scheduler, session_factory, system_clock, grace, app.sender.wake)
-    scheduler.start()
     inbox = UpdateInbox(bot, app.dispatcher, session_factory, system_clock)
     workflow = {**app.dispatcher.workflow_data, "dispatcher": app.dispatcher, "bots": [bot]}
+    await app.dispatcher.emit_startup(bot=bot, **workflow)
+    scheduler = create_scheduler()
     try:
-        try:
-            await set_commands(bot, create_i18n(settings.default_locale))
-        except TelegramNetworkError as error:
-            # The menu of commands is a nicety; polling below keeps retrying until Telegram answers.
-            log.warning("could not set the command menu: %s", error)
-        await app.dispatcher.emit_startup(bot=bot, **workflow)
         recovered = await inbox.recover()
         if recovered:
             log.info("handling %d updates the previous run had recorded but not finished", recovered)
         log.info("polling for updates")
         polling = asyncio.create_task(inbox.poll(stop))
+        deadlines = partial(sweep, yellow_share=settings.ledger_yellow_share)
+        unanswered = partial(close_unconfirmed, within=timedelta(days=settings.confirm_within_days))
+        every_minute(scheduler, "deadline-sweep", deadlines, session_factory, system_clock, app.sender.wake)
+        every_minute(scheduler, "confirmation-sweep", unanswered, session_factory, system_clock, app.sender.wake)
+        every_minute(scheduler, "topic-candidates", propose_candidates, session_factory, system_clock, app.sender.wake)
+        grace = timedelta(hours=settings.broadcast_grace_hours)
+        await schedule_broadcasts(scheduler, session_factory, system_clock, grace, app.sender.wake)
+        scheduler.start()
+        menu = asyncio.create_task(set_commands_when_possible(bot, create_i18n(settings.default_locale), stop))
         await stop.wait()
         polling.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await polling
         await inbox.drain(seconds=10)
         await inbox.write_marks()
+        await menu
     finally:
-        scheduler.shutdown(wait=False)
+        await stop_scheduler(scheduler)
         stop.set()
         app.sender.wake()
         await sender_task
@@ -300,3 +297,29 @@ async def run_polling(settings: Settings) -> None:
             await app.shared_rate.redis.aclose()
         await bot.session.close()
         await engine.dispose()
+
+
+async def check_telegram(bot: Bot, where: str) -> None:
+    """A rejected token stops the bot with one line; an unreachable Telegram does not keep it down.
+
+    During an outage the bot must still start: it takes back what its predecessor had claimed and handles the
+    updates it had recorded, and the poller and the sender retry until Telegram answers again.
+    """
+    try:
+        me = await bot.me()
+    except (TelegramNetworkError, TelegramServerError) as error:
+        log.warning("Cannot reach Telegram (%s): %s. Retrying until it answers.", where, error.message)
+        return
+    log.info("running as @%s", me.username)
+
+
+async def set_commands_when_possible(bot: Bot, i18n: I18n, stop: asyncio.Event) -> None:
+    """The command menu is a nicety: set it once Telegram answers, without holding anything up."""
+    while not stop.is_set():
+        try:
+            await set_commands(bot, i18n)
+            return
+        except (TelegramNetworkError, TelegramServerError) as error:
+            log.warning("could not set the command menu yet: %s", error.message)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=60)

@@ -7,11 +7,13 @@ repeats nothing. Jobs live in memory (APScheduler 3.11 ``AsyncIOScheduler``) and
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
+from apscheduler.executors.asyncio import AsyncIOExecutor
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -68,6 +70,26 @@ def every_minute(
     )
 
 
+class FinishingExecutor(AsyncIOExecutor):
+    """APScheduler's asyncio executor, which can also wait for the jobs that are running (it only cancels them)."""
+
+    async def finish(self, seconds: float) -> None:
+        running = [future for future in getattr(self, "_pending_futures", ()) if not future.done()]
+        if running:
+            await asyncio.wait(running, timeout=seconds)
+
+
 def create_scheduler() -> AsyncIOScheduler:
     """An in-memory scheduler; start it inside the running event loop."""
-    return AsyncIOScheduler(timezone=UTC)
+    return AsyncIOScheduler(timezone=UTC, executors={"default": FinishingExecutor()})
+
+
+async def stop_scheduler(scheduler: AsyncIOScheduler, seconds: float = 10) -> None:
+    """Start nothing new and let running jobs end (they would be cancelled half-way), then shut down."""
+    if not scheduler.running:
+        return
+    scheduler.pause()
+    executor = scheduler._lookup_executor("default")
+    if isinstance(executor, FinishingExecutor):
+        await executor.finish(seconds)
+    scheduler.shutdown(wait=False)
