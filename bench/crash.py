@@ -1089,6 +1089,7 @@ class Bench:
 
         # --- resume after a restart ---
         resumes: list[float] = []
+        slowest: list[tuple[float, int, str, int]] = []  # (seconds, kill number, kind, outbox row id)
         orphaned: set[tuple[int, str]] = set()
         never = 0
         row_by_id = {r["id"]: r for r in outbox}
@@ -1126,7 +1127,9 @@ class Bench:
                     never += 1
                     stop = end
                 resumes.append(stop - kill.restart_at)
+                slowest.append((stop - kill.restart_at, index + 1, row["kind"], row["id"]))
         resume_p99 = _percentile(resumes, 0.99)
+        slowest.sort(reverse=True)
 
         # --- printing ---
         first_poll: dict[int, float] = {}
@@ -1170,7 +1173,8 @@ class Bench:
         )
         print(
             f"  resume: {len(resumes)} claimed rows over {len(supervisor.kills)} kills, "
-            f"p50 {_percentile(resumes, 0.5):.1f} s, p99 {resume_p99:.1f} s, max {max(resumes, default=0):.1f} s; "
+            f"p50 {_percentile(resumes, 0.5):.1f} s, p99 {resume_p99:.1f} s, max {max(resumes, default=0):.1f} s "
+            f"(slowest: {', '.join(f'{t:.0f} s kill {k} {kind} row {i}' for t, k, kind, i in slowest[:3])}); "
             f"{never} never sent by the end"
         )
         print(f"personal messages repeated after a crash: {repeated}")

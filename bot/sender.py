@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections import defaultdict
@@ -95,7 +96,9 @@ class SenderSettings:
     rate_per_second: float = 25.0
     chat_interval: float = 1.0  # Telegram allows about one message per second into one chat
     catch_up: float = 0.05  # seconds of missed sending slots that may still be used (see TokenBucket)
-    batch_size: int = 100
+    # Rows claimed at a time; 0: about a second's sending at ``rate_per_second`` (10 to 500). A claim is what a
+    # crash leaves waiting for the restart, so it should not hold more than the sender gets through soon.
+    batch_size: int = 0
     # Passing faults are retried until this long after the row was queued, at most ``max_backoff`` apart.
     retry_horizon: timedelta = timedelta(hours=24)
     max_backoff: float = 60.0
@@ -123,6 +126,7 @@ class OutboxSender:
         self.renderer = renderer
         self.clock = clock
         self.settings = settings or SenderSettings()
+        self.batch_size = self.settings.batch_size or max(10, min(500, math.ceil(self.settings.rate_per_second)))
         self.bucket = rate or TokenBucket(self.settings.rate_per_second, monotonic, sleep, self.settings.catch_up)
         # The only sender there is (a polling bot): whatever claims it finds at start belong to the dead.
         self.sole = sole
@@ -253,7 +257,7 @@ class OutboxSender:
                     .where(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.not_before <= now)
                     # A worker's card must not wait behind ten thousand agenda messages.
                     .order_by(OutboxMessage.priority, OutboxMessage.id)
-                    .limit(self.settings.batch_size)
+                    .limit(self.batch_size)
                     .with_for_update(skip_locked=True)
                 )
             )
