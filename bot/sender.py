@@ -255,8 +255,9 @@ class OutboxSender:
                 await session.scalars(
                     select(OutboxMessage)
                     .where(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.not_before <= now)
-                    # A worker's card must not wait behind ten thousand agenda messages.
-                    .order_by(OutboxMessage.priority, OutboxMessage.id)
+                    # A worker's card must not wait behind ten thousand agenda messages; within a priority, the
+                    # longest due first, so what a dead sender had claimed is not overtaken by later retries.
+                    .order_by(OutboxMessage.priority, OutboxMessage.not_before, OutboxMessage.id)
                     .limit(self.batch_size)
                     .with_for_update(skip_locked=True)
                 )
