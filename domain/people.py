@@ -35,6 +35,13 @@ class Duties:
             or (ticket.level == Level.DEPARTMENT and (ticket.community_id, ticket.department) in self.departments)
         )
 
+    def sees_as_worker(self, ticket: Ticket, user_id: int) -> bool:
+        """Gets the worker's card and history, internal reasons included: its assignee, or whose duties cover it.
+
+        Being its reporter or a household that joined gives only the resident's view, whatever button was pressed.
+        """
+        return ticket.assignee_id == user_id or self.covers(ticket)
+
     def can_handle(self, ticket: Ticket, user_id: int) -> bool:
         """May work the ticket at its current level: its assignee, or a colleague of that level.
 

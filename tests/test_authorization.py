@@ -29,7 +29,7 @@ from aiogram.filters.callback_data import CallbackData
 from aiogram.methods import TelegramMethod
 from sqlalchemy import select
 
-from bot import callbacks
+from bot import callbacks, views
 from bot.callbacks import (
     BroadcastAction,
     BroadcastCb,
@@ -44,9 +44,11 @@ from bot.callbacks import (
     TopicAction,
     TopicCb,
 )
+from bot.i18n import create_i18n
 from domain import confirmation, deliberation, escalation, followers, tickets
 from domain.community_file import import_community, loads_community
 from domain.directory import Directory
+from domain.errors import AccessDenied, DomainError, HandledElsewhere
 from domain.people import touch_user
 from handlers import ROUTERS, build_router
 from storage.models import (
@@ -603,6 +605,25 @@ def everything_shown(requests: list[TelegramMethod[Any]]) -> str:
     )
 
 
+def refusal(error: DomainError) -> str:
+    i18n = create_i18n()
+    with i18n.context(), i18n.use_locale(i18n.default_locale):  # the roles' clients speak zh-hans
+        return views.refusal(error)
+
+
+def expected_answer(key: str, who: Who, target: str) -> str | None:
+    """On a ticket, the real reason: who may follow it (a worker of it, or a household) hears that someone else
+    handles it, and on Open or History gets the view they may have; who may not see it, that they cannot open it.
+    """
+    action, _roles = FORBIDDEN[key]
+    if not action.worker:
+        return None
+    follows = target in who.worker_of | who.resident_of
+    if key in ("TicketCb.OPEN", "TicketCb.HISTORY"):
+        return f"DESC-{target}" if follows else refusal(AccessDenied())
+    return refusal(HandledElsewhere() if follows else AccessDenied())
+
+
 @dataclass
 class Outcome:
     key: str
@@ -610,6 +631,7 @@ class Outcome:
     changed: list[str]
     leaked: list[str]
     answer: str
+    expected: str | None
 
 
 async def attempt(harness: Harness, world: World, key: str, role: Role) -> Outcome:
@@ -630,7 +652,10 @@ async def attempt(harness: Harness, world: World, key: str, role: Role) -> Outco
     await actor.send("/cancel")  # a wizard the refusal left running is the actor's own; it must not carry over
     shown += pressed
     leaked = sorted(secret for secret in secrets(who) if secret in everything_shown(shown))
-    return Outcome(key, role, changes(before, await snapshot(harness, user_id)), leaked, everything_shown(pressed))
+    answer = everything_shown(pressed)
+    return Outcome(
+        key, role, changes(before, await snapshot(harness, user_id)), leaked, answer, expected_answer(key, who, target)
+    )
 
 
 def alerted(requests: list[TelegramMethod[Any]]) -> bool:
@@ -675,6 +700,8 @@ async def test_no_forbidden_action_changes_anything_or_leaks(harness: Harness, c
             problems = outcome.changed + [f"leaked {', '.join(outcome.leaked)}"] * bool(outcome.leaked)
             if not outcome.answer.strip():
                 problems.append("no answer at all")
+            elif outcome.expected is not None and outcome.expected not in outcome.answer:
+                problems.append(f"answered {outcome.answer[:80]!r}, not {outcome.expected[:80]!r}")
             if problems:
                 failures.append(f"{key} × {role}: {'; '.join(problems)}")
             if role is Role.STRANGER:
