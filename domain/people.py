@@ -42,6 +42,17 @@ class Duties:
         """
         return ticket.assignee_id == user_id or self.covers(ticket)
 
+    def can_take_to_deliberation(self, ticket: Ticket) -> bool:
+        """May say the ticket needs the monthly deliberation: while it is at the grid, the grid's workers and the
+        community's staff; at the community office, its staff. Above that the ticket is in the street office's or a
+        department's hands, and whoever only follows it does not move it (as on the card: History only)."""
+        match ticket.level:
+            case Level.GRID:
+                return ticket.grid_id in self.grid_ids or ticket.community_id in self.staff_community_ids
+            case Level.COMMUNITY:
+                return ticket.community_id in self.staff_community_ids
+        return False
+
     def can_handle(self, ticket: Ticket, user_id: int) -> bool:
         """May work the ticket at its current level: its assignee, or a colleague of that level.
 
