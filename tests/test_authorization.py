@@ -86,6 +86,7 @@ ALL_LEVELS = (Level.GRID, Level.COMMUNITY, Level.STREET, Level.DEPARTMENT)
 
 class Role(StrEnum):
     REPORTER = "the reporter"
+    HOUSEHOLD = "a household that joined the ticket"
     ELSEWHERE = "a resident of another building"
     OTHER_GRID = "a worker of another grid"
     COLLEAGUE = "a worker of the ticket's grid who does not handle it"
@@ -120,6 +121,7 @@ class Who:
 EVERY_TICKET = frozenset(TICKET_KEYS)
 ROLES: dict[Role, Who] = {
     Role.REPORTER: Who(REPORTER, resident_of=EVERY_TICKET, topic_notes=frozenset(SUGGESTIONS), name=REPORTER_NAME),
+    Role.HOUSEHOLD: Who(FOLLOWER, resident_of=frozenset({"GA"}), name=FOLLOWER_NAME),
     Role.ELSEWHERE: Who(ELSEWHERE),
     Role.OTHER_GRID: Who(YANG_MIN),
     Role.COLLEAGUE: Who(ZHANG_WEI, worker_of=EVERY_TICKET),
@@ -140,7 +142,7 @@ ROLES: dict[Role, Who] = {
 
 def secrets(who: Who) -> set[str]:
     """What must not reach this role: markers seeded into descriptions, reasons, topic origins and names."""
-    found = {FOLLOWER_NAME} | ({REPORTER_NAME} - {who.name})
+    found = {FOLLOWER_NAME, REPORTER_NAME} - {who.name}
     for key in TICKET_KEYS:
         if key not in who.worker_of:
             found |= {f"HB-{key}", f"UP-{key}", f"DOWN-{key}"}
@@ -234,11 +236,13 @@ REASON = "probe: a reason"
 
 EVERYONE = frozenset(Role)
 NOT_STAFF = EVERYONE - {Role.OWN_STAFF}
-NOT_HOUSEHOLD = EVERYONE - {Role.REPORTER}
-# Open and History: who may not see the ticket at all, and the reporter, who must get the resident's view.
+NOT_HOUSEHOLD = EVERYONE - {Role.REPORTER}  # of RES and CLOSED, which nobody joined
+IN_SCOPE = frozenset({Role.REPORTER, Role.HOUSEHOLD})  # they live in 银巴小区, where the surveyed topic applies
+# Open and History: who may not see the ticket at all, and its households, who must get the resident's view.
 CANNOT_SEE = frozenset(
     {
         Role.REPORTER,
+        Role.HOUSEHOLD,
         Role.ELSEWHERE,
         Role.OTHER_GRID,
         Role.OTHER_STAFF,
@@ -248,7 +252,7 @@ CANNOT_SEE = frozenset(
         Role.STRANGER,
     }
 )
-UNBOUND = EVERYONE - {Role.REPORTER, Role.ELSEWHERE}
+UNBOUND = EVERYONE - {Role.REPORTER, Role.HOUSEHOLD, Role.ELSEWHERE}
 
 # The table: action → the roles that must not do it (with what it applies to and what it asks for).
 FORBIDDEN: dict[str, tuple[Action, frozenset[Role]]] = {
@@ -304,14 +308,14 @@ FORBIDDEN: dict[str, tuple[Action, frozenset[Role]]] = {
     "TopicCb.PROGRESS": (topic_button(TopicAction.PROGRESS, "APPLIED", "50", "probe progress"), NOT_STAFF),
     "TopicCb.FEEDBACK": (topic_button(TopicAction.FEEDBACK, "APPLIED"), NOT_STAFF),
     "TopicCb.NOTICE": (topic_button(TopicAction.NOTICE, "FEEDBACK"), NOT_STAFF),
-    # Only residents in the topic's scope (银巴小区) see and vote; the reporter lives there.
+    # Only residents in the topic's scope see and vote.
     "SurveyCb:view": (
         Action(lambda w, t: SurveyCb(topic_id=w.topics[t]).pack(), ("SURVEYED",), by=REPORTER),
-        NOT_HOUSEHOLD,
+        EVERYONE - IN_SCOPE,
     ),
     "SurveyCb:vote": (
         Action(lambda w, t: SurveyCb(topic_id=w.topics[t], option=0).pack(), ("SURVEYED",), by=REPORTER),
-        NOT_HOUSEHOLD,
+        EVERYONE - IN_SCOPE,
     ),
     # Another community's staff preview and send their own community's broadcasts (nothing of this one's).
     "BroadcastCb.PREVIEW": (broadcast(BroadcastAction.PREVIEW), NOT_STAFF),
@@ -548,7 +552,7 @@ async def seed(harness: Harness, clock: FakeClock) -> World:
 
 # --- one pair ----------------------------------------------------------------------------------------------
 
-# What a forbidden action could change. users: every record but the actor's own (the bot keeps their name).
+# What a forbidden action could change. Of users, every record but the actor's own (the bot keeps their name).
 WATCHED = (
     "tickets",
     "ticket_events",
@@ -568,24 +572,23 @@ WATCHED = (
 Snapshot = dict[str, dict[str, str]]  # table → primary key → the row, as text (JSON columns hold dicts)
 
 
-async def snapshot(harness: Harness, actor: int) -> Snapshot:
+async def snapshot(harness: Harness) -> Snapshot:
     found = {}
     async with harness.sessions() as session:
         for name in WATCHED:
             table = Base.metadata.tables[name]
             key = list(table.primary_key.columns)
-            query = select(table).order_by(*key)
-            if name == "users":
-                query = query.where(table.c.id != actor)
-            rows = (await session.execute(query)).mappings()
+            rows = (await session.execute(select(table).order_by(*key))).mappings()
             found[name] = {"/".join(str(row[c.name]) for c in key): repr(dict(row)) for row in rows}
     return found
 
 
-def changes(before: Snapshot, after: Snapshot) -> list[str]:
+def changes(before: Snapshot, after: Snapshot, actor: int) -> list[str]:
     found = []
     for name in WATCHED:
         old, new = before[name], after[name]
+        if name == "users":
+            old, new = ({k: v for k, v in rows.items() if k != str(actor)} for rows in (old, new))
         added = sorted(new.keys() - old.keys())
         changed = sorted(k for k in old.keys() & new.keys() if old[k] != new[k])
         removed = sorted(old.keys() - new.keys())
@@ -632,16 +635,16 @@ class Outcome:
     leaked: list[str]
     answer: str
     expected: str | None
+    after: Snapshot  # the next pair's "before": one snapshot per pair
 
 
-async def attempt(harness: Harness, world: World, key: str, role: Role) -> Outcome:
+async def attempt(harness: Harness, world: World, key: str, role: Role, before: Snapshot) -> Outcome:
     action, _roles = FORBIDDEN[key]
     who = ROLES[role]
     user_id = who.user_id if who.user_id is not None else next(STRANGERS)
     actor = harness.person(user_id, who.name)
     target = action.target(who)
     assert target is not None
-    before = await snapshot(harness, user_id)
     shown: list[TelegramMethod[Any]] = []
     for text in action.before:
         shown += await actor.send(text)
@@ -652,10 +655,9 @@ async def attempt(harness: Harness, world: World, key: str, role: Role) -> Outco
     await actor.send("/cancel")  # a wizard the refusal left running is the actor's own; it must not carry over
     shown += pressed
     leaked = sorted(secret for secret in secrets(who) if secret in everything_shown(shown))
+    after = await snapshot(harness)
     answer = everything_shown(pressed)
-    return Outcome(
-        key, role, changes(before, await snapshot(harness, user_id)), leaked, answer, expected_answer(key, who, target)
-    )
+    return Outcome(key, role, changes(before, after, user_id), leaked, answer, expected_answer(key, who, target), after)
 
 
 def alerted(requests: list[TelegramMethod[Any]]) -> bool:
@@ -693,9 +695,11 @@ async def test_no_forbidden_action_changes_anything_or_leaks(harness: Harness, c
     failures = []
     pairs = 0
     refused_to_stranger = {}
+    state = await snapshot(harness)
     for key, (_action, roles) in FORBIDDEN.items():
         for role in sorted(roles):
-            outcome = await attempt(harness, world, key, role)
+            outcome = await attempt(harness, world, key, role, state)
+            state = outcome.after
             pairs += 1
             problems = outcome.changed + [f"leaked {', '.join(outcome.leaked)}"] * bool(outcome.leaked)
             if not outcome.answer.strip():
