@@ -99,8 +99,9 @@ class Role(StrEnum):
     STRANGER = "a stranger (never talked to the bot, not bound)"
 
 
-# The tickets of the seeded world, by key: level and status (see ``seed``). All were reported by REPORTER in
-# 银巴小区 1号楼 (grid 1).
+# The tickets of the seeded world (see ``seed``), all reported by REPORTER in 银巴小区 1号楼 (grid 1): open at the
+# grid, community office, street office or a department, waiting (A) or in progress (P); resolved; closed;
+# taken to the deliberation (TD); and three of one category that made the bot propose a candidate (N1-N3).
 TICKET_KEYS = ("GA", "GP", "CA", "CP", "SA", "SP", "DA", "DP", "RES", "CLOSED", "TD", "N1", "N2", "N3")
 ABOVE_STREET = frozenset({"SA", "SP", "DA", "DP"})
 AT_DEPARTMENT = frozenset({"DA", "DP"})
@@ -165,12 +166,11 @@ class World:
     survey_broadcast: int = 0  # the invitation to the SURVEYED topic's survey
 
 
-LEVEL_OF = {
+LEVEL_OF = {  # the level of an open ticket, by the first letter of its key
     "G": Level.GRID,
     "C": Level.COMMUNITY,
     "S": Level.STREET,
     "D": Level.DEPARTMENT,
-    "R": Level.GRID,  # RES, resolved at the grid
 }
 
 
@@ -236,7 +236,7 @@ REASON = "probe: a reason"
 
 EVERYONE = frozenset(Role)
 NOT_STAFF = EVERYONE - {Role.OWN_STAFF}
-NOT_HOUSEHOLD = EVERYONE - {Role.REPORTER}  # of RES and CLOSED, which nobody joined
+NOT_HOUSEHOLD = EVERYONE - {Role.REPORTER}  # of RES and CLOSED, which nobody joined; /my: all but the reporter
 IN_SCOPE = frozenset({Role.REPORTER, Role.HOUSEHOLD})  # they live in 银巴小区, where the surveyed topic applies
 # Open and History: who may not see the ticket at all, and its households, who must get the resident's view.
 CANNOT_SEE = frozenset(
@@ -269,7 +269,7 @@ FORBIDDEN: dict[str, tuple[Action, frozenset[Role]]] = {
     ),
     # A grid worker of the ticket's grid may take it to the deliberation while it is at the grid.
     "TicketCb.DELIBERATE": (ticket_button(TicketAction.DELIBERATE, OPEN_TICKETS, REASON), EVERYONE - {Role.COLLEAGUE}),
-    # Staff may escalate a grid ticket; the ticket's own worker has no grid ticket to forge here but her own.
+    # At the grid staff may step in, and the ticket's grid worker is at her own level: neither is forbidden.
     "EscalateCb:community": (escalate_to("community", "", ("GP", "GA")), EVERYONE - {Role.OWN_GRID, Role.OWN_STAFF}),
     "EscalateCb:street": (escalate_to("street", "", ("CP", "CA")), EVERYONE - {Role.OWN_STAFF}),
     "EscalateCb:department": (
@@ -414,7 +414,7 @@ class Seed:
             assert ticket is not None and ticket.assignee_id is not None
             return ticket.assignee_id
 
-    async def file(self, key: str, code: str) -> int:
+    async def file(self, key: str, code: str) -> None:
         async with self.sessions() as session:
             category = await session.scalar(
                 select(Category).join(Community).where(Category.code == code, Community.code == "jsx")
@@ -429,7 +429,6 @@ class Seed:
                 session, reporter=reporter, building=home, category=category, draft=draft, now=self.clock()
             )
         self.world.tickets[key] = filed.ticket.id
-        return filed.ticket.id
 
     async def act(self, key: str, step: Callable[..., Any], **arguments: Any) -> None:
         """The ticket's current assignee takes the step."""
@@ -453,7 +452,7 @@ class Seed:
         if accepted:
             await self.act(key, tickets.accept)
 
-    async def suggestion(self, key: str, until: TopicStatus) -> int:
+    async def suggestion(self, key: str, until: TopicStatus) -> None:
         """The reporter's suggestion, moved by staff (Liu, who is no role here) to step ``until``."""
         topic = await self.do(deliberation.suggest, user_id=REPORTER, text=f"NOTE-{key}")
         self.world.topics[key] = topic_id = topic.id
@@ -476,7 +475,6 @@ class Seed:
             if TopicStatus.steps().index(status) > TopicStatus.steps().index(until):
                 break
             await self.do(step, actor_id=STAFF_LIU, topic_id=topic_id, **arguments)
-        return topic_id
 
 
 async def people(harness: Harness, clock: FakeClock) -> None:
