@@ -21,7 +21,7 @@ from aiogram.utils.i18n import lazy_gettext as __
 
 from bot.callbacks import CategoryCb, TicketAction, TicketCb
 from bot.i18n import localized
-from domain.errors import AccessDenied, DomainError, InvalidTransition, NotBound, NotFound
+from domain.errors import AccessDenied, DomainError, HandledElsewhere, InvalidTransition, NotBound, NotFound
 from domain.routing import RouteReason
 from domain.tickets import NobodyToHandTo, ReportDraft, TextTooLong, TicketCard, TicketView
 from storage.models import Building, Category, EventKind, Level, Ticket, TicketEvent, TicketStatus
@@ -363,8 +363,17 @@ def _resident_loop_text(event: TicketEvent) -> str | None:
     return None
 
 
-def ticket_history(view: TicketView, tz: tzinfo, for_worker: bool) -> str:
-    ticket, names = view.ticket, view.names
+def ticket_screen(opened: TicketCard | TicketView, tz: tzinfo) -> tuple[str, InlineKeyboardMarkup | None]:
+    """What opening a ticket shows, as the domain chose it: the worker's card with its buttons, or the history
+    as its household reads it."""
+    if isinstance(opened, TicketView):
+        return ticket_history(opened, tz), None
+    return ticket_card(opened, tz), ticket_actions(opened.ticket, opened.can_act)
+
+
+def ticket_history(view: TicketView, tz: tzinfo) -> str:
+    """The history as the domain said the viewer sees it: a household reads no internal reasons."""
+    ticket, names, for_worker = view.ticket, view.names, not view.for_resident
     header = [
         f"<b>{escape(ticket_title(ticket))}</b>",
         "📍 " + escape(place_label(ticket.building, ticket.unit)),
@@ -404,6 +413,8 @@ def refusal(error: DomainError) -> str:
         return _("First tell me which building you live in: send /start.")
     if isinstance(error, NobodyToHandTo):
         return _("There is nobody else to hand this ticket to. Please keep working on it or ask the community office.")
+    if isinstance(error, HandledElsewhere):
+        return _("Someone else handles this ticket now, so this button is not for you. Its history stays open to you.")
     if isinstance(error, InvalidTransition):
         return _("This button is out of date: the ticket has moved on. Open it again from /tickets or /my.")
     if isinstance(error, AccessDenied | NotFound):

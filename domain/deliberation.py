@@ -22,11 +22,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.broadcasts import queue_survey_invitation
-from domain.errors import AccessDenied, DomainError, InvalidTransition, NotBound, NotFound
+from domain.errors import AccessDenied, DomainError, HandledElsewhere, InvalidTransition, NotBound, NotFound
 from domain.followers import household_ids
 from domain.outbox import Notice, enqueue
 from domain.people import display_names, load_duties
-from domain.tickets import MAX_NOTE, _check_length
+from domain.tickets import MAX_NOTE, _check_length, ticket_access
 from storage.models import (
     Building,
     Community,
@@ -256,9 +256,10 @@ async def _ticket_to_raise(session: AsyncSession, actor_id: int, ticket_id: int)
     ticket = await session.get(Ticket, ticket_id, with_for_update=True)
     if ticket is None:
         raise NotFound(ticket_id)
-    duties = await load_duties(session, actor_id)
-    if ticket.grid_id not in duties.grid_ids and ticket.community_id not in duties.staff_community_ids:
-        raise AccessDenied(ticket_id)
+    if not (await ticket_access(session, actor_id, ticket)).duties.can_take_to_deliberation(ticket):
+        raise HandledElsewhere(ticket_id)  # its households, and its workers once it is above their level
+    if not ticket.is_open:
+        raise InvalidTransition(ticket.status)
     if ticket.topic_id is not None:
         raise AlreadyRaised(ticket.topic_id)
     return ticket
@@ -273,7 +274,8 @@ async def check_ticket(session: AsyncSession, *, actor_id: int, ticket_id: int) 
 async def raise_from_ticket(
     session: AsyncSession, *, actor_id: int, ticket_id: int, reason: str, now: datetime
 ) -> Topic:
-    """A grid worker of the ticket's grid, or staff of its community, says it needs deliberation.
+    """A grid worker of the ticket's grid, or staff of its community, says an open ticket at their level needs
+    deliberation (Duties.can_take_to_deliberation).
 
     The new topic is narrowed to the ticket's compound and linked to the ticket, so its households hear
     what the meeting decides. Staff are told (but the one who raised it).

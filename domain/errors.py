@@ -13,6 +13,10 @@ class AccessDenied(DomainError):
     """The actor may not see or change this object (also raised for forged ids)."""
 
 
+class HandledElsewhere(DomainError):
+    """The actor may follow this ticket (a household, a colleague, another level) but someone else works it now."""
+
+
 class InvalidTransition(DomainError):
     """The ticket is no longer in a state where this action makes sense (a stale button)."""
 

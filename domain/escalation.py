@@ -24,7 +24,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from domain.deadlines import start_window
 from domain.errors import InvalidTransition
 from domain.outbox import Notice, enqueue
-from domain.people import Duties
 from domain.routing import RouteReason, RoutingDecision, choose_assignee, choose_at_level
 from domain.tickets import (
     MAX_NOTE,
@@ -50,12 +49,9 @@ class Target:
     name_en: str = ""
 
 
-def _check_open(ticket: Ticket, actor_id: int, duties: Duties) -> None:
+def _check_open(ticket: Ticket) -> None:
     if not ticket.is_open:
         raise InvalidTransition(ticket.status)
-    if not duties.can_handle(ticket, actor_id):
-        # e.g. the grid worker once the ticket is above the grid: they still see it, but cannot act on it
-        raise InvalidTransition("handled at another level")
 
 
 async def _departments(session: AsyncSession, community_id: int) -> list[Target]:
@@ -102,8 +98,8 @@ async def _targets(session: AsyncSession, ticket: Ticket) -> list[Target]:
 async def escalation_targets(session: AsyncSession, *, actor_id: int, ticket_id: int) -> list[Target]:
     """Where ``actor_id`` may escalate the ticket now; refuses (like ``escalate``) if they may not at all."""
     async with session.begin():
-        ticket, duties = await _ticket_for_worker(session, actor_id, ticket_id)
-        _check_open(ticket, actor_id, duties)
+        ticket = await _ticket_for_worker(session, actor_id, ticket_id)
+        _check_open(ticket)
         targets = await _targets(session, ticket)
     if not targets:
         raise InvalidTransition(ticket.level)
@@ -160,8 +156,8 @@ async def escalate(
     """Send the ticket up to ``level`` (and ``department``), which must be one of ``escalation_targets``."""
     reason = _check_length(reason, MAX_NOTE)
     async with session.begin():
-        ticket, duties = await _ticket_for_worker(session, actor_id, ticket_id)
-        _check_open(ticket, actor_id, duties)
+        ticket = await _ticket_for_worker(session, actor_id, ticket_id)
+        _check_open(ticket)
         allowed = {(t.level, t.department) for t in await _targets(session, ticket)}
         wanted = (level, department if level == Level.DEPARTMENT else None)
         if wanted not in allowed:
@@ -231,8 +227,8 @@ async def send_down(
     the level it came from."""
     instruction = _check_length(instruction, MAX_NOTE)
     async with session.begin():
-        ticket, duties = await _ticket_for_worker(session, actor_id, ticket_id)
-        _check_open(ticket, actor_id, duties)
+        ticket = await _ticket_for_worker(session, actor_id, ticket_id)
+        _check_open(ticket)
         if ticket.level == Level.GRID:
             raise InvalidTransition(ticket.level)
         decision = await _down_decision(session, ticket, {actor_id})
@@ -273,7 +269,7 @@ async def escalate_overdue(session: AsyncSession, ticket: Ticket, now: datetime,
 async def check_send_down(session: AsyncSession, *, actor_id: int, ticket_id: int) -> None:
     """Refuses (like ``send_down``) when ``actor_id`` may not send the ticket down now."""
     async with session.begin():
-        ticket, duties = await _ticket_for_worker(session, actor_id, ticket_id)
-        _check_open(ticket, actor_id, duties)
+        ticket = await _ticket_for_worker(session, actor_id, ticket_id)
+        _check_open(ticket)
         if ticket.level == Level.GRID:
             raise InvalidTransition(ticket.level)

@@ -35,6 +35,24 @@ class Duties:
             or (ticket.level == Level.DEPARTMENT and (ticket.community_id, ticket.department) in self.departments)
         )
 
+    def sees_as_worker(self, ticket: Ticket, user_id: int) -> bool:
+        """Gets the worker's card and history, internal reasons included: its assignee, or whose duties cover it.
+
+        Being its reporter or a household that joined gives only the resident's view, whatever button was pressed.
+        """
+        return ticket.assignee_id == user_id or self.covers(ticket)
+
+    def can_take_to_deliberation(self, ticket: Ticket) -> bool:
+        """May say the ticket needs the monthly deliberation: while it is at the grid, the grid's workers and the
+        community's staff; at the community office, its staff. Above that the ticket is in the street office's or a
+        department's hands, and whoever only follows it does not move it (as on the card: History only)."""
+        match ticket.level:
+            case Level.GRID:
+                return ticket.grid_id in self.grid_ids or ticket.community_id in self.staff_community_ids
+            case Level.COMMUNITY:
+                return ticket.community_id in self.staff_community_ids
+        return False
+
     def can_handle(self, ticket: Ticket, user_id: int) -> bool:
         """May work the ticket at its current level: its assignee, or a colleague of that level.
 

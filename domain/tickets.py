@@ -14,8 +14,8 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.deadlines import start_window
-from domain.errors import AccessDenied, DomainError, InvalidTransition, NotBound, NotFound
-from domain.followers import households, is_follower, tell_households
+from domain.errors import AccessDenied, DomainError, HandledElsewhere, InvalidTransition, NotBound, NotFound
+from domain.followers import households, is_household, tell_households
 from domain.outbox import Notice, enqueue
 from domain.people import Duties, Person, display_names, load_duties
 from domain.routing import RoutingDecision, choose_assignee, record_assignment
@@ -69,7 +69,7 @@ class TicketView:
     ticket: Ticket
     events: list[TicketEvent]
     names: dict[int, str]
-    for_resident: bool = False  # the viewer is the reporter or a household that joined: no internal reasons
+    for_resident: bool = False  # a household that is no worker of it: no internal reasons (see TicketAccess)
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,25 @@ class TicketCard:
     can_act: bool = True
     households: int = 1  # the reporter and every household that joined ("me too")
     reopened: TicketEvent | None = None  # the latest "not fixed" from a resident, with the reason
+
+
+@dataclass(frozen=True)
+class TicketAccess:
+    """What someone gets of a ticket, decided from their duties, never from the button they pressed."""
+
+    duties: Duties
+    as_worker: bool  # the worker's card and history (Duties.sees_as_worker); else the resident's view
+    can_act: bool  # may work it at its current level (Duties.can_handle)
+
+
+async def ticket_access(session: AsyncSession, user_id: int, ticket: Ticket) -> TicketAccess:
+    """Inside the caller's transaction. Anyone who is neither a worker of the ticket nor one of its households
+    (the reporter, or one who joined) is refused, as for a ticket that does not exist."""
+    duties = await load_duties(session, user_id)
+    as_worker = duties.sees_as_worker(ticket, user_id)
+    if not as_worker and not await is_household(session, ticket, user_id):
+        raise AccessDenied(ticket.id)
+    return TicketAccess(duties, as_worker, as_worker and duties.can_handle(ticket, user_id))
 
 
 def _check_length(text: str, limit: int) -> str:
@@ -162,20 +181,22 @@ async def _record_routing(session: AsyncSession, ticket: Ticket, decision: Routi
         enqueue(session, decision.assignee.user_id, Notice.TICKET_PHOTOS, now, ticket_id=ticket.id)
 
 
-async def _ticket_for_worker(session: AsyncSession, actor_id: int, ticket_id: int) -> tuple[Ticket, Duties]:
+async def _ticket_for_worker(session: AsyncSession, actor_id: int, ticket_id: int) -> Ticket:
+    """The ticket, locked, for someone who may work it now: its assignee, or a colleague of its level who may
+    step in (Duties.can_handle). Who may only follow it is told someone else handles it, before its status is
+    looked at: "out of date" is for the one whose button it was."""
     ticket = await session.get(Ticket, ticket_id, with_for_update=True)
     if ticket is None:
         raise NotFound(ticket_id)
-    duties = await load_duties(session, actor_id)
-    if not (duties.covers(ticket) or ticket.assignee_id == actor_id):
-        raise AccessDenied(ticket_id)
-    return ticket, duties
+    if not (await ticket_access(session, actor_id, ticket)).can_act:
+        raise HandledElsewhere(ticket_id)
+    return ticket
 
 
-def _require_handler(ticket: Ticket, actor_id: int, duties: Duties) -> None:
-    """Only the current assignee works a ticket; colleagues of its level may step in (Duties.can_handle)."""
-    if not duties.can_handle(ticket, actor_id):
-        raise InvalidTransition("assigned to someone else")
+async def check_can_work(session: AsyncSession, *, actor_id: int, ticket_id: int) -> None:
+    """Refuse a worker's button, as its action would, before anyone types the text it asks for."""
+    async with session.begin():
+        await _ticket_for_worker(session, actor_id, ticket_id)
 
 
 async def _record(
@@ -204,10 +225,9 @@ async def _tell_reporter(session: AsyncSession, ticket: Ticket, event: TicketEve
 
 async def accept(session: AsyncSession, *, actor_id: int, ticket_id: int, now: datetime) -> Ticket:
     async with session.begin():
-        ticket, duties = await _ticket_for_worker(session, actor_id, ticket_id)
+        ticket = await _ticket_for_worker(session, actor_id, ticket_id)
         if ticket.status != TicketStatus.ASSIGNED:
             raise InvalidTransition(ticket.status)
-        _require_handler(ticket, actor_id, duties)
         ticket.status = TicketStatus.IN_PROGRESS
         ticket.assignee_id = actor_id
         ticket.accepted_at = now
@@ -220,11 +240,11 @@ async def hand_back(session: AsyncSession, *, actor_id: int, ticket_id: int, rea
     """Give the ticket to the next person: a backup worker, else community staff."""
     reason = _check_length(reason, MAX_NOTE)
     async with session.begin():
-        ticket, _duties = await _ticket_for_worker(session, actor_id, ticket_id)
+        ticket = await _ticket_for_worker(session, actor_id, ticket_id)
+        if ticket.assignee_id != actor_id:
+            raise HandledElsewhere(ticket_id)  # colleagues step in, but only the assignee passes it on
         if not ticket.is_open:
             raise InvalidTransition(ticket.status)
-        if ticket.assignee_id != actor_id:
-            raise InvalidTransition("assigned to someone else")
         if ticket.level not in (Level.GRID, Level.COMMUNITY):
             raise InvalidTransition(ticket.level)  # above the community, a ticket is sent down instead
         handed_back_before = set(
@@ -254,10 +274,9 @@ async def add_note(
 ) -> Ticket:
     text = _check_length(text, MAX_NOTE)
     async with session.begin():
-        ticket, duties = await _ticket_for_worker(session, actor_id, ticket_id)
+        ticket = await _ticket_for_worker(session, actor_id, ticket_id)
         if ticket.status != TicketStatus.IN_PROGRESS:
             raise InvalidTransition(ticket.status)
-        _require_handler(ticket, actor_id, duties)
         event = await _record(session, ticket, EventKind.NOTE, actor_id, now, note=text, photo=photo)
         await _tell_reporter(session, ticket, event, now)
     return ticket
@@ -268,10 +287,9 @@ async def resolve(
 ) -> Ticket:
     note = _check_length(note, MAX_NOTE)
     async with session.begin():
-        ticket, duties = await _ticket_for_worker(session, actor_id, ticket_id)
+        ticket = await _ticket_for_worker(session, actor_id, ticket_id)
         if ticket.status != TicketStatus.IN_PROGRESS:
             raise InvalidTransition(ticket.status)
-        _require_handler(ticket, actor_id, duties)
         ticket.status = TicketStatus.RESOLVED
         ticket.resolved_at = now
         event = await _record(
@@ -339,44 +357,40 @@ async def open_tickets_for_worker(session: AsyncSession, user_id: int, limit: in
         )
 
 
-async def _check_viewer(session: AsyncSession, viewer_id: int, ticket_id: int) -> Ticket:
+async def _ticket(session: AsyncSession, ticket_id: int) -> Ticket:
     ticket = await session.get(Ticket, ticket_id)
     if ticket is None:
         raise NotFound(ticket_id)
-    if ticket.reporter_id != viewer_id and ticket.assignee_id != viewer_id:
-        duties = await load_duties(session, viewer_id)
-        if not duties.covers(ticket) and not await is_follower(session, ticket.id, viewer_id):
-            raise AccessDenied(ticket_id)
     return ticket
 
 
-async def view_ticket(session: AsyncSession, *, viewer_id: int, ticket_id: int) -> TicketView:
-    """A ticket with its history, for its reporter or for someone whose duties cover it."""
-    async with session.begin():
-        ticket = await _check_viewer(session, viewer_id, ticket_id)
-        events = list(
-            await session.scalars(
-                select(TicketEvent).where(TicketEvent.ticket_id == ticket_id).order_by(TicketEvent.id)
-            )
-        )
-        people = {ticket.assignee_id} | {e.actor_id for e in events} | {e.data.get("assignee") for e in events}
-        names = await display_names(session, ticket.community_id, people - {ticket.reporter_id})
-        for_resident = ticket.reporter_id == viewer_id or (
-            ticket.assignee_id != viewer_id and await is_follower(session, ticket.id, viewer_id)
-        )
+async def _history(session: AsyncSession, ticket: Ticket, for_resident: bool) -> TicketView:
+    events = list(
+        await session.scalars(select(TicketEvent).where(TicketEvent.ticket_id == ticket.id).order_by(TicketEvent.id))
+    )
+    people = {ticket.assignee_id} | {e.actor_id for e in events} | {e.data.get("assignee") for e in events}
+    names = await display_names(session, ticket.community_id, people - {ticket.reporter_id})
     return TicketView(ticket, events, names, for_resident)
 
 
-async def open_card(session: AsyncSession, *, viewer_id: int, ticket_id: int) -> TicketCard:
+async def view_ticket(session: AsyncSession, *, viewer_id: int, ticket_id: int) -> TicketView:
+    """A ticket with its history: as a worker sees it, or as a resident does (TicketAccess.as_worker)."""
     async with session.begin():
-        ticket = await _check_viewer(session, viewer_id, ticket_id)
-        card = await load_card(session, ticket)
-        if ticket.assignee_id != viewer_id and ticket.reporter_id != viewer_id:
-            duties = await load_duties(session, viewer_id)
-            card = replace(card, can_act=duties.can_handle(ticket, viewer_id))
-        elif ticket.assignee_id != viewer_id:
-            card = replace(card, can_act=False)
-        return card
+        ticket = await _ticket(session, ticket_id)
+        access = await ticket_access(session, viewer_id, ticket)
+        return await _history(session, ticket, for_resident=not access.as_worker)
+
+
+async def open_ticket(session: AsyncSession, *, viewer_id: int, ticket_id: int) -> TicketCard | TicketView:
+    """What opening the ticket shows the viewer, decided by their duties: the worker's card with the actions
+    they may take now, or for a household that is no worker of it, the resident's view of its history (a
+    forged "open card" button must not show a resident the hand-back and escalation reasons)."""
+    async with session.begin():
+        ticket = await _ticket(session, ticket_id)
+        access = await ticket_access(session, viewer_id, ticket)
+        if not access.as_worker:
+            return await _history(session, ticket, for_resident=True)
+        return replace(await load_card(session, ticket), can_act=access.can_act)
 
 
 async def load_card(session: AsyncSession, ticket: Ticket) -> TicketCard:

@@ -43,5 +43,4 @@ async def history(
         return
     await query.answer()
     if isinstance(query.message, Message):
-        for_worker = not view.for_resident  # a household that joined reads it as a resident, too
-        await query.message.answer(views.ticket_history(view, tz, for_worker))
+        await query.message.answer(views.ticket_history(view, tz))

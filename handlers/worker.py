@@ -18,7 +18,7 @@ from bot.callbacks import TicketAction, TicketCb
 from bot.filters import Button, Content
 from domain import tickets
 from domain.clock import Clock
-from domain.errors import DomainError, InvalidTransition
+from domain.errors import DomainError
 from domain.people import Person
 from handlers.common import finish_text_step
 
@@ -64,8 +64,8 @@ async def open_tickets(message: Message, session: AsyncSession, user: Person, tz
 
 
 async def _send_card(message: Message, session: AsyncSession, user: Person, ticket_id: int, tz: tzinfo) -> None:
-    card = await tickets.open_card(session, viewer_id=user.id, ticket_id=ticket_id)
-    await message.answer(views.ticket_card(card, tz), reply_markup=views.ticket_actions(card.ticket, card.can_act))
+    text, markup = views.ticket_screen(await tickets.open_ticket(session, viewer_id=user.id, ticket_id=ticket_id), tz)
+    await message.answer(text, reply_markup=markup)
 
 
 @router.callback_query(TicketCb.filter(F.action == TicketAction.OPEN))
@@ -92,15 +92,14 @@ async def accept(
 ) -> None:
     try:
         await tickets.accept(session, actor_id=user.id, ticket_id=callback_data.ticket_id, now=clock())
-        card = await tickets.open_card(session, viewer_id=user.id, ticket_id=callback_data.ticket_id)
+        opened = await tickets.open_ticket(session, viewer_id=user.id, ticket_id=callback_data.ticket_id)
     except DomainError as error:
         await query.answer(views.refusal(error), show_alert=True)
         return
     await query.answer(_("Accepted. The resident has been told."))
     if isinstance(query.message, Message):
-        await query.message.edit_text(
-            views.ticket_card(card, tz), reply_markup=views.ticket_actions(card.ticket, card.can_act)
-        )
+        text, markup = views.ticket_screen(opened, tz)
+        await query.message.edit_text(text, reply_markup=markup)
 
 
 @router.callback_query(TicketCb.filter(F.action.in_(PROMPTS)))
@@ -109,9 +108,7 @@ async def ask_for_text(
 ) -> None:
     # Check access now, so a forged button is refused before the worker types anything.
     try:
-        card = await tickets.open_card(session, viewer_id=user.id, ticket_id=callback_data.ticket_id)
-        if not card.can_act:  # e.g. the grid worker once the ticket is above the grid
-            raise InvalidTransition("handled at another level")
+        await tickets.check_can_work(session, actor_id=user.id, ticket_id=callback_data.ticket_id)
     except DomainError as error:
         await query.answer(views.refusal(error), show_alert=True)
         return

@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 from domain import tickets
 from domain.categories import list_categories, suggest_category
 from domain.directory import Directory
-from domain.errors import AccessDenied, InvalidTransition, NotBound
+from domain.errors import AccessDenied, HandledElsewhere, InvalidTransition, NotBound
 from domain.people import touch_user
 from domain.routing import RouteReason
 from storage.db import SessionFactory
@@ -141,7 +141,7 @@ async def test_lifecycle_rules_and_access(session_factory: SessionFactory, clock
             await tickets.add_note(session, actor_id=LI_JUAN, ticket_id=ticket_id, text="x", photo=None, now=clock())
         with pytest.raises(AccessDenied):  # grid 2's worker
             await tickets.accept(session, actor_id=200011, ticket_id=ticket_id, now=clock())
-        with pytest.raises(AccessDenied):  # the reporter is no worker
+        with pytest.raises(HandledElsewhere):  # the reporter follows it; its worker handles it
             await tickets.resolve(session, actor_id=1, ticket_id=ticket_id, note="done", photo=None, now=clock())
         clock.advance(hours=1)
         accepted = await tickets.accept(session, actor_id=LI_JUAN, ticket_id=ticket_id, now=clock())
