@@ -28,7 +28,7 @@ from sqlalchemy import Table, bindparam, delete, event, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import ORMExecuteState, Session
 
 from domain.clock import Clock
 from storage.db import SessionFactory
@@ -68,10 +68,12 @@ def order_key(update: Update) -> int:
 
 
 class InboxMarkMiddleware(BaseMiddleware):
-    """Writes "handled" with every commit the update's own work makes (registered after the user lookup).
+    """Writes "handled" with the first commit that changes something for the update (registered after the user
+    lookup, whose commit must not carry it).
 
-    The user lookup's commit must not carry it: a crash between that and the ticket's commit would then
-    lose the ticket.
+    A commit that only read (a domain lookup opens a transaction of its own) must not carry it either: were the
+    process to die after it, before the update's change or its wizard state was written, the update would count
+    as handled with nothing done.
     """
 
     async def __call__(
@@ -85,21 +87,43 @@ class InboxMarkMiddleware(BaseMiddleware):
             return await handler(event_, data)
         session: AsyncSession = data["session"]
         clock: Clock = data["clock"]
+        writes = {"pending": False, "marking": False}
+
+        def on_execute(state: ORMExecuteState) -> None:
+            if state.is_insert or state.is_update or state.is_delete:
+                writes["pending"] = True
+
+        def after_flush(_sync_session: Session, _context: object) -> None:
+            writes["pending"] = True
 
         def before_commit(sync_session: Session) -> None:
-            if not mark.written:
+            # Runs after the wizard state's write-along (registered earlier), which counts as a change.
+            if writes["pending"] and not mark.written:
                 sync_session.execute(_MARK_HANDLED, {"ids": [mark.update_id], "now": clock()})
+                writes["marking"] = True
 
         def after_commit(_sync_session: Session) -> None:
-            mark.written = True
+            if writes["marking"]:
+                mark.written = True
+            writes["pending"] = writes["marking"] = False
 
-        event.listen(session.sync_session, "before_commit", before_commit)
-        event.listen(session.sync_session, "after_commit", after_commit)
+        def after_rollback(_sync_session: Session, _previous: object) -> None:
+            writes["pending"] = writes["marking"] = False
+
+        listeners: list[tuple[str, Callable[..., None]]] = [
+            ("do_orm_execute", on_execute),
+            ("after_flush", after_flush),
+            ("before_commit", before_commit),
+            ("after_commit", after_commit),
+            ("after_soft_rollback", after_rollback),
+        ]
+        for name, listener in listeners:
+            event.listen(session.sync_session, name, listener)
         try:
             return await handler(event_, data)
         finally:
-            event.remove(session.sync_session, "before_commit", before_commit)
-            event.remove(session.sync_session, "after_commit", after_commit)
+            for name, listener in listeners:
+                event.remove(session.sync_session, name, listener)
 
 
 class UpdateInbox:

@@ -118,6 +118,26 @@ async def test_a_crash_before_the_commit_is_handled_after_the_restart(
     assert await again.recover() == 0, "and not again"
 
 
+async def test_a_crash_after_a_commit_that_only_read_is_handled_after_the_restart(
+    harness: Harness, clock: FakeClock
+) -> None:
+    resident = harness.person(900303)
+    await bind(resident)
+    start = text_update(resident.id, "/my")
+    inbox = inbox_of(harness)
+    await inbox.record([start])
+    # /my reads the resident's reports in a transaction of its own, then dies while answering.
+    harness.telegram.die_after_next_request = True
+    with pytest.raises(ProcessDied):
+        await inbox.handle(start)
+
+    restarted = Harness(harness.sessions, clock)
+    again = inbox_of(restarted)
+    assert await again.recover() == 1, "a commit that only read does not count as handled"
+    await again.drain(seconds=5)
+    assert sent_to(restarted.telegram.requests, resident.id), "the answer comes after the restart"
+
+
 async def test_updates_of_one_user_keep_their_order_and_users_run_concurrently(harness: Harness) -> None:
     inbox = inbox_of(harness)
     residents = [900310 + n for n in range(6)]
