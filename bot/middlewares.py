@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from domain.clock import Clock
 from domain.outbox import QUEUED_FLAG
 from domain.people import CHANGED_PEOPLE, Person, touch_user
+from domain.text import clean
 from storage.db import SessionFactory
 
 Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
@@ -68,7 +69,7 @@ class UserMiddleware(BaseMiddleware):
             taken_at, person = cached
             if (
                 now - taken_at < self.ttl
-                and person.full_name == telegram_user.full_name
+                and person.full_name == clean(telegram_user.full_name)  # as touch_user stores it
                 and person.telegram_language == telegram_user.language_code
             ):
                 return person

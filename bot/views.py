@@ -23,7 +23,8 @@ from bot.callbacks import CategoryCb, TicketAction, TicketCb
 from bot.i18n import localized
 from domain.errors import AccessDenied, DomainError, InvalidTransition, NotBound, NotFound
 from domain.routing import RouteReason
-from domain.tickets import NobodyToHandTo, ReportDraft, TextTooLong, TicketCard, TicketView
+from domain.text import TextEmpty, TextTooLong
+from domain.tickets import NobodyToHandTo, ReportDraft, TicketCard, TicketView
 from storage.models import Building, Category, EventKind, Level, Ticket, TicketEvent, TicketStatus
 
 # Main-menu buttons; handlers match them with F.text == ... in the user's language.
@@ -400,6 +401,8 @@ def refusal(error: DomainError) -> str:
     """A polite answer for an action the domain refused."""
     if isinstance(error, TextTooLong):
         return _("That is too long: please keep it under {limit} characters.").format(limit=error.limit)
+    if isinstance(error, TextEmpty):
+        return _("There are no words in that message. Please write it out in words.")
     if isinstance(error, NotBound):
         return _("First tell me which building you live in: send /start.")
     if isinstance(error, NobodyToHandTo):

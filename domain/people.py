@@ -10,6 +10,7 @@ from sqlalchemy import bindparam, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.errors import NotFound
+from domain.text import clean
 from storage.models import Building, Community, Compound, Level, Membership, Role, Ticket, User
 
 
@@ -89,6 +90,7 @@ async def touch_user(
     session: AsyncSession, user_id: int, full_name: str, telegram_language: str | None, now: datetime
 ) -> Person:
     """Load the user who sent an update, creating or refreshing their record."""
+    full_name = clean(full_name)
     async with session.begin():
         found = (await session.execute(_USER_AND_DUTY, {"user_id": user_id})).first()
         user, is_worker = found if found is not None else (None, False)
@@ -154,6 +156,7 @@ async def display_names(session: AsyncSession, community_id: int, user_ids: Iter
 
 
 async def building_by_link(session: AsyncSession, link_key: str) -> Building | None:
+    link_key = clean(link_key)  # typed after /start by hand, it may hold a NUL, which PostgreSQL refuses
     async with session.begin():
         return await session.scalar(select(Building).where(Building.link_key == link_key, Building.active.is_(True)))
 

@@ -20,7 +20,7 @@ from bot.filters import AnyCommand, Button
 from bot.i18n import LANGUAGES
 from domain.errors import DomainError
 from domain.people import Person, set_language
-from domain.tickets import TextTooLong
+from domain.text import TextEmpty, TextTooLong
 
 router = Router(name="common")
 
@@ -32,12 +32,12 @@ async def finish_text_step(
     step: Awaitable[Any],
     done: str,
     refusal: Callable[[DomainError], str] = views.refusal,
-    retry_on: tuple[type[DomainError], ...] = (TextTooLong,),
+    retry_on: tuple[type[DomainError], ...] = (TextTooLong, TextEmpty),
 ) -> None:
     """Run the domain step that the text someone just typed was for, and end that step.
 
-    A refusal they can fix by typing again (too long, empty) keeps them in the step; any other refusal, or
-    success, ends it and shows the main menu with the answer.
+    A refusal they can fix by typing again (too long, nothing but blanks) keeps them in the step; any other
+    refusal, or success, ends it and shows the main menu with the answer.
     """
     try:
         await step

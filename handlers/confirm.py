@@ -21,12 +21,9 @@ from domain import confirmation
 from domain.clock import Clock
 from domain.errors import DomainError
 from domain.people import Person
-from domain.tickets import TextTooLong
 from handlers.common import finish_text_step, show_menu
 
 router = Router(name="confirm")
-# Refusals a resident mends by typing again: the step stays open.
-RETRYABLE = (TextTooLong, confirmation.ReasonRequired)
 
 
 class FeedbackInput(StatesGroup):
@@ -80,7 +77,7 @@ async def reason_given(message: Message, state: FSMContext, session: AsyncSessio
     done = _(
         "Ticket #{number} is reopened and back with the worker, with your words. I will tell you about every step."
     ).format(number=ticket_id)
-    await finish_text_step(message, state, user, step, done, feedback_views.refusal, RETRYABLE)
+    await finish_text_step(message, state, user, step, done, feedback_views.refusal)
 
 
 @router.message(StateFilter(FeedbackInput.reason))
@@ -125,7 +122,7 @@ async def commented(message: Message, state: FSMContext, session: AsyncSession, 
     step = confirmation.comment_on_rating(
         session, actor_id=user.id, ticket_id=ticket_id, text=message.text or "", now=clock()
     )
-    await finish_text_step(message, state, user, step, _thanks(), feedback_views.refusal, RETRYABLE)
+    await finish_text_step(message, state, user, step, _thanks(), feedback_views.refusal)
 
 
 @router.message(StateFilter(FeedbackInput.comment))

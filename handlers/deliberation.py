@@ -20,17 +20,18 @@ from bot.callbacks import SurveyCb, TicketAction, TicketCb, TopicAction, TopicCb
 from bot.filters import Content
 from domain import deliberation
 from domain.clock import Clock
-from domain.deliberation import BadNumber, BadOptions, EmptyText
+from domain.deliberation import BadNumber, BadOptions
 from domain.errors import DomainError, NotBound
 from domain.people import Person
-from domain.tickets import MAX_NOTE, TextTooLong
+from domain.text import TextEmpty, TextTooLong, required_text
+from domain.tickets import MAX_NOTE
 from handlers.common import finish_text_step, message_of, start_text_step
 from storage.models import TopicStatus
 
 router = Router(name="deliberation")
 
 # Refusals someone fixes by typing again: they stay in the step.
-RETRY = (TextTooLong, EmptyText, BadOptions, BadNumber)
+RETRY = (TextTooLong, TextEmpty, BadOptions, BadNumber)
 
 
 class TopicInput(StatesGroup):
@@ -189,7 +190,7 @@ async def _next(message: Message, state: FSMContext, next_state: State, prompt: 
 async def _checked(message: Message, limit: int) -> str | None:
     """The typed text, or None after telling them why it cannot be used (they stay in the step)."""
     try:
-        return deliberation.check_text(message.text or "", limit)
+        return required_text(message.text or "", limit)
     except DomainError as error:
         await message.answer(dv.refusal(error))
         return None

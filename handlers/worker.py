@@ -152,9 +152,6 @@ async def progress_note(message: Message, state: FSMContext, session: AsyncSessi
 @router.message(StateFilter(WorkerInput.resolution), Content(ContentType.TEXT, ContentType.PHOTO))
 async def resolution(message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock) -> None:
     text, photo = _text_and_photo(message)
-    if not text.strip():
-        await message.answer(_("Please say in words what was done (add it as the photo's caption)."))
-        return
     ticket_id = (await state.get_data())["ticket_id"]
     step = tickets.resolve(session, actor_id=user.id, ticket_id=ticket_id, note=text, photo=photo, now=clock())
     done = _("Ticket #{number} is resolved; the resident has been told.").format(number=ticket_id)
