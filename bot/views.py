@@ -388,6 +388,29 @@ def resident_update(ticket: Ticket, event: TicketEvent, names: dict[int, str]) -
     return "\n".join([f"<b>{escape(ticket_title(ticket))}</b>", event_text(event, names, for_worker=False)])
 
 
+# --- outside the private chat -----------------------------------------------------------------------------
+
+
+def private_chat_keyboard(username: str) -> InlineKeyboardMarkup:
+    """One button that opens the bot's private chat (for a new user, with its Start button)."""
+    button = InlineKeyboardButton(text=_("💬 Open the private chat"), url=f"https://t.me/{username}")
+    return InlineKeyboardMarkup(inline_keyboard=[[button]])
+
+
+def private_chat_only() -> str:
+    """The answer to a command in a group."""
+    return _("I work only in a private chat, so that nobody else sees your reports. Tap below to open it.")
+
+
+def added_to_group() -> str:
+    return _("Hello! Residents report problems to me in a private chat, where nobody else sees them. Tap below.")
+
+
+def button_in_group() -> str:
+    """A callback answer: at most 200 characters."""
+    return _("This works only in a private chat with me.")
+
+
 MESSAGE_LIMIT = 4096
 CAPTION_LIMIT = 1024
 

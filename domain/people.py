@@ -106,6 +106,17 @@ async def touch_user(
         )
 
 
+async def set_reachable(session: AsyncSession, user_id: int, reachable: bool, now: datetime) -> None:
+    """Telegram says the person blocked the bot in their private chat (or unblocked it): messages to them are
+    not tried while they cannot be delivered."""
+    async with session.begin():
+        user = await session.get(User, user_id)
+        if user is None:
+            raise NotFound(user_id)
+        user.unreachable_at = None if reachable else now
+        _changed(session, user_id)  # so the next message they send is seen as proof they can be reached
+
+
 async def set_language(session: AsyncSession, user_id: int, language: str) -> None:
     async with session.begin():
         user = await session.get(User, user_id)
