@@ -28,7 +28,7 @@ from domain.clock import Clock
 from domain.directory import Directory
 from domain.errors import DomainError, NotBound, NotFound
 from domain.people import Person
-from handlers.common import show_menu
+from handlers.common import Screen, chat_of, replace, show_menu
 from handlers.start import offer_places
 
 router = Router(name="report")
@@ -121,7 +121,7 @@ async def category_chosen(
 ) -> None:
     data = await state.get_data()
     category = await directory.category(session, data["community_id"], callback_data.category_id)
-    if category is None or not isinstance(query.message, Message):
+    if category is None:
         await query.answer(_("Sorry, you cannot open this."), show_alert=True)
         return
     await query.answer()
@@ -140,13 +140,15 @@ async def category_chosen(
     markup = feedback_views.me_too_keyboard(similar) if similar else None
     if similar:
         chosen += "\n\n" + feedback_views.similar_tickets(similar, tz)
+    screen = chat_of(query)
     if data.get("description"):
-        await query.message.edit_text(chosen, reply_markup=markup)
-        await _ask_for_photos(query.message, state)
+        await replace(screen, chosen, markup)
+        await _ask_for_photos(screen, state)
     else:
-        await query.message.edit_text(
+        await replace(
+            screen,
             chosen + "\n\n" + _("Please describe the problem in a few words: what, where exactly, since when."),
-            reply_markup=markup,
+            markup,
         )
 
 
@@ -163,7 +165,7 @@ async def description_not_text(message: Message) -> None:
     await message.answer(_("Please describe the problem in words first; you can add photos next."))
 
 
-async def _ask_for_photos(message: Message, state: FSMContext) -> None:
+async def _ask_for_photos(message: Screen, state: FSMContext) -> None:
     await state.set_state(ReportWizard.photos)
     await message.answer(
         _(

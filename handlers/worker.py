@@ -20,7 +20,7 @@ from domain import tickets
 from domain.clock import Clock
 from domain.errors import DomainError, InvalidTransition
 from domain.people import Person
-from handlers.common import finish_text_step
+from handlers.common import chat_of, finish_text_step, replace, start_text_step
 
 router = Router(name="worker")
 
@@ -63,22 +63,19 @@ async def open_tickets(message: Message, session: AsyncSession, user: Person, tz
     await message.answer("\n".join(lines), reply_markup=views.tickets_keyboard(found, TicketAction.OPEN))
 
 
-async def _send_card(message: Message, session: AsyncSession, user: Person, ticket_id: int, tz: tzinfo) -> None:
-    card = await tickets.open_card(session, viewer_id=user.id, ticket_id=ticket_id)
-    await message.answer(views.ticket_card(card, tz), reply_markup=views.ticket_actions(card.ticket, card.can_act))
-
-
 @router.callback_query(TicketCb.filter(F.action == TicketAction.OPEN))
 async def open_card(
     query: CallbackQuery, callback_data: TicketCb, session: AsyncSession, user: Person, tz: tzinfo
 ) -> None:
-    assert isinstance(query.message, Message)
     try:
-        await _send_card(query.message, session, user, callback_data.ticket_id, tz)
+        card = await tickets.open_card(session, viewer_id=user.id, ticket_id=callback_data.ticket_id)
     except DomainError as error:
         await query.answer(views.refusal(error), show_alert=True)
         return
     await query.answer()
+    await chat_of(query).answer(
+        views.ticket_card(card, tz), reply_markup=views.ticket_actions(card.ticket, card.can_act)
+    )
 
 
 @router.callback_query(TicketCb.filter(F.action == TicketAction.ACCEPT))
@@ -97,10 +94,7 @@ async def accept(
         await query.answer(views.refusal(error), show_alert=True)
         return
     await query.answer(_("Accepted. The resident has been told."))
-    if isinstance(query.message, Message):
-        await query.message.edit_text(
-            views.ticket_card(card, tz), reply_markup=views.ticket_actions(card.ticket, card.can_act)
-        )
+    await replace(chat_of(query), views.ticket_card(card, tz), views.ticket_actions(card.ticket, card.can_act))
 
 
 @router.callback_query(TicketCb.filter(F.action.in_(PROMPTS)))
@@ -116,11 +110,7 @@ async def ask_for_text(
         await query.answer(views.refusal(error), show_alert=True)
         return
     next_state, prompt = PROMPTS[callback_data.action]
-    await state.set_state(next_state)
-    await state.set_data({"ticket_id": callback_data.ticket_id})
-    await query.answer()
-    if isinstance(query.message, Message):
-        await query.message.answer(prompt(callback_data.ticket_id) + "\n" + _("/cancel to stop."))
+    await start_text_step(query, state, next_state, prompt(callback_data.ticket_id), ticket_id=callback_data.ticket_id)
 
 
 def _text_and_photo(message: Message) -> tuple[str, str | None]:
