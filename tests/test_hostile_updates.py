@@ -645,7 +645,7 @@ class World:
 
 
 EXAMPLES = {"sqlite": 2000, "postgresql": 200}
-examples = st.lists(steps, min_size=1, max_size=3)
+examples = st.lists(steps, min_size=1, max_size=2)
 
 
 def survey(backend: str, tmp_path: Path, count: int) -> Counter[str]:
