@@ -41,6 +41,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 
 from bot import replies
 from bot.config import Settings
+from bot.guard import PrivateChatGuard
 from bot.i18n import UserI18nMiddleware, create_i18n
 from bot.intake import InboxMarkMiddleware, UpdateInbox
 from bot.middlewares import SessionMiddleware, UserMiddleware
@@ -105,6 +106,10 @@ def build_dispatcher(
     dispatcher.update.outer_middleware(UserMiddleware())
     dispatcher.update.outer_middleware(InboxMarkMiddleware())
     UserI18nMiddleware(i18n).setup(dispatcher)
+    # After i18n on these observers, so that what the guard says outside private chats is translated.
+    guard = PrivateChatGuard()
+    dispatcher.message.outer_middleware(guard)
+    dispatcher.callback_query.outer_middleware(guard)
     dispatcher.include_router(build_router())
     return dispatcher
 

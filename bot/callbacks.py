@@ -1,8 +1,16 @@
 """Callback data for every inline button. Ids in them are untrusted: the domain checks each one."""
 
 from enum import StrEnum
+from typing import Annotated
 
 from aiogram.filters.callback_data import CallbackData
+from pydantic import Field
+
+# Every number in a button is bounded to the Integer column it is looked up in: 32 bits on PostgreSQL, where
+# a larger one makes the query itself fail (and past 64 bits, on SQLite too). Forged data outside the range
+# does not unpack, so no handler runs and the button is answered as out of date (handlers/fallback.py).
+INT_MAX = 2**31 - 1
+RowId = Annotated[int, Field(ge=0, le=INT_MAX)]  # 0 stands for "none" where the field has a default
 
 
 class TicketAction(StrEnum):
@@ -19,19 +27,19 @@ class TicketAction(StrEnum):
 
 class TicketCb(CallbackData, prefix="t"):
     action: TicketAction
-    ticket_id: int
+    ticket_id: RowId
 
 
 class EscalateCb(CallbackData, prefix="e"):
     """Where to escalate a ticket: ``level`` is "community", "street" or "department" (with its code)."""
 
-    ticket_id: int
+    ticket_id: RowId
     level: str
     department: str = ""
 
 
 class CategoryCb(CallbackData, prefix="c"):
-    category_id: int
+    category_id: RowId
 
 
 class PlaceLevel(StrEnum):
@@ -43,8 +51,8 @@ class PlaceLevel(StrEnum):
 
 class PlaceCb(CallbackData, prefix="p"):
     level: PlaceLevel
-    id: int
-    unit: int = 0
+    id: RowId
+    unit: RowId = 0
 
 
 class LanguageCb(CallbackData, prefix="l"):
@@ -60,8 +68,8 @@ class FeedbackAction(StrEnum):
 
 class FeedbackCb(CallbackData, prefix="fb"):
     action: FeedbackAction
-    ticket_id: int
-    stars: int = 0
+    ticket_id: RowId
+    stars: Annotated[int, Field(ge=0, le=INT_MAX)] = 0  # the domain takes 1-5; 0 with the other actions
 
 
 class MeTooAction(StrEnum):
@@ -71,7 +79,7 @@ class MeTooAction(StrEnum):
 
 class MeTooCb(CallbackData, prefix="mt"):
     action: MeTooAction
-    ticket_id: int = 0
+    ticket_id: RowId = 0
 
 
 class TopicAction(StrEnum):
@@ -92,15 +100,15 @@ class TopicAction(StrEnum):
 
 class TopicCb(CallbackData, prefix="tp"):
     action: TopicAction
-    topic_id: int
-    task_id: int = 0
+    topic_id: RowId
+    task_id: RowId = 0
 
 
 class SurveyCb(CallbackData, prefix="sv"):
     """A resident's survey button: ``option`` -1 shows the topic and its options, 0.. votes for that option."""
 
-    topic_id: int
-    option: int = -1
+    topic_id: RowId
+    option: Annotated[int, Field(ge=-1, le=INT_MAX)] = -1
 
 
 class BroadcastAction(StrEnum):
@@ -112,7 +120,7 @@ class BroadcastAction(StrEnum):
 class BroadcastCb(CallbackData, prefix="bc"):
     action: BroadcastAction
     kind: str  # storage.models.BroadcastKind
-    broadcast_id: int = 0
+    broadcast_id: RowId = 0
 
 
 class SettingsAction(StrEnum):

@@ -19,7 +19,6 @@ from domain.deliberation import (
     AlreadyRaised,
     BadNumber,
     BadOptions,
-    EmptyText,
     SurveyResults,
     SurveyView,
     TopicView,
@@ -293,8 +292,6 @@ def open_keyboard(topic_id: int) -> InlineKeyboardMarkup:
 
 
 def refusal(error: DomainError, for_resident: bool = False) -> str:
-    if isinstance(error, EmptyText):
-        return _("Please write it in words.")
     if isinstance(error, BadOptions):
         return _("Please send {low} to {high} options, one per line, each short enough for a button.").format(
             low=MIN_OPTIONS, high=MAX_OPTIONS

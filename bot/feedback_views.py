@@ -10,7 +10,7 @@ from aiogram.utils.i18n import gettext as _
 
 from bot import views
 from bot.callbacks import FeedbackAction, FeedbackCb, MeTooAction, MeTooCb, TicketAction, TicketCb
-from domain.confirmation import MAX_STARS, MIN_STARS, ReasonRequired
+from domain.confirmation import MAX_STARS, MIN_STARS
 from domain.errors import DomainError
 from domain.followers import AlreadyJoined, OwnTicket, SimilarTicket
 from storage.models import Ticket, TicketEvent
@@ -137,6 +137,4 @@ def refusal(error: DomainError) -> str:
         return _("This is your own report.")
     if isinstance(error, AlreadyJoined):
         return _("You have already joined this ticket.")
-    if isinstance(error, ReasonRequired):
-        return _("Please write a few words.")
     return views.refusal(error)

@@ -8,10 +8,12 @@ bare ``State``, whose ``__call__`` is synchronous.
 
 from __future__ import annotations
 
-from aiogram.enums import ContentType
+from aiogram.enums import ChatType, ContentType
 from aiogram.filters import Filter
-from aiogram.types import Message
+from aiogram.types import ChatMemberUpdated, Message
 from aiogram.utils.i18n.lazy_proxy import LazyProxy
+
+from domain.people import Person
 
 
 class Content(Filter):
@@ -39,3 +41,20 @@ class AnyCommand(Filter):
 
     async def __call__(self, message: Message) -> bool:
         return message.text is not None and message.text.startswith("/")
+
+
+class ChatKind(Filter):
+    """A change of membership in chats of these kinds: ChatKind(ChatType.GROUP, ChatType.SUPERGROUP)."""
+
+    def __init__(self, *kinds: ChatType) -> None:
+        self.kinds = frozenset(kinds)
+
+    async def __call__(self, event: ChatMemberUpdated) -> bool:
+        return event.chat.type in self.kinds
+
+
+class FromPerson(Filter):
+    """From a person in their private chat: UserMiddleware loaded them as ``user`` (it loads nobody else)."""
+
+    async def __call__(self, event: ChatMemberUpdated, user: Person | None = None) -> bool:
+        return user is not None

@@ -7,13 +7,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiogram import BaseMiddleware
-from aiogram.types import TelegramObject
+from aiogram.enums import ChatType
+from aiogram.types import Chat, TelegramObject
 from aiogram.types import User as TelegramUser
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.clock import Clock
 from domain.outbox import QUEUED_FLAG
 from domain.people import CHANGED_PEOPLE, Person, touch_user
+from domain.text import clean
 from storage.db import SessionFactory
 
 Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
@@ -39,6 +41,10 @@ class SessionMiddleware(BaseMiddleware):
 class UserMiddleware(BaseMiddleware):
     """Puts who is asking into ``data["user"]``, creating their record on first contact.
 
+    Only for a person in their private chat with the bot: that is where people use it (bot/guard.py keeps
+    everything else away from the handlers). A message in a group is no sign that they can be reached in
+    private (``touch_user`` clears "unreachable"), nor a reason to keep a record of everyone in the group.
+
     Snapshots are kept for ``ttl`` seconds: reading the record on every update costs more than the rest of a
     wizard step. Changes made in this process drop the snapshot at once; changes made elsewhere (another bot
     process, a community import) are seen within ``ttl``.
@@ -51,7 +57,8 @@ class UserMiddleware(BaseMiddleware):
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         telegram_user: TelegramUser | None = data.get("event_from_user")
-        if telegram_user is None or telegram_user.is_bot:
+        chat: Chat | None = data.get("event_chat")
+        if telegram_user is None or telegram_user.is_bot or chat is None or chat.type != ChatType.PRIVATE:
             return await handler(event, data)
         session: AsyncSession = data["session"]
         data["user"] = await self._person(session, telegram_user, data["clock"])
@@ -68,7 +75,7 @@ class UserMiddleware(BaseMiddleware):
             taken_at, person = cached
             if (
                 now - taken_at < self.ttl
-                and person.full_name == telegram_user.full_name
+                and person.full_name == clean(telegram_user.full_name)  # as touch_user stores it
                 and person.telegram_language == telegram_user.language_code
             ):
                 return person

@@ -23,7 +23,8 @@ from bot.callbacks import CategoryCb, TicketAction, TicketCb
 from bot.i18n import localized
 from domain.errors import AccessDenied, DomainError, HandledElsewhere, InvalidTransition, NotBound, NotFound
 from domain.routing import RouteReason
-from domain.tickets import NobodyToHandTo, ReportDraft, TextTooLong, TicketCard, TicketView
+from domain.text import TextEmpty, TextTooLong
+from domain.tickets import NobodyToHandTo, ReportDraft, TicketCard, TicketView
 from storage.models import Building, Category, EventKind, Level, Ticket, TicketEvent, TicketStatus
 
 # Main-menu buttons; handlers match them with F.text == ... in the user's language.
@@ -396,6 +397,29 @@ def resident_update(ticket: Ticket, event: TicketEvent, names: dict[int, str]) -
     return "\n".join([f"<b>{escape(ticket_title(ticket))}</b>", event_text(event, names, for_worker=False)])
 
 
+# --- outside the private chat -----------------------------------------------------------------------------
+
+
+def private_chat_keyboard(username: str) -> InlineKeyboardMarkup:
+    """One button that opens the bot's private chat (for a new user, with its Start button)."""
+    button = InlineKeyboardButton(text=_("💬 Open the private chat"), url=f"https://t.me/{username}")
+    return InlineKeyboardMarkup(inline_keyboard=[[button]])
+
+
+def private_chat_only() -> str:
+    """The answer to a command in a group."""
+    return _("I work only in a private chat, so that nobody else sees your reports. Tap below to open it.")
+
+
+def added_to_group() -> str:
+    return _("Hello! Residents report problems to me in a private chat, where nobody else sees them. Tap below.")
+
+
+def button_in_group() -> str:
+    """A callback answer: at most 200 characters."""
+    return _("This works only in a private chat with me.")
+
+
 MESSAGE_LIMIT = 4096
 CAPTION_LIMIT = 1024
 
@@ -409,6 +433,8 @@ def refusal(error: DomainError) -> str:
     """A polite answer for an action the domain refused."""
     if isinstance(error, TextTooLong):
         return _("That is too long: please keep it under {limit} characters.").format(limit=error.limit)
+    if isinstance(error, TextEmpty):
+        return _("There are no words in that message. Please write it out in words.")
     if isinstance(error, NotBound):
         return _("First tell me which building you live in: send /start.")
     if isinstance(error, NobodyToHandTo):

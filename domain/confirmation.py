@@ -23,19 +23,16 @@ from sqlalchemy import exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.deadlines import start_window
-from domain.errors import AccessDenied, DomainError, InvalidTransition, NotFound
+from domain.errors import AccessDenied, InvalidTransition, NotFound
 from domain.followers import household_ids, is_household, tell_households
 from domain.outbox import Notice, enqueue
-from domain.tickets import MAX_NOTE, TextTooLong
+from domain.text import required_text
+from domain.tickets import MAX_NOTE
 from storage.models import EventKind, Ticket, TicketEvent, TicketStatus
 
 DEFAULT_WITHIN = timedelta(days=7)
 MIN_STARS, MAX_STARS = 1, 5
 SWEEP_BATCH = 500
-
-
-class ReasonRequired(DomainError):
-    """Saying "not fixed" needs a word on what is still wrong."""
 
 
 async def _ticket_for_household(session: AsyncSession, actor_id: int, ticket_id: int) -> Ticket:
@@ -90,11 +87,7 @@ async def confirm_fixed(session: AsyncSession, *, actor_id: int, ticket_id: int,
 
 async def reopen(session: AsyncSession, *, actor_id: int, ticket_id: int, reason: str, now: datetime) -> Ticket:
     """No, it is not fixed: back to the same worker, in progress, with the reason on the card."""
-    reason = reason.strip()
-    if not reason:
-        raise ReasonRequired()
-    if len(reason) > MAX_NOTE:
-        raise TextTooLong(MAX_NOTE)
+    reason = required_text(reason, MAX_NOTE)
     async with session.begin():
         ticket = await _ticket_for_household(session, actor_id, ticket_id)
         _require(ticket, TicketStatus.RESOLVED)
@@ -139,11 +132,7 @@ async def comment_on_rating(
     session: AsyncSession, *, actor_id: int, ticket_id: int, text: str, now: datetime
 ) -> Ticket:
     """The optional words after the rating: once, by the one who rated."""
-    text = text.strip()
-    if not text:
-        raise ReasonRequired()
-    if len(text) > MAX_NOTE:
-        raise TextTooLong(MAX_NOTE)
+    text = required_text(text, MAX_NOTE)
     async with session.begin():
         ticket = await _ticket_for_household(session, actor_id, ticket_id)
         _require(ticket, TicketStatus.CLOSED)

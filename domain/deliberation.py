@@ -26,7 +26,8 @@ from domain.errors import AccessDenied, DomainError, HandledElsewhere, InvalidTr
 from domain.followers import household_ids
 from domain.outbox import Notice, enqueue
 from domain.people import display_names, load_duties
-from domain.tickets import MAX_NOTE, _check_length, ticket_access
+from domain.text import clean, is_blank, required_text
+from domain.tickets import MAX_NOTE, ticket_access
 from storage.models import (
     Building,
     Community,
@@ -57,10 +58,6 @@ MAX_VOTES = 100_000  # a meeting's head count, with room to spare; stops typos l
 DISMISSABLE = (TopicStatus.CANDIDATE, TopicStatus.COLLECTED, TopicStatus.DRAFTED)
 # Residents may look at a topic once it has a title; before that there is nothing to show them.
 VISIBLE = TopicStatus.steps()[1:]
-
-
-class EmptyText(DomainError):
-    """Something that must be said in words was left empty."""
 
 
 class BadOptions(DomainError):
@@ -114,16 +111,8 @@ class SurveyResults:
         return sum(self.counts)
 
 
-def check_text(text: str, limit: int) -> str:
-    """Typed text, trimmed: refused when empty or longer than ``limit`` (checked at each typed step)."""
-    text = _check_length(text, limit)
-    if not text:
-        raise EmptyText()
-    return text
-
-
 def check_options(lines: Iterable[str]) -> list[str]:
-    options = [line.strip() for line in lines if line.strip()]
+    options = [option for option in map(clean, lines) if not is_blank(option)]
     if not MIN_OPTIONS <= len(options) <= MAX_OPTIONS or any(len(o) > MAX_OPTION for o in options):
         raise BadOptions()
     return options
@@ -280,7 +269,7 @@ async def raise_from_ticket(
     The new topic is narrowed to the ticket's compound and linked to the ticket, so its households hear
     what the meeting decides. Staff are told (but the one who raised it).
     """
-    reason = check_text(reason, MAX_NOTE)
+    reason = required_text(reason, MAX_NOTE)
     async with session.begin():
         ticket = await _ticket_to_raise(session, actor_id, ticket_id)
         topic = Topic(
@@ -314,7 +303,7 @@ async def raise_from_ticket(
 
 async def suggest(session: AsyncSession, *, user_id: int, text: str, now: datetime) -> Topic:
     """A resident's suggestion (金点子): a topic of their compound, collected; staff are told."""
-    text = check_text(text, MAX_SUGGESTION)
+    text = required_text(text, MAX_SUGGESTION)
     async with session.begin():
         user = await session.get(User, user_id)
         building = None if user is None or user.building_id is None else await session.get(Building, user.building_id)
@@ -338,7 +327,7 @@ async def suggest(session: AsyncSession, *, user_id: int, text: str, now: dateti
 
 async def raise_by_staff(session: AsyncSession, *, actor_id: int, text: str, now: datetime) -> Topic:
     """Staff write a topic directly, for the whole community they staff (the first, if several)."""
-    text = check_text(text, MAX_SUGGESTION)
+    text = required_text(text, MAX_SUGGESTION)
     async with session.begin():
         communities = await _staff_communities(session, actor_id)
         topic = Topic(
@@ -452,7 +441,7 @@ async def accept_candidate(session: AsyncSession, *, actor_id: int, topic_id: in
 
 async def dismiss(session: AsyncSession, *, actor_id: int, topic_id: int, reason: str, now: datetime) -> Topic:
     """Set a topic aside, with a reason, before the meeting has decided it."""
-    reason = check_text(reason, MAX_NOTE)
+    reason = required_text(reason, MAX_NOTE)
     async with session.begin():
         topic = await _staff_topic(session, actor_id, topic_id, *DISMISSABLE)
         topic.status = TopicStatus.DISMISSED
@@ -481,8 +470,8 @@ async def draft(
 ) -> Topic:
     """Write (or rewrite, until the survey opens) the title, background and the survey's options."""
     title, background, choices = (
-        check_text(title, MAX_TITLE),
-        check_text(background, MAX_BACKGROUND),
+        required_text(title, MAX_TITLE),
+        required_text(background, MAX_BACKGROUND),
         check_options(options),
     )
     async with session.begin():
@@ -565,7 +554,7 @@ async def record_decision(
     now: datetime,
 ) -> Topic:
     """The meeting's decision and its vote (for, against, abstain); closes the survey; residents are told."""
-    decision = check_text(decision, MAX_NOTE)
+    decision = required_text(decision, MAX_NOTE)
     if any(not 0 <= n <= MAX_VOTES for n in votes):
         raise BadNumber()
     async with session.begin():
@@ -602,7 +591,7 @@ async def add_task(
     now: datetime,
 ) -> TopicTask:
     """A piece of the decision's execution; the first one moves the topic to "applied"."""
-    title, responsible = check_text(title, MAX_TITLE), check_text(responsible, MAX_RESPONSIBLE)
+    title, responsible = required_text(title, MAX_TITLE), required_text(responsible, MAX_RESPONSIBLE)
     async with session.begin():
         topic = await _staff_topic(session, actor_id, topic_id, TopicStatus.VOTED, TopicStatus.APPLIED)
         task = TopicTask(
@@ -627,7 +616,7 @@ async def task_progress(
     now: datetime,
 ) -> TopicTask:
     """How far a task is (0-100 %) and what was done; residents are told."""
-    note, percent = check_text(note, MAX_NOTE), check_percent(percent)
+    note, percent = required_text(note, MAX_NOTE), check_percent(percent)
     async with session.begin():
         topic = await _staff_topic(session, actor_id, topic_id, TopicStatus.APPLIED, TopicStatus.FEEDBACK)
         task = await session.get(TopicTask, task_id, with_for_update=True)

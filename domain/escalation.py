@@ -25,12 +25,12 @@ from domain.deadlines import start_window
 from domain.errors import InvalidTransition
 from domain.outbox import Notice, enqueue
 from domain.routing import RouteReason, RoutingDecision, choose_assignee, choose_at_level
+from domain.text import required_text
 from domain.tickets import (
     MAX_NOTE,
     FiledTicket,
     NobodyToHandTo,
     _apply_decision,
-    _check_length,
     _record_routing,
     _ticket_for_worker,
 )
@@ -154,7 +154,7 @@ async def escalate(
     now: datetime,
 ) -> FiledTicket:
     """Send the ticket up to ``level`` (and ``department``), which must be one of ``escalation_targets``."""
-    reason = _check_length(reason, MAX_NOTE)
+    reason = required_text(reason, MAX_NOTE)
     async with session.begin():
         ticket = await _ticket_for_worker(session, actor_id, ticket_id)
         _check_open(ticket)
@@ -225,7 +225,7 @@ async def send_down(
 ) -> FiledTicket:
     """Send the ticket back down with an instruction: community → grid, street → community, department →
     the level it came from."""
-    instruction = _check_length(instruction, MAX_NOTE)
+    instruction = required_text(instruction, MAX_NOTE)
     async with session.begin():
         ticket = await _ticket_for_worker(session, actor_id, ticket_id)
         _check_open(ticket)

@@ -10,6 +10,7 @@ from sqlalchemy import bindparam, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.errors import NotFound
+from domain.text import clean
 from storage.models import Building, Community, Compound, Level, Membership, Role, Ticket, User
 
 
@@ -107,6 +108,7 @@ async def touch_user(
     session: AsyncSession, user_id: int, full_name: str, telegram_language: str | None, now: datetime
 ) -> Person:
     """Load the user who sent an update, creating or refreshing their record."""
+    full_name = clean(full_name)
     async with session.begin():
         found = (await session.execute(_USER_AND_DUTY, {"user_id": user_id})).first()
         user, is_worker = found if found is not None else (None, False)
@@ -120,6 +122,17 @@ async def touch_user(
         return Person(
             user.id, user.full_name, user.language, user.telegram_language, user.building_id, user.unit, is_worker
         )
+
+
+async def set_reachable(session: AsyncSession, user_id: int, reachable: bool, now: datetime) -> None:
+    """Telegram says the person blocked the bot in their private chat (or unblocked it): messages to them are
+    not tried while they cannot be delivered."""
+    async with session.begin():
+        user = await session.get(User, user_id)
+        if user is None:
+            raise NotFound(user_id)
+        user.unreachable_at = None if reachable else now
+        _changed(session, user_id)  # so the next message they send is seen as proof they can be reached
 
 
 async def set_language(session: AsyncSession, user_id: int, language: str) -> None:
@@ -172,6 +185,7 @@ async def display_names(session: AsyncSession, community_id: int, user_ids: Iter
 
 
 async def building_by_link(session: AsyncSession, link_key: str) -> Building | None:
+    link_key = clean(link_key)  # typed after /start by hand, it may hold a NUL, which PostgreSQL refuses
     async with session.begin():
         return await session.scalar(select(Building).where(Building.link_key == link_key, Building.active.is_(True)))
 

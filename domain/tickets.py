@@ -19,6 +19,7 @@ from domain.followers import households, is_household, tell_households
 from domain.outbox import Notice, enqueue
 from domain.people import Duties, Person, display_names, load_duties
 from domain.routing import RoutingDecision, choose_assignee, record_assignment
+from domain.text import required_text
 from storage.models import (
     Building,
     Category,
@@ -39,12 +40,6 @@ MAX_PHOTOS = 3
 
 class NobodyToHandTo(DomainError):
     """Everyone who could take the ticket has already handed it back."""
-
-
-class TextTooLong(DomainError):
-    def __init__(self, limit: int) -> None:
-        super().__init__(limit)
-        self.limit = limit
 
 
 @dataclass
@@ -107,11 +102,9 @@ async def ticket_access(session: AsyncSession, user_id: int, ticket: Ticket) -> 
     return TicketAccess(duties, as_worker, as_worker and duties.can_handle(ticket, user_id))
 
 
-def _check_length(text: str, limit: int) -> str:
-    text = text.strip()
-    if len(text) > limit:
-        raise TextTooLong(limit)
-    return text
+def check_description(text: str) -> str:
+    """A report's description, cleaned; checked as it is typed, and again when the report is filed."""
+    return required_text(text, MAX_DESCRIPTION)
 
 
 async def file_report(
@@ -128,7 +121,7 @@ async def file_report(
     ``building`` and ``category`` come from the server's own records (the resident's home, the category the
     wizard checked); here they are checked against each other and the reporter, never taken on trust.
     """
-    description = _check_length(draft.description, MAX_DESCRIPTION)
+    description = check_description(draft.description)
     if len(draft.photos) > MAX_PHOTOS:
         raise ValueError("too many photos")
     if reporter.building_id != building.id or not building.active:
@@ -238,7 +231,7 @@ async def accept(session: AsyncSession, *, actor_id: int, ticket_id: int, now: d
 
 async def hand_back(session: AsyncSession, *, actor_id: int, ticket_id: int, reason: str, now: datetime) -> FiledTicket:
     """Give the ticket to the next person: a backup worker, else community staff."""
-    reason = _check_length(reason, MAX_NOTE)
+    reason = required_text(reason, MAX_NOTE)
     async with session.begin():
         ticket = await _ticket_for_worker(session, actor_id, ticket_id)
         if ticket.assignee_id != actor_id:
@@ -272,7 +265,7 @@ async def hand_back(session: AsyncSession, *, actor_id: int, ticket_id: int, rea
 async def add_note(
     session: AsyncSession, *, actor_id: int, ticket_id: int, text: str, photo: str | None, now: datetime
 ) -> Ticket:
-    text = _check_length(text, MAX_NOTE)
+    text = required_text(text, MAX_NOTE)
     async with session.begin():
         ticket = await _ticket_for_worker(session, actor_id, ticket_id)
         if ticket.status != TicketStatus.IN_PROGRESS:
@@ -285,7 +278,7 @@ async def add_note(
 async def resolve(
     session: AsyncSession, *, actor_id: int, ticket_id: int, note: str, photo: str | None, now: datetime
 ) -> Ticket:
-    note = _check_length(note, MAX_NOTE)
+    note = required_text(note, MAX_NOTE)
     async with session.begin():
         ticket = await _ticket_for_worker(session, actor_id, ticket_id)
         if ticket.status != TicketStatus.IN_PROGRESS:

@@ -10,6 +10,7 @@ from handlers import (
     escalation,
     fallback,
     me_too,
+    membership,
     report,
     resident,
     staff,
@@ -17,8 +18,10 @@ from handlers import (
     worker,
 )
 
-# common first: /cancel must win in every state; fallback last: it answers whatever is left.
+# common first among the message handlers: /cancel must win in every state (membership has none); fallback
+# last: it answers whatever is left.
 ROUTERS = (
+    membership.router,
     common.router,
     start.router,
     report.router,

@@ -15,7 +15,7 @@ from domain import broadcasts
 from domain.clock import Clock
 from domain.errors import AccessDenied, DomainError
 from domain.people import Person
-from handlers.common import message_of
+from handlers.common import chat_of
 from storage.models import BroadcastKind
 
 router = Router(name="broadcasts")
@@ -36,9 +36,8 @@ async def change_settings(query: CallbackQuery, callback_data: SettingsCb, sessi
     wanted = callback_data.action is SettingsAction.BROADCASTS_ON
     await broadcasts.set_broadcasts(session, user.id, wanted)
     await query.answer(_("Monthly broadcasts turned on.") if wanted else _("Monthly broadcasts turned off."))
-    if (message := message_of(query)) is not None:
-        # From a broadcast's own button, the broadcast stays; the settings come as a new message.
-        await message.answer(bv.settings_text(wanted), reply_markup=bv.settings_keyboard(wanted))
+    # From a broadcast's own button, the broadcast stays; the settings come as a new message.
+    await chat_of(query).answer(bv.settings_text(wanted), reply_markup=bv.settings_keyboard(wanted))
 
 
 @router.message(Command("broadcasts"))
@@ -55,13 +54,12 @@ async def staff_menu(message: Message, session: AsyncSession, user: Person) -> N
 async def staff_action(
     query: CallbackQuery, callback_data: BroadcastCb, session: AsyncSession, user: Person, clock: Clock
 ) -> None:
-    message = message_of(query)
+    message = chat_of(query)
     try:
         if callback_data.action is BroadcastAction.PROGRESS:
             progress = await broadcasts.progress(session, user.id, callback_data.broadcast_id)
             await query.answer()
-            if message is not None:
-                await message.answer(bv.progress_text(progress), reply_markup=bv.progress_keyboard(progress.broadcast))
+            await message.answer(bv.progress_text(progress), reply_markup=bv.progress_keyboard(progress.broadcast))
             return
         if callback_data.kind not in BroadcastKind.monthly():
             raise AccessDenied("broadcast kind")  # only the monthly ones are previewed and sent by hand
@@ -69,19 +67,17 @@ async def staff_action(
         if callback_data.action is BroadcastAction.PREVIEW:
             preview = await broadcasts.preview(session, user.id, kind, clock())
             await query.answer()
-            if message is not None:
-                await message.answer(bv.preview_intro(preview))
-                await message.answer(
-                    bv.broadcast_text(preview.community, kind, preview.period, preview.content),
-                    reply_markup=bv.preview_keyboard(preview),
-                )
+            await message.answer(bv.preview_intro(preview))
+            await message.answer(
+                bv.broadcast_text(preview.community, kind, preview.period, preview.content),
+                reply_markup=bv.preview_keyboard(preview),
+            )
             return
         started = await broadcasts.send_now(session, user.id, kind, clock())
         await query.answer()
-        if message is not None:
-            await message.answer(
-                bv.sent_now(started.new, started.broadcast), reply_markup=bv.progress_keyboard(started.broadcast)
-            )
+        await message.answer(
+            bv.sent_now(started.new, started.broadcast), reply_markup=bv.progress_keyboard(started.broadcast)
+        )
     except AccessDenied:
         await query.answer(_staff_only(), show_alert=True)
     except DomainError as error:

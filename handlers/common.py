@@ -6,10 +6,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiogram import Router
+from aiogram.enums import ChatType
 from aiogram.filters import Command, StateFilter
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State
-from aiogram.types import CallbackQuery, Message
+from aiogram.types import CallbackQuery, Chat, InaccessibleMessage, InlineKeyboardMarkup, Message
 from aiogram.utils.i18n import I18n
 from aiogram.utils.i18n import gettext as _
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,7 +21,7 @@ from bot.filters import AnyCommand, Button
 from bot.i18n import LANGUAGES
 from domain.errors import DomainError
 from domain.people import Person, set_language
-from domain.tickets import TextTooLong
+from domain.text import TextEmpty, TextTooLong
 
 router = Router(name="common")
 
@@ -32,12 +33,12 @@ async def finish_text_step(
     step: Awaitable[Any],
     done: str,
     refusal: Callable[[DomainError], str] = views.refusal,
-    retry_on: tuple[type[DomainError], ...] = (TextTooLong,),
+    retry_on: tuple[type[DomainError], ...] = (TextTooLong, TextEmpty),
 ) -> None:
     """Run the domain step that the text someone just typed was for, and end that step.
 
-    A refusal they can fix by typing again (too long, empty) keeps them in the step; any other refusal, or
-    success, ends it and shows the main menu with the answer.
+    A refusal they can fix by typing again (too long, nothing but blanks) keeps them in the step; any other
+    refusal, or success, ends it and shows the main menu with the answer.
     """
     try:
         await step
@@ -60,16 +61,43 @@ async def start_text_step(
     await state.set_state(next_state)
     await state.set_data(data)
     await query.answer()
-    if isinstance(query.message, Message):
-        await query.message.answer(prompt + "\n" + _("/cancel to stop."))
+    await chat_of(query).answer(prompt + "\n" + _("/cancel to stop."))
 
 
-def message_of(query: CallbackQuery) -> Message | None:
-    """The message the pressed button was on; None when Telegram no longer has it (too old)."""
-    return query.message if isinstance(query.message, Message) else None
+# The message a button was on. Telegram sends an InaccessibleMessage for one it no longer shows the bot
+# (older than 48 hours, or deleted): it names the chat, so a new message can still go there, but it cannot be
+# edited. Handlers answer through these, and never need to ask which of the two they have.
+Screen = Message | InaccessibleMessage
 
 
-async def show_menu(message: Message, user: Person, text: str) -> None:
+def chat_of(query: CallbackQuery) -> Screen:
+    """Where to answer a pressed button: the chat of the message it was on.
+
+    Buttons reach the handlers only from a private chat (bot/guard.py), whose id is the presser's own; so that
+    is the chat too when Telegram names no message (a button on a message sent in inline mode).
+    """
+    if query.message is not None:
+        return query.message
+    private = Chat(id=query.from_user.id, type=ChatType.PRIVATE)
+    return InaccessibleMessage(chat=private, message_id=0).as_(query.bot)
+
+
+async def replace(screen: Screen, text: str, reply_markup: InlineKeyboardMarkup | None = None) -> None:
+    """Show ``text`` in place of the message, or as a new message when that one can no longer be edited."""
+    if isinstance(screen, Message):
+        await screen.edit_text(text, reply_markup=reply_markup)
+    else:
+        await screen.answer(text, reply_markup=reply_markup)
+
+
+async def drop_buttons(screen: Screen, reply_markup: InlineKeyboardMarkup | None = None) -> None:
+    """Take the used buttons off the message (or put ``reply_markup`` instead); an old message keeps them,
+    and they are refused as out of date when pressed."""
+    if isinstance(screen, Message):
+        await screen.edit_reply_markup(reply_markup=reply_markup)
+
+
+async def show_menu(message: Screen, user: Person, text: str) -> None:
     await message.answer(text, reply_markup=views.main_menu(user.is_worker))
 
 
@@ -126,5 +154,4 @@ async def set_language_(
     await set_language(session, user.id, callback_data.code)
     with i18n.use_locale(callback_data.code):
         await query.answer()
-        if isinstance(query.message, Message):
-            await show_menu(query.message, user, _("Language changed."))
+        await show_menu(chat_of(query), user, _("Language changed."))

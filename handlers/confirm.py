@@ -21,12 +21,9 @@ from domain import confirmation
 from domain.clock import Clock
 from domain.errors import DomainError
 from domain.people import Person
-from domain.tickets import TextTooLong
-from handlers.common import finish_text_step, show_menu
+from handlers.common import chat_of, drop_buttons, finish_text_step, show_menu
 
 router = Router(name="confirm")
-# Refusals a resident mends by typing again: the step stays open.
-RETRYABLE = (TextTooLong, confirmation.ReasonRequired)
 
 
 class FeedbackInput(StatesGroup):
@@ -50,11 +47,9 @@ async def fixed(
         await _refuse(query, error)
         return
     await query.answer()
-    if isinstance(query.message, Message):
-        await query.message.edit_reply_markup(reply_markup=views.history_keyboard(ticket.id))
-        await query.message.answer(
-            feedback_views.rating_prompt(ticket.id), reply_markup=feedback_views.rating_keyboard(ticket.id)
-        )
+    screen = chat_of(query)
+    await drop_buttons(screen, views.history_keyboard(ticket.id))
+    await screen.answer(feedback_views.rating_prompt(ticket.id), reply_markup=feedback_views.rating_keyboard(ticket.id))
 
 
 @router.callback_query(FeedbackCb.filter(F.action == FeedbackAction.NOT_FIXED))
@@ -69,8 +64,7 @@ async def not_fixed(
     await state.set_state(FeedbackInput.reason)
     await state.set_data({"ticket_id": callback_data.ticket_id})
     await query.answer()
-    if isinstance(query.message, Message):
-        await query.message.answer(feedback_views.reason_prompt(callback_data.ticket_id))
+    await chat_of(query).answer(feedback_views.reason_prompt(callback_data.ticket_id))
 
 
 @router.message(StateFilter(FeedbackInput.reason), Content(ContentType.TEXT))
@@ -80,7 +74,7 @@ async def reason_given(message: Message, state: FSMContext, session: AsyncSessio
     done = _(
         "Ticket #{number} is reopened and back with the worker, with your words. I will tell you about every step."
     ).format(number=ticket_id)
-    await finish_text_step(message, state, user, step, done, feedback_views.refusal, RETRYABLE)
+    await finish_text_step(message, state, user, step, done, feedback_views.refusal)
 
 
 @router.message(StateFilter(FeedbackInput.reason))
@@ -107,12 +101,12 @@ async def rated(
     await state.set_state(FeedbackInput.comment)
     await state.set_data({"ticket_id": callback_data.ticket_id})
     await query.answer()
-    if isinstance(query.message, Message):
-        await query.message.edit_reply_markup(reply_markup=None)
-        await query.message.answer(
-            feedback_views.comment_prompt(callback_data.stars),
-            reply_markup=feedback_views.skip_keyboard(callback_data.ticket_id),
-        )
+    screen = chat_of(query)
+    await drop_buttons(screen)
+    await screen.answer(
+        feedback_views.comment_prompt(callback_data.stars),
+        reply_markup=feedback_views.skip_keyboard(callback_data.ticket_id),
+    )
 
 
 def _thanks() -> str:
@@ -125,7 +119,7 @@ async def commented(message: Message, state: FSMContext, session: AsyncSession, 
     step = confirmation.comment_on_rating(
         session, actor_id=user.id, ticket_id=ticket_id, text=message.text or "", now=clock()
     )
-    await finish_text_step(message, state, user, step, _thanks(), feedback_views.refusal, RETRYABLE)
+    await finish_text_step(message, state, user, step, _thanks(), feedback_views.refusal)
 
 
 @router.message(StateFilter(FeedbackInput.comment))
@@ -140,9 +134,9 @@ async def comment_skipped(query: CallbackQuery, callback_data: FeedbackCb, state
         return
     await state.clear()
     await query.answer()
-    if isinstance(query.message, Message):
-        await query.message.edit_reply_markup(reply_markup=None)
-        await show_menu(query.message, user, _thanks())
+    screen = chat_of(query)
+    await drop_buttons(screen)
+    await show_menu(screen, user, _thanks())
 
 
 @router.callback_query(FeedbackCb.filter(F.action == FeedbackAction.SKIP_COMMENT))

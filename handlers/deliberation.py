@@ -20,17 +20,18 @@ from bot.callbacks import SurveyCb, TicketAction, TicketCb, TopicAction, TopicCb
 from bot.filters import Content
 from domain import deliberation
 from domain.clock import Clock
-from domain.deliberation import BadNumber, BadOptions, EmptyText
+from domain.deliberation import BadNumber, BadOptions
 from domain.errors import DomainError, NotBound
 from domain.people import Person
-from domain.tickets import MAX_NOTE, TextTooLong
-from handlers.common import finish_text_step, message_of, start_text_step
+from domain.text import TextEmpty, TextTooLong, required_text
+from domain.tickets import MAX_NOTE
+from handlers.common import Screen, chat_of, finish_text_step, replace, start_text_step
 from storage.models import TopicStatus
 
 router = Router(name="deliberation")
 
 # Refusals someone fixes by typing again: they stay in the step.
-RETRY = (TextTooLong, EmptyText, BadOptions, BadNumber)
+RETRY = (TextTooLong, TextEmpty, BadOptions, BadNumber)
 
 
 class TopicInput(StatesGroup):
@@ -54,9 +55,8 @@ async def _finish(message: Message, state: FSMContext, user: Person, step: Await
     await finish_text_step(message, state, user, step, done, refusal=dv.refusal, retry_on=RETRY)
 
 
-async def _prompt(message: Message | None, text: str) -> None:
-    if message is not None:
-        await message.answer(text + "\n" + _("/cancel to stop."))
+async def _prompt(message: Message, text: str) -> None:
+    await message.answer(text + "\n" + _("/cancel to stop."))
 
 
 # --- staff: the list and the topic ---------------------------------------------------------------------
@@ -72,10 +72,9 @@ async def list_topics(message: Message, session: AsyncSession, user: Person) -> 
     await message.answer(dv.topics_text(topics), reply_markup=dv.topics_keyboard(topics))
 
 
-async def _show_topic(message: Message | None, session: AsyncSession, user: Person, topic_id: int, tz: tzinfo) -> None:
+async def _show_topic(screen: Screen, session: AsyncSession, user: Person, topic_id: int, tz: tzinfo) -> None:
     view = await deliberation.view_topic(session, actor_id=user.id, topic_id=topic_id)
-    if message is not None:
-        await message.answer(dv.topic_text(view, tz), reply_markup=dv.topic_actions(view))
+    await screen.answer(dv.topic_text(view, tz), reply_markup=dv.topic_actions(view))
 
 
 @router.callback_query(TopicCb.filter(F.action == TopicAction.OPEN))
@@ -83,7 +82,7 @@ async def open_topic(
     query: CallbackQuery, callback_data: TopicCb, session: AsyncSession, user: Person, tz: tzinfo
 ) -> None:
     try:
-        await _show_topic(message_of(query), session, user, callback_data.topic_id, tz)
+        await _show_topic(chat_of(query), session, user, callback_data.topic_id, tz)
     except DomainError as error:
         await query.answer(dv.refusal(error), show_alert=True)
         return
@@ -98,8 +97,7 @@ async def results(query: CallbackQuery, callback_data: TopicCb, session: AsyncSe
         await query.answer(dv.refusal(error), show_alert=True)
         return
     await query.answer()
-    if (message := message_of(query)) is not None:
-        await message.answer(dv.results_text(found))
+    await chat_of(query).answer(dv.results_text(found))
 
 
 # Steps that need no typing: the button does it, then the topic is shown at its new step.
@@ -118,7 +116,7 @@ async def one_tap(
     step, done = ONE_TAP[callback_data.action]
     try:
         await step(session, actor_id=user.id, topic_id=callback_data.topic_id, now=clock())
-        await _show_topic(message_of(query), session, user, callback_data.topic_id, tz)
+        await _show_topic(chat_of(query), session, user, callback_data.topic_id, tz)
     except DomainError as error:
         await query.answer(dv.refusal(error), show_alert=True)
         return
@@ -189,7 +187,7 @@ async def _next(message: Message, state: FSMContext, next_state: State, prompt: 
 async def _checked(message: Message, limit: int) -> str | None:
     """The typed text, or None after telling them why it cannot be used (they stay in the step)."""
     try:
-        return deliberation.check_text(message.text or "", limit)
+        return required_text(message.text or "", limit)
     except DomainError as error:
         await message.answer(dv.refusal(error))
         return None
@@ -429,12 +427,9 @@ async def survey(
     except DomainError as error:
         await query.answer(dv.refusal(error, for_resident=True), show_alert=True)
         return
-    message = message_of(query)
     if callback_data.option < 0:
         await query.answer()
-        if message is not None:
-            await message.answer(dv.survey_text(view), reply_markup=dv.survey_keyboard(view))
+        await chat_of(query).answer(dv.survey_text(view), reply_markup=dv.survey_keyboard(view))
         return
     await query.answer(_("Thank you, your vote is counted."))
-    if message is not None:
-        await message.edit_text(dv.survey_text(view), reply_markup=dv.survey_keyboard(view))
+    await replace(chat_of(query), dv.survey_text(view), dv.survey_keyboard(view))

@@ -18,7 +18,7 @@ from domain import escalation
 from domain.clock import Clock
 from domain.errors import DomainError, InvalidTransition
 from domain.people import Person
-from handlers.common import finish_text_step, start_text_step
+from handlers.common import chat_of, finish_text_step, start_text_step
 from storage.models import Level
 
 router = Router(name="escalation")
@@ -29,12 +29,17 @@ class EscalationInput(StatesGroup):
     instruction = State()
 
 
-async def _ask_reason(message: Message | None, state: FSMContext, ticket_id: int, target: escalation.Target) -> None:
-    await state.set_state(EscalationInput.reason)
-    await state.set_data({"ticket_id": ticket_id, "level": target.level, "department": target.department or ""})
-    if message is not None:
-        prompt = ladder_views.escalate_prompt(ticket_id, ladder_views.target_label(target))
-        await message.answer(prompt + "\n" + _("/cancel to stop."))
+async def _ask_reason(query: CallbackQuery, state: FSMContext, ticket_id: int, target: escalation.Target) -> None:
+    prompt = ladder_views.escalate_prompt(ticket_id, ladder_views.target_label(target))
+    await start_text_step(
+        query,
+        state,
+        EscalationInput.reason,
+        prompt,
+        ticket_id=ticket_id,
+        level=target.level,
+        department=target.department or "",
+    )
 
 
 @router.callback_query(TicketCb.filter(F.action == TicketAction.ESCALATE))
@@ -47,14 +52,13 @@ async def escalate_pressed(
     except DomainError as error:
         await query.answer(views.refusal(error), show_alert=True)
         return
-    await query.answer()
-    message = query.message if isinstance(query.message, Message) else None
     if len(targets) == 1 and targets[0].level == Level.COMMUNITY:
-        await _ask_reason(message, state, ticket_id, targets[0])  # from the grid there is one way up
-    elif message is not None:
-        await message.answer(
-            ladder_views.choose_target(ticket_id), reply_markup=ladder_views.targets_keyboard(ticket_id, targets)
-        )
+        await _ask_reason(query, state, ticket_id, targets[0])  # from the grid there is one way up
+        return
+    await query.answer()
+    await chat_of(query).answer(
+        ladder_views.choose_target(ticket_id), reply_markup=ladder_views.targets_keyboard(ticket_id, targets)
+    )
 
 
 @router.callback_query(EscalateCb.filter())
@@ -72,10 +76,7 @@ async def target_chosen(
     except DomainError as error:
         await query.answer(views.refusal(error), show_alert=True)
         return
-    await query.answer()
-    await _ask_reason(
-        query.message if isinstance(query.message, Message) else None, state, callback_data.ticket_id, target
-    )
+    await _ask_reason(query, state, callback_data.ticket_id, target)
 
 
 @router.callback_query(TicketCb.filter(F.action == TicketAction.SEND_DOWN))

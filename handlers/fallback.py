@@ -1,4 +1,9 @@
-"""Last in line: anything no other handler understood gets a clear answer, never silence."""
+"""Last in line: anything no other handler understood gets a clear answer, never silence.
+
+Some updates get a deliberate silence instead, by having no handler at all: edited messages (what was sent
+has been acted on; an edit does not change it), channel posts, reactions, poll answers and join requests.
+Outside private chats, bot/guard.py answers before any handler here is tried.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from aiogram import Router
 from aiogram.enums import ContentType
 from aiogram.filters import StateFilter
 from aiogram.fsm.context import FSMContext
-from aiogram.types import CallbackQuery, Message
+from aiogram.types import CallbackQuery, InlineQuery, Message
 from aiogram.utils.i18n import gettext as _
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -41,3 +46,10 @@ async def unsupported(message: Message) -> None:
 @router.callback_query()
 async def unknown_button(query: CallbackQuery) -> None:
     await query.answer(_("This button is out of date."), show_alert=True)
+
+
+@router.inline_query()
+async def inline_query(query: InlineQuery) -> None:
+    # The bot offers nothing to post into other chats (reports are private): an empty answer, at once, rather
+    # than leaving the person's client waiting. Personal, so it is never cached for someone else.
+    await query.answer([], cache_time=300, is_personal=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from aiogram import F, Router
 from aiogram.filters import StateFilter
 from aiogram.fsm.context import FSMContext
-from aiogram.types import CallbackQuery, Message
+from aiogram.types import CallbackQuery
 from aiogram.utils.i18n import gettext as _
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,7 +19,7 @@ from domain import followers
 from domain.clock import Clock
 from domain.errors import DomainError
 from domain.people import Person
-from handlers.common import show_menu
+from handlers.common import chat_of, drop_buttons, show_menu
 from handlers.report import ReportWizard
 
 router = Router(name="me_too")
@@ -43,16 +43,15 @@ async def join(
         return
     await state.clear()  # nothing new is filed
     await query.answer()
-    if isinstance(query.message, Message):
-        await query.message.edit_reply_markup(reply_markup=None)
-        await show_menu(query.message, user, feedback_views.joined(ticket.id, households))
+    screen = chat_of(query)
+    await drop_buttons(screen)
+    await show_menu(screen, user, feedback_views.joined(ticket.id, households))
 
 
 @router.callback_query(StateFilter(ReportWizard), MeTooCb.filter(F.action == MeTooAction.DIFFERENT))
 async def different(query: CallbackQuery) -> None:
     await query.answer(_("All right: please go on with your report."))
-    if isinstance(query.message, Message):
-        await query.message.edit_reply_markup(reply_markup=None)
+    await drop_buttons(chat_of(query))
 
 
 @router.callback_query(MeTooCb.filter())

@@ -28,7 +28,7 @@ from domain.clock import Clock
 from domain.directory import Directory
 from domain.errors import DomainError, NotBound, NotFound
 from domain.people import Person
-from handlers.common import show_menu
+from handlers.common import Screen, chat_of, replace, show_menu
 from handlers.start import offer_places
 
 router = Router(name="report")
@@ -61,11 +61,16 @@ async def start_wizard(
         await message.answer(views.refusal(NotBound()))
         await offer_places(message, session)
         return
+    description = None
+    if first_text is not None:
+        description = await _description(message, first_text)
+        if description is None:
+            return  # refused (blank or too long), and no wizard is left open: their next text starts afresh
     community_id = home.compound.community_id
     await state.set_state(ReportWizard.category)
     await state.set_data({"community_id": community_id, "photos": []})
-    if first_text is not None:
-        await described_first(message, state, session, directory)
+    if description is not None:
+        await _suggest_category(message, state, session, directory, description)
         return
     await message.answer(
         _("What is wrong? Choose a category below, or simply describe the problem in your own words."),
@@ -73,19 +78,27 @@ async def start_wizard(
     )
 
 
-def _too_long(text: str) -> bool:
-    return len(text.strip()) > tickets.MAX_DESCRIPTION
+async def _description(message: Message, text: str) -> str | None:
+    """The description as it will be filed, or None after saying why it cannot be (they stay in the step)."""
+    try:
+        return tickets.check_description(text)
+    except DomainError as error:
+        await message.answer(views.refusal(error))
+        return None
 
 
 @router.message(StateFilter(ReportWizard.category), Content(ContentType.TEXT))
 async def described_first(message: Message, state: FSMContext, session: AsyncSession, directory: Directory) -> None:
-    text = message.text or ""
-    if _too_long(text):
-        await message.answer(views.refusal(tickets.TextTooLong(tickets.MAX_DESCRIPTION)))
-        return
-    data = await state.update_data(description=text.strip())
+    if (description := await _description(message, message.text or "")) is not None:
+        await _suggest_category(message, state, session, directory, description)
+
+
+async def _suggest_category(
+    message: Message, state: FSMContext, session: AsyncSession, directory: Directory, description: str
+) -> None:
+    data = await state.update_data(description=description)
     categories = await directory.categories(session, data["community_id"])
-    suggested = suggest_category(categories, text)
+    suggested = suggest_category(categories, description)
     prompt = (
         _("Thank you. It sounds like “{category}” — press ✅ to confirm, or choose another category.").format(
             category=escape(localized(suggested))
@@ -108,7 +121,7 @@ async def category_chosen(
 ) -> None:
     data = await state.get_data()
     category = await directory.category(session, data["community_id"], callback_data.category_id)
-    if category is None or not isinstance(query.message, Message):
+    if category is None:
         await query.answer(_("Sorry, you cannot open this."), show_alert=True)
         return
     await query.answer()
@@ -127,26 +140,23 @@ async def category_chosen(
     markup = feedback_views.me_too_keyboard(similar) if similar else None
     if similar:
         chosen += "\n\n" + feedback_views.similar_tickets(similar, tz)
+    screen = chat_of(query)
     if data.get("description"):
-        await query.message.edit_text(chosen, reply_markup=markup)
-        await _ask_for_photos(query.message, state)
+        await replace(screen, chosen, markup)
+        await _ask_for_photos(screen, state)
     else:
-        await query.message.edit_text(
+        await replace(
+            screen,
             chosen + "\n\n" + _("Please describe the problem in a few words: what, where exactly, since when."),
-            reply_markup=markup,
+            markup,
         )
 
 
 @router.message(StateFilter(ReportWizard.description), Content(ContentType.TEXT))
 async def described(message: Message, state: FSMContext) -> None:
-    text = message.text or ""
-    if _too_long(text):
-        await message.answer(views.refusal(tickets.TextTooLong(tickets.MAX_DESCRIPTION)))
+    if (description := await _description(message, message.text or "")) is None:
         return
-    if not text.strip():
-        await message.answer(_("Please describe the problem in words first; you can add photos next."))
-        return
-    await state.update_data(description=text.strip())
+    await state.update_data(description=description)
     await _ask_for_photos(message, state)
 
 
@@ -155,7 +165,7 @@ async def description_not_text(message: Message) -> None:
     await message.answer(_("Please describe the problem in words first; you can add photos next."))
 
 
-async def _ask_for_photos(message: Message, state: FSMContext) -> None:
+async def _ask_for_photos(message: Screen, state: FSMContext) -> None:
     await state.set_state(ReportWizard.photos)
     await message.answer(
         _(

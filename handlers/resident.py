@@ -16,6 +16,7 @@ from bot.filters import Button
 from domain import tickets
 from domain.errors import DomainError
 from domain.people import Person
+from handlers.common import chat_of
 
 router = Router(name="resident")
 
@@ -42,5 +43,4 @@ async def history(
         await query.answer(views.refusal(error), show_alert=True)
         return
     await query.answer()
-    if isinstance(query.message, Message):
-        await query.message.answer(views.ticket_history(view, tz))
+    await chat_of(query).answer(views.ticket_history(view, tz))

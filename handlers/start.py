@@ -18,7 +18,7 @@ from domain import people
 from domain.directory import Directory
 from domain.errors import NotFound
 from domain.people import Person
-from handlers.common import show_menu
+from handlers.common import Screen, chat_of, replace, show_menu
 from storage.models import Building
 
 router = Router(name="start")
@@ -83,34 +83,31 @@ async def _compounds_keyboard(session: AsyncSession, community_id: int) -> Inlin
 
 @router.callback_query(PlaceCb.filter())
 async def choose_place(query: CallbackQuery, callback_data: PlaceCb, session: AsyncSession, user: Person) -> None:
-    message = query.message
-    if not isinstance(message, Message):
-        await query.answer()
-        return
+    screen = chat_of(query)
     await query.answer()
     match callback_data.level:
         case PlaceLevel.COMMUNITY:
             markup = await _compounds_keyboard(session, callback_data.id)
-            await message.edit_text(_("Choose your compound:"), reply_markup=markup)
+            await replace(screen, _("Choose your compound:"), markup)
         case PlaceLevel.COMPOUND:
             buildings = await people.list_buildings(session, callback_data.id)
             keyboard = views.inline_keyboard(
                 [(localized(b), PlaceCb(level=PlaceLevel.BUILDING, id=b.id)) for b in buildings], width=4
             )
-            await message.edit_text(_("Choose your building:"), reply_markup=keyboard)
+            await replace(screen, _("Choose your building:"), keyboard)
         case PlaceLevel.BUILDING:
             try:
                 building = await people.get_building(session, callback_data.id)
             except NotFound:
-                await message.edit_text(_("Sorry, you cannot open this."))
+                await replace(screen, _("Sorry, you cannot open this."))
                 return
-            await _bind_or_ask_unit(message, session, user, building, edit=True)
+            await _bind_or_ask_unit(screen, session, user, building, edit=True)
         case PlaceLevel.UNIT:
-            await _bind(message, session, user, callback_data.id, callback_data.unit)
+            await _bind(screen, session, user, callback_data.id, callback_data.unit)
 
 
 async def _bind_or_ask_unit(
-    message: Message, session: AsyncSession, user: Person, building: Building, edit: bool = False
+    message: Screen, session: AsyncSession, user: Person, building: Building, edit: bool = False
 ) -> None:
     if building.units <= 1:
         await _bind(message, session, user, building.id, None)
@@ -126,12 +123,12 @@ async def _bind_or_ask_unit(
         building=escape(views.place_label(building, None))
     )
     if edit:
-        await message.edit_text(text, reply_markup=keyboard)
+        await replace(message, text, keyboard)
     else:
         await message.answer(text, reply_markup=keyboard)
 
 
-async def _bind(message: Message, session: AsyncSession, user: Person, building_id: int, unit: int | None) -> None:
+async def _bind(message: Screen, session: AsyncSession, user: Person, building_id: int, unit: int | None) -> None:
     try:
         building = await people.bind_resident(session, user.id, building_id, unit)
     except NotFound:

@@ -20,7 +20,7 @@ from domain import tickets
 from domain.clock import Clock
 from domain.errors import DomainError
 from domain.people import Person
-from handlers.common import finish_text_step
+from handlers.common import chat_of, finish_text_step, replace, start_text_step
 
 router = Router(name="worker")
 
@@ -63,22 +63,18 @@ async def open_tickets(message: Message, session: AsyncSession, user: Person, tz
     await message.answer("\n".join(lines), reply_markup=views.tickets_keyboard(found, TicketAction.OPEN))
 
 
-async def _send_card(message: Message, session: AsyncSession, user: Person, ticket_id: int, tz: tzinfo) -> None:
-    text, markup = views.ticket_screen(await tickets.open_ticket(session, viewer_id=user.id, ticket_id=ticket_id), tz)
-    await message.answer(text, reply_markup=markup)
-
-
 @router.callback_query(TicketCb.filter(F.action == TicketAction.OPEN))
 async def open_card(
     query: CallbackQuery, callback_data: TicketCb, session: AsyncSession, user: Person, tz: tzinfo
 ) -> None:
-    assert isinstance(query.message, Message)
     try:
-        await _send_card(query.message, session, user, callback_data.ticket_id, tz)
+        opened = await tickets.open_ticket(session, viewer_id=user.id, ticket_id=callback_data.ticket_id)
     except DomainError as error:
         await query.answer(views.refusal(error), show_alert=True)
         return
     await query.answer()
+    text, markup = views.ticket_screen(opened, tz)
+    await chat_of(query).answer(text, reply_markup=markup)
 
 
 @router.callback_query(TicketCb.filter(F.action == TicketAction.ACCEPT))
@@ -97,9 +93,8 @@ async def accept(
         await query.answer(views.refusal(error), show_alert=True)
         return
     await query.answer(_("Accepted. The resident has been told."))
-    if isinstance(query.message, Message):
-        text, markup = views.ticket_screen(opened, tz)
-        await query.message.edit_text(text, reply_markup=markup)
+    text, markup = views.ticket_screen(opened, tz)
+    await replace(chat_of(query), text, markup)
 
 
 @router.callback_query(TicketCb.filter(F.action.in_(PROMPTS)))
@@ -113,11 +108,7 @@ async def ask_for_text(
         await query.answer(views.refusal(error), show_alert=True)
         return
     next_state, prompt = PROMPTS[callback_data.action]
-    await state.set_state(next_state)
-    await state.set_data({"ticket_id": callback_data.ticket_id})
-    await query.answer()
-    if isinstance(query.message, Message):
-        await query.message.answer(prompt(callback_data.ticket_id) + "\n" + _("/cancel to stop."))
+    await start_text_step(query, state, next_state, prompt(callback_data.ticket_id), ticket_id=callback_data.ticket_id)
 
 
 def _text_and_photo(message: Message) -> tuple[str, str | None]:
@@ -149,9 +140,6 @@ async def progress_note(message: Message, state: FSMContext, session: AsyncSessi
 @router.message(StateFilter(WorkerInput.resolution), Content(ContentType.TEXT, ContentType.PHOTO))
 async def resolution(message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock) -> None:
     text, photo = _text_and_photo(message)
-    if not text.strip():
-        await message.answer(_("Please say in words what was done (add it as the photo's caption)."))
-        return
     ticket_id = (await state.get_data())["ticket_id"]
     step = tickets.resolve(session, actor_id=user.id, ticket_id=ticket_id, note=text, photo=photo, now=clock())
     done = _("Ticket #{number} is resolved; the resident has been told.").format(number=ticket_id)

@@ -11,6 +11,7 @@ from domain import deliberation as delib
 from domain.errors import AccessDenied, InvalidTransition, NotBound, NotFound
 from domain.followers import join
 from domain.outbox import Notice
+from domain.text import TextEmpty
 from storage.db import SessionFactory
 from storage.models import EventKind, OutboxMessage, SurveyVote, Ticket, TicketEvent, Topic, TopicEvent, TopicStatus
 from tests.conftest import FakeClock
@@ -154,13 +155,13 @@ async def test_suggestion_needs_a_building_and_is_narrowed_to_the_compound(
             await delib.suggest(session, user_id=RESIDENT, text="建个充电棚", now=clock())
     await resident_in(session_factory, clock, RESIDENT, "xingfu/1")
     async with session_factory() as session:
-        with pytest.raises(delib.EmptyText):
+        with pytest.raises(TextEmpty):
             await delib.suggest(session, user_id=RESIDENT, text="  ", now=clock())
         topic = await delib.suggest(session, user_id=RESIDENT, text="在幸福小区建个充电棚", now=clock())
     assert topic.status == TopicStatus.COLLECTED and len(topic.compound_ids) == 1
     assert len(await notices(session_factory, Notice.TOPIC_CANDIDATE)) == 2
     async with session_factory() as session:
-        with pytest.raises(delib.EmptyText):
+        with pytest.raises(TextEmpty):
             await delib.dismiss(session, actor_id=STAFF_WANG, topic_id=topic.id, reason="", now=clock())
         await delib.dismiss(session, actor_id=STAFF_WANG, topic_id=topic.id, reason="已有规划", now=clock())
         with pytest.raises(InvalidTransition):

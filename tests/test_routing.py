@@ -13,6 +13,7 @@ from domain.directory import Directory
 from domain.errors import AccessDenied, HandledElsewhere, InvalidTransition, NotBound
 from domain.people import touch_user
 from domain.routing import RouteReason
+from domain.text import TextTooLong
 from storage.db import SessionFactory
 from storage.models import Building, Category, Compound, Membership, TicketStatus, User
 from tests.conftest import FakeClock
@@ -147,7 +148,7 @@ async def test_lifecycle_rules_and_access(session_factory: SessionFactory, clock
         accepted = await tickets.accept(session, actor_id=LI_JUAN, ticket_id=ticket_id, now=clock())
         assert accepted.status == TicketStatus.IN_PROGRESS
         assert accepted.accepted_at is not None and accepted.accepted_at - accepted.created_at == timedelta(hours=1)
-        with pytest.raises(tickets.TextTooLong):
+        with pytest.raises(TextTooLong):
             await tickets.resolve(
                 session, actor_id=LI_JUAN, ticket_id=ticket_id, note="长" * 801, photo=None, now=clock()
             )
