@@ -26,13 +26,13 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 
+from bench.residents import add_residents
 from bot.app import create_bot
 from bot.i18n import create_i18n
 from bot.notices import Renderer
@@ -42,12 +42,12 @@ from domain.clock import system_clock
 from domain.community_file import import_community, load_community_file
 from storage.db import create_engine, create_session_factory
 from storage.migrate import upgrade_database
-from storage.models import BroadcastKind, Building, Community, OutboxMessage, OutboxStatus, User
+from storage.models import BroadcastKind, Community, OutboxMessage, OutboxStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRST_RESIDENT = 7_000_000
 TOKEN = "42:BENCH-TOKEN"
-UNFINISHED = (OutboxStatus.PENDING, OutboxStatus.CLAIMED, OutboxStatus.SENDING)
+UNFINISHED = OutboxStatus.unfinished()
 
 
 @dataclass
@@ -128,20 +128,8 @@ async def prepare(db_url: str, recipients: int) -> None:
         await import_community(session, load_community_file(ROOT / "communities" / "sample.toml"), now)
     async with sessions() as session, session.begin():
         community = await session.scalar(select(Community).order_by(Community.id).limit(1))
-        buildings = list(await session.scalars(select(Building.id).order_by(Building.id)))
-        assert community is not None and buildings
-        rows = [
-            {
-                "id": FIRST_RESIDENT + n,
-                "full_name": f"居民{n}",
-                "telegram_language": "zh-hans" if n % 5 else "en",
-                "building_id": buildings[n % len(buildings)],
-                "unit": 1,
-                "created_at": now,
-            }
-            for n in range(recipients)
-        ]
-        await session.execute(insert(User), rows)
+        assert community is not None
+        await add_residents(session, FIRST_RESIDENT, recipients, now, english_every=5)
         community_id = community.id
     async with sessions() as session:
         started = await start_broadcast(session, community_id, BroadcastKind.AGENDA, now.strftime("%Y-%m"), now)
@@ -163,15 +151,14 @@ async def outcome(db_url: str) -> Counter[str]:
     return counts
 
 
-def child_command(db_url: str, api: str, rate: float, resume: bool) -> list[str]:
+def child_command(db_url: str, api: str, rate: float) -> list[str]:
     command = [sys.executable, "-m", "bench.broadcast", "--child", "--database-url", db_url, "--api", api]
-    command += ["--rate", str(rate)]
-    return [*command, "--resume"] if resume else command
+    return [*command, "--rate", str(rate)]
 
 
 async def run(db_url: str, telegram: FakeTelegram, api: str, rate: float, kill: bool) -> tuple[int, int, Counter[str]]:
     """Send the prepared broadcast, killing the first child half-way if asked; returns duplicates, missing."""
-    child = await asyncio.create_subprocess_exec(*child_command(db_url, api, rate, resume=False), cwd=ROOT)
+    child = await asyncio.create_subprocess_exec(*child_command(db_url, api, rate), cwd=ROOT)
     if kill:
         waiter = asyncio.create_task(child.wait())
         killer = asyncio.create_task(telegram.on_kill.wait())
@@ -181,7 +168,7 @@ async def run(db_url: str, telegram: FakeTelegram, api: str, rate: float, kill: 
         child.send_signal(signal.SIGKILL)
         await waiter
         print(f"  killed the sender after {sum(telegram.received.values()):,} messages; restarting it")
-        child = await asyncio.create_subprocess_exec(*child_command(db_url, api, rate, resume=True), cwd=ROOT)
+        child = await asyncio.create_subprocess_exec(*child_command(db_url, api, rate), cwd=ROOT)
     if await child.wait() != 0:
         raise SystemExit("the sending child failed")
     engine = create_engine(db_url)
@@ -195,18 +182,15 @@ async def run(db_url: str, telegram: FakeTelegram, api: str, rate: float, kill: 
     return duplicates, missing, await outcome(db_url)
 
 
-async def child(db_url: str, api: str, rate: float, resume: bool) -> None:
+async def child(db_url: str, api: str, rate: float) -> None:
     """The bot's sending side, as a restarted process runs it, until the broadcast is finished."""
     engine = create_engine(db_url)
     sessions = create_session_factory(engine)
     bot = create_bot(TOKEN, api)
-    # The bench knows the previous sender is dead, so its claims are given back at once, not after 5 minutes.
-    settings = SenderSettings(rate_per_second=rate, stale_claim=timedelta(0))
-    sender = OutboxSender(
-        bot, sessions, Renderer(create_i18n("zh_CN"), ZoneInfo("Asia/Shanghai")), system_clock, settings
-    )
-    if resume:
-        await sender.release_stale_claims()
+    # The only sender, as in a polling bot: as it starts it takes back what a dead predecessor had claimed.
+    settings = SenderSettings(rate_per_second=rate)
+    renderer = Renderer(create_i18n("zh_CN"), ZoneInfo("Asia/Shanghai"))
+    sender = OutboxSender(bot, sessions, renderer, system_clock, settings, sole=True)
     stop = asyncio.Event()
     task = asyncio.create_task(sender.run(stop))
     while True:
@@ -266,13 +250,12 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--database-url", help=argparse.SUPPRESS)
     parser.add_argument("--api", help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
-    parser.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
 if __name__ == "__main__":
     arguments = parse()
     if arguments.child:
-        asyncio.run(child(arguments.database_url, arguments.api, arguments.rate, arguments.resume))
+        asyncio.run(child(arguments.database_url, arguments.api, arguments.rate))
     else:
         asyncio.run(main(arguments))

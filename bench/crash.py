@@ -93,9 +93,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import insert, select
-
 from bench.fake_api import SENDS, BotMessage, FakeBotAPI, Request
+from bench.residents import add_residents
 from bot.callbacks import (
     BroadcastAction,
     BroadcastCb,
@@ -111,7 +110,6 @@ from domain.clock import system_clock
 from domain.community_file import import_community, load_community_file
 from storage.db import create_engine, create_session_factory
 from storage.migrate import upgrade_database
-from storage.models import Building, User
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMUNITY_FILE = ROOT / "communities" / "sample.toml"
@@ -579,20 +577,7 @@ class Bench:
         async with sessions() as session:
             await import_community(session, load_community_file(COMMUNITY_FILE), now)
         async with sessions() as session, session.begin():
-            buildings = list(await session.scalars(select(Building.id).order_by(Building.id)))
-            rows = [
-                {
-                    "id": FIRST_SILENT + n,
-                    "full_name": f"居民{n}",
-                    "telegram_language": "zh-hans" if n % 3 else "en",
-                    "building_id": buildings[n % len(buildings)],
-                    "unit": 1,
-                    "created_at": now,
-                }
-                for n in range(self.plan.silent)
-            ]
-            if rows:
-                await session.execute(insert(User), rows)
+            await add_residents(session, FIRST_SILENT, self.plan.silent, now, english_every=3)
         await engine.dispose()
         spec = tomllib.loads(COMMUNITY_FILE.read_text(encoding="utf-8"))
         code = spec["community"]["code"]
