@@ -26,6 +26,10 @@ from storage.db import SessionFactory
 from tests.fake_telegram import BOT_ID, buttons_of, fake_bot, reply_buttons_of, text_of
 
 _ids = itertools.count(1)
+# A message kind the bot does not take.
+STICKER = Sticker(
+    file_id="sticker", file_unique_id="s", type="regular", width=512, height=512, is_animated=False, is_video=False
+)
 
 
 async def _no_sleep(_seconds: float) -> None:
@@ -116,16 +120,7 @@ class Person:
         return await self.harness.feed(Update(update_id=next(_ids), message=self._message(location=location)))
 
     async def send_sticker(self) -> list[TelegramMethod[Any]]:
-        sticker = Sticker(
-            file_id="sticker",
-            file_unique_id="s",
-            type="regular",
-            width=512,
-            height=512,
-            is_animated=False,
-            is_video=False,
-        )
-        return await self.harness.feed(Update(update_id=next(_ids), message=self._message(sticker=sticker)))
+        return await self.harness.feed(Update(update_id=next(_ids), message=self._message(sticker=STICKER)))
 
     async def press(self, data: str, message_text: str = "") -> list[TelegramMethod[Any]]:
         """Press an inline button with this callback data (forged data works too, as for a custom client)."""

@@ -50,7 +50,6 @@ from aiogram.types import (
     PollAnswer,
     PollOption,
     ReactionTypeEmoji,
-    Sticker,
     Update,
     User,
     Venue,
@@ -87,7 +86,7 @@ from storage.db import create_engine, create_session_factory
 from storage.models import Base, Ticket
 from tests.conftest import SAMPLE_COMMUNITY, FakeClock, require_postgresql
 from tests.fake_telegram import BOT_ID, buttons_of
-from tests.harness import Harness
+from tests.harness import STICKER, Harness
 from tests.telegram_rules import request_problems
 
 RESIDENT = 900100  # bound to 银巴小区 1号楼 2单元 (grid 1) before the first example
@@ -165,19 +164,7 @@ CONTENT: dict[str, st.SearchStrategy[dict[str, Any]]] = {
         file_ids,
         st.none() | texts,
     ),
-    "sticker": st.just(
-        {
-            "sticker": Sticker(
-                file_id="st",
-                file_unique_id="s",
-                type="regular",
-                width=512,
-                height=512,
-                is_animated=False,
-                is_video=False,
-            )
-        }
-    ),
+    "sticker": st.just({"sticker": STICKER}),
     "location": st.builds(
         lambda lat, lon: {"location": Location(latitude=lat, longitude=lon)},
         st.floats(-90, 90),
