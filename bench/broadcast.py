@@ -35,8 +35,8 @@ from sqlalchemy import func, select
 from bench.residents import add_residents
 from bot.app import create_bot
 from bot.i18n import create_i18n
-from bot.notices import Renderer
-from bot.sender import OutboxSender, SenderSettings
+from bot.outbound.notices import Renderer
+from bot.outbound.sender import OutboxSender, SenderSettings
 from domain.broadcasts import start_broadcast
 from domain.clock import system_clock
 from domain.community_file import import_community, load_community_file

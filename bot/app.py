@@ -39,15 +39,15 @@ from aiogram.utils.i18n import I18n
 from aiogram.utils.i18n import gettext as _
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from bot import replies
 from bot.config import Settings
 from bot.guard import PrivateChatGuard
 from bot.i18n import UserI18nMiddleware, create_i18n
 from bot.intake import InboxMarkMiddleware, UpdateInbox
 from bot.middlewares import SessionMiddleware, UserMiddleware
-from bot.notices import Renderer
-from bot.sender import OutboxSender, SenderSettings
-from bot.shared_rate import RedisTokenBucket
+from bot.outbound import replies
+from bot.outbound.notices import Renderer
+from bot.outbound.sender import OutboxSender, SenderSettings
+from bot.outbound.shared_rate import RedisTokenBucket
 from domain.clock import Clock, system_clock
 from domain.community_file import import_community, load_community_file
 from domain.confirmation import close_unconfirmed

@@ -8,9 +8,9 @@ from aiogram.types import CallbackQuery, Message
 from aiogram.utils.i18n import gettext as _
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import broadcast_views as bv
 from bot import views
 from bot.callbacks import BroadcastAction, BroadcastCb, SettingsAction, SettingsCb
+from bot.views import broadcasts as bv
 from domain import broadcasts
 from domain.clock import Clock
 from domain.errors import AccessDenied, DomainError

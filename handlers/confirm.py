@@ -14,9 +14,10 @@ from aiogram.types import CallbackQuery, Message
 from aiogram.utils.i18n import gettext as _
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import feedback_views, views
+from bot import views
 from bot.callbacks import FeedbackAction, FeedbackCb
 from bot.filters import Content
+from bot.views import feedback as feedback_views
 from domain import confirmation
 from domain.clock import Clock
 from domain.errors import DomainError

@@ -15,9 +15,9 @@ from aiogram.types import CallbackQuery, Message
 from aiogram.utils.i18n import gettext as _
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import deliberation_views as dv
 from bot.callbacks import SurveyCb, TicketAction, TicketCb, TopicAction, TopicCb
 from bot.filters import Content
+from bot.views import deliberation as dv
 from domain import deliberation
 from domain.clock import Clock
 from domain.deliberation import BadNumber, BadOptions

@@ -11,9 +11,10 @@ from aiogram.types import CallbackQuery, Message
 from aiogram.utils.i18n import gettext as _
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import ladder_views, views
+from bot import views
 from bot.callbacks import EscalateCb, TicketAction, TicketCb
 from bot.filters import Content
+from bot.views import ladder as ladder_views
 from domain import escalation
 from domain.clock import Clock
 from domain.errors import DomainError, InvalidTransition

@@ -13,8 +13,8 @@ from aiogram.types import CallbackQuery
 from aiogram.utils.i18n import gettext as _
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import feedback_views
 from bot.callbacks import MeTooAction, MeTooCb
+from bot.views import feedback as feedback_views
 from domain import followers
 from domain.clock import Clock
 from domain.errors import DomainError

@@ -34,7 +34,7 @@ async def added_to_group(event: ChatMemberUpdated, bot: Bot) -> None:
 
 @router.my_chat_member(ChatKind(ChatType.PRIVATE), FromPerson(), ChatMemberUpdatedFilter(KICKED))
 async def blocked(event: ChatMemberUpdated, session: AsyncSession, user: Person, clock: Clock) -> None:
-    # As a 403 from Telegram does (bot/sender.py): nothing more is tried to them until they are back.
+    # As a 403 from Telegram does (bot/outbound/sender.py): nothing more is tried to them until they are back.
     await set_reachable(session, user.id, reachable=False, now=clock())
 
 

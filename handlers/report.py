@@ -18,10 +18,11 @@ from aiogram.types import CallbackQuery, Message
 from aiogram.utils.i18n import gettext as _
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import feedback_views, views
+from bot import views
 from bot.callbacks import CategoryCb
 from bot.filters import Button, Content
 from bot.i18n import localized
+from bot.views import feedback as feedback_views
 from domain import followers, tickets
 from domain.categories import suggest_category
 from domain.clock import Clock

@@ -8,7 +8,7 @@ from aiogram.types import Message
 from aiogram.utils.i18n import gettext as _
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import ladder_views
+from bot.views import ladder as ladder_views
 from domain.clock import Clock
 from domain.errors import AccessDenied
 from domain.ledger import ledger

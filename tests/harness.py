@@ -20,7 +20,7 @@ from aiogram.types import (
 
 from bot.app import Application, assemble
 from bot.config import Settings
-from bot.sender import OutboxSender, SenderSettings
+from bot.outbound.sender import OutboxSender, SenderSettings
 from domain.clock import Clock
 from storage.db import SessionFactory
 from tests.fake_telegram import BOT_ID, buttons_of, fake_bot, reply_buttons_of, text_of

@@ -1,4 +1,4 @@
-"""Direct replies (bot/replies.py), through the real dispatcher: retried through a 429 and passing faults,
+"""Direct replies (bot/outbound/replies.py), through the real dispatcher: retried through a 429 and passing faults,
 paced so that a burst into one chat meets no 429, and a reply that fails for good loses nothing the update
 saved. The outbox sender and polling are left to see Telegram's answers themselves."""
 
@@ -15,8 +15,8 @@ from aiogram.methods import AnswerCallbackQuery, GetUpdates, SendMessage, Telegr
 from aiogram.utils.backoff import BackoffConfig
 from sqlalchemy import select
 
-from bot import replies
 from bot.callbacks import LanguageCb
+from bot.outbound import replies
 from storage.models import OutboxMessage, OutboxStatus, Ticket, TicketStatus
 from tests.conftest import FakeClock
 from tests.fake_telegram import SERVER_ERROR, TOO_MANY_REQUESTS, sent_to, text_of
@@ -118,7 +118,7 @@ async def test_a_reply_lost_to_an_outage_keeps_the_ticket_and_the_next_message_i
     harness.telegram.outage = SERVER_ERROR
     started, slept_before = harness.timer.now, len(harness.timer.slept)
 
-    with caplog.at_level(logging.ERROR, logger="bot.replies"):
+    with caplog.at_level(logging.ERROR, logger="bot.outbound.replies"):
         answer = await resident.tap(summary, "提交")  # handled: no exception reaches polling
 
     # Backoff 0.5 s (+0.5 s to the chat's next turn), 1, 2, 4, then 5 s: the ninth attempt fails 28 s after

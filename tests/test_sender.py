@@ -10,7 +10,7 @@ import pytest
 from aiogram.methods import SendMessage
 from sqlalchemy import select
 
-from bot.sender import OutboxSender, SenderSettings, TokenBucket
+from bot.outbound.sender import OutboxSender, SenderSettings, TokenBucket
 from domain.broadcasts import progress, start_broadcast
 from domain.outbox import Notice, enqueue
 from storage.models import BroadcastKind, Community, OutboxMessage, OutboxStatus, User

@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from bot.shared_rate import RETRY_REDIS, RedisTokenBucket
+from bot.outbound.shared_rate import RETRY_REDIS, RedisTokenBucket
 from tests.conftest import require_redis
 
 _keys = itertools.count()

@@ -43,8 +43,8 @@ from aiogram.exceptions import (
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.notices import Renderer
-from bot.replies import ChatPacer
+from bot.outbound.notices import Renderer
+from bot.outbound.replies import ChatPacer
 from domain.clock import Clock
 from storage.db import SessionFactory
 from storage.models import OutboxMessage, OutboxStatus, SenderLease, User
@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 
 class SendRate(Protocol):
-    """Where the sender waits for its turn: this process's bucket, or one shared by all (bot/shared_rate.py)."""
+    """Where the sender waits for its turn: this process's bucket, or one shared by all (``shared_rate``)."""
 
     async def take(self) -> None: ...
 
@@ -131,7 +131,7 @@ class OutboxSender:
         # The only sender there is (a polling bot): whatever claims it finds at start belong to the dead.
         self.sole = sole
         self.holder = uuid.uuid4().hex
-        # Shared with the direct replies (bot/replies.py): a worker answering the bot and getting cards at
+        # Shared with the direct replies (bot/outbound/replies.py): a worker answering the bot and getting cards at
         # the same time still gets one message a second.
         self.pacer = pacer or ChatPacer(self.settings.chat_interval, monotonic, sleep)
         self._lease_renewed: datetime | None = None

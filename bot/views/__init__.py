@@ -1,4 +1,9 @@
-"""What people see: message texts and keyboards, in the current locale. Everything user-written is escaped."""
+"""What people see: message texts and keyboards, in the current locale. Everything user-written is escaped.
+
+This module holds the menus, the report wizard, tickets, their cards and histories, and refusals. The rest has a
+module each: ``broadcasts`` (monthly agenda and feedback), ``deliberation`` (topics, surveys), ``feedback``
+("Is it fixed?", ratings, "me too") and ``ladder`` (deadlines, escalation, the three-colour ledger).
+"""
 
 from __future__ import annotations
 

@@ -9,8 +9,12 @@ from aiogram.types import InlineKeyboardMarkup, InputMediaPhoto
 from aiogram.utils.i18n import I18n
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot import broadcast_views, deliberation_views, feedback_views, ladder_views, views
+from bot import views
 from bot.i18n import locale_of
+from bot.views import broadcasts as broadcast_views
+from bot.views import deliberation as deliberation_views
+from bot.views import feedback as feedback_views
+from bot.views import ladder as ladder_views
 from domain.outbox import Notice
 from domain.people import display_names
 from domain.tickets import load_card, photos_of_event

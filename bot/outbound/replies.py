@@ -3,7 +3,7 @@
 Each Bot API call made while an update is handled goes through one :class:`ReplyPolicy`. Messages into a
 chat are spaced by a :class:`ChatPacer`, so a burst of presses does not run into Telegram's limit of about
 one message per second per chat, and a 429, 5xx or network error is retried for a bounded time instead of
-losing the answer. Messages to anyone else go through the outbox (bot/sender.py), which handles Telegram's
+losing the answer. Messages to anyone else go through the outbox (bot/outbound/sender.py), which handles Telegram's
 answers per row and must see them at once. Polling's own getUpdates must see them at once too. So the policy
 covers only calls made inside an update, which :class:`HandlingUpdate` marks.
 """
