@@ -200,7 +200,8 @@ def ticket_card(card: TicketCard, tz: tzinfo) -> str:
         )
     if ticket.latitude is not None and ticket.longitude is not None:
         url = f"https://uri.amap.com/marker?position={ticket.longitude:.6f},{ticket.latitude:.6f}"
-        lines.append(f'📌 <a href="{url}">{_("Location on the map")}</a>')
+        label = _("Location on the map")
+        lines.append(f'📌 <a href="{url}">{label}</a>')
     report_photos = [p for p in ticket.photos if p.stage == "report"]
     if report_photos:
         lines.append(_("📷 Photos: {count} (sent with the ticket)").format(count=len(report_photos)))
