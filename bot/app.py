@@ -48,6 +48,7 @@ from bot.outbound import replies
 from bot.outbound.notices import Renderer
 from bot.outbound.sender import OutboxSender, SenderSettings
 from bot.outbound.shared_rate import RedisTokenBucket
+from bot.steps import ExpiringSteps, StepExits
 from domain.clock import Clock, system_clock
 from domain.community_file import import_community, load_community_file
 from domain.confirmation import close_unconfirmed
@@ -62,6 +63,8 @@ from storage.fsm import FsmFlushMiddleware, SqlStorage
 from storage.migrate import upgrade_database
 
 log = logging.getLogger(__name__)
+
+DEFAULT_STEP_TIMEOUT = timedelta(minutes=Settings.model_fields["text_step_timeout_minutes"].default)
 
 # pydantic keeps parametrised generic models in a weak cache, so under load aiogram keeps rebuilding
 # Response[Message] and friends (about 4 ms each, measured by bench/intake.py). Holding the ones this bot
@@ -91,10 +94,11 @@ def build_dispatcher(
     wake_sender: Callable[[], None],
     storage: BaseStorage | None = None,
     events_isolation: BaseEventIsolation | None = None,
+    step_timeout: timedelta = DEFAULT_STEP_TIMEOUT,
 ) -> Dispatcher:
     storage = storage or SqlStorage(session_factory)
     dispatcher = Dispatcher(
-        storage=storage,
+        storage=ExpiringSteps(storage, step_timeout, clock),
         # One update at a time per user: a double-tapped "Submit" must not file two tickets.
         events_isolation=events_isolation or SimpleEventIsolation(),
     )
@@ -110,6 +114,7 @@ def build_dispatcher(
     guard = PrivateChatGuard()
     dispatcher.message.outer_middleware(guard)
     dispatcher.callback_query.outer_middleware(guard)
+    dispatcher.message.outer_middleware(StepExits())
     dispatcher.include_router(build_router())
     return dispatcher
 
@@ -176,6 +181,7 @@ def assemble(
         wake_sender=sender.wake,
         storage=storage,
         events_isolation=isolation,
+        step_timeout=timedelta(minutes=settings.text_step_timeout_minutes),
     )
     dispatcher.workflow_data["yellow_share"] = settings.ledger_yellow_share
     return Application(bot, dispatcher, sender, session_factory, shared_rate)

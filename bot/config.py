@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     ledger_yellow_share: float = Field(default=0.25, gt=0, lt=1)
     # Personal messages (cards, notices) are retried through Telegram outages for this many hours after queueing.
     outbox_retry_hours: float = Field(default=24.0, gt=0)
+    # A step that waits for someone's words (a reason, a note, a report's next page) ends after this many minutes;
+    # what they send later is taken as new (a report), not as the answer to an old question.
+    text_step_timeout_minutes: float = Field(default=30.0, gt=0)
     # A scheduled broadcast the bot was down for is still sent when it comes back within this many hours.
     broadcast_grace_hours: float = Field(default=12.0, ge=0)
 

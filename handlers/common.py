@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import views
 from bot.callbacks import LanguageCb
-from bot.filters import AnyCommand, Button
+from bot.filters import Button
 from bot.i18n import LANGUAGES
 from domain.errors import DomainError
 from domain.people import Person, set_language
@@ -107,11 +107,6 @@ async def cancel(message: Message, state: FSMContext, session: AsyncSession, use
     await state.clear()
     text = _("Cancelled. Nothing was sent.") if had_something else _("There is nothing to cancel.")
     await show_menu(message, user, text)
-
-
-@router.message(~StateFilter(None), AnyCommand())
-async def command_mid_step(message: Message) -> None:
-    await message.answer(_("You are in the middle of something. Finish it, or send /cancel to stop."))
 
 
 @router.message(Command("help"))

@@ -393,6 +393,22 @@ class TicketPhoto(Base):
     file_id: Mapped[str] = mapped_column(String(256))
     stage: Mapped[str] = mapped_column(String(16), default=PhotoStage.REPORT)
     event_id: Mapped[int | None] = mapped_column(ForeignKey("ticket_events.id"), default=None)
+    # What the resident wrote on the photo ("the crack by the window"); a worker's photo has its note instead.
+    caption: Mapped[str] = mapped_column(Text, default="", server_default="")
+
+
+class TicketCardCopy(Base):
+    """A message holding a ticket's card (text and buttons) that the bot sent someone: each is edited when the
+    ticket changes, so no old copy offers a button that no longer applies."""
+
+    __tablename__ = "ticket_card_copies"
+    __table_args__ = (UniqueConstraint("chat_id", "message_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    chat_id: Mapped[int] = mapped_column(BigInteger)
+    message_id: Mapped[int] = mapped_column(BigInteger)
+    sent_at: Mapped[datetime]
 
 
 class TicketFollower(Base):
