@@ -111,25 +111,26 @@ async def cancel(message: Message, state: FSMContext, session: AsyncSession, use
 
 @router.message(Command("help"))
 async def help_(message: Message, session: AsyncSession, user: Person) -> None:
-    await show_menu(
-        message,
-        user,
-        _(
-            "I pass your reports to your grid worker and tell you how they go.\n\n"
-            "/report — report a problem\n"
-            "/my — your reports and their progress\n"
-            "/tickets — tickets to handle (grid workers and staff)\n"
-            "/home — change the building you live in\n"
+    text = _(
+        "I pass your reports to your grid worker and tell you how they go.\n\n"
+        "/report — report a problem\n"
+        "/my — your reports and their progress\n"
+        "/home — change the building you live in\n"
+        "/suggest — a suggestion (金点子) for the monthly deliberation\n"
+        "/settings — turn the monthly broadcasts off or on\n"
+        "/language — 语言 / language\n"
+        "/cancel — stop what you are doing"
+    )
+    if user.is_worker:  # residents are not pointed to commands that are not theirs
+        text += "\n\n" + _(
+            "For grid workers and staff:\n"
+            "/tickets — tickets to handle\n"
             "/ledger — the three-colour ledger (community staff)\n"
-            "/suggest — a suggestion (金点子) for the monthly deliberation\n"
             "/topics — deliberation topics, step by step (community staff)\n"
             "/newtopic — write a deliberation topic (community staff)\n"
-            "/broadcasts — the monthly agenda and feedback broadcasts (community staff)\n"
-            "/settings — turn the monthly broadcasts off or on\n"
-            "/language — 语言 / language\n"
-            "/cancel — stop what you are doing"
-        ),
-    )
+            "/broadcasts — the monthly agenda and feedback broadcasts (community staff)"
+        )
+    await show_menu(message, user, text)
 
 
 @router.message(Command("language"))

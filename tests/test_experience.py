@@ -146,3 +146,13 @@ async def test_statuses_levels_and_actions_read_right_in_chinese(harness: Harnes
     labels = [label for label, _ in buttons_of(card)]
     assert "↩️ 转交他人" in labels and "⬇️ 退回下级" in labels
     assert len(set(labels)) == len(labels), "two actions never share a name"
+
+
+async def test_help_shows_residents_their_commands_and_workers_theirs_too(harness: Harness) -> None:
+    resident = harness.person(RESIDENT)
+    await bind(resident)
+    said = texts(await resident.send("/help"))
+    assert "/report" in said and "/my" in said
+    assert "/tickets" not in said and "/ledger" not in said and "/topics" not in said
+    said = texts(await harness.person(STAFF_WANG).send("/help"))
+    assert "/report" in said and "/tickets" in said and "/ledger" in said
