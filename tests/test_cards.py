@@ -4,6 +4,7 @@ and edits Telegram has no use for are done, not failed."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from aiogram.methods import EditMessageText, SendMessage, TelegramMethod
@@ -11,10 +12,12 @@ from sqlalchemy import select
 
 from bot.callbacks import FeedbackAction, FeedbackCb, TicketAction, TicketCb
 from domain.outbox import Notice
+from domain.sweep import sweep
 from storage.models import OutboxMessage, OutboxStatus, TicketCardCopy
+from tests.conftest import FakeClock
 from tests.fake_telegram import ScriptedError, buttons_of, sent_to
 from tests.harness import Harness
-from tests.test_report_flow import LI_JUAN, STAFF_WANG, bind, file_report, texts
+from tests.test_report_flow import LI_JUAN, STAFF_WANG, bind, file_report, texts, ticket
 from tests.test_text_steps import state_of
 
 RESIDENT = 950001
@@ -128,3 +131,25 @@ async def test_edits_telegram_has_no_use_for_are_done_not_failed(harness: Harnes
         (OutboxStatus.SENT, ""),
         (OutboxStatus.FAILED, "400: Bad Request: chat not found"),
     ]
+
+
+async def test_a_deadline_reminder_follows_the_ticket_like_its_card(harness: Harness, clock: FakeClock) -> None:
+    number = await reported(harness)
+    saved = await ticket(harness, number)
+    assert saved.respond_by is not None
+    # A fifth of the time to accept is left: Li Juan is reminded, with the card's buttons.
+    clock.now = saved.created_at + (saved.respond_by - saved.created_at) * 0.8
+    async with harness.sessions() as session:
+        assert (await sweep(session, clock())).reminded == [number]
+    [reminder] = [r for r in sent_to(await harness.deliver(), LI_JUAN) if isinstance(r, SendMessage)]
+    assert TicketAction.ACCEPT in actions(reminder)
+    recorded = await copies(harness, number)
+    assert len(recorded) == 2
+
+    clock.now = saved.respond_by + timedelta(seconds=1)  # not accepted in time: passed to the grid's backup worker
+    async with harness.sessions() as session:
+        assert (await sweep(session, clock())).passed_on == [number]
+    delivered = await harness.deliver()
+    edited = edits(sent_to(delivered, LI_JUAN))
+    assert {(e.chat_id, e.message_id) for e in edited} == recorded
+    assert all(actions(e) == {TicketAction.HISTORY} for e in edited), "no Accept left for the one who lost it"

@@ -61,10 +61,15 @@ def edit_settled(method: TelegramMethod, answer: str) -> bool:
     return isinstance(method, EditMessageText | EditMessageReplyMarkup) and any(s in answer for s in SETTLED_EDITS)
 
 
+# Messages that carry a ticket's action buttons: the card, and the deadline reminder (which becomes the card
+# when the ticket moves on, so its Accept or Resolve never outlives the ticket's state).
+CARD_NOTICES = (Notice.TICKET_CARD, Notice.DEADLINE_REMINDER)
+
+
 def card_copy(row: OutboxMessage, sent: object) -> tuple[int, int, int] | None:
     """(ticket, chat, message) when ``row`` was a ticket's card that Telegram took as ``sent``: a copy to keep
     current (domain/cards.py)."""
-    if row.kind == Notice.TICKET_CARD and isinstance(sent, Message):
+    if row.kind in CARD_NOTICES and isinstance(sent, Message):
         return row.payload["ticket_id"], row.chat_id, sent.message_id
     return None
 
