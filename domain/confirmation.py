@@ -82,7 +82,10 @@ async def _tell_worker(session: AsyncSession, ticket: Ticket, event: TicketEvent
         return
     waiting = await session.scalars(
         select(OutboxMessage).where(
+            # The unique (broadcast_id, chat_id) index finds the worker's personal rows: no scan of a broadcast's.
+            OutboxMessage.broadcast_id.is_(None),
             OutboxMessage.chat_id == ticket.assignee_id,
+            OutboxMessage.created_at >= now - FEEDBACK_GATHERING,
             OutboxMessage.kind == Notice.RESIDENT_FEEDBACK,
             OutboxMessage.status == OutboxStatus.PENDING,
         )
