@@ -3,7 +3,9 @@ is handled once, a database that does not answer gets 503 (Telegram posts again)
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -18,7 +20,7 @@ from bot.webhook import Health, RecordingRequestHandler
 from domain.clock import Clock
 from domain.outbox import Notice, enqueue
 from storage.db import SessionFactory, create_engine, create_session_factory
-from storage.models import InboundUpdate, Ticket
+from storage.models import InboundUpdate, SenderLease, Ticket
 from tests.conftest import FakeClock, require_redis
 from tests.harness import Harness
 from tests.test_intake import up_to_submit
@@ -132,3 +134,32 @@ async def test_healthz_reports_the_database_redis_and_the_outbox(
         }
     finally:
         await redis.aclose()
+
+
+async def test_another_process_takes_over_only_the_updates_of_a_process_whose_lease_lapsed(
+    harness: Harness, clock: FakeClock
+) -> None:
+    alive_submit = await up_to_submit(harness, 900503, "电梯异响")
+    dead_submit = await up_to_submit(harness, 900504, "楼顶堆放建筑垃圾")
+    async with harness.sessions() as session, session.begin():
+        session.add(SenderLease(holder="alive", expires_at=clock() + timedelta(seconds=10)))
+        session.add(SenderLease(holder="dead", expires_at=clock() - timedelta(seconds=1)))
+        for other in ("other1", "other2"):  # the processes looking, alive too
+            session.add(SenderLease(holder=other, expires_at=clock() + timedelta(seconds=10)))
+    alive = UpdateInbox(harness.bot, harness.app.dispatcher, harness.sessions, clock, holder="alive")
+    dead = UpdateInbox(harness.bot, harness.app.dispatcher, harness.sessions, clock, holder="dead")
+    await alive.record([alive_submit])  # being handled by a live process: not to be touched
+    await dead.record([dead_submit])  # recorded by a process that died before handling it
+
+    others = [
+        UpdateInbox(harness.bot, harness.app.dispatcher, harness.sessions, clock, holder=f"other{n}") for n in (1, 2)
+    ]
+    taken = await asyncio.gather(*(inbox.recover(everyone=False) for inbox in others))
+    assert sorted(taken) == [0, 1], "one of them takes it, once"
+    for inbox in others:
+        await inbox.drain(seconds=10)
+    async with harness.sessions() as session:
+        described = list(await session.scalars(select(Ticket.description)))
+        still_alive = await session.get(InboundUpdate, alive_submit.update_id)
+    assert described == ["楼顶堆放建筑垃圾"], "the dead process's Submit filed its ticket; the live one's is left"
+    assert still_alive is not None and still_alive.received_by == "alive" and still_alive.handled_at is None
