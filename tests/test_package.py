@@ -12,9 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_settings import clean_environment
+from tests.processes import clean_environment
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pip(*args: str | Path) -> None:
+    subprocess.run([sys.executable, "-m", "pip", *map(str, args)], check=True, capture_output=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -23,21 +27,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     place = tmp_path_factory.mktemp("installed")
     source = place / "source"  # a copy: building writes build/ and *.egg-info/ next to the sources
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "data", "build", "*.egg-info", "__pycache__"))
-    wheels = place / "wheels"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(source)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    wheels, site = place / "wheels", place / "site"
+    pip("wheel", "-q", "--no-deps", "-w", wheels, source)
     (wheel,) = wheels.glob("*.whl")
-    site = place / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
+    pip("install", "-q", "--no-deps", "--target", site, wheel)
     return site
 
 

@@ -6,10 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import signal
 import struct
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +16,7 @@ from aiogram.exceptions import TelegramNetworkError
 
 from bench.fake_api import FakeBotAPI
 from bot.app import create_bot
-from tests.test_settings import clean_environment
+from tests.processes import run_until_polling
 
 TOKEN = "4242:PROXY-TEST"
 
@@ -169,29 +166,10 @@ async def test_wrong_password_is_a_network_error_naming_the_proxy(telegram: str)
 
 
 def test_an_unreachable_proxy_is_one_line_naming_it_and_the_bot_keeps_trying(tmp_path: Path) -> None:
-    bot = subprocess.Popen(
-        [sys.executable, "-m", "bot"],
-        cwd=tmp_path,
-        env=clean_environment(
-            BOT_TOKEN="123456:TEST", COMMUNITY_FILE="", TELEGRAM_PROXY="socks5://someone:secret@127.0.0.1:9"
-        ),
-        stderr=subprocess.PIPE,
-        text=True,
+    code, log = run_until_polling(
+        tmp_path, BOT_TOKEN="123456:TEST", COMMUNITY_FILE="", TELEGRAM_PROXY="socks5://someone:secret@127.0.0.1:9"
     )
-    assert bot.stderr is not None
-    seen: list[str] = []
-    try:
-        for line in bot.stderr:
-            seen.append(line)
-            if "polling for updates" in line:
-                break
-        else:
-            raise AssertionError("".join(seen))
-    finally:
-        bot.send_signal(signal.SIGTERM)
-        _, rest = bot.communicate(timeout=30)
-    log = "".join(seen) + rest
-    assert bot.returncode == 0, log
+    assert code == 0, log
     assert "Traceback" not in log and "secret" not in log
     warnings = [line for line in log.splitlines() if line.split(" ", 3)[2:3] == ["WARNING"]]
     shown = "socks5://someone:***@127.0.0.1:9"

@@ -4,9 +4,7 @@ documented; ``python -m storage.migrate`` reads them as the bot does; an empty C
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -14,16 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import Settings
+from tests.processes import SETTINGS, clean_environment, run_until_polling
 
 ROOT = Path(__file__).resolve().parent.parent
-SETTINGS = [name.upper() for name in Settings.model_fields]
-
-
-def clean_environment(**env: str) -> dict[str, str]:
-    """The test's environment without any of the bot's settings (a developer's shell may have some)."""
-    base = {key: value for key, value in os.environ.items() if key not in SETTINGS}
-    return {**base, "PYTHONPATH": str(ROOT), **env}
 
 
 def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -94,26 +85,9 @@ def test_the_default_database_is_in_data_under_the_current_directory(tmp_path: P
 def test_an_empty_community_file_setting_imports_nothing_and_logs_can_be_json(tmp_path: Path) -> None:
     """COMMUNITY_FILE= in .env switches the start-up import off; LOG_FORMAT=json makes every line a JSON object."""
     (tmp_path / ".env").write_text("COMMUNITY_FILE=\nLOG_FORMAT=json\nLOG_LEVEL=info\n", encoding="utf-8")
-    bot = subprocess.Popen(
-        [sys.executable, "-m", "bot"],
-        cwd=tmp_path,
-        env=clean_environment(BOT_TOKEN="123456:TEST", TELEGRAM_API_SERVER="http://127.0.0.1:9"),
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert bot.stderr is not None
-    seen: list[str] = []
-    try:
-        for line in bot.stderr:
-            seen.append(line)
-            if "polling for updates" in line:
-                break
-        else:
-            raise AssertionError("".join(seen))
-    finally:
-        bot.send_signal(signal.SIGTERM)
-        _, rest = bot.communicate(timeout=30)
-    lines = [json.loads(line) for line in ("".join(seen) + rest).splitlines()]
+    code, log = run_until_polling(tmp_path, BOT_TOKEN="123456:TEST", TELEGRAM_API_SERVER="http://127.0.0.1:9")
+    assert code == 0, log
+    lines = [json.loads(line) for line in log.splitlines()]
     assert {line["level"] for line in lines} <= {"INFO", "WARNING"}
     assert not [line for line in lines if "community file" in line["message"]]
     database = sqlite3.connect(tmp_path / "data" / "bot.sqlite3")

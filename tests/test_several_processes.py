@@ -33,8 +33,8 @@ from scheduler.jobs import claim_slot, slot_of
 from storage.db import SessionFactory, create_engine, create_session_factory
 from storage.models import OutboxMessage, OutboxStatus, ScheduledRun, Ticket, TicketStatus
 from tests.conftest import FakeClock, require_postgresql, require_redis
+from tests.processes import clean_environment
 from tests.test_migrations import drop_everything
-from tests.test_settings import clean_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 BOT_ID = 5151
