@@ -51,7 +51,7 @@ from bot.outbound import replies
 from bot.outbound.notices import Renderer
 from bot.outbound.sender import OutboxSender, SenderSettings
 from bot.outbound.shared_rate import RedisTokenBucket
-from bot.webhook import Health, register_webhook, serve_webhook
+from bot.webhook import Health, WebhookServer, register_webhook
 from domain.clock import Clock, system_clock
 from domain.community_file import import_community, load_community_file
 from domain.confirmation import close_unconfirmed
@@ -330,13 +330,16 @@ async def run_bot(settings: Settings) -> None:
         if recovered:
             log.info("handling %d updates the previous run had recorded but not finished", recovered)
         to_telegram: Callable[[], Awaitable[Any]]
+        server: WebhookServer | None = None
+        polling: asyncio.Task[None] | None = None
         if webhook:
             health = Health(session_factory, system_clock, app.shared_rate.redis if app.shared_rate else None)
-            receiving = asyncio.create_task(serve_webhook(settings, bot, app.dispatcher, inbox, health, stop))
+            server = WebhookServer(settings, bot, app.dispatcher, inbox, health)
+            await server.start()
             to_telegram = partial(register_webhook, settings, bot, app.dispatcher)
         else:
             log.info("polling for updates")
-            receiving = asyncio.create_task(inbox.poll(stop))
+            polling = asyncio.create_task(inbox.poll(stop))
             # A webhook left from webhook mode would make every getUpdates fail (409).
             to_telegram = partial(bot.delete_webhook, drop_pending_updates=False)
         deadlines = partial(sweep, yellow_share=settings.ledger_yellow_share)
@@ -352,10 +355,12 @@ async def run_bot(settings: Settings) -> None:
             when_possible(stop, "set the webhook and command menu", to_telegram, partial(set_commands, bot, i18n))
         )
         await stop.wait()
-        if not webhook:
-            receiving.cancel()  # a long poll in flight
-        with contextlib.suppress(asyncio.CancelledError):
-            await receiving
+        if server is not None:
+            await server.stop()
+        if polling is not None:
+            polling.cancel()  # a long poll in flight
+            with contextlib.suppress(asyncio.CancelledError):
+                await polling
         await inbox.drain(seconds=10)
         await inbox.write_marks()
         await menu

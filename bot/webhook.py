@@ -112,47 +112,55 @@ def _age(since: datetime | None, now: datetime) -> float:
     return 0.0 if since is None else round(max(0.0, (now - since).total_seconds()), 1)
 
 
-async def serve_webhook(
-    settings: Settings, bot: Bot, dispatcher: Dispatcher, inbox: UpdateInbox, health: Health, stop: asyncio.Event
-) -> None:
-    """Listen for Telegram's posts until ``stop``; returns once no request is in flight any more."""
-    assert settings.webhook_url is not None and settings.webhook_secret is not None
-    secret = settings.webhook_secret.get_secret_value()
-    app = web.Application()
-    RecordingRequestHandler(inbox, dispatcher, bot, secret).register(
-        app, path=urlsplit(settings.webhook_url).path or "/"
-    )
-    app.router.add_get("/healthz", health.handle)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.webhook_listen_host, settings.webhook_listen_port)
-    try:
-        await site.start()
-    except OSError as error:
-        await runner.cleanup()
-        raise SystemExit(
-            f"WEBHOOK_LISTEN_HOST={settings.webhook_listen_host} WEBHOOK_LISTEN_PORT={settings.webhook_listen_port}: "
-            f"cannot listen there ({error.strerror or error})"
-        ) from None
-    log.info(
-        "webhook: listening on %s:%d for %s",
-        settings.webhook_listen_host,
-        settings.webhook_listen_port,
-        settings.webhook_url,
-    )
-    recovering = asyncio.create_task(keep_recovering(inbox, stop))
-    marking = asyncio.create_task(inbox.keep_marking(stop))
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()  # stops listening, lets requests in flight finish
-        for task in (recovering, marking):
+class WebhookServer:
+    """The web app Telegram posts to (and /healthz), with what a webhook process does besides: taking over the
+    updates of processes that died, and marking updates handled that made no commit of their own."""
+
+    def __init__(
+        self, settings: Settings, bot: Bot, dispatcher: Dispatcher, inbox: UpdateInbox, health: Health
+    ) -> None:
+        assert settings.webhook_url is not None and settings.webhook_secret is not None
+        self.settings = settings
+        self.bot = bot
+        self.inbox = inbox
+        self.app = web.Application()
+        path = urlsplit(settings.webhook_url).path or "/"
+        secret = settings.webhook_secret.get_secret_value()
+        RecordingRequestHandler(inbox, dispatcher, bot, secret).register(self.app, path=path)
+        self.app.router.add_get("/healthz", health.handle)
+        self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=10)
+        self.stop_chores = asyncio.Event()
+        self.chores: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Listen; a port that cannot be had stops the bot with one line."""
+        host, port = self.settings.webhook_listen_host, self.settings.webhook_listen_port
+        await self.runner.setup()
+        try:
+            await web.TCPSite(self.runner, host, port).start()
+        except OSError as error:
+            await self.runner.cleanup()
+            raise SystemExit(
+                f"WEBHOOK_LISTEN_HOST={host} WEBHOOK_LISTEN_PORT={port}: cannot listen there "
+                f"({error.strerror or error})"
+            ) from None
+        log.info("webhook: listening on %s:%d for %s", host, port, self.settings.webhook_url)
+        self.chores = [
+            asyncio.create_task(keep_recovering(self.inbox, self.stop_chores)),
+            asyncio.create_task(self.inbox.keep_marking(self.stop_chores)),
+        ]
+
+    async def stop(self) -> None:
+        """Stop listening once the requests in flight are answered; the inbox then drains what it holds."""
+        await self.runner.cleanup()
+        self.stop_chores.set()
+        for task in self.chores:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if settings.webhook_delete_on_stop:
+        if self.settings.webhook_delete_on_stop:
             with contextlib.suppress(Exception):
-                await bot.delete_webhook(drop_pending_updates=False)
+                await self.bot.delete_webhook(drop_pending_updates=False)
                 log.info("webhook deleted (WEBHOOK_DELETE_ON_STOP)")
 
 

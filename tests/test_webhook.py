@@ -4,8 +4,12 @@ is handled once, a database that does not answer gets 503 (Telegram posts again)
 from __future__ import annotations
 
 import asyncio
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +27,7 @@ from storage.db import SessionFactory, create_engine, create_session_factory
 from storage.models import InboundUpdate, SenderLease, Ticket
 from tests.conftest import FakeClock, require_redis
 from tests.harness import Harness
+from tests.processes import clean_environment
 from tests.test_intake import up_to_submit
 
 SECRET = "s3cret-token_for-tests"
@@ -163,3 +168,32 @@ async def test_another_process_takes_over_only_the_updates_of_a_process_whose_le
         still_alive = await session.get(InboundUpdate, alive_submit.update_id)
     assert described == ["楼顶堆放建筑垃圾"], "the dead process's Submit filed its ticket; the live one's is left"
     assert still_alive is not None and still_alive.received_by == "alive" and still_alive.handled_at is None
+
+
+def test_a_port_that_cannot_be_had_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "bot"],
+            cwd=tmp_path,
+            env=clean_environment(
+                BOT_TOKEN="123456:TEST",
+                COMMUNITY_FILE="",
+                TELEGRAM_API_SERVER="http://127.0.0.1:9",
+                WEBHOOK_URL="http://127.0.0.1:9/tg",
+                WEBHOOK_SECRET=SECRET,
+                WEBHOOK_LISTEN_PORT=str(port),
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"WEBHOOK_LISTEN_HOST=127.0.0.1 WEBHOOK_LISTEN_PORT={port}: cannot listen there")
+    ), result.stderr
