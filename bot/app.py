@@ -276,11 +276,12 @@ def command_descriptions() -> dict[str, str]:
 async def prepare_database(settings: Settings) -> AsyncEngine:
     """Migrate the database (advisory-locked on PostgreSQL, so processes starting at once take turns) and
     import the community file (one process at a time too)."""
+    # The file first: a mistake in it stops the bot before the database is touched.
+    spec = load_community_file(settings.community_file) if settings.community_file is not None else None
     engine = create_engine(settings.database_url)
     try:
         await upgrade_database(engine)
-        if settings.community_file is not None:
-            spec = load_community_file(settings.community_file)
+        if spec is not None:
             async with exclusive(engine), create_session_factory(engine)() as session:
                 report = await import_community(session, spec, system_clock())
             log.info("community file %s: %s", settings.community_file, report.summary())

@@ -103,3 +103,10 @@ def test_every_setting_is_in_env_example_and_in_the_docs(setting: str) -> None:
     example = (ROOT / ".env.example").read_text(encoding="utf-8")
     assert re.search(rf"^#? ?{setting}=", example, re.MULTILINE), f"{setting} is not in .env.example"
     assert f"`{setting}`" in documented_text(), f"{setting} is not in docs/*.md"
+
+
+def test_a_community_file_that_cannot_be_read_stops_the_bot_before_the_database_is_made(tmp_path: Path) -> None:
+    result = run(["-m", "bot"], tmp_path, BOT_TOKEN="123:TOKEN", COMMUNITY_FILE="no-such-file.toml")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("community file: no-such-file.toml: cannot read the file")
+    assert not (tmp_path / "data").exists()
