@@ -26,7 +26,8 @@ def setup_logging(level: str = "INFO", form: str = "plain") -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if form == "json" else logging.Formatter(PLAIN))
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    # Chatter at INFO that says nothing to an operator: every webhook request, Alembic's plugin set-up.
+    # Chatter at INFO that says nothing to an operator: every webhook request, Alembic's plugin set-up, and
+    # APScheduler's two lines for every run of every job (thousands a day; the jobs log what they changed).
     quiet = max(logging.WARNING, logging.getLevelName(level))
-    for name in ("aiohttp.access", "alembic.runtime.plugins"):
+    for name in ("aiohttp.access", "alembic.runtime.plugins", "apscheduler.executors", "apscheduler.scheduler"):
         logging.getLogger(name).setLevel(quiet)

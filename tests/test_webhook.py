@@ -4,6 +4,7 @@ is handled once, a database that does not answer gets 503 (Telegram posts again)
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio import Redis
 from sqlalchemy import func, select
 
+from bench.fake_api import FakeBotAPI
 from bot.intake import UpdateInbox
 from bot.webhook import Health, RecordingRequestHandler
 from domain.clock import Clock
@@ -29,6 +31,7 @@ from tests.conftest import FakeClock, require_redis
 from tests.harness import Harness
 from tests.processes import clean_environment
 from tests.test_intake import up_to_submit
+from tests.test_several_processes import Someone, _async, free_port, read, start_bot, until
 
 SECRET = "s3cret-token_for-tests"
 HEADER = "X-Telegram-Bot-Api-Secret-Token"
@@ -197,3 +200,35 @@ def test_a_port_that_cannot_be_had_is_one_line(tmp_path: Path) -> None:
         .splitlines()[-1]
         .startswith(f"WEBHOOK_LISTEN_HOST=127.0.0.1 WEBHOOK_LISTEN_PORT={port}: cannot listen there")
     ), result.stderr
+
+
+async def test_one_webhook_process_on_sqlite_answers_and_deletes_its_webhook_at_stop_if_asked(
+    tmp_path: Path,
+) -> None:
+    fake = FakeBotAPI(4343, username="single_bot")
+    api = await fake.start()
+    port = free_port()
+    log = (tmp_path / "bot.log").open("w+", encoding="utf-8")
+    environment = clean_environment(
+        BOT_TOKEN="4343:SINGLE",
+        COMMUNITY_FILE="",
+        TELEGRAM_API_SERVER=api,
+        WEBHOOK_URL=f"http://127.0.0.1:{port}/hook",
+        WEBHOOK_SECRET=SECRET,
+        WEBHOOK_LISTEN_PORT=str(port),
+        WEBHOOK_DELETE_ON_STOP="true",
+    )
+    bot = start_bot(tmp_path, environment, log)
+    try:
+        await until(_async(lambda: fake.webhook is not None), "the webhook to be registered")
+        assert fake.webhook == (f"http://127.0.0.1:{port}/hook", SECRET)
+        someone = Someone(fake, 900600)
+        at = someone.send("/help")
+        await someone.sees(lambda message: "/report" in message.text, at)
+    finally:
+        bot.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(bot.wait, 60)  # the fake Bot API answers its deleteWebhook meanwhile
+        await fake.stop()
+    assert code == 0, read(log)
+    assert fake.webhook is None, "deleted at stop, as WEBHOOK_DELETE_ON_STOP asked"
+    assert "WARNING bot.app: webhook mode without REDIS_URL: run only this one process" in read(log)
