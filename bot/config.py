@@ -225,7 +225,10 @@ class Settings(BaseSettings):
         return f"{where} through the proxy {hide_password(self.telegram_proxy)}" if self.telegram_proxy else where
 
 
-SECRET_SETTINGS = frozenset({"bot_token", "webhook_secret"})
+# Never shown in an error: every setting typed SecretStr (a token, a secret, a key).
+SECRET_SETTINGS = frozenset(
+    name for name, field in Settings.model_fields.items() if "SecretStr" in str(field.annotation)
+)
 URL_SETTINGS = frozenset({"database_url", "redis_url", "telegram_proxy", "telegram_api_server", "webhook_url"})
 
 
