@@ -502,6 +502,23 @@ class InboundUpdate(Base):
     handled_at: Mapped[datetime | None] = mapped_column(default=None)
     # How often a process started handling it after a restart: one that keeps crashing the bot is set aside.
     recoveries: Mapped[int] = mapped_column(Integer, default=0)
+    # The process handling it (its :class:`SenderLease` holder): with several processes, only an update whose
+    # process is gone is taken over by another.
+    received_by: Mapped[str | None] = mapped_column(String(32), default=None)
+
+
+class ScheduledRun(Base):
+    """One run of a scheduled job: whichever process inserts the row for a slot runs it; the others skip it.
+
+    Every process has the same jobs on the same clock, so the database decides which one runs each slot
+    (a minute for the sweeps), as it decides a broadcast's period.
+    """
+
+    __tablename__ = "scheduled_runs"
+
+    job: Mapped[str] = mapped_column(String(64), primary_key=True)
+    slot: Mapped[datetime] = mapped_column(primary_key=True)
+    ran_by: Mapped[str] = mapped_column(String(32))
 
 
 class Topic(Base):
