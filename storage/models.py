@@ -341,6 +341,8 @@ class Ticket(Base):
         Index("ix_tickets_building_category", "building_id", "category_id", "status"),
         # The confirmation sweep reads resolved tickets by the time they were resolved.
         Index("ix_tickets_status_resolved", "status", "resolved_at"),
+        # Monthly statistics (domain/stats.py) read one community's tickets received in one month.
+        Index("ix_tickets_community_created", "community_id", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -359,6 +361,9 @@ class Ticket(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     accepted_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The first time anyone accepted it; kept through hand-backs and escalations (accepted_at is the current
+    # holder's), so the monthly response rate and time to accept measure what the resident waited for.
+    first_accepted_at: Mapped[datetime | None] = mapped_column(default=None)
     resolved_at: Mapped[datetime | None] = mapped_column(default=None)
     # Deadlines of the current window (domain/deadlines.py): accept by, resolve by. A new level starts new ones.
     respond_by: Mapped[datetime | None] = mapped_column(default=None)

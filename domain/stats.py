@@ -1,0 +1,551 @@
+"""The office's monthly figures: the three rates and the rest, per grid, worker, category or compound, ranked.
+
+Which tickets and whom they count for (docs/reports.md says the same for the office):
+
+- **Month.** A ticket belongs to the calendar month it was *received* (filed), in the community's time zone,
+  and counts there with everything that has happened to it up to now. A ticket filed on 30 November and
+  closed on 2 December counts in November, closed. A month's figures can therefore still improve after it
+  ends, while its late tickets are finished; each report says when it was drawn up.
+- **Grid and compound.** The grid and compound of the ticket's building when it was filed (``tickets.grid_id``
+  never changes): a ticket escalated to the street office, or sent back down, still counts for its grid.
+- **Worker.** The ticket's assignee now, that is, for a resolved ticket, whoever held it when it was
+  resolved. A hand-back counts for the one who took it over; a ticket escalated and sent back down counts for
+  the grid worker who got it back; one resolved at the street office or a department counts for that person;
+  a reopened ticket goes back to the same worker and counts for them. A worker who moved to another grid
+  keeps their tickets in the worker view, while each ticket stays with the grid it was filed in.
+
+The figures (each rate is None when its denominator is 0):
+
+- received: tickets filed in the month;
+- accepted in time (响应率 / 及时签收率): first accepted within the category's ``response_hours`` of filing,
+  over received. Hand-backs and escalations do not restart this clock: it is what the resident waited;
+- resolved in time (按时办结率): resolved (now resolved, closed or resolved-unconfirmed) within the category's
+  ``resolve_hours`` of filing, by the latest resolution (a reopened ticket counts only when resolved again),
+  over received;
+- resolution rate (解决率): closed with the resident's confirmation, over received. Auto-closed unconfirmed
+  tickets are resolved (and may be resolved in time) but are not in this rate;
+- satisfaction rate (满意率): ratings of 4 or 5 over tickets rated; average rating over the same. A rating
+  without a comment counts like any other;
+- reopen rate: tickets a resident reopened at least once, over tickets resolved at least once;
+- median time to accept (filing to first acceptance) and to resolve (filing to the latest resolution);
+- overdue now: of the month's tickets, those still open and past the deadline they are measured against now
+  (the three-colour ledger's red).
+
+Ranking: by the score, the mean of the three rates (response, resolution, satisfaction; satisfaction left out
+while nothing is rated), highest first; rows without tickets are not ranked. The change is against the same
+row's rank and score in the month before.
+
+Queries read only the month's tickets, through ``ix_tickets_community_created``, and aggregate in SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import ColumnElement, Float, and_, case, func, literal, literal_column, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.sql.expression import FunctionElement
+
+from domain.errors import AccessDenied, NotFound
+from domain.people import display_names, load_duties
+from storage.models import (
+    Building,
+    Category,
+    Community,
+    Compound,
+    Grid,
+    Membership,
+    Role,
+    Ticket,
+    TicketStatus,
+)
+
+# What rows are grouped by: a column (the grid, the assignee …) or an expression (the trend's month).
+KeyColumn = ColumnElement[Any] | InstrumentedAttribute[Any]
+
+RESOLVED_STATES = (TicketStatus.RESOLVED, TicketStatus.CLOSED, TicketStatus.UNCONFIRMED)
+SATISFIED_FROM = 4  # ratings of 4 and 5 count as satisfied
+TREND_MONTHS = 12
+
+
+class View(StrEnum):
+    GRID = "grid"
+    WORKER = "worker"
+    CATEGORY = "category"
+    COMPOUND = "compound"
+
+
+class Rate(StrEnum):
+    """The rates a row shows, in order; each has its definition one tap away in /stats."""
+
+    RESPONSE = "response"
+    RESOLVED_IN_TIME = "resolved_in_time"
+    RESOLUTION = "resolution"
+    SATISFACTION = "satisfaction"
+    REOPEN = "reopen"
+
+
+# --- months -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class Month:
+    year: int
+    month: int
+
+    @classmethod
+    def parse(cls, text: str) -> Month:
+        """``YYYY-MM``; ValueError otherwise."""
+        year, _, month = text.partition("-")
+        if len(year) != 4 or len(month) != 2 or not (year + month).isdigit() or not 1 <= int(month) <= 12:
+            raise ValueError(f"not a month: {text!r} (YYYY-MM)")
+        return cls(int(year), int(month))
+
+    @classmethod
+    def of(cls, at: datetime, timezone: str) -> Month:
+        local = at.astimezone(ZoneInfo(timezone))
+        return cls(local.year, local.month)
+
+    @classmethod
+    def from_index(cls, index: int) -> Month:
+        return cls(index // 12, index % 12 + 1)
+
+    @property
+    def index(self) -> int:
+        """Months since year 0: consecutive months have consecutive indexes (and fit a button's number)."""
+        return self.year * 12 + self.month - 1
+
+    def shift(self, by: int) -> Month:
+        return Month.from_index(self.index + by)
+
+    def bounds(self, timezone: str) -> tuple[datetime, datetime]:
+        """The month in ``timezone`` as UTC instants [start, end)."""
+        tz = ZoneInfo(timezone)
+        following = self.shift(1)
+        start = datetime(self.year, self.month, 1, tzinfo=tz)
+        end = datetime(following.year, following.month, 1, tzinfo=tz)
+        return start.astimezone(UTC), end.astimezone(UTC)
+
+    def __str__(self) -> str:
+        return f"{self.year:04d}-{self.month:02d}"
+
+
+def last_complete_month(now: datetime, timezone: str) -> Month:
+    return Month.of(now, timezone).shift(-1)
+
+
+# --- figures ------------------------------------------------------------------------------------------
+
+
+def _share(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One row's counts; the rates are computed from them (None when nothing to divide by)."""
+
+    received: int = 0
+    accepted_in_time: int = 0
+    resolved_in_time: int = 0
+    closed_confirmed: int = 0
+    resolved_once: int = 0  # resolved at least once (now resolved, closed or unconfirmed, or reopened since)
+    reopened: int = 0
+    rated: int = 0
+    satisfied: int = 0
+    rating_sum: int = 0
+    overdue_now: int = 0
+    median_accept: timedelta | None = None
+    median_resolve: timedelta | None = None
+
+    def rate(self, rate: Rate) -> float | None:
+        match rate:
+            case Rate.RESPONSE:
+                return _share(self.accepted_in_time, self.received)
+            case Rate.RESOLVED_IN_TIME:
+                return _share(self.resolved_in_time, self.received)
+            case Rate.RESOLUTION:
+                return _share(self.closed_confirmed, self.received)
+            case Rate.SATISFACTION:
+                return _share(self.satisfied, self.rated)
+            case Rate.REOPEN:
+                return _share(self.reopened, self.resolved_once)
+
+    @property
+    def average_rating(self) -> float | None:
+        return self.rating_sum / self.rated if self.rated else None
+
+    @property
+    def score(self) -> float | None:
+        """The ranking score: the mean of the three rates that are defined."""
+        rates = [self.rate(r) for r in (Rate.RESPONSE, Rate.RESOLUTION, Rate.SATISFACTION)]
+        known = [r for r in rates if r is not None]
+        return sum(known) / len(known) if known else None
+
+    def __add__(self, other: Figures) -> Figures:
+        """Counts add up; medians cannot, and are dropped."""
+        counts = {
+            name: getattr(self, name) + getattr(other, name)
+            for name in Figures.__dataclass_fields__
+            if not name.startswith("median")
+        }
+        return Figures(**counts)
+
+
+@dataclass(frozen=True)
+class Row:
+    key: int | None  # grid, worker (user id), category or compound id; None: tickets nobody holds
+    name: str
+    name_en: str
+    figures: Figures
+    rank: int | None = None  # 1 is best; None without tickets
+    previous_rank: int | None = None
+    previous_score: float | None = None
+
+    @property
+    def rank_change(self) -> int | None:
+        """Places moved up (positive) or down since the month before; None if unranked in either."""
+        if self.rank is None or self.previous_rank is None:
+            return None
+        return self.previous_rank - self.rank
+
+    @property
+    def score_change(self) -> float | None:
+        score = self.figures.score
+        return None if score is None or self.previous_score is None else score - self.previous_score
+
+
+@dataclass(frozen=True)
+class CommunityRef:
+    id: int
+    code: str
+    name: str
+    name_en: str
+    timezone: str
+
+
+@dataclass(frozen=True)
+class TrendPoint:
+    month: Month
+    figures: Figures
+
+
+@dataclass(frozen=True)
+class MonthlyStats:
+    community: CommunityRef
+    month: Month
+    view: View
+    rows: list[Row]
+    total: Figures
+    as_of: datetime
+    own_row_only: bool = False  # a grid worker: their own row and nothing else
+    grids: list[Row] = field(default_factory=list)  # always by grid, for the chart
+    trend: list[TrendPoint] = field(default_factory=list)  # the last TREND_MONTHS months, oldest first
+
+
+# --- SQL ------------------------------------------------------------------------------------------------
+
+
+class seconds_between(FunctionElement[float]):  # an SQL function, named like one
+    """Seconds from the first datetime column to the second, in SQL on SQLite and PostgreSQL alike."""
+
+    type = Float()
+    inherit_cache = True
+    name = "seconds_between"
+
+
+@compiles(seconds_between, "sqlite")
+def _seconds_sqlite(element: seconds_between, compiler: Any, **kw: Any) -> str:
+    start, end = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"((julianday({end}) - julianday({start})) * 86400.0)"
+
+
+@compiles(seconds_between, "postgresql")
+def _seconds_postgresql(element: seconds_between, compiler: Any, **kw: Any) -> str:
+    start, end = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"EXTRACT(EPOCH FROM ({end} - {start}))"
+
+
+ACCEPT_SECONDS = seconds_between(Ticket.created_at, Ticket.first_accepted_at)
+RESOLVE_SECONDS = seconds_between(Ticket.created_at, Ticket.resolved_at)
+IS_RESOLVED = Ticket.status.in_(RESOLVED_STATES)
+
+
+def _flag(condition: ColumnElement[bool]) -> ColumnElement[int]:
+    return case((condition, 1), else_=0)
+
+
+def _per_ticket(now: datetime) -> list[ColumnElement[Any]]:
+    """What each ticket adds to the counted fields of Figures (after ``received``), in their order."""
+    return [
+        _flag(Category.response_hours * 3600 >= ACCEPT_SECONDS),
+        _flag(and_(IS_RESOLVED, Category.resolve_hours * 3600 >= RESOLVE_SECONDS)),
+        _flag(Ticket.status == TicketStatus.CLOSED),
+        _flag(or_(IS_RESOLVED, Ticket.reopen_count > 0)),
+        _flag(Ticket.reopen_count > 0),
+        _flag(Ticket.rating.is_not(None)),
+        _flag(Ticket.rating >= SATISFIED_FROM),
+        func.coalesce(Ticket.rating, 0),
+        _flag(
+            or_(
+                and_(Ticket.status == TicketStatus.ASSIGNED, Ticket.respond_by < now),
+                and_(Ticket.status == TicketStatus.IN_PROGRESS, Ticket.resolve_by < now),
+            )
+        ),
+    ]
+
+
+def _key(view: View) -> KeyColumn:
+    match view:
+        case View.GRID:
+            return Ticket.grid_id
+        case View.WORKER:
+            return Ticket.assignee_id
+        case View.CATEGORY:
+            return Ticket.category_id
+        case View.COMPOUND:
+            return Building.compound_id
+
+
+def _month_filter(community_id: int, start: datetime, end: datetime) -> list[ColumnElement[bool]]:
+    return [Ticket.community_id == community_id, Ticket.created_at >= start, Ticket.created_at < end]
+
+
+async def _figures_by(
+    session: AsyncSession,
+    key: KeyColumn,
+    where: Sequence[ColumnElement[bool]],
+    now: datetime,
+    medians: bool = True,
+) -> dict[Any, Figures]:
+    """Figures per value of ``key`` over the tickets ``where`` selects, summed in SQL.
+
+    The key is worked out in a subquery and grouped on from outside it, so a key built with parameters (the
+    trend's month of each ticket) is one expression to the database.
+    """
+    flags = [column.label(f"f{i}") for i, column in enumerate(_per_ticket(now))]
+    tickets = (
+        select(key.label("key"), *flags)
+        .join(Category, Category.id == Ticket.category_id)
+        .join(Building, Building.id == Ticket.building_id)
+        .where(*where)
+        .subquery()
+    )
+    sums = [func.coalesce(func.sum(tickets.c[flag.name]), 0) for flag in flags]
+    figures = {
+        row[0]: Figures(*[int(value) for value in row[1:]])  # type: ignore[arg-type]  # the counted fields come first
+        for row in await session.execute(select(tickets.c.key, func.count(), *sums).group_by(tickets.c.key))
+    }
+    if medians:
+        accept = await _medians(session, key, ACCEPT_SECONDS, where)
+        resolve = await _medians(session, key, RESOLVE_SECONDS, [*where, IS_RESOLVED])
+        figures = {
+            k: replace(f, median_accept=accept.get(k), median_resolve=resolve.get(k)) for k, f in figures.items()
+        }
+    return figures
+
+
+async def _medians(
+    session: AsyncSession, key: KeyColumn, seconds: ColumnElement[float], where: Sequence[ColumnElement[bool]]
+) -> dict[Any, timedelta]:
+    """The median of ``seconds`` per key, with window functions (the same SQL on SQLite and PostgreSQL)."""
+    values = (
+        select(key.label("key"), seconds.label("seconds"))
+        .join(Building, Building.id == Ticket.building_id)
+        .where(*where, seconds.is_not(None))
+        .subquery()
+    )
+    ranked = select(
+        values.c.key,
+        values.c.seconds,
+        func.row_number().over(partition_by=values.c.key, order_by=values.c.seconds).label("place"),
+        func.count().over(partition_by=values.c.key).label("n"),
+    ).subquery()
+    middle = or_(ranked.c.place == (ranked.c.n + 1) // 2, ranked.c.place == (ranked.c.n + 2) // 2)
+    rows = await session.execute(select(ranked.c.key, func.avg(ranked.c.seconds)).where(middle).group_by(ranked.c.key))
+    return {k: timedelta(seconds=round(float(value))) for k, value in rows if value is not None}
+
+
+async def _trend(session: AsyncSession, community: CommunityRef, month: Month, now: datetime) -> list[TrendPoint]:
+    """The community's figures for the TREND_MONTHS months up to ``month``, in one pass over their tickets."""
+    months = [month.shift(by) for by in range(1 - TREND_MONTHS, 1)]
+    bounds = [m.bounds(community.timezone) for m in months]
+    which = case(*((Ticket.created_at < end, i) for i, (_start, end) in enumerate(bounds)), else_=literal(-1))
+    found = await _figures_by(
+        session, which, _month_filter(community.id, bounds[0][0], bounds[-1][1]), now, medians=False
+    )
+    return [TrendPoint(m, found.get(i, Figures())) for i, m in enumerate(months)]
+
+
+# --- access ---------------------------------------------------------------------------------------------
+
+
+async def stats_communities(session: AsyncSession, *, viewer_id: int) -> dict[int, bool]:
+    """The communities whose figures ``viewer_id`` may see, each with whether they see only their own row.
+
+    Community staff see their community; the street office every community it serves; a grid worker their own
+    row in their grids' communities. Everyone else is refused.
+    """
+    async with session.begin():
+        return await _stats_communities(session, viewer_id)
+
+
+async def _stats_communities(session: AsyncSession, viewer_id: int) -> dict[int, bool]:
+    duties = await load_duties(session, viewer_id)
+    full = duties.staff_community_ids | duties.street_community_ids
+    own_row: set[int] = set()
+    if duties.grid_ids:
+        own_row = set(await session.scalars(select(Grid.community_id).where(Grid.id.in_(duties.grid_ids))))
+    allowed = {community_id: False for community_id in full} | {c: True for c in own_row - full}
+    if not allowed:
+        raise AccessDenied("stats")
+    return allowed
+
+
+async def _community(session: AsyncSession, community_id: int) -> CommunityRef:
+    community = await session.get(Community, community_id)
+    if community is None:
+        raise NotFound(community_id)
+    return CommunityRef(community.id, community.code, community.name, community.name_en, community.timezone)
+
+
+# --- the rows -------------------------------------------------------------------------------------------
+
+
+async def _names(session: AsyncSession, community_id: int, view: View, keys: Iterable[Any]) -> list[Row]:
+    """Every row the view shows, named: the active ones, and any other with tickets; no figures yet."""
+    keys = set(keys)
+    match view:
+        case View.GRID | View.CATEGORY | View.COMPOUND:
+            model: Any = {View.GRID: Grid, View.CATEGORY: Category, View.COMPOUND: Compound}[view]
+            found = await session.scalars(
+                select(model)
+                .where(model.community_id == community_id, or_(model.active.is_(True), model.id.in_(keys)))
+                .order_by(model.id)
+            )
+            return [Row(item.id, item.name, item.name_en or item.name, Figures()) for item in found]
+        case View.WORKER:
+            workers = set(
+                await session.scalars(
+                    select(Membership.user_id).where(
+                        Membership.community_id == community_id,
+                        Membership.role == Role.GRID_WORKER,
+                        Membership.active.is_(True),
+                    )
+                )
+            )
+            people = sorted(workers | {k for k in keys if k is not None})
+            names = await display_names(session, community_id, people)
+            rows = [
+                Row(person, names.get(person, str(person)), names.get(person, str(person)), Figures())
+                for person in people
+            ]
+            if None in keys:
+                rows.append(Row(None, "无人承办", "Nobody", Figures()))
+            return rows
+
+
+def _ranked(rows: list[Row], previous: dict[Any, Figures]) -> list[Row]:
+    """Rows with their rank (best score first) and last month's, the unranked ones last."""
+
+    def places(scores: dict[Any, float | None]) -> dict[Any, int]:
+        order = sorted((k for k, s in scores.items() if s is not None), key=lambda k: -(scores[k] or 0.0))
+        ranks: dict[Any, int] = {}
+        for place, k in enumerate(order, start=1):
+            ranks[k] = place
+        return ranks
+
+    now_places = places({row.key: row.figures.score for row in rows if row.figures.received})
+    before_places = places({k: f.score for k, f in previous.items() if f.received})
+    ranked = [
+        replace(
+            row,
+            rank=now_places.get(row.key),
+            previous_rank=before_places.get(row.key),
+            previous_score=previous[row.key].score if row.key in previous else None,
+        )
+        for row in rows
+    ]
+    return sorted(ranked, key=lambda r: (r.rank is None, r.rank or 0, -r.figures.received, r.name))
+
+
+async def monthly_stats(
+    session: AsyncSession,
+    *,
+    viewer_id: int,
+    community_id: int,
+    month: Month,
+    view: View,
+    now: datetime,
+    trend: bool = True,
+) -> MonthlyStats:
+    """The month's figures in ``view``, ranked against the month before; refused unless the viewer may see them.
+
+    A grid worker gets the worker view with their own row only, whatever view was asked for.
+    """
+    async with session.begin():
+        allowed = await _stats_communities(session, viewer_id)
+        if community_id not in allowed:
+            raise AccessDenied(community_id)
+        return await _monthly_stats(session, community_id, month, view, now, allowed[community_id], viewer_id, trend)
+
+
+async def community_stats(
+    session: AsyncSession, *, community_id: int, month: Month, view: View, now: datetime, trend: bool = True
+) -> MonthlyStats:
+    """The figures as the office gets them, for the scheduled report and the command line (no viewer)."""
+    async with session.begin():
+        return await _monthly_stats(session, community_id, month, view, now, False, None, trend)
+
+
+async def _monthly_stats(
+    session: AsyncSession,
+    community_id: int,
+    month: Month,
+    view: View,
+    now: datetime,
+    own_row_only: bool,
+    viewer_id: int | None,
+    trend: bool,
+) -> MonthlyStats:
+    community = await _community(session, community_id)
+    if own_row_only:
+        view = View.WORKER
+    key = _key(view)
+    where = _month_filter(community.id, *month.bounds(community.timezone))
+    previous_where = _month_filter(community.id, *month.shift(-1).bounds(community.timezone))
+    if own_row_only:
+        where.append(Ticket.assignee_id == viewer_id)
+        previous_where.append(Ticket.assignee_id == viewer_id)
+    current = await _figures_by(session, key, where, now)
+    previous = await _figures_by(session, key, previous_where, now, medians=False)
+    rows = [
+        replace(row, figures=current.get(row.key, Figures()))
+        for row in await _names(session, community.id, view, current)
+        if not own_row_only or row.key == viewer_id
+    ]
+    rows = _ranked(rows, previous)
+    if own_row_only:
+        return MonthlyStats(community, month, view, rows, current.get(viewer_id, Figures()), now, own_row_only=True)
+    total = (await _figures_by(session, literal_column("0"), where, now)).get(0, Figures())
+    grids = rows if view is View.GRID else await _grid_rows(session, community.id, where, now)
+    points = await _trend(session, community, month, now) if trend else []
+    return MonthlyStats(community, month, view, rows, total, now, grids=grids, trend=points)
+
+
+async def _grid_rows(
+    session: AsyncSession, community_id: int, where: Sequence[ColumnElement[bool]], now: datetime
+) -> list[Row]:
+    by_grid = await _figures_by(session, Ticket.grid_id, where, now, medians=False)
+    rows = [
+        replace(r, figures=by_grid.get(r.key, Figures()))
+        for r in await _names(session, community_id, View.GRID, by_grid)
+    ]
+    return rows

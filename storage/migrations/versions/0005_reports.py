@@ -1,0 +1,34 @@
+"""Issue 14, the office's view: the first acceptance of each ticket, and tickets by community and filing time.
+
+``first_accepted_at`` of tickets filed before this revision is taken from their history (the earliest
+``accepted`` event), so last months' response rates stay right after the upgrade.
+
+Revision ID: 0005_reports
+Revises: 0004
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0005_reports"
+down_revision: str | None = "0004"
+branch_labels: str | tuple[str, ...] | None = None
+depends_on: str | tuple[str, ...] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("tickets", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("first_accepted_at", sa.DateTime(), nullable=True))
+        batch_op.create_index("ix_tickets_community_created", ["community_id", "created_at"], unique=False)
+    op.execute(
+        "UPDATE tickets SET first_accepted_at = (SELECT min(e.at) FROM ticket_events e "
+        "WHERE e.ticket_id = tickets.id AND e.kind = 'accepted')"
+    )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("tickets", schema=None) as batch_op:
+        batch_op.drop_index("ix_tickets_community_created")
+        batch_op.drop_column("first_accepted_at")
