@@ -50,9 +50,10 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import ColumnElement, Float, and_, case, func, literal, literal_column, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy.orm import InstrumentedAttribute, aliased, raiseload
 from sqlalchemy.sql.expression import FunctionElement
 
+from domain.deadlines import DEFAULT_YELLOW_SHARE, Colour, colour_at
 from domain.errors import AccessDenied, NotFound
 from domain.people import display_names, load_duties
 from storage.models import (
@@ -60,10 +61,12 @@ from storage.models import (
     Category,
     Community,
     Compound,
+    EventKind,
     Grid,
     Membership,
     Role,
     Ticket,
+    TicketEvent,
     TicketStatus,
 )
 
@@ -387,14 +390,11 @@ async def _trend(session: AsyncSession, community: CommunityRef, month: Month, n
 # --- access ---------------------------------------------------------------------------------------------
 
 
-async def stats_communities(session: AsyncSession, *, viewer_id: int) -> dict[int, bool]:
-    """The communities whose figures ``viewer_id`` may see, each with whether they see only their own row.
-
-    Community staff see their community; the street office every community it serves; a grid worker their own
-    row in their grids' communities. Everyone else is refused.
-    """
+async def stats_communities(session: AsyncSession, *, viewer_id: int) -> list[CommunityRef]:
+    """The communities whose figures ``viewer_id`` may see (see :func:`monthly_stats`), by id."""
     async with session.begin():
-        return await _stats_communities(session, viewer_id)
+        allowed = await _stats_communities(session, viewer_id)
+        return [await _community(session, community_id) for community_id in sorted(allowed)]
 
 
 async def _stats_communities(session: AsyncSession, viewer_id: int) -> dict[int, bool]:
@@ -480,18 +480,22 @@ async def monthly_stats(
     session: AsyncSession,
     *,
     viewer_id: int,
-    community_id: int,
-    month: Month,
+    community_id: int | None,
+    month: Month | None,
     view: View,
     now: datetime,
     trend: bool = True,
 ) -> MonthlyStats:
     """The month's figures in ``view``, ranked against the month before; refused unless the viewer may see them.
 
-    A grid worker gets the worker view with their own row only, whatever view was asked for.
+    Community staff see their community, the street office every community it serves, and a grid worker the
+    worker view with their own row only, whatever view was asked for. Without a community: the first one the
+    viewer may see; without a month: the last complete one.
     """
     async with session.begin():
         allowed = await _stats_communities(session, viewer_id)
+        if community_id is None:
+            community_id = min(allowed)
         if community_id not in allowed:
             raise AccessDenied(community_id)
         return await _monthly_stats(session, community_id, month, view, now, allowed[community_id], viewer_id, trend)
@@ -508,7 +512,7 @@ async def community_stats(
 async def _monthly_stats(
     session: AsyncSession,
     community_id: int,
-    month: Month,
+    month: Month | None,
     view: View,
     now: datetime,
     own_row_only: bool,
@@ -516,6 +520,7 @@ async def _monthly_stats(
     trend: bool,
 ) -> MonthlyStats:
     community = await _community(session, community_id)
+    month = month or last_complete_month(now, community.timezone)
     if own_row_only:
         view = View.WORKER
     key = _key(view)
@@ -549,3 +554,151 @@ async def _grid_rows(
         for r in await _names(session, community_id, View.GRID, by_grid)
     ]
     return rows
+
+
+# --- the month's tickets, for the spreadsheet ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Named:
+    name: str
+    name_en: str
+
+
+@dataclass(frozen=True)
+class TicketLine:
+    """One ticket as the spreadsheet lists it: never who reported it."""
+
+    id: int
+    category: Named
+    compound: Named
+    building: Named
+    unit: int | None
+    grid: Named
+    assignee: str
+    status: str
+    level: str
+    department: str | None
+    created_at: datetime
+    first_accepted_at: datetime | None
+    resolved_at: datetime | None
+    closed_at: datetime | None
+    rating: int | None
+    reopen_count: int
+    handed_back: int = 0
+    path: tuple[str, ...] = ()  # the levels it went through, e.g. ("grid", "community", "grid")
+    due: datetime | None = None  # an open ticket's current deadline, and its colour in the ledger now
+    colour: Colour | None = None
+
+
+@dataclass(frozen=True)
+class MonthReport:
+    """Everything the spreadsheet holds: the month's tickets, the ledger now, and the figures in every view."""
+
+    stats: dict[View, MonthlyStats]
+    tickets: list[TicketLine]
+    open_now: list[TicketLine]  # every open ticket of the community now, whatever its month: the ledger
+
+
+async def month_report(
+    session: AsyncSession,
+    *,
+    viewer_id: int | None,
+    community_id: int,
+    month: Month,
+    now: datetime,
+    yellow_share: float = DEFAULT_YELLOW_SHARE,
+) -> MonthReport:
+    """The month's report for the community's office or its street office (``viewer_id`` None: the bot itself,
+    for the scheduled report and the command line). A grid worker is refused: they see only their own row."""
+    async with session.begin():
+        if viewer_id is not None and (await _stats_communities(session, viewer_id)).get(community_id) is not False:
+            raise AccessDenied(community_id)
+        by_view = {
+            view: await _monthly_stats(session, community_id, month, view, now, False, None, view is View.GRID)
+            for view in View
+        }
+        community = by_view[View.GRID].community
+        start, end = month.bounds(community.timezone)
+        in_month = [Ticket.created_at >= start, Ticket.created_at < end]
+        is_open = [Ticket.status.in_(TicketStatus.open_statuses())]
+        lines = await _ticket_lines(session, community_id, in_month, now, yellow_share)
+        open_now = await _ticket_lines(session, community_id, is_open, now, yellow_share)
+    return MonthReport(by_view, lines, open_now)
+
+
+async def _ticket_lines(
+    session: AsyncSession, community_id: int, where: Sequence[ColumnElement[bool]], now: datetime, yellow_share: float
+) -> list[TicketLine]:
+    grid = aliased(Grid)
+    rows = (
+        await session.execute(
+            select(
+                Ticket,
+                Category.response_hours,
+                Category.resolve_hours,
+                Category.name,
+                Category.name_en,
+                Compound.name,
+                Compound.name_en,
+                Building.name,
+                Building.name_en,
+                grid.name,
+                grid.name_en,
+            )
+            .join(Category, Category.id == Ticket.category_id)
+            .join(Building, Building.id == Ticket.building_id)
+            .join(Compound, Compound.id == Building.compound_id)
+            .join(grid, grid.id == Ticket.grid_id)
+            .where(Ticket.community_id == community_id, *where)
+            .order_by(Ticket.id)
+            .options(raiseload("*"))
+        )
+    ).all()
+    moves: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+    for ticket_id, kind, data in await session.execute(
+        select(TicketEvent.ticket_id, TicketEvent.kind, TicketEvent.data)
+        .join(Ticket, Ticket.id == TicketEvent.ticket_id)
+        .where(
+            Ticket.community_id == community_id,
+            *where,
+            TicketEvent.kind.in_([EventKind.ESCALATED, EventKind.SENT_DOWN, EventKind.HANDED_BACK]),
+        )
+        .order_by(TicketEvent.ticket_id, TicketEvent.id)
+    ):
+        moves.setdefault(ticket_id, []).append((kind, data))
+    names = await display_names(session, community_id, {row[0].assignee_id for row in rows})
+    lines = []
+    for ticket, response_hours, resolve_hours, *labels in rows:
+        moved = moves.get(ticket.id, [])
+        due = {TicketStatus.ASSIGNED: ticket.respond_by, TicketStatus.IN_PROGRESS: ticket.resolve_by}.get(
+            TicketStatus(ticket.status)
+        )
+        window = timedelta(hours=response_hours if ticket.status == TicketStatus.ASSIGNED else resolve_hours)
+        ladder = [data for kind, data in moved if kind != EventKind.HANDED_BACK]
+        path = (ladder[0]["from"], *(data["to"] for data in ladder)) if ladder else (ticket.level,)
+        lines.append(
+            TicketLine(
+                id=ticket.id,
+                category=Named(labels[0], labels[1] or labels[0]),
+                compound=Named(labels[2], labels[3] or labels[2]),
+                building=Named(labels[4], labels[5] or labels[4]),
+                unit=ticket.unit,
+                grid=Named(labels[6], labels[7] or labels[6]),
+                assignee=names.get(ticket.assignee_id, "") if ticket.assignee_id is not None else "",
+                status=ticket.status,
+                level=ticket.level,
+                department=ticket.department,
+                created_at=ticket.created_at,
+                first_accepted_at=ticket.first_accepted_at,
+                resolved_at=ticket.resolved_at,
+                closed_at=ticket.closed_at,
+                rating=ticket.rating,
+                reopen_count=ticket.reopen_count,
+                handed_back=sum(1 for kind, _ in moved if kind == EventKind.HANDED_BACK),
+                path=path,
+                due=due,
+                colour=None if due is None else colour_at(due, window, now, yellow_share),
+            )
+        )
+    return lines

@@ -126,6 +126,7 @@ async def help_(message: Message, session: AsyncSession, user: Person) -> None:
             "/tickets — tickets to handle (grid workers and staff)\n"
             "/home — change the building you live in\n"
             "/ledger — the three-colour ledger (community staff)\n"
+            "/stats — the month's figures and ranking (staff, street office; workers their own)\n"
             "/suggest — a suggestion (金点子) for the monthly deliberation\n"
             "/topics — deliberation topics, step by step (community staff)\n"
             "/newtopic — write a deliberation topic (community staff)\n"

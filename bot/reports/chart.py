@@ -1,0 +1,79 @@
+"""The picture sent with the figures: the three rates per grid this month, and the last twelve months' trend.
+
+Drawn with matplotlib's Agg canvas directly (no pyplot, no display, no global figure state), in the current
+locale, with the CJK font a Python package ships (bot/reports/fonts.py).
+"""
+
+from __future__ import annotations
+
+from io import BytesIO
+from typing import Any
+
+from aiogram.utils.i18n import gettext as _
+from matplotlib import rc_context
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties, fontManager
+from matplotlib.ticker import PercentFormatter
+
+from bot.i18n import localized
+from bot.reports.fonts import CJK_FONT
+from bot.views.stats import RATE_NAMES, month_name
+from domain.stats import MonthlyStats, Rate
+
+CHARTED = (Rate.RESPONSE, Rate.RESOLUTION, Rate.SATISFACTION)  # the three rates communities are judged by
+COLOURS = {Rate.RESPONSE: "#1f77b4", Rate.RESOLUTION: "#2ca02c", Rate.SATISFACTION: "#ff7f0e"}
+MAX_GRIDS = 20  # a wider chart cannot be read on a phone: the best-ranked grids with tickets
+DPI = 100
+
+fontManager.addfont(str(CJK_FONT))
+FONT_NAME = FontProperties(fname=str(CJK_FONT)).get_name()
+STYLE: dict[Any, Any] = {"font.family": "sans-serif", "font.sans-serif": [FONT_NAME], "axes.unicode_minus": False}
+
+
+def build_chart(stats: MonthlyStats) -> Figure:
+    """The figure itself (tests look at its texts); :func:`chart_png` draws it."""
+    with rc_context(STYLE):
+        figure = Figure(figsize=(8, 8), dpi=DPI, layout="constrained")
+        by_grid, trend = figure.subplots(2, 1)
+        figure.suptitle(
+            _("{community} · {month}: the three rates").format(
+                community=localized(stats.community), month=month_name(stats.month)
+            )
+        )
+        grids = [row for row in stats.grids if row.figures.received][:MAX_GRIDS]
+        width = 0.8 / len(CHARTED)
+        for i, rate in enumerate(CHARTED):
+            shares = [(row.figures.rate(rate) or 0.0) * 100 for row in grids]
+            positions = [g + (i - 1) * width for g in range(len(grids))]
+            by_grid.bar(positions, shares, width, label=str(RATE_NAMES[rate]), color=COLOURS[rate])
+        by_grid.set_xticks(range(len(grids)), [localized(row) for row in grids])
+        by_grid.set_title(_("By grid (tickets received this month)"))
+        if not grids:
+            by_grid.text(0.5, 0.5, _("No tickets this month."), ha="center", va="center", transform=by_grid.transAxes)
+        months = [month_name(point.month) for point in stats.trend]
+        for rate in CHARTED:
+            monthly = [point.figures.rate(rate) for point in stats.trend]
+            trend.plot(
+                months,
+                [float("nan") if share is None else share * 100 for share in monthly],
+                marker="o",
+                label=str(RATE_NAMES[rate]),
+                color=COLOURS[rate],
+            )
+        trend.set_title(_("The last 12 months (whole community)"))
+        trend.tick_params(axis="x", labelrotation=45)
+        for axes in (by_grid, trend):
+            axes.set_ylim(0, 105)
+            axes.yaxis.set_major_formatter(PercentFormatter())
+            axes.grid(axis="y", alpha=0.3)
+            axes.legend(loc="lower left", fontsize="small")
+    return figure
+
+
+def chart_png(stats: MonthlyStats) -> bytes:
+    figure = build_chart(stats)
+    out = BytesIO()
+    with rc_context(STYLE):
+        FigureCanvasAgg(figure).print_png(out)
+    return out.getvalue()
