@@ -3,6 +3,8 @@
 python -m bot                      run the bot (long polling)
 python -m bot import FILE          import or update a community file
 python -m bot qr [--out DIR]       one QR code image per building
+python -m bot export --community CODE --month YYYY-MM --out FILE.xlsx
+                                   the month's tickets, the ledger and the rate tables as a spreadsheet
 """
 
 from __future__ import annotations
@@ -17,9 +19,13 @@ from aiogram.exceptions import TelegramNetworkError, TelegramUnauthorizedError
 
 from bot.app import create_bot, run_polling
 from bot.config import Settings
+from bot.i18n import LANGUAGES, create_i18n
 from bot.qr import write_qr_codes
+from bot.reports.spreadsheet import month_workbook
 from domain.clock import system_clock
 from domain.community_file import CommunityFileError, building_links, import_community, load_community_file
+from domain.errors import NotFound
+from domain.stats import Month, community_by_code, month_report
 from storage.db import create_engine, create_session_factory
 from storage.migrate import upgrade_database
 
@@ -59,6 +65,46 @@ async def print_qr_codes(settings: Settings, out: Path, community: str | None, u
     print(f"{len(files)} QR codes written to {out} (index.csv lists them)")
 
 
+async def export_month(settings: Settings, community: str, month: Month, locale: str | None) -> tuple[bytes, int]:
+    """The same spreadsheet /stats sends, for the office's own files or the street office's request; with the
+    number of the month's tickets in it."""
+    engine = create_engine(settings.database_url)
+    i18n = create_i18n(settings.default_locale)
+    try:
+        await upgrade_database(engine)
+        async with create_session_factory(engine)() as session:
+            try:
+                found = await community_by_code(session, community)
+            except NotFound:
+                raise SystemExit(f"No community with the code {community!r}: import its file first.") from None
+            report = await month_report(
+                session,
+                viewer_id=None,
+                community_id=found.id,
+                month=month,
+                now=system_clock(),
+                yellow_share=settings.ledger_yellow_share,
+            )
+    finally:
+        await engine.dispose()
+    with i18n.context(), i18n.use_locale(locale or settings.default_locale):
+        return month_workbook(report), len(report.tickets)
+
+
+def write_export(settings: Settings, community: str, month: Month, out: Path, locale: str | None) -> None:
+    workbook, tickets = asyncio.run(export_month(settings, community, month, locale))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(workbook)
+    print(f"{community} {month}: {tickets} tickets written to {out}")
+
+
+def _month(text: str) -> Month:
+    try:
+        return Month.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bot", description="Resident feedback bot")
     commands = parser.add_subparsers(dest="command")
@@ -69,6 +115,11 @@ def main(argv: list[str] | None = None) -> None:
     qr.add_argument("--out", type=Path, default=Path("qr"))
     qr.add_argument("--community", help="only this community code")
     qr.add_argument("--bot-username", help="default: BOT_USERNAME, else asked from Telegram")
+    export = commands.add_parser("export", help="the month's spreadsheet: tickets, ledger, rate tables")
+    export.add_argument("--community", required=True, help="the community's code, e.g. jsx")
+    export.add_argument("--month", required=True, type=_month, help="YYYY-MM")
+    export.add_argument("--out", required=True, type=Path, help="the .xlsx file to write")
+    export.add_argument("--language", choices=sorted(LANGUAGES), help="default: DEFAULT_LOCALE")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -76,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "import":
             asyncio.run(import_file(settings, args.file))
+        elif args.command == "export":
+            write_export(settings, args.community, args.month, args.out, args.language)
         elif args.command == "qr":
             asyncio.run(print_qr_codes(settings, args.out, args.community, args.bot_username))
         else:

@@ -409,6 +409,15 @@ async def _stats_communities(session: AsyncSession, viewer_id: int) -> dict[int,
     return allowed
 
 
+async def community_by_code(session: AsyncSession, code: str) -> CommunityRef:
+    """For the command line: the community with this code (``jsx``); NotFound otherwise."""
+    async with session.begin():
+        community_id = await session.scalar(select(Community.id).where(Community.code == code))
+        if community_id is None:
+            raise NotFound(code)
+        return await _community(session, community_id)
+
+
 async def _community(session: AsyncSession, community_id: int) -> CommunityRef:
     community = await session.get(Community, community_id)
     if community is None:
