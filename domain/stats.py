@@ -623,16 +623,23 @@ async def month_report(
     async with session.begin():
         if viewer_id is not None and (await _stats_communities(session, viewer_id)).get(community_id) is not False:
             raise AccessDenied(community_id)
-        by_view = {
-            view: await _monthly_stats(session, community_id, month, view, now, False, None, view is View.GRID)
-            for view in View
-        }
-        community = by_view[View.GRID].community
-        start, end = month.bounds(community.timezone)
-        in_month = [Ticket.created_at >= start, Ticket.created_at < end]
-        is_open = [Ticket.status.in_(TicketStatus.open_statuses())]
-        lines = await _ticket_lines(session, community_id, in_month, now, yellow_share)
-        open_now = await _ticket_lines(session, community_id, is_open, now, yellow_share)
+        return await office_report(session, community_id, month, now, yellow_share)
+
+
+async def office_report(
+    session: AsyncSession, community_id: int, month: Month, now: datetime, yellow_share: float = DEFAULT_YELLOW_SHARE
+) -> MonthReport:
+    """The month's report for the bot itself (the scheduled report), inside the caller's transaction."""
+    by_view = {
+        view: await _monthly_stats(session, community_id, month, view, now, False, None, view is View.GRID)
+        for view in View
+    }
+    community = by_view[View.GRID].community
+    start, end = month.bounds(community.timezone)
+    in_month = [Ticket.created_at >= start, Ticket.created_at < end]
+    is_open = [Ticket.status.in_(TicketStatus.open_statuses())]
+    lines = await _ticket_lines(session, community_id, in_month, now, yellow_share)
+    open_now = await _ticket_lines(session, community_id, is_open, now, yellow_share)
     return MonthReport(by_view, lines, open_now)
 
 

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 from datetime import datetime, tzinfo
 
-from aiogram.methods import SendMediaGroup, SendMessage, SendPhoto, TelegramMethod
-from aiogram.types import InlineKeyboardMarkup, InputMediaPhoto
+from aiogram.methods import SendDocument, SendMediaGroup, SendMessage, SendPhoto, TelegramMethod
+from aiogram.types import BufferedInputFile, InlineKeyboardMarkup, InputMediaPhoto
 from aiogram.utils.i18n import I18n
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import views
 from bot.i18n import locale_of
+from bot.reports.chart import chart_png
+from bot.reports.spreadsheet import month_workbook, spreadsheet_name
 from bot.views import broadcasts as broadcast_views
 from bot.views import deliberation as deliberation_views
 from bot.views import feedback as feedback_views
 from bot.views import ladder as ladder_views
+from bot.views import stats as stats_views
 from domain.outbox import Notice
 from domain.people import display_names
+from domain.reports import ReportPart
+from domain.stats import Month, MonthReport, View, office_report
 from domain.tickets import load_card, photos_of_event
 from storage.models import (
     Broadcast,
@@ -36,6 +41,7 @@ from storage.models import (
 
 TOPIC_NOTICES = (Notice.TOPIC_UPDATE, Notice.TOPIC_CANDIDATE)
 RENDERED_BROADCASTS = 2048  # a broadcast × two languages × a district's buildings
+DRAWN_REPORTS = 4  # monthly reports kept drawn: each goes to a few people, three messages each
 
 
 class Renderer:
@@ -45,6 +51,8 @@ class Renderer:
         # Broadcast content is a snapshot, so its rendering never goes stale; keyed by (broadcast id, locale,
         # building).
         self._broadcasts: dict[tuple[int, str, int | None], tuple[str, InlineKeyboardMarkup]] = {}
+        # A monthly report's figures, drawn once for all its recipients (by the report's broadcast id).
+        self._reports: dict[int, MonthReport] = {}
 
     async def render(self, session: AsyncSession, row: OutboxMessage) -> TelegramMethod | None:
         """The call that delivers ``row``, or None when there is nothing (left) to say."""
@@ -54,6 +62,8 @@ class Renderer:
                 return await self._broadcast(session, row, recipient.building_id if recipient else None)
             if row.kind in TOPIC_NOTICES:
                 return await self._topic_notice(session, row)
+            if row.kind == Notice.MONTHLY_REPORT:
+                return await self._monthly_report(session, row)
             return await self._ticket_notice(session, row)
 
     async def _broadcast(
@@ -78,6 +88,31 @@ class Renderer:
             self._broadcasts[key] = rendered
         text, keyboard = rendered
         return SendMessage(chat_id=row.chat_id, text=text, reply_markup=keyboard)
+
+    async def _monthly_report(self, session: AsyncSession, row: OutboxMessage) -> TelegramMethod | None:
+        """One part of the office's monthly report, with the figures as of the moment the report started."""
+        broadcast = await session.get(Broadcast, row.payload["broadcast_id"])
+        if broadcast is None:
+            return None
+        report = self._reports.get(broadcast.id)
+        if report is None:
+            report = await office_report(
+                session, broadcast.community_id, Month.parse(broadcast.period), broadcast.created_at
+            )
+            if len(self._reports) >= DRAWN_REPORTS:
+                self._reports.pop(next(iter(self._reports)))
+            self._reports[broadcast.id] = report
+        stats = report.stats[View.GRID]
+        match ReportPart(row.payload["part"]):
+            case ReportPart.TEXT:
+                text = stats_views.stats_text(stats, self.tz, footer=stats_views.monthly_report_footer())
+                return SendMessage(chat_id=row.chat_id, text=text)
+            case ReportPart.CHART:
+                chart = BufferedInputFile(chart_png(stats), filename=f"stats-{stats.month}.png")
+                return SendPhoto(chat_id=row.chat_id, photo=chart)
+            case ReportPart.SPREADSHEET:
+                workbook = BufferedInputFile(month_workbook(report), filename=spreadsheet_name(stats))
+                return SendDocument(chat_id=row.chat_id, document=workbook)
 
     async def _topic_notice(self, session: AsyncSession, row: OutboxMessage) -> TelegramMethod | None:
         """Deliberation notices, rendered from the topic as it is now."""

@@ -115,8 +115,9 @@ def stats_title(stats: MonthlyStats) -> str:
     )
 
 
-def stats_text(stats: MonthlyStats, tz: tzinfo) -> str:
-    """The month's rows, ranked, cut to what one message can hold."""
+def stats_text(stats: MonthlyStats, tz: tzinfo, footer: str | None = None) -> str:
+    """The month's rows, ranked, cut to what one message can hold; ``footer`` instead of the hint at the
+    definitions button (the monthly report has no buttons)."""
     head = [stats_title(stats), _("As of {time}.").format(time=local_time(stats.as_of, tz))]
     if stats.own_row_only:
         head.append(_("Your own figures: tickets you hold or held when they were resolved."))
@@ -136,8 +137,12 @@ def stats_text(stats: MonthlyStats, tz: tzinfo) -> str:
         shown += 1
     if shown < len(rows):
         lines.append(_("… and {count} more").format(count=len(rows) - shown))
-    lines.append(_("ℹ️ How each figure is counted: the button below."))
+    lines.append(footer or _("ℹ️ How each figure is counted: the button below."))
     return "\n".join(lines).rstrip()
+
+
+def monthly_report_footer() -> str:
+    return _("📎 The chart and the spreadsheet follow. /stats shows other views, months and how figures are counted.")
 
 
 def stats_keyboard(stats: MonthlyStats, latest: Month, communities: list[tuple[int, str]]) -> InlineKeyboardMarkup:
