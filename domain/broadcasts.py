@@ -21,8 +21,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.errors import AccessDenied, NotFound
-from domain.outbox import Notice, enqueue, mark_queued
+from domain.outbox import Notice, mark_queued
 from domain.people import load_duties
+from domain.public_notices import post_publicly
 from storage.models import (
     Broadcast,
     BroadcastKind,
@@ -302,8 +303,8 @@ async def start_broadcast(
     async def to_residents(session: AsyncSession, community: Community, broadcast: Broadcast, now: datetime) -> None:
         broadcast.content = await broadcast_content(session, community, kind, period, now)
         await _queue(session, broadcast, _recipients(community_id), now)
-        if kind is BroadcastKind.FEEDBACK and community.public_chat_id is not None:
-            enqueue(session, community.public_chat_id, Notice.PUBLIC_POST, now, broadcast_id=broadcast.id)
+        if kind is BroadcastKind.FEEDBACK:
+            await post_publicly(session, community_id, now, broadcast_id=broadcast.id)
 
     return await start_once(
         session, community_id, kind, period, now, to_residents, scheduled_for=scheduled_for, started_by=started_by

@@ -26,6 +26,7 @@ from domain.deadlines import start_window
 from domain.errors import AccessDenied, InvalidTransition, NotFound
 from domain.followers import household_ids, is_household, tell_households
 from domain.outbox import Notice, enqueue
+from domain.public_notices import post_closed_ticket
 from domain.text import required_text
 from domain.tickets import MAX_NOTE
 from storage.models import EventKind, Ticket, TicketEvent, TicketStatus
@@ -81,6 +82,7 @@ async def confirm_fixed(session: AsyncSession, *, actor_id: int, ticket_id: int,
         ticket.closed_at = now
         event = await _record(session, ticket, EventKind.CONFIRMED, actor_id, now)
         _tell_worker(session, ticket, event, now)
+        await post_closed_ticket(session, ticket, now)
         await tell_households(session, ticket, event, now, skip=actor_id)
     return ticket
 
@@ -196,6 +198,7 @@ async def close_unconfirmed(
                 session, ticket, EventKind.AUTO_CLOSED, None, now, days=within.total_seconds() / 86400
             )
             await tell_households(session, ticket, event, now)
+            await post_closed_ticket(session, ticket, now)
             result.closed.append(ticket_id)
 
         reminded_already = exists().where(

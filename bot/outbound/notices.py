@@ -7,6 +7,7 @@ from datetime import datetime, tzinfo
 from aiogram.methods import SendDocument, SendMediaGroup, SendMessage, SendPhoto, TelegramMethod
 from aiogram.types import BufferedInputFile, InlineKeyboardMarkup, InputMediaPhoto
 from aiogram.utils.i18n import I18n
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import views
@@ -17,6 +18,7 @@ from bot.views import broadcasts as broadcast_views
 from bot.views import deliberation as deliberation_views
 from bot.views import feedback as feedback_views
 from bot.views import ladder as ladder_views
+from bot.views import public as public_views
 from bot.views import stats as stats_views
 from domain.outbox import Notice
 from domain.people import display_names
@@ -64,6 +66,8 @@ class Renderer:
                 return await self._topic_notice(session, row)
             if row.kind == Notice.MONTHLY_REPORT:
                 return await self._monthly_report(session, row)
+            if row.kind == Notice.PUBLIC_POST:
+                return await self._public_post(session, row)
             return await self._ticket_notice(session, row)
 
     async def _broadcast(
@@ -113,6 +117,43 @@ class Renderer:
             case ReportPart.SPREADSHEET:
                 workbook = BufferedInputFile(month_workbook(report), filename=spreadsheet_name(stats))
                 return SendDocument(chat_id=row.chat_id, document=workbook)
+
+    async def _public_post(self, session: AsyncSession, row: OutboxMessage) -> TelegramMethod | None:
+        """A post in a community's public notice chat: the execution feedback, a topic's public notice, or a
+        closed ticket, in the bot's default language and without buttons."""
+        if "broadcast_id" in row.payload:
+            broadcast = await session.get(Broadcast, row.payload["broadcast_id"])
+            community = await session.get(Community, broadcast.community_id) if broadcast else None
+            if broadcast is None or community is None:
+                return None
+            text = broadcast_views.broadcast_text(community, broadcast.kind, broadcast.period, broadcast.content)
+            return SendMessage(chat_id=row.chat_id, text=text)
+        if "topic_id" in row.payload:
+            topic = await session.get(Topic, row.payload["topic_id"])
+            event = await session.get(TopicEvent, row.payload["event_id"])
+            community = await session.get(Community, topic.community_id) if topic else None
+            if topic is None or event is None or community is None:
+                return None
+            tasks = list(
+                await session.scalars(
+                    select(TopicTask).where(TopicTask.topic_id == topic.id).order_by(TopicTask.due_on, TopicTask.id)
+                )
+            )
+            return SendMessage(chat_id=row.chat_id, text=public_views.topic_notice(community, topic, event, tasks))
+        ticket = await session.get(Ticket, row.payload["ticket_id"])
+        if ticket is None:
+            return None
+        resolution = await session.scalar(
+            select(TicketEvent)
+            .where(TicketEvent.ticket_id == ticket.id, TicketEvent.kind == EventKind.RESOLVED)
+            .order_by(TicketEvent.id.desc())
+            .limit(1)
+        )
+        text = public_views.closed_ticket_notice(ticket, resolution)
+        after = photos_of_event(ticket, resolution.id) if resolution is not None else []
+        if after and views.visible_length(text) <= views.CAPTION_LIMIT:
+            return SendPhoto(chat_id=row.chat_id, photo=after[0].file_id, caption=text)
+        return SendMessage(chat_id=row.chat_id, text=text)
 
     async def _topic_notice(self, session: AsyncSession, row: OutboxMessage) -> TelegramMethod | None:
         """Deliberation notices, rendered from the topic as it is now."""
