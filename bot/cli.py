@@ -3,6 +3,8 @@
 python -m bot                      run the bot (long polling)
 python -m bot import FILE          import or update a community file
 python -m bot qr [--out DIR]       one QR code image per building
+python -m bot posters [--out DIR] [--a5]
+                                   one printable poster page per building, one PDF per compound
 python -m bot export --community CODE --month YYYY-MM --out FILE.xlsx
                                    the month's tickets, the ledger and the rate tables as a spreadsheet
 """
@@ -21,10 +23,12 @@ from bot.app import create_bot, run_polling
 from bot.config import Settings
 from bot.i18n import LANGUAGES, create_i18n
 from bot.qr import write_qr_codes
+from bot.reports.posters import A4, A5, PaperSize, write_posters
 from bot.reports.spreadsheet import month_workbook
 from domain.clock import system_clock
 from domain.community_file import CommunityFileError, building_links, import_community, load_community_file
 from domain.errors import NotFound
+from domain.posters import poster_buildings
 from domain.stats import Month, community_by_code, month_report
 from storage.db import create_engine, create_session_factory
 from storage.migrate import upgrade_database
@@ -42,7 +46,8 @@ async def import_file(settings: Settings, path: Path) -> None:
     print(report.summary())
 
 
-async def print_qr_codes(settings: Settings, out: Path, community: str | None, username: str | None) -> None:
+async def bot_username(settings: Settings, username: str | None) -> str:
+    """--bot-username, else BOT_USERNAME, else asked from Telegram with the token."""
     username = username or settings.bot_username
     if not username:
         bot = create_bot(settings.require_token(), settings.telegram_api_server)
@@ -52,6 +57,11 @@ async def print_qr_codes(settings: Settings, out: Path, community: str | None, u
             await bot.session.close()
     if not username:
         raise SystemExit("Could not learn the bot's username: set BOT_USERNAME or pass --bot-username.")
+    return username
+
+
+async def print_qr_codes(settings: Settings, out: Path, community: str | None, username: str | None) -> None:
+    username = await bot_username(settings, username)
     engine = create_engine(settings.database_url)
     try:
         await upgrade_database(engine)
@@ -98,6 +108,23 @@ def write_export(settings: Settings, community: str, month: Month, out: Path, lo
     print(f"{community} {month}: {tickets} tickets written to {out}")
 
 
+async def print_posters(
+    settings: Settings, out: Path, community: str | None, username: str | None, paper: PaperSize
+) -> None:
+    username = await bot_username(settings, username)
+    engine = create_engine(settings.database_url)
+    try:
+        await upgrade_database(engine)
+        async with create_session_factory(engine)() as session:
+            posters = await poster_buildings(session, community)
+    finally:
+        await engine.dispose()
+    if not posters:
+        raise SystemExit("No buildings yet: import a community file first (python -m bot import FILE).")
+    files = await asyncio.to_thread(write_posters, posters, username, out, create_i18n(), paper)
+    print(f"{len(posters)} {paper.name} posters in {len(files)} files (one per compound) written to {out}")
+
+
 def _month(text: str) -> Month:
     try:
         return Month.parse(text)
@@ -115,6 +142,11 @@ def main(argv: list[str] | None = None) -> None:
     qr.add_argument("--out", type=Path, default=Path("qr"))
     qr.add_argument("--community", help="only this community code")
     qr.add_argument("--bot-username", help="default: BOT_USERNAME, else asked from Telegram")
+    posters = commands.add_parser("posters", help="one printable PDF page per building, one file per compound")
+    posters.add_argument("--out", type=Path, default=Path("posters"))
+    posters.add_argument("--a5", action="store_true", help="A5 pages instead of A4")
+    posters.add_argument("--community", help="only this community code")
+    posters.add_argument("--bot-username", help="default: BOT_USERNAME, else asked from Telegram")
     export = commands.add_parser("export", help="the month's spreadsheet: tickets, ledger, rate tables")
     export.add_argument("--community", required=True, help="the community's code, e.g. jsx")
     export.add_argument("--month", required=True, type=_month, help="YYYY-MM")
@@ -127,6 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "import":
             asyncio.run(import_file(settings, args.file))
+        elif args.command == "posters":
+            paper = A5 if args.a5 else A4
+            asyncio.run(print_posters(settings, args.out, args.community, args.bot_username, paper))
         elif args.command == "export":
             write_export(settings, args.community, args.month, args.out, args.language)
         elif args.command == "qr":

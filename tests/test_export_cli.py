@@ -1,4 +1,4 @@
-"""python -m bot export: the month's spreadsheet from the command line, for the office's files."""
+"""python -m bot export and posters: the month's spreadsheet and the stairwell posters from the command line."""
 
 from __future__ import annotations
 
@@ -36,6 +36,12 @@ def test_export_writes_the_month_and_refuses_what_it_cannot(tmp_path: Path) -> N
     book = load_workbook(out)
     assert book.sheetnames == ["工单 2026-10", "当前台账", "按网格", "按承办人", "按类别", "按小区"]
     assert [cell.value for cell in book["按网格"][2]][2] in {"第一网格", "第二网格", "第三网格"}
+
+    posters = run(tmp_path, "posters", "--a5", "--out", str(tmp_path / "posters"), "--bot-username", "jsx_bot")
+    assert posters.returncode == 0, posters.stderr
+    assert posters.stdout.strip().endswith(
+        "26 A5 posters in 3 files (one per compound) written to " + str(tmp_path / "posters")
+    )
 
     unknown = run(tmp_path, "export", "--community", "nope", "--month", "2026-10", "--out", str(out))
     assert unknown.returncode == 1 and "No community with the code 'nope'" in unknown.stderr
