@@ -53,6 +53,7 @@ from domain.community_file import import_community, load_community_file
 from domain.confirmation import close_unconfirmed
 from domain.deliberation import propose_candidates
 from domain.directory import Directory
+from domain.stats import MonthCache
 from domain.sweep import sweep
 from handlers import build_router
 from scheduler.broadcasts import schedule_broadcasts
@@ -178,6 +179,7 @@ def assemble(
         events_isolation=isolation,
     )
     dispatcher.workflow_data["yellow_share"] = settings.ledger_yellow_share
+    dispatcher.workflow_data["stats_cache"] = MonthCache()  # /stats: the figures of months that have ended
     return Application(bot, dispatcher, sender, session_factory, shared_rate)
 
 

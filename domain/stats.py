@@ -376,15 +376,58 @@ async def _medians(
     return {k: timedelta(seconds=round(float(value))) for k, value in rows if value is not None}
 
 
-async def _trend(session: AsyncSession, community: CommunityRef, month: Month, now: datetime) -> list[TrendPoint]:
-    """The community's figures for the TREND_MONTHS months up to ``month``, in one pass over their tickets."""
+class MonthCache:
+    """Figures of months that have ended, kept for a few minutes in the process.
+
+    A month that has ended changes only as its last open tickets are finished, so the twelve months' trend and
+    last month's ranking need not be summed again at every press of a button. The month on show is always
+    counted afresh; so is the month still running.
+    """
+
+    def __init__(self, keep: timedelta = timedelta(minutes=10), size: int = 4096) -> None:
+        self.keep, self.size = keep, size
+        self._entries: dict[tuple[Any, ...], tuple[datetime, Any]] = {}
+
+    def get(self, key: tuple[Any, ...], now: datetime) -> Any | None:
+        found = self._entries.get(key)
+        if found is None or found[0] <= now:
+            return None
+        return found[1]
+
+    def put(self, key: tuple[Any, ...], value: Any, now: datetime) -> None:
+        if len(self._entries) >= self.size:
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[key] = (now + self.keep, value)
+
+
+def _ended(month: Month, community: CommunityRef, now: datetime) -> bool:
+    return month < Month.of(now, community.timezone)
+
+
+async def _trend(
+    session: AsyncSession, community: CommunityRef, month: Month, now: datetime, cache: MonthCache | None
+) -> list[TrendPoint]:
+    """The community's figures for the TREND_MONTHS months up to ``month``, in one pass over the tickets of
+    those not in ``cache``."""
     months = [month.shift(by) for by in range(1 - TREND_MONTHS, 1)]
-    bounds = [m.bounds(community.timezone) for m in months]
-    which = case(*((Ticket.created_at < end, i) for i, (_start, end) in enumerate(bounds)), else_=literal(-1))
-    found = await _figures_by(
-        session, which, _month_filter(community.id, bounds[0][0], bounds[-1][1]), now, medians=False
-    )
-    return [TrendPoint(m, found.get(i, Figures())) for i, m in enumerate(months)]
+    known: dict[Month, Figures] = {}
+    for m in months:
+        if cache is not None and (hit := cache.get(("trend", community.id, m.index), now)) is not None:
+            known[m] = hit
+    missing = [m for m in months if m not in known]
+    if missing:
+        bounds = [m.bounds(community.timezone) for m in missing]
+        which = case(
+            *((and_(Ticket.created_at >= start, Ticket.created_at < end), i) for i, (start, end) in enumerate(bounds)),
+            else_=literal(-1),
+        )
+        where = _month_filter(community.id, bounds[0][0], bounds[-1][1])
+        found = await _figures_by(session, which, where, now, medians=False)
+        for i, m in enumerate(missing):
+            known[m] = found.get(i, Figures())
+            if cache is not None and _ended(m, community, now):
+                cache.put(("trend", community.id, m.index), known[m], now)
+    return [TrendPoint(m, known[m]) for m in months]
 
 
 # --- access ---------------------------------------------------------------------------------------------
@@ -494,6 +537,7 @@ async def monthly_stats(
     view: View,
     now: datetime,
     trend: bool = True,
+    cache: MonthCache | None = None,
 ) -> MonthlyStats:
     """The month's figures in ``view``, ranked against the month before; refused unless the viewer may see them.
 
@@ -507,7 +551,8 @@ async def monthly_stats(
             community_id = min(allowed)
         if community_id not in allowed:
             raise AccessDenied(community_id)
-        return await _monthly_stats(session, community_id, month, view, now, allowed[community_id], viewer_id, trend)
+        own_row_only = allowed[community_id]
+        return await _monthly_stats(session, community_id, month, view, now, own_row_only, viewer_id, trend, cache)
 
 
 async def community_stats(
@@ -527,6 +572,7 @@ async def _monthly_stats(
     own_row_only: bool,
     viewer_id: int | None,
     trend: bool,
+    cache: MonthCache | None = None,
 ) -> MonthlyStats:
     community = await _community(session, community_id)
     month = month or last_complete_month(now, community.timezone)
@@ -539,7 +585,13 @@ async def _monthly_stats(
         where.append(Ticket.assignee_id == viewer_id)
         previous_where.append(Ticket.assignee_id == viewer_id)
     current = await _figures_by(session, key, where, now)
-    previous = await _figures_by(session, key, previous_where, now, medians=False)
+    before = month.shift(-1)
+    cached = ("by", community.id, view, before.index, viewer_id if own_row_only else None)
+    previous = cache.get(cached, now) if cache else None
+    if previous is None:
+        previous = await _figures_by(session, key, previous_where, now, medians=False)
+        if cache is not None and _ended(before, community, now):
+            cache.put(cached, previous, now)
     rows = [
         replace(row, figures=current.get(row.key, Figures()))
         for row in await _names(session, community.id, view, current)
@@ -548,10 +600,18 @@ async def _monthly_stats(
     rows = _ranked(rows, previous)
     if own_row_only:
         return MonthlyStats(community, month, view, rows, current.get(viewer_id, Figures()), now, own_row_only=True)
-    total = (await _figures_by(session, literal_column("0"), where, now)).get(0, Figures())
+    total = await _total(session, current.values(), where)
     grids = rows if view is View.GRID else await _grid_rows(session, community.id, where, now)
-    points = await _trend(session, community, month, now) if trend else []
+    points = await _trend(session, community, month, now, cache) if trend else []
     return MonthlyStats(community, month, view, rows, total, now, grids=grids, trend=points)
+
+
+async def _total(session: AsyncSession, rows: Iterable[Figures], where: Sequence[ColumnElement[bool]]) -> Figures:
+    """The whole community: every ticket is in exactly one row, so counts add up; medians are counted again."""
+    whole: ColumnElement[Any] = literal_column("0")
+    accept = await _medians(session, whole, ACCEPT_SECONDS, where)
+    resolve = await _medians(session, whole, RESOLVE_SECONDS, [*where, IS_RESOLVED])
+    return replace(sum(rows, Figures()), median_accept=accept.get(0), median_resolve=resolve.get(0))
 
 
 async def _grid_rows(

@@ -19,7 +19,7 @@ from bot.views import stats as sv
 from domain.clock import Clock
 from domain.errors import AccessDenied, DomainError
 from domain.people import Person
-from domain.stats import Month, MonthlyStats, View, month_report, monthly_stats, stats_communities
+from domain.stats import Month, MonthCache, MonthlyStats, View, month_report, monthly_stats, stats_communities
 from handlers.common import Screen, chat_of, replace
 
 router = Router(name="stats")
@@ -43,10 +43,18 @@ async def _send_chart(screen: Screen, stats: MonthlyStats) -> None:
 
 
 @router.message(Command("stats"))
-async def show_stats(message: Message, session: AsyncSession, user: Person, clock: Clock) -> None:
+async def show_stats(
+    message: Message, session: AsyncSession, user: Person, clock: Clock, stats_cache: MonthCache
+) -> None:
     try:
         stats = await monthly_stats(
-            session, viewer_id=user.id, community_id=None, month=None, view=View.GRID, now=clock()
+            session,
+            viewer_id=user.id,
+            community_id=None,
+            month=None,
+            view=View.GRID,
+            now=clock(),
+            cache=stats_cache,
         )
     except AccessDenied:
         await message.answer(_refused())
@@ -65,6 +73,7 @@ async def stats_button(
     user: Person,
     clock: Clock,
     yellow_share: float,
+    stats_cache: MonthCache,
 ) -> None:
     screen = chat_of(query)
     view = sv.view_of(callback_data.view)
@@ -82,6 +91,7 @@ async def stats_button(
             month=Month.from_index(callback_data.month),
             view=view,
             now=clock(),
+            cache=stats_cache,
         )
         if stats.own_row_only and callback_data.action is not StatsAction.SHOW:
             raise AccessDenied("own row only")

@@ -38,7 +38,7 @@ from sqlalchemy import select
 from domain import confirmation, escalation, tickets
 from domain.community_file import import_community, loads_community
 from domain.errors import AccessDenied
-from domain.stats import Month, Rate, View, community_stats, last_complete_month, monthly_stats
+from domain.stats import Month, MonthCache, Rate, View, community_stats, last_complete_month, monthly_stats
 from storage.db import SessionFactory
 from storage.models import Grid, Level, Ticket
 from tests.conftest import SAMPLE_COMMUNITY, FakeClock
@@ -277,3 +277,46 @@ def test_months() -> None:
     for wrong in ("2026-13", "26-10", "2026-1", "abcd-ef"):
         with pytest.raises(ValueError):
             Month.parse(wrong)
+
+
+async def test_ended_months_are_kept_a_while_the_shown_month_never(
+    session_factory: SessionFactory, clock: FakeClock, october: dict[str, int]
+) -> None:
+    cache = MonthCache(keep=timedelta(minutes=10))
+
+    async def november_trend() -> tuple[int, int]:
+        async with session_factory() as session:
+            stats = await monthly_stats(
+                session,
+                viewer_id=STAFF_WANG,
+                community_id=1,
+                month=NOVEMBER,
+                view=View.GRID,
+                now=clock(),
+                cache=cache,
+            )
+        by_month = {point.month: point.figures.received for point in stats.trend}
+        return by_month[OCTOBER], stats.total.received
+
+    clock.now = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
+    assert await november_trend() == (6, 1)
+    # A late October ticket appears in the record (a re-import, a clock put right) and one in November.
+    async with session_factory() as session, session.begin():
+        for ticket_id in (october["t6"], october["t8"]):
+            ticket = await session.get(Ticket, ticket_id)
+            assert ticket is not None
+            session.add(
+                Ticket(
+                    community_id=ticket.community_id,
+                    category_id=ticket.category_id,
+                    building_id=ticket.building_id,
+                    grid_id=ticket.grid_id,
+                    reporter_id=ticket.reporter_id,
+                    description="又坏了",
+                    created_at=ticket.created_at,
+                    updated_at=ticket.created_at,
+                )
+            )
+    assert await november_trend() == (6, 2), "October, which has ended, is kept; November is counted afresh"
+    clock.advance(minutes=11)
+    assert await november_trend() == (7, 2)
