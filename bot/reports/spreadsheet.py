@@ -136,7 +136,7 @@ def _rate_headers(view: View) -> list[str]:
         _("Change"),
         first[view],
         _("Score"),
-        _("Received"),
+        _("Tickets received"),
         *(str(RATE_NAMES[rate]) for rate in Rate),
         _("Average rating"),
         _("Median time to accept"),
