@@ -44,14 +44,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, Float, and_, case, func, literal, literal_column, or_, select
+from sqlalchemy import ColumnElement, Float, Select, and_, case, func, literal, literal_column, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import InstrumentedAttribute, aliased, raiseload
 from sqlalchemy.sql.expression import FunctionElement
+from sqlalchemy.sql.util import find_tables
 
 from domain.deadlines import DEFAULT_YELLOW_SHARE, Colour, colour_at
 from domain.errors import AccessDenied, NotFound
@@ -321,6 +322,18 @@ def _month_filter(community_id: int, start: datetime, end: datetime) -> list[Col
     return [Ticket.community_id == community_id, Ticket.created_at >= start, Ticket.created_at < end]
 
 
+SelectT = TypeVar("SelectT", bound=Select)  # type: ignore[type-arg]
+
+
+def _with_buildings(query: SelectT, key: KeyColumn) -> SelectT:
+    """The buildings joined in only when the key needs them (by compound): a lookup per ticket saved otherwise."""
+    if Building.__table__ in find_tables(
+        key.expression if isinstance(key, InstrumentedAttribute) else key, check_columns=True
+    ):
+        return query.join(Building, Building.id == Ticket.building_id)
+    return query
+
+
 async def _figures_by(
     session: AsyncSession,
     key: KeyColumn,
@@ -335,9 +348,7 @@ async def _figures_by(
     """
     flags = [column.label(f"f{i}") for i, column in enumerate(_per_ticket(now))]
     tickets = (
-        select(key.label("key"), *flags)
-        .join(Category, Category.id == Ticket.category_id)
-        .join(Building, Building.id == Ticket.building_id)
+        _with_buildings(select(key.label("key"), *flags).join(Category, Category.id == Ticket.category_id), key)
         .where(*where)
         .subquery()
     )
@@ -360,8 +371,7 @@ async def _medians(
 ) -> dict[Any, timedelta]:
     """The median of ``seconds`` per key, with window functions (the same SQL on SQLite and PostgreSQL)."""
     values = (
-        select(key.label("key"), seconds.label("seconds"))
-        .join(Building, Building.id == Ticket.building_id)
+        _with_buildings(select(key.label("key"), seconds.label("seconds")), key)
         .where(*where, seconds.is_not(None))
         .subquery()
     )
