@@ -101,7 +101,7 @@ async def test_a_community_file_sets_the_schedule(harness: Harness, clock: FakeC
     from domain.community_file import import_community, loads_community
     from tests.conftest import SAMPLE_COMMUNITY
 
-    text = SAMPLE_COMMUNITY.read_text(encoding="utf-8") + '\n[reports]\nmonthly = "30 9 2 * *"\n'
+    text = SAMPLE_COMMUNITY.read_text(encoding="utf-8").replace('monthly = "0 8 1 * *"', 'monthly = "30 9 2 * *"')
     async with harness.sessions() as session:
         await import_community(session, loads_community(text), clock())
     clock.now = FIRST_OF_NOVEMBER + timedelta(minutes=3)
