@@ -15,9 +15,12 @@ import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from aiogram.exceptions import TelegramNetworkError, TelegramUnauthorizedError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.app import create_bot, run_polling
 from bot.config import Settings
@@ -29,9 +32,11 @@ from domain.clock import system_clock
 from domain.community_file import CommunityFileError, building_links, import_community, load_community_file
 from domain.errors import NotFound
 from domain.posters import poster_buildings
-from domain.stats import Month, community_by_code, month_report
+from domain.stats import Month, MonthReport, community_by_code, month_report
 from storage.db import create_engine, create_session_factory
 from storage.migrate import upgrade_database
+
+T = TypeVar("T")
 
 
 async def import_file(settings: Settings, path: Path) -> None:
@@ -60,17 +65,25 @@ async def bot_username(settings: Settings, username: str | None) -> str:
     return username
 
 
-async def print_qr_codes(settings: Settings, out: Path, community: str | None, username: str | None) -> None:
-    username = await bot_username(settings, username)
+async def read_database(settings: Settings, read: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Bring the database up to date, then ``read`` from it in one session."""
     engine = create_engine(settings.database_url)
     try:
         await upgrade_database(engine)
         async with create_session_factory(engine)() as session:
-            links = await building_links(session, community)
+            return await read(session)
     finally:
         await engine.dispose()
+
+
+NO_BUILDINGS = "No buildings yet: import a community file first (python -m bot import FILE)."
+
+
+async def print_qr_codes(settings: Settings, out: Path, community: str | None, username: str | None) -> None:
+    username = await bot_username(settings, username)
+    links = await read_database(settings, lambda session: building_links(session, community))
     if not links:
-        raise SystemExit("No buildings yet: import a community file first (python -m bot import FILE).")
+        raise SystemExit(NO_BUILDINGS)
     files = write_qr_codes(links, username, out)
     print(f"{len(files)} QR codes written to {out} (index.csv lists them)")
 
@@ -78,25 +91,23 @@ async def print_qr_codes(settings: Settings, out: Path, community: str | None, u
 async def export_month(settings: Settings, community: str, month: Month, locale: str | None) -> tuple[bytes, int]:
     """The same spreadsheet /stats sends, for the office's own files or the street office's request; with the
     number of the month's tickets in it."""
-    engine = create_engine(settings.database_url)
+
+    async def read(session: AsyncSession) -> MonthReport:
+        try:
+            found = await community_by_code(session, community)
+        except NotFound:
+            raise SystemExit(f"No community with the code {community!r}: import its file first.") from None
+        return await month_report(
+            session,
+            viewer_id=None,
+            community_id=found.id,
+            month=month,
+            now=system_clock(),
+            yellow_share=settings.ledger_yellow_share,
+        )
+
+    report = await read_database(settings, read)
     i18n = create_i18n(settings.default_locale)
-    try:
-        await upgrade_database(engine)
-        async with create_session_factory(engine)() as session:
-            try:
-                found = await community_by_code(session, community)
-            except NotFound:
-                raise SystemExit(f"No community with the code {community!r}: import its file first.") from None
-            report = await month_report(
-                session,
-                viewer_id=None,
-                community_id=found.id,
-                month=month,
-                now=system_clock(),
-                yellow_share=settings.ledger_yellow_share,
-            )
-    finally:
-        await engine.dispose()
     with i18n.context(), i18n.use_locale(locale or settings.default_locale):
         return month_workbook(report), len(report.tickets)
 
@@ -112,15 +123,9 @@ async def print_posters(
     settings: Settings, out: Path, community: str | None, username: str | None, paper: PaperSize
 ) -> None:
     username = await bot_username(settings, username)
-    engine = create_engine(settings.database_url)
-    try:
-        await upgrade_database(engine)
-        async with create_session_factory(engine)() as session:
-            posters = await poster_buildings(session, community)
-    finally:
-        await engine.dispose()
+    posters = await read_database(settings, lambda session: poster_buildings(session, community))
     if not posters:
-        raise SystemExit("No buildings yet: import a community file first (python -m bot import FILE).")
+        raise SystemExit(NO_BUILDINGS)
     files = await asyncio.to_thread(write_posters, posters, username, out, create_i18n(), paper)
     print(f"{len(posters)} {paper.name} posters in {len(files)} files (one per compound) written to {out}")
 

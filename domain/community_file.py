@@ -221,9 +221,12 @@ class _Reader:
             if key not in allowed:
                 self.problem(where, f"unknown key {key!r} (expected one of: {', '.join(allowed)})")
 
-    def table(self, parent: Mapping[str, Any], key: str) -> dict[str, Any] | None:
+    def table(self, parent: Mapping[str, Any], key: str, *, optional: bool = False) -> dict[str, Any] | None:
+        """The section ``[key]``; an optional one that is left out is empty (every key takes its default)."""
         value = parent.get(key)
         if value is None:
+            if optional:
+                return {}
             self.problem("", f"the [{key}] section is missing")
             return None
         if not isinstance(value, dict):
@@ -422,10 +425,9 @@ def _crontab(
 def _parse_reports(reader: _Reader, data: Mapping[str, Any], timezone: str) -> ReportsSpec | None:
     """The optional ``[reports]`` section; every key has a default."""
     defaults = ReportsSpec()
-    table = data.get("reports", {})
     where = "reports"
-    if not isinstance(table, dict):
-        reader.problem(where, f"must be a section [reports], not {_describe(table)}")
+    table = reader.table(data, where, optional=True)
+    if table is None:
         return None
     reader.known_keys(table, where, ["monthly", "public_chat_id", "public_closed_tickets"])
     monthly = _crontab(reader, table, where, "monthly", defaults.monthly, timezone)

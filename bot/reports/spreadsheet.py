@@ -25,7 +25,7 @@ from bot.i18n import localized
 from bot.views import status_label
 from bot.views.ladder import COLOUR_MARKS
 from bot.views.stats import RATE_NAMES, VIEW_NAMES, duration, rank_change
-from domain.stats import MonthlyStats, MonthReport, Rate, TicketLine, View
+from domain.stats import Figures, MonthlyStats, MonthReport, Rate, TicketLine, View
 from storage.models import Level
 
 MAX_WIDTH = 60
@@ -149,40 +149,24 @@ def _share(value: float | None) -> float | str:
     return "" if value is None else round(value * 100, 1)
 
 
+def _rate_row(rank: int | str, change: str, name: str, figures: Figures) -> list[Any]:
+    return [
+        rank,
+        change,
+        name,
+        _share(figures.score),
+        figures.received,
+        *(_share(figures.rate(rate)) for rate in Rate),
+        "" if figures.average_rating is None else round(figures.average_rating, 2),
+        duration(figures.median_accept) if figures.median_accept else "",
+        duration(figures.median_resolve) if figures.median_resolve else "",
+        figures.overdue_now,
+    ]
+
+
 def _rate_rows(stats: MonthlyStats) -> list[list[Any]]:
-    rows = []
-    for row in stats.rows:
-        f = row.figures
-        rows.append(
-            [
-                row.rank or "",
-                rank_change(row),
-                localized(row),
-                _share(f.score),
-                f.received,
-                *(_share(f.rate(rate)) for rate in Rate),
-                "" if f.average_rating is None else round(f.average_rating, 2),
-                duration(f.median_accept) if f.median_accept else "",
-                duration(f.median_resolve) if f.median_resolve else "",
-                f.overdue_now,
-            ]
-        )
-    total = stats.total
-    rows.append(
-        [
-            "",
-            "",
-            _("Whole community"),
-            _share(total.score),
-            total.received,
-            *(_share(total.rate(rate)) for rate in Rate),
-            "" if total.average_rating is None else round(total.average_rating, 2),
-            duration(total.median_accept) if total.median_accept else "",
-            duration(total.median_resolve) if total.median_resolve else "",
-            total.overdue_now,
-        ]
-    )
-    return rows
+    rows = [_rate_row(row.rank or "", rank_change(row), localized(row), row.figures) for row in stats.rows]
+    return [*rows, _rate_row("", "", _("Whole community"), stats.total)]
 
 
 def month_workbook(report: MonthReport) -> bytes:
