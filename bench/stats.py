@@ -3,7 +3,9 @@
 The sample community gets ``--tickets`` tickets spread over ``--months`` months (about 42,000 a month for a
 million over two years), in every state the lifecycle leaves them in. Then /stats goes through the real
 dispatcher with the fake Bot session, as staff send it: the month's figures by grid, the month before for
-the ranking, twelve months' trend, the text and the chart. The baseline, measured in the same run, is the
+the ranking, twelve months' trend, the text and the chart. The first round finds nothing in the cache of
+ended months (the trend, last month's ranking); the others find it, as every /stats within ten minutes does.
+The baseline, measured in the same run, is the
 least any monthly figure costs: counting the month's tickets through the same (community, created) index.
 
     .venv/bin/python -m bench.stats                      # SQLite in a temporary file
@@ -181,7 +183,9 @@ async def prepare(url: str, tickets: int, months: int, now: datetime, reuse: boo
 async def measure(engine: AsyncEngine, rounds: int, now: datetime) -> None:
     sessions = create_session_factory(engine)
     bot, telegram = fake_bot()
-    settings = Settings(bot_token=None, community_file=None)
+    # Telegram's one message a second into a chat would space the chart a second after the text (and each round
+    # a second after the last): that is Telegram's pace, not the work /stats does, so it is left out here.
+    settings = Settings(bot_token=None, community_file=None, send_rate_per_chat_seconds=0)
     app = assemble(settings, bot, sessions, lambda: now)
     month = Month.of(now, "Asia/Shanghai").shift(-1)
     start, end = month.bounds("Asia/Shanghai")
@@ -208,7 +212,8 @@ async def measure(engine: AsyncEngine, rounds: int, now: datetime) -> None:
         totals.append(time.perf_counter() - began)
         answer = telegram.requests[before:]
         assert [type(r) for r in answer] == [SendMessage, SendPhoto], answer
-    ms = sorted(t * 1000 for t in totals)
+    print(f"/stats, first round (nothing cached): {totals[0] * 1000:.0f} ms")
+    ms = sorted(t * 1000 for t in totals[1:])
     base = sorted(t * 1000 for t in baselines)
     print(f"/stats, chart included: median {statistics.median(ms):.0f} ms, range {ms[0]:.0f}–{ms[-1]:.0f} ms")
     print(f"baseline (count the month's tickets): median {statistics.median(base):.0f} ms")

@@ -44,10 +44,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from statistics import median
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, Float, Select, and_, case, func, literal, literal_column, or_, select
+from sqlalchemy import ColumnElement, Float, Select, and_, case, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import InstrumentedAttribute, aliased, raiseload
@@ -335,13 +336,9 @@ def _with_buildings(query: SelectT, key: KeyColumn) -> SelectT:
 
 
 async def _figures_by(
-    session: AsyncSession,
-    key: KeyColumn,
-    where: Sequence[ColumnElement[bool]],
-    now: datetime,
-    medians: bool = True,
+    session: AsyncSession, key: KeyColumn, where: Sequence[ColumnElement[bool]], now: datetime
 ) -> dict[Any, Figures]:
-    """Figures per value of ``key`` over the tickets ``where`` selects, summed in SQL.
+    """The counted figures per value of ``key`` over the tickets ``where`` selects, summed in SQL (no medians).
 
     The key is worked out in a subquery and grouped on from outside it, so a key built with parameters (the
     trend's month of each ticket) is one expression to the database.
@@ -353,37 +350,49 @@ async def _figures_by(
         .subquery()
     )
     sums = [func.coalesce(func.sum(tickets.c[flag.name]), 0) for flag in flags]
-    figures = {
+    return {
         row[0]: Figures(*[int(value) for value in row[1:]])  # type: ignore[arg-type]  # the counted fields come first
         for row in await session.execute(select(tickets.c.key, func.count(), *sums).group_by(tickets.c.key))
     }
-    if medians:
-        accept = await _medians(session, key, ACCEPT_SECONDS, where)
-        resolve = await _medians(session, key, RESOLVE_SECONDS, [*where, IS_RESOLVED])
-        figures = {
-            k: replace(f, median_accept=accept.get(k), median_resolve=resolve.get(k)) for k, f in figures.items()
-        }
-    return figures
 
 
-async def _medians(
-    session: AsyncSession, key: KeyColumn, seconds: ColumnElement[float], where: Sequence[ColumnElement[bool]]
-) -> dict[Any, timedelta]:
-    """The median of ``seconds`` per key, with window functions (the same SQL on SQLite and PostgreSQL)."""
-    values = (
-        _with_buildings(select(key.label("key"), seconds.label("seconds")), key)
-        .where(*where, seconds.is_not(None))
-        .subquery()
-    )
-    ranked = select(
-        values.c.key,
-        values.c.seconds,
-        func.row_number().over(partition_by=values.c.key, order_by=values.c.seconds).label("place"),
-        func.count().over(partition_by=values.c.key).label("n"),
-    ).subquery()
-    middle = or_(ranked.c.place == (ranked.c.n + 1) // 2, ranked.c.place == (ranked.c.n + 2) // 2)
-    rows = await session.execute(select(ranked.c.key, func.avg(ranked.c.seconds)).where(middle).group_by(ranked.c.key))
-    return {k: timedelta(seconds=round(float(value))) for k, value in rows if value is not None}
+@dataclass
+class Durations:
+    """Seconds from filing to the first acceptance, and to the latest resolution, of a row's tickets."""
+
+    accept: list[float] = field(default_factory=list)
+    resolve: list[float] = field(default_factory=list)
+
+    def __iadd__(self, other: Durations) -> Durations:
+        self.accept += other.accept
+        self.resolve += other.resolve
+        return self
+
+    def medians(self, figures: Figures) -> Figures:
+        return replace(figures, median_accept=_median(self.accept), median_resolve=_median(self.resolve))
+
+
+def _median(seconds: list[float]) -> timedelta | None:
+    """The middle value (the mean of the two middle ones for an even count)."""
+    return timedelta(seconds=round(median(seconds))) if seconds else None
+
+
+async def _durations(
+    session: AsyncSession, key: KeyColumn, where: Sequence[ColumnElement[bool]]
+) -> dict[Any, Durations]:
+    """Every ticket's two durations, by key. A median needs the values themselves: fetching them in one pass
+    costs less than a sort in the database for each median of each row and of the whole."""
+    query = select(key.label("key"), ACCEPT_SECONDS, case((IS_RESOLVED, RESOLVE_SECONDS)))
+    found: dict[Any, Durations] = {}
+    for value, accept, resolve in await session.execute(_with_buildings(query, key).where(*where)):
+        durations = found.get(value)
+        if durations is None:
+            durations = found[value] = Durations()
+        if accept is not None:
+            durations.accept.append(accept)
+        if resolve is not None:
+            durations.resolve.append(resolve)
+    return found
 
 
 class MonthCache:
@@ -432,7 +441,7 @@ async def _trend(
             else_=literal(-1),
         )
         where = _month_filter(community.id, bounds[0][0], bounds[-1][1])
-        found = await _figures_by(session, which, where, now, medians=False)
+        found = await _figures_by(session, which, where, now)
         for i, m in enumerate(missing):
             known[m] = found.get(i, Figures())
             if cache is not None and _ended(m, community, now):
@@ -595,11 +604,13 @@ async def _monthly_stats(
         where.append(Ticket.assignee_id == viewer_id)
         previous_where.append(Ticket.assignee_id == viewer_id)
     current = await _figures_by(session, key, where, now)
+    durations = await _durations(session, key, where)
+    current = {k: durations.get(k, Durations()).medians(f) for k, f in current.items()}
     before = month.shift(-1)
     cached = ("by", community.id, view, before.index, viewer_id if own_row_only else None)
     previous = cache.get(cached, now) if cache else None
     if previous is None:
-        previous = await _figures_by(session, key, previous_where, now, medians=False)
+        previous = await _figures_by(session, key, previous_where, now)
         if cache is not None and _ended(before, community, now):
             cache.put(cached, previous, now)
     rows = [
@@ -610,24 +621,19 @@ async def _monthly_stats(
     rows = _ranked(rows, previous)
     if own_row_only:
         return MonthlyStats(community, month, view, rows, current.get(viewer_id, Figures()), now, own_row_only=True)
-    total = await _total(session, current.values(), where)
+    whole = Durations()
+    for row_durations in durations.values():
+        whole += row_durations
+    total = whole.medians(sum(current.values(), Figures()))  # each ticket is in one row: counts add up
     grids = rows if view is View.GRID else await _grid_rows(session, community.id, where, now)
     points = await _trend(session, community, month, now, cache) if trend else []
     return MonthlyStats(community, month, view, rows, total, now, grids=grids, trend=points)
 
 
-async def _total(session: AsyncSession, rows: Iterable[Figures], where: Sequence[ColumnElement[bool]]) -> Figures:
-    """The whole community: every ticket is in exactly one row, so counts add up; medians are counted again."""
-    whole: ColumnElement[Any] = literal_column("0")
-    accept = await _medians(session, whole, ACCEPT_SECONDS, where)
-    resolve = await _medians(session, whole, RESOLVE_SECONDS, [*where, IS_RESOLVED])
-    return replace(sum(rows, Figures()), median_accept=accept.get(0), median_resolve=resolve.get(0))
-
-
 async def _grid_rows(
     session: AsyncSession, community_id: int, where: Sequence[ColumnElement[bool]], now: datetime
 ) -> list[Row]:
-    by_grid = await _figures_by(session, Ticket.grid_id, where, now, medians=False)
+    by_grid = await _figures_by(session, Ticket.grid_id, where, now)
     rows = [
         replace(r, figures=by_grid.get(r.key, Figures()))
         for r in await _names(session, community_id, View.GRID, by_grid)
