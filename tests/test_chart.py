@@ -10,7 +10,7 @@ from matplotlib.font_manager import findfont
 from matplotlib.text import Text
 
 from bot.i18n import create_i18n
-from bot.reports.chart import FONT_NAME, STYLE, build_chart, chart_png
+from bot.reports.chart import FONT_NAME, STYLE, _png, build_chart, chart_data, chart_png
 from bot.reports.fonts import CJK_FONT, missing_glyphs
 from domain.stats import CommunityRef, Figures, Month, MonthlyStats, Row, TrendPoint, View
 
@@ -41,9 +41,10 @@ def sample_stats() -> MonthlyStats:
 @pytest.mark.parametrize("locale", ["zh_CN", "en"])
 def test_no_glyph_falls_back_to_a_box(locale: str) -> None:
     i18n = create_i18n()
+    _png.cache_clear()  # drawn here, not taken from an earlier test
     with i18n.context(), i18n.use_locale(locale), warnings.catch_warnings():
         warnings.simplefilter("error")  # matplotlib warns "Glyph … missing from font(s)" for every box it draws
-        figure = build_chart(sample_stats())
+        figure = build_chart(chart_data(sample_stats()))
         png = chart_png(sample_stats())
     assert png.startswith(b"\x89PNG")
     texts = "".join(t.get_text() for t in figure.findobj(Text))
