@@ -58,6 +58,7 @@ from domain.community_file import import_community, load_community_file
 from domain.confirmation import close_unconfirmed
 from domain.deliberation import propose_candidates
 from domain.directory import Directory
+from domain.stats import MonthCache
 from domain.sweep import sweep
 from handlers import build_router
 from scheduler.broadcasts import schedule_broadcasts
@@ -220,6 +221,7 @@ def assemble(
         people_ttl=people_ttl,
     )
     dispatcher.workflow_data["yellow_share"] = settings.ledger_yellow_share
+    dispatcher.workflow_data["stats_cache"] = MonthCache()  # /stats: the figures of months that have ended
     return Application(bot, dispatcher, sender, session_factory, shared_rate)
 
 
@@ -242,6 +244,7 @@ async def set_commands(bot: Bot, i18n: I18n) -> None:
         "suggest",
         "tickets",
         "ledger",
+        "stats",
         "topics",
         "newtopic",
         "broadcasts",
@@ -267,6 +270,7 @@ def command_descriptions() -> dict[str, str]:
         "my": _("My reports"),
         "tickets": _("Tickets to handle"),
         "ledger": _("Three-colour ledger"),
+        "stats": _("Monthly figures and ranking"),
         "suggest": _("A suggestion for the deliberation"),
         "topics": _("Deliberation topics"),
         "newtopic": _("New deliberation topic"),

@@ -130,3 +130,19 @@ class SettingsAction(StrEnum):
 
 class SettingsCb(CallbackData, prefix="st"):
     action: SettingsAction
+
+
+class StatsAction(StrEnum):
+    SHOW = "s"  # the figures of ``month`` in ``view`` (also: the month buttons, the view buttons)
+    DEFINITIONS = "d"  # how each figure is counted
+    CHART = "c"  # the rates per grid and the twelve months' trend, as a picture
+    SPREADSHEET = "x"  # the month's tickets, the ledger and the rate tables, as an .xlsx file
+
+
+class StatsCb(CallbackData, prefix="ss"):
+    """/stats: ``month`` is domain.stats.Month.index; ``view`` one letter of bot.views.stats.VIEW_CODES."""
+
+    action: StatsAction
+    community_id: RowId
+    month: RowId
+    view: str = "g"

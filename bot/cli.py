@@ -6,6 +6,10 @@ resident-bot import FILE          import or update a community file
 resident-bot qr [--out DIR]       one QR code image per building
 resident-bot migrate              bring the database to the newest schema (the bot also does at start)
 resident-bot backup OUT           a consistent copy of the SQLite database, also while the bot runs
+resident-bot posters [--out DIR] [--a5]
+                                  one printable poster page per building, one PDF per compound
+resident-bot export --community CODE --month YYYY-MM --out FILE.xlsx
+                                  the month's tickets, the ledger and the rate tables as a spreadsheet
 """
 
 from __future__ import annotations
@@ -16,22 +20,32 @@ import os
 import shutil
 import sqlite3
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from aiogram.exceptions import TelegramNetworkError, TelegramUnauthorizedError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.app import create_bot, run_bot
 from bot.config import SAMPLE_COMMUNITY, Settings, hide_password, load_settings
+from bot.i18n import LANGUAGES, create_i18n
 from bot.logs import setup_logging
 from bot.qr import write_qr_codes
+from bot.reports.posters import A4, A5, PaperSize, write_posters
+from bot.reports.spreadsheet import month_workbook
 from domain.clock import system_clock
 from domain.community_file import CommunityFileError, building_links, import_community, load_community_file
+from domain.errors import NotFound
+from domain.posters import poster_buildings
+from domain.stats import Month, MonthReport, community_by_code, month_report
 from storage.db import create_engine, create_session_factory
 from storage.migrate import upgrade_database
 
 STARTER_ENV = Path(__file__).resolve().parent / "starter.env"
+T = TypeVar("T")
 
 
 async def import_file(settings: Settings, path: Path) -> None:
@@ -46,7 +60,8 @@ async def import_file(settings: Settings, path: Path) -> None:
     print(report.summary())
 
 
-async def print_qr_codes(settings: Settings, out: Path, community: str | None, username: str | None) -> None:
+async def bot_username(settings: Settings, username: str | None) -> str:
+    """--bot-username, else BOT_USERNAME, else asked from Telegram with the token."""
     username = username or settings.bot_username
     if not username:
         bot = create_bot(settings.require_token(), settings.telegram_api_server, settings.telegram_proxy)
@@ -56,15 +71,28 @@ async def print_qr_codes(settings: Settings, out: Path, community: str | None, u
             await bot.session.close()
     if not username:
         raise SystemExit("Could not learn the bot's username: set BOT_USERNAME or pass --bot-username.")
+    return username
+
+
+async def read_database(settings: Settings, read: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Bring the database up to date, then ``read`` from it in one session."""
     engine = create_engine(settings.database_url)
     try:
         await upgrade_database(engine)
         async with create_session_factory(engine)() as session:
-            links = await building_links(session, community)
+            return await read(session)
     finally:
         await engine.dispose()
+
+
+NO_BUILDINGS = "No buildings yet: import a community file first (resident-bot import FILE)."
+
+
+async def print_qr_codes(settings: Settings, out: Path, community: str | None, username: str | None) -> None:
+    username = await bot_username(settings, username)
+    links = await read_database(settings, lambda session: building_links(session, community))
     if not links:
-        raise SystemExit("No buildings yet: import a community file first (resident-bot import FILE).")
+        raise SystemExit(NO_BUILDINGS)
     files = write_qr_codes(links, username, out)
     print(f"{len(files)} QR codes written to {out} (index.csv lists them)")
 
@@ -124,6 +152,55 @@ def backup(settings: Settings, out: Path) -> None:
     print(f"{database} backed up to {out} ({out.stat().st_size / 1e6:.1f} MB, integrity ok)")
 
 
+async def export_month(settings: Settings, community: str, month: Month, locale: str | None) -> tuple[bytes, int]:
+    """The same spreadsheet /stats sends, for the office's own files or the street office's request; with the
+    number of the month's tickets in it."""
+
+    async def read(session: AsyncSession) -> MonthReport:
+        try:
+            found = await community_by_code(session, community)
+        except NotFound:
+            raise SystemExit(f"No community with the code {community!r}: import its file first.") from None
+        return await month_report(
+            session,
+            viewer_id=None,
+            community_id=found.id,
+            month=month,
+            now=system_clock(),
+            yellow_share=settings.ledger_yellow_share,
+        )
+
+    report = await read_database(settings, read)
+    i18n = create_i18n(settings.default_locale)
+    with i18n.context(), i18n.use_locale(locale or settings.default_locale):
+        return month_workbook(report), len(report.tickets)
+
+
+def write_export(settings: Settings, community: str, month: Month, out: Path, locale: str | None) -> None:
+    workbook, tickets = asyncio.run(export_month(settings, community, month, locale))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(workbook)
+    print(f"{community} {month}: {tickets} tickets written to {out}")
+
+
+async def print_posters(
+    settings: Settings, out: Path, community: str | None, username: str | None, paper: PaperSize
+) -> None:
+    username = await bot_username(settings, username)
+    posters = await read_database(settings, lambda session: poster_buildings(session, community))
+    if not posters:
+        raise SystemExit(NO_BUILDINGS)
+    files = await asyncio.to_thread(write_posters, posters, username, out, create_i18n(), paper)
+    print(f"{len(posters)} {paper.name} posters in {len(files)} files (one per compound) written to {out}")
+
+
+def _month(text: str) -> Month:
+    try:
+        return Month.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="resident-bot", description="Resident feedback bot")
     commands = parser.add_subparsers(dest="command")
@@ -139,6 +216,16 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("migrate", help="bring the database to the newest schema")
     saver = commands.add_parser("backup", help="copy the SQLite database consistently, also while the bot runs")
     saver.add_argument("out", type=Path)
+    posters = commands.add_parser("posters", help="one printable PDF page per building, one file per compound")
+    posters.add_argument("--out", type=Path, default=Path("posters"))
+    posters.add_argument("--a5", action="store_true", help="A5 pages instead of A4")
+    posters.add_argument("--community", help="only this community code")
+    posters.add_argument("--bot-username", help="default: BOT_USERNAME, else asked from Telegram")
+    export = commands.add_parser("export", help="the month's spreadsheet: tickets, ledger, rate tables")
+    export.add_argument("--community", required=True, help="the community's code, e.g. jsx")
+    export.add_argument("--month", required=True, type=_month, help="YYYY-MM")
+    export.add_argument("--out", required=True, type=Path, help="the .xlsx file to write")
+    export.add_argument("--language", choices=sorted(LANGUAGES), help="default: DEFAULT_LOCALE")
     args = parser.parse_args(argv)
 
     if args.command == "init":
@@ -149,6 +236,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "import":
             asyncio.run(import_file(settings, args.file))
+        elif args.command == "posters":
+            paper = A5 if args.a5 else A4
+            asyncio.run(print_posters(settings, args.out, args.community, args.bot_username, paper))
+        elif args.command == "export":
+            write_export(settings, args.community, args.month, args.out, args.language)
         elif args.command == "qr":
             asyncio.run(print_qr_codes(settings, args.out, args.community, args.bot_username))
         elif args.command == "migrate":

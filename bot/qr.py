@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Iterable
+from io import BytesIO
 from pathlib import Path
 
 import segno
@@ -33,6 +34,14 @@ def deep_link(bot_username: str, link_key: str) -> str:
     return f"https://t.me/{username}?start={link_key}"
 
 
+def qr_png(url: str, scale: int = SCALE) -> bytes:
+    """The QR code of ``url`` as a PNG image, with the quiet zone the standard asks for."""
+    out = BytesIO()
+    # Error level Q survives a dirty or partly torn notice; boost_error keeps the smallest version.
+    segno.make_qr(url, error="q").save(out, kind="png", scale=scale, border=BORDER)
+    return out.getvalue()
+
+
 def write_qr_codes(links: Iterable[BuildingLink], bot_username: str, out_dir: str | Path) -> list[Path]:
     """Write ``<link_key>.png`` per building (e.g. ``jsx_yinba_11.png``) and ``index.csv`` into out_dir.
 
@@ -47,8 +56,7 @@ def write_qr_codes(links: Iterable[BuildingLink], bot_username: str, out_dir: st
         url = deep_link(bot_username, link.link_key)
         # The key is A-Za-z0-9_- only (checked by deep_link), so it is a safe, readable file name.
         path = out / f"{link.link_key}.png"
-        # Error level Q survives a dirty or partly torn notice; boost_error keeps the smallest version.
-        segno.make_qr(url, error="q").save(str(path), kind="png", scale=SCALE, border=BORDER)
+        path.write_bytes(qr_png(url))
         written.append(path)
         rows.append(
             {

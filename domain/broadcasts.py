@@ -10,6 +10,7 @@ resume without sending anyone the same broadcast twice.
 from __future__ import annotations
 
 import calendar
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from typing import Any
@@ -22,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from domain.errors import AccessDenied, NotFound
 from domain.outbox import Notice, mark_queued
 from domain.people import load_duties
+from domain.public_notices import post_publicly
 from storage.models import (
     Broadcast,
     BroadcastKind,
@@ -69,9 +71,13 @@ def period_of(community: Community, kind: BroadcastKind, at: datetime) -> str:
     """The month a broadcast sent at ``at`` is about.
 
     The agenda is about the next meeting on or after the day it goes out; the feedback about the latest
-    meeting before the day it goes out. Days count in the community's time zone.
+    meeting before the day it goes out; the office's report about the last complete month. Days count in the
+    community's time zone.
     """
     local = at.astimezone(ZoneInfo(community.timezone)).date()
+    if kind is BroadcastKind.REPORT:  # the office's report is about the last complete month
+        year, month = _shift(local.year, local.month, -1)
+        return f"{year:04d}-{month:02d}"
     this_month = meeting_at(community, local.year, local.month).date()
     if kind is BroadcastKind.AGENDA:
         year, month = (local.year, local.month) if this_month >= local else _shift(local.year, local.month, 1)
@@ -230,6 +236,55 @@ class Started:
     new: bool  # False: it existed already (started by a schedule, another process or staff), nothing queued
 
 
+# Fills a new broadcast (its content) and queues its messages, inside the transaction that creates it.
+Queue = Callable[[AsyncSession, Community, Broadcast, datetime], Awaitable[None]]
+
+
+async def start_once(
+    session: AsyncSession,
+    community_id: int,
+    kind: BroadcastKind,
+    period: str,
+    now: datetime,
+    queue: Queue,
+    *,
+    scheduled_for: datetime | None = None,
+    started_by: int | None = None,
+) -> Started:
+    """Create the broadcast of this community, kind and period and ``queue`` its messages, unless it exists.
+
+    The unique key decides: whoever comes second (a double trigger, a restart, another process, staff pressing
+    "send now") finds it and queues nothing.
+    """
+    try:
+        async with session.begin():
+            if (existing := await _find(session, community_id, kind, period)) is not None:
+                return Started(existing, new=False)
+            community = await session.get(Community, community_id)
+            if community is None:
+                raise NotFound(community_id)
+            broadcast = Broadcast(
+                community_id=community_id,
+                kind=kind,
+                period=period,
+                scheduled_for=scheduled_for,
+                started_by=started_by,
+                content={},
+                created_at=now,
+            )
+            session.add(broadcast)
+            await session.flush()  # a second starter stops here, on the unique key
+            await queue(session, community, broadcast, now)
+    except IntegrityError:
+        # Another process created it between our look and our insert; theirs stands.
+        async with session.begin():
+            existing = await _find(session, community_id, kind, period)
+        if existing is None:
+            raise
+        return Started(existing, new=False)
+    return Started(broadcast, new=True)
+
+
 async def start_broadcast(
     session: AsyncSession,
     community_id: int,
@@ -240,37 +295,20 @@ async def start_broadcast(
     scheduled_for: datetime | None = None,
     started_by: int | None = None,
 ) -> Started:
-    """Queue the monthly broadcast for every recipient, unless it exists for this community, kind and period."""
-    try:
-        async with session.begin():
-            if (existing := await _find(session, community_id, kind, period)) is not None:
-                return Started(existing, new=False)
-            community = await session.get(Community, community_id)
-            if community is None:
-                raise NotFound(community_id)
-            content = await broadcast_content(session, community, kind, period, now)
-            broadcast = await _queue(
-                session,
-                Broadcast(
-                    community_id=community_id,
-                    kind=kind,
-                    period=period,
-                    scheduled_for=scheduled_for,
-                    started_by=started_by,
-                    content=content,
-                    created_at=now,
-                ),
-                _recipients(community_id),
-                now,
-            )
-    except IntegrityError:
-        # Another process created it between our look and our insert; theirs stands.
-        async with session.begin():
-            existing = await _find(session, community_id, kind, period)
-        if existing is None:
-            raise
-        return Started(existing, new=False)
-    return Started(broadcast, new=True)
+    """Queue the monthly broadcast for every recipient, unless it exists for this community, kind and period.
+
+    The execution feedback also goes to the community's public notice chat, when it has one, as one post.
+    """
+
+    async def to_residents(session: AsyncSession, community: Community, broadcast: Broadcast, now: datetime) -> None:
+        broadcast.content = await broadcast_content(session, community, kind, period, now)
+        await _queue(session, broadcast, _recipients(community_id), now)
+        if kind is BroadcastKind.FEEDBACK:
+            await post_publicly(session, community_id, now, broadcast_id=broadcast.id)
+
+    return await start_once(
+        session, community_id, kind, period, now, to_residents, scheduled_for=scheduled_for, started_by=started_by
+    )
 
 
 async def queue_survey_invitation(session: AsyncSession, topic: Topic, actor_id: int, now: datetime) -> Broadcast:
@@ -296,9 +334,9 @@ async def queue_survey_invitation(session: AsyncSession, topic: Topic, actor_id:
 
 
 async def _queue(session: AsyncSession, broadcast: Broadcast, recipients: Select[int], now: datetime) -> Broadcast:
-    """Write the broadcast and one outbox row per recipient into the caller's transaction."""
+    """Write the broadcast (if new) and one outbox row per recipient into the caller's transaction."""
     session.add(broadcast)
-    await session.flush()  # a second starter stops here, on the unique key
+    await session.flush()
     chat_ids = list(await session.scalars(recipients))
     if chat_ids:
         await session.execute(
@@ -437,7 +475,7 @@ async def latest_broadcasts(session: AsyncSession, viewer_id: int, limit: int = 
         return list(
             await session.scalars(
                 select(Broadcast)
-                .where(Broadcast.community_id == community.id)
+                .where(Broadcast.community_id == community.id, Broadcast.kind != BroadcastKind.REPORT)
                 .order_by(Broadcast.id.desc())
                 .limit(limit)
             )

@@ -45,6 +45,8 @@ MAX_LINK_KEY = 64  # Telegram's limit for the /start payload
 MAX_UNITS = 99
 MAX_HOURS = 24 * 366
 MAX_TELEGRAM_ID = 2**63 - 1
+MAX_PHONE = 32
+PHONE = re.compile(r"\+?[0-9][0-9 \-]{4,30}")
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 MEETING_TIME = re.compile(r"([01][0-9]|2[0-3]):[0-5][0-9]")
 DEFAULT_RESPONSE_HOURS = 24
@@ -82,12 +84,22 @@ class DeliberationSpec:
 
 
 @dataclass(frozen=True)
+class ReportsSpec:
+    """The ``[reports]`` section: the office's monthly report, and the community's public notice chat (公示)."""
+
+    monthly: str = "0 8 1 * *"  # crontab: figures, chart and spreadsheet of the last month, to staff and street
+    public_chat_id: int | None = None  # a Telegram channel or group for public notices; None: none
+    public_closed_tickets: bool = False  # also a short notice there of every closed ticket
+
+
+@dataclass(frozen=True)
 class CommunityInfo:
     code: str
     name: str
     name_en: str
     timezone: str
     deliberation: DeliberationSpec = DeliberationSpec()
+    reports: ReportsSpec = ReportsSpec()
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,7 @@ class PersonSpec:
     telegram_id: int
     name: str
     rank: str = Rank.PRIMARY
+    phone: str = ""  # printed on the stairwell poster of a grid worker's buildings, only when given
 
 
 @dataclass(frozen=True)
@@ -208,9 +221,12 @@ class _Reader:
             if key not in allowed:
                 self.problem(where, f"unknown key {key!r} (expected one of: {', '.join(allowed)})")
 
-    def table(self, parent: Mapping[str, Any], key: str) -> dict[str, Any] | None:
+    def table(self, parent: Mapping[str, Any], key: str, *, optional: bool = False) -> dict[str, Any] | None:
+        """The section ``[key]``; an optional one that is left out is empty (every key takes its default)."""
         value = parent.get(key)
         if value is None:
+            if optional:
+                return {}
             self.problem("", f"the [{key}] section is missing")
             return None
         if not isinstance(value, dict):
@@ -307,13 +323,17 @@ class _Reader:
         return value
 
     def person(self, table: Mapping[str, Any], where: str) -> PersonSpec | None:
-        self.known_keys(table, where, ["telegram_id", "name", "rank"])
+        self.known_keys(table, where, ["telegram_id", "name", "rank", "phone"])
         telegram_id = self.integer(table, where, "telegram_id", default=None, low=1, high=MAX_TELEGRAM_ID)
         name = self.text(table, where, "name")
         rank = self.choice(table, where, "rank", [r.value for r in Rank], Rank.PRIMARY.value)
-        if telegram_id is None or name is None or rank is None:
+        phone = self.text(table, where, "phone", default="", limit=MAX_PHONE)
+        if phone and not PHONE.fullmatch(phone):
+            self.problem(where, f"phone must be digits, spaces, + and - only, like '0951-1234567', not {phone!r}")
+            phone = None
+        if telegram_id is None or name is None or rank is None or phone is None:
             return None
-        return PersonSpec(telegram_id, name, rank)
+        return PersonSpec(telegram_id, name, rank, phone.strip())
 
 
 class _Unique:
@@ -400,6 +420,28 @@ def _crontab(
         )
         return None
     return " ".join(line.split())
+
+
+def _parse_reports(reader: _Reader, data: Mapping[str, Any], timezone: str) -> ReportsSpec | None:
+    """The optional ``[reports]`` section; every key has a default."""
+    defaults = ReportsSpec()
+    where = "reports"
+    table = reader.table(data, where, optional=True)
+    if table is None:
+        return None
+    reader.known_keys(table, where, ["monthly", "public_chat_id", "public_closed_tickets"])
+    monthly = _crontab(reader, table, where, "monthly", defaults.monthly, timezone)
+    chat_id = reader.integer(table, where, "public_chat_id", default=0, low=-MAX_TELEGRAM_ID, high=-1)
+    closed = table.get("public_closed_tickets", False)
+    if not isinstance(closed, bool):
+        reader.problem(where, f"public_closed_tickets must be true or false, not {_describe(closed)}")
+        return None
+    if closed and not chat_id:
+        reader.problem(where, "public_closed_tickets needs public_chat_id: the chat to post them in")
+        return None
+    if monthly is None or chat_id is None:
+        return None
+    return ReportsSpec(monthly, chat_id or None, closed)
 
 
 def _parse_staff(reader: _Reader, data: Mapping[str, Any]) -> list[PersonSpec]:
@@ -608,17 +650,20 @@ def _parse_departments(reader: _Reader, data: Mapping[str, Any]) -> list[Departm
 def parse_community(data: Mapping[str, Any], source: str = "") -> CommunitySpec:
     """Check already-parsed TOML data; raises :class:`CommunityFileError` listing every problem."""
     reader = _Reader()
-    reader.known_keys(data, "", ["community", "deliberation", "staff", "street", "departments", "grids", "categories"])
+    reader.known_keys(
+        data, "", ["community", "deliberation", "reports", "staff", "street", "departments", "grids", "categories"]
+    )
     community = _parse_community(reader, data)
     deliberation = _parse_deliberation(reader, data, community.timezone if community else DEFAULT_TIMEZONE)
+    reports = _parse_reports(reader, data, community.timezone if community else DEFAULT_TIMEZONE)
     staff = _parse_staff(reader, data)
     street = _parse_street(reader, data)
     departments = _parse_departments(reader, data)
     grids = _parse_grids(reader, data, community.code if community else None)
     categories = _parse_categories(reader, data)
-    if reader.problems or community is None or deliberation is None:
+    if reader.problems or community is None or deliberation is None or reports is None:
         raise CommunityFileError(reader.problems or ["the [community] section is missing"], source)
-    community = replace(community, deliberation=deliberation)
+    community = replace(community, deliberation=deliberation, reports=reports)
     return CommunitySpec(community, tuple(staff), tuple(grids), tuple(categories), tuple(street), tuple(departments))
 
 
@@ -777,6 +822,9 @@ async def import_community(session: AsyncSession, spec: CommunitySpec, now: date
             "agenda_cron": meeting.agenda,
             "feedback_cron": meeting.feedback,
             "candidate_threshold": meeting.candidate_threshold,
+            "report_cron": info.reports.monthly,
+            "public_chat_id": info.reports.public_chat_id,
+            "public_closed_tickets": info.reports.public_closed_tickets,
         }
         if community is None:
             community = Community(code=info.code, **values)
@@ -889,6 +937,7 @@ async def import_community(session: AsyncSession, spec: CommunitySpec, now: date
                     "grid_id": duty_grid.id if duty_grid is not None else None,
                     "rank": person.rank,
                     "display_name": person.name,
+                    "phone": person.phone,
                 },
             )
             kept_memberships.add(id(membership))

@@ -27,6 +27,7 @@ from domain.deadlines import start_window
 from domain.errors import AccessDenied, InvalidTransition, NotFound
 from domain.followers import household_ids, is_household, tell_households
 from domain.outbox import Notice, enqueue, mark_queued
+from domain.public_notices import post_closed_ticket
 from domain.text import required_text
 from domain.tickets import MAX_NOTE
 from storage.models import EventKind, OutboxMessage, OutboxStatus, Ticket, TicketEvent, TicketStatus
@@ -115,6 +116,7 @@ async def confirm_fixed(session: AsyncSession, *, actor_id: int, ticket_id: int,
         ticket.closed_at = now
         event = await _record(session, ticket, EventKind.CONFIRMED, actor_id, now)
         await _tell_worker(session, ticket, event, now)
+        await post_closed_ticket(session, ticket, now)
         await tell_households(session, ticket, event, now, skip=actor_id)
         await refresh_copies(session, ticket, now)
     return ticket
@@ -245,6 +247,7 @@ async def close_unconfirmed(
             )
             await tell_households(session, ticket, event, now)
             await refresh_copies(session, ticket, now)
+            await post_closed_ticket(session, ticket, now)
             result.closed.append(ticket_id)
 
         reminded_already = exists().where(

@@ -27,6 +27,7 @@ from domain.errors import AccessDenied, DomainError, HandledElsewhere, InvalidTr
 from domain.followers import household_ids
 from domain.outbox import Notice, enqueue
 from domain.people import display_names, load_duties
+from domain.public_notices import post_publicly
 from domain.text import clean, is_blank, required_text
 from domain.tickets import MAX_NOTE, ticket_access
 from storage.models import (
@@ -651,12 +652,14 @@ async def start_feedback(session: AsyncSession, *, actor_id: int, topic_id: int,
 
 
 async def publish_notice(session: AsyncSession, *, actor_id: int, topic_id: int, now: datetime) -> Topic:
-    """The last step: the outcome is publicly noticed (公示反馈) and the topic is finished; residents are told."""
+    """The last step: the outcome is publicly noticed (公示反馈) and the topic is finished; residents are told,
+    and it is posted in the community's public notice chat if it has one."""
     async with session.begin():
         topic = await _staff_topic(session, actor_id, topic_id, TopicStatus.FEEDBACK)
         topic.status, topic.noticed_at = TopicStatus.NOTICED, now
         event = await _record(session, topic, TopicEventKind.NOTICED, actor_id, now)
         await _tell_residents(session, topic, event, now)
+        await post_publicly(session, topic.community_id, now, topic_id=topic.id, event_id=event.id)
     return topic
 
 

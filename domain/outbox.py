@@ -27,6 +27,12 @@ class Notice(StrEnum):
     TOPIC_CANDIDATE = "topic_candidate"
     # Scheduled broadcasts (domain/broadcasts.py): one row per resident, with the outbox's broadcast_id set.
     BROADCAST = "broadcast"  # payload: broadcast_id
+    # The office's monthly report (domain/reports.py), to each of its staff and the street office, in three
+    # messages; payload: broadcast_id, part (a domain.reports.ReportPart).
+    MONTHLY_REPORT = "monthly_report"
+    # A post in the community's public notice chat (公示); payload: broadcast_id (the execution feedback),
+    # topic_id (a topic's public notice) or ticket_id (a closed ticket, when the community posts those).
+    PUBLIC_POST = "public_post"
 
 
 QUEUED_FLAG = "outbox_queued"

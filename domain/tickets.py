@@ -255,6 +255,8 @@ async def accept(session: AsyncSession, *, actor_id: int, ticket_id: int, now: d
         ticket.status = TicketStatus.IN_PROGRESS
         ticket.assignee_id = actor_id
         ticket.accepted_at = now
+        if ticket.first_accepted_at is None:
+            ticket.first_accepted_at = now
         event = await _record(session, ticket, EventKind.ACCEPTED, actor_id, now)
         await _tell_reporter(session, ticket, event, now)
         await refresh_copies(session, ticket, now)

@@ -15,6 +15,7 @@ from handlers import (
     resident,
     staff,
     start,
+    stats,
     worker,
 )
 
@@ -32,6 +33,7 @@ ROUTERS = (
     deliberation.router,
     broadcasts.router,
     staff.router,
+    stats.router,
     confirm.router,
     fallback.router,
 )

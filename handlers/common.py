@@ -126,6 +126,7 @@ async def help_(message: Message, session: AsyncSession, user: Person) -> None:
             "For grid workers and staff:\n"
             "/tickets — tickets to handle\n"
             "/ledger — the three-colour ledger (community staff)\n"
+            "/stats — the month's figures and ranking (staff, street office; workers their own)\n"
             "/topics — deliberation topics, step by step (community staff)\n"
             "/newtopic — write a deliberation topic (community staff)\n"
             "/broadcasts — the monthly agenda and feedback broadcasts (community staff)"

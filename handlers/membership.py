@@ -14,22 +14,25 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import views
 from bot.filters import ChatKind, FromPerson
+from bot.views import public as public_views
 from domain.clock import Clock
 from domain.people import Person, set_reachable
+from domain.public_notices import public_chat_community
 
 router = Router(name="membership")
 
 
 @router.my_chat_member(ChatKind(ChatType.GROUP, ChatType.SUPERGROUP), ChatMemberUpdatedFilter(JOIN_TRANSITION))
-async def added_to_group(event: ChatMemberUpdated, bot: Bot) -> None:
+async def added_to_group(event: ChatMemberUpdated, bot: Bot, session: AsyncSession) -> None:
     """Say once, in the group, that reports go to the private chat, and how to get there.
 
-    A community's own public group or channel for notices (a later issue) would be recognised here, by its chat
-    id, before this default; until then a group is a group. Channels get nothing: posting in one speaks for its
-    owners.
+    A community's own public notice group (its community file's ``public_chat_id``) is told what the bot will
+    post there instead. Channels get nothing: posting in one speaks for its owners.
     """
     username = (await bot.me()).username or ""
-    await event.answer(views.added_to_group(), reply_markup=views.private_chat_keyboard(username))
+    community = await public_chat_community(session, event.chat.id)
+    text = views.added_to_group() if community is None else public_views.public_chat_welcome(community)
+    await event.answer(text, reply_markup=views.private_chat_keyboard(username))
 
 
 @router.my_chat_member(ChatKind(ChatType.PRIVATE), FromPerson(), ChatMemberUpdatedFilter(KICKED))

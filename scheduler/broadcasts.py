@@ -1,4 +1,4 @@
-"""When the monthly broadcasts go out: each community's agenda and feedback crontab, in its time zone.
+"""When the monthly broadcasts go out: each community's agenda, feedback and office report crontab, in its time zone.
 
 The scheduler decides only *when*. A CronTrigger job per community and kind fires on time; the same check
 runs at start-up and every hour to catch a run the bot was down for (within the grace window) or a schedule
@@ -19,6 +19,7 @@ from apscheduler.triggers.cron import CronTrigger
 from domain.broadcasts import Started, start_scheduled
 from domain.clock import Clock
 from domain.people import list_communities
+from domain.reports import start_monthly_report
 from storage.db import SessionFactory
 from storage.models import BroadcastKind, Community
 
@@ -28,7 +29,11 @@ CATCH_UP_SECONDS = 3600
 
 
 def schedule_of(community: Community, kind: BroadcastKind) -> str:
-    return community.agenda_cron if kind is BroadcastKind.AGENDA else community.feedback_cron
+    return {
+        BroadcastKind.AGENDA: community.agenda_cron,
+        BroadcastKind.FEEDBACK: community.feedback_cron,
+        BroadcastKind.REPORT: community.report_cron,
+    }[kind]
 
 
 def crontab_trigger(crontab: str, timezone: str) -> CronTrigger:
@@ -55,14 +60,17 @@ async def send_due_broadcasts(
     try:
         async with session_factory() as session:
             for community in await list_communities(session):
-                for kind in BroadcastKind.monthly():
+                for kind in BroadcastKind.scheduled():
                     fired = latest_fire_time(schedule_of(community, kind), community.timezone, now - grace, now)
                     if fired is None:
                         continue
-                    result = await start_scheduled(session, community, kind, fired, now)
+                    if kind is BroadcastKind.REPORT:
+                        result = await start_monthly_report(session, community, fired, now)
+                    else:
+                        result = await start_scheduled(session, community, kind, fired, now)
                     if result.new:
                         log.info(
-                            "%s %s %s: queued for %d residents",
+                            "%s %s %s: queued for %d recipients",
                             community.code,
                             kind,
                             result.broadcast.period,
@@ -88,7 +96,7 @@ async def schedule_broadcasts(
     async with session_factory() as session:
         communities = await list_communities(session)
     for community in communities:
-        for kind in BroadcastKind.monthly():
+        for kind in BroadcastKind.scheduled():
             scheduler.add_job(
                 send_due_broadcasts,
                 crontab_trigger(schedule_of(community, kind), community.timezone),

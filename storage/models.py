@@ -183,11 +183,18 @@ class BroadcastKind(StrEnum):
     AGENDA = "agenda"  # before the meeting: the month's topics, date and place, survey buttons
     FEEDBACK = "feedback"  # after it: decisions, execution progress, the month's tickets in numbers
     SURVEY = "survey"  # a topic's survey opened: the residents in its scope are asked for their view
+    # The office's monthly report (figures, chart, spreadsheet) to staff and the street office; not to residents.
+    REPORT = "report"
 
     @classmethod
     def monthly(cls) -> tuple[BroadcastKind, ...]:
-        """The kinds that go out on the community's schedule, once a month."""
+        """The residents' broadcasts that go out on the community's schedule, once a month."""
         return (cls.AGENDA, cls.FEEDBACK)
+
+    @classmethod
+    def scheduled(cls) -> tuple[BroadcastKind, ...]:
+        """Everything the community's crontabs start, once per period."""
+        return (cls.AGENDA, cls.FEEDBACK, cls.REPORT)
 
 
 class Community(Base):
@@ -207,6 +214,11 @@ class Community(Base):
     feedback_cron: Mapped[str] = mapped_column(String(64), default="0 19 5 * *", server_default="0 19 5 * *")
     # How many tickets of one category in one compound within a month make the bot propose a topic.
     candidate_threshold: Mapped[int] = mapped_column(Integer, default=3, server_default="3")
+    # From the [reports] section: when the office's monthly report goes out (crontab, community time zone), and
+    # the Telegram channel or group where the bot posts public notices (公示), with or without closed tickets.
+    report_cron: Mapped[str] = mapped_column(String(64), default="0 8 1 * *", server_default="0 8 1 * *")
+    public_chat_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    public_closed_tickets: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Grid(Base):
@@ -323,6 +335,8 @@ class Membership(Base):
     grid_id: Mapped[int | None] = mapped_column(ForeignKey("grids.id"), default=None)
     rank: Mapped[str] = mapped_column(String(16), default=Rank.PRIMARY)
     display_name: Mapped[str] = mapped_column(String(100), default="")
+    # Printed on the stairwell posters of a grid worker's buildings; only when the community file gives one.
+    phone: Mapped[str] = mapped_column(String(32), default="", server_default="")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     last_assigned_at: Mapped[datetime | None] = mapped_column(default=None)
 
@@ -341,6 +355,8 @@ class Ticket(Base):
         Index("ix_tickets_building_category", "building_id", "category_id", "status"),
         # The confirmation sweep reads resolved tickets by the time they were resolved.
         Index("ix_tickets_status_resolved", "status", "resolved_at"),
+        # Monthly statistics (domain/stats.py) read one community's tickets received in one month.
+        Index("ix_tickets_community_created", "community_id", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -359,6 +375,9 @@ class Ticket(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     accepted_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The first time anyone accepted it; kept through hand-backs and escalations (accepted_at is the current
+    # holder's), so the monthly response rate and time to accept measure what the resident waited for.
+    first_accepted_at: Mapped[datetime | None] = mapped_column(default=None)
     resolved_at: Mapped[datetime | None] = mapped_column(default=None)
     # Deadlines of the current window (domain/deadlines.py): accept by, resolve by. A new level starts new ones.
     respond_by: Mapped[datetime | None] = mapped_column(default=None)

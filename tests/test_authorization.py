@@ -38,6 +38,8 @@ from bot.callbacks import (
     FeedbackCb,
     MeTooAction,
     MeTooCb,
+    StatsAction,
+    StatsCb,
     SurveyCb,
     TicketAction,
     TicketCb,
@@ -50,6 +52,7 @@ from domain.community_file import import_community, loads_community
 from domain.directory import Directory
 from domain.errors import AccessDenied, DomainError, HandledElsewhere
 from domain.people import touch_user
+from domain.stats import Month
 from handlers import ROUTERS, build_router
 from storage.models import (
     Base,
@@ -164,6 +167,7 @@ class World:
     topics: dict[str, int] = field(default_factory=dict)
     task: int = 0  # a task of the APPLIED topic
     survey_broadcast: int = 0  # the invitation to the SURVEYED topic's survey
+    community: int = 0  # the sample community's id, for /stats buttons
 
 
 LEVEL_OF = {  # the level of an open ticket, by the first letter of its key
@@ -227,6 +231,12 @@ def broadcast(action: BroadcastAction) -> Action:
     )
 
 
+def stats_button(action: StatsAction) -> Action:
+    """The sample community's figures for November, the month the seeded tickets were filed in."""
+    month = Month(2026, 11).index
+    return Action(lambda w, t: StatsCb(action=action, community_id=w.community, month=month).pack(), by=STAFF_WANG)
+
+
 def command(text: str, *typed: str, by: int = STAFF_WANG) -> Action:
     return Action(lambda w, t: text, typed=typed, by=by)
 
@@ -253,6 +263,10 @@ CANNOT_SEE = frozenset(
     }
 )
 UNBOUND = EVERYONE - {Role.REPORTER, Role.HOUSEHOLD, Role.ELSEWHERE}
+# The month's figures: the community's staff and its street office; a grid worker only their own row (no chart,
+# no spreadsheet). Another community's staff get their own community's from /stats, never this one's.
+GRID_WORKERS = frozenset({Role.OWN_GRID, Role.COLLEAGUE, Role.OTHER_GRID})
+NO_FIGURES = EVERYONE - {Role.OWN_STAFF, Role.STREET} - GRID_WORKERS
 
 # The table: action → the roles that must not do it (with what it applies to and what it asks for).
 FORBIDDEN: dict[str, tuple[Action, frozenset[Role]]] = {
@@ -327,6 +341,10 @@ FORBIDDEN: dict[str, tuple[Action, frozenset[Role]]] = {
     "/ledger": (command("/ledger"), NOT_STAFF),
     "/topics": (command("/topics"), NOT_STAFF),
     "/broadcasts": (command("/broadcasts"), NOT_STAFF),
+    "/stats": (command("/stats"), NO_FIGURES),
+    "StatsCb.SHOW": (stats_button(StatsAction.SHOW), NO_FIGURES),
+    "StatsCb.CHART": (stats_button(StatsAction.CHART), NO_FIGURES | GRID_WORKERS),
+    "StatsCb.SPREADSHEET": (stats_button(StatsAction.SPREADSHEET), NO_FIGURES | GRID_WORKERS),
     # Another community's staff write topics for their own community.
     "/newtopic": (command("/newtopic", "probe: a topic"), NOT_STAFF - {Role.OTHER_STAFF}),
     "/suggest": (command("/suggest", "probe: a suggestion", by=REPORTER), UNBOUND),
@@ -350,6 +368,7 @@ OPEN_TO_EVERYONE = {
     "/language": "one's own language",
     "/cancel": "ends one's own step",
     "/settings": "one's own broadcast setting",
+    "StatsCb.DEFINITIONS": "how the figures are counted: the same text for everyone, no figures",
 }
 
 
@@ -498,6 +517,8 @@ async def people(harness: Harness, clock: FakeClock) -> None:
 async def seed(harness: Harness, clock: FakeClock) -> World:
     await people(harness, clock)
     s = Seed(harness, clock)
+    async with harness.sessions() as session:
+        s.world.community = await session.scalar(select(Community.id).where(Community.code == "jsx")) or 0
     # At the grid: waiting (after a hand-back, with a household that joined), and in progress after a trip up
     # and down the ladder, so its history holds every kind of internal reason.
     await s.file("GA", "flying-lead")

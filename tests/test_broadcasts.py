@@ -169,10 +169,18 @@ async def test_each_community_gets_its_crontab_in_its_time_zone(
     scheduler = create_scheduler()
     await schedule_broadcasts(scheduler, session_factory, clock, timedelta(hours=12), lambda: None)
     jobs = {job.id: job for job in scheduler.get_jobs()}
-    assert set(jobs) == {"broadcast-jsx-agenda", "broadcast-jsx-feedback", "broadcast-catch-up"}
+    assert set(jobs) == {
+        "broadcast-jsx-agenda",
+        "broadcast-jsx-feedback",
+        "broadcast-jsx-report",  # the office's monthly report (test_monthly_report.py)
+        "broadcast-catch-up",
+    }
     assert jobs["broadcast-jsx-agenda"].trigger.get_next_fire_time(None, clock()) == AGENDA_TIME
     assert jobs["broadcast-jsx-feedback"].trigger.get_next_fire_time(None, clock()) == datetime(
         2026, 11, 5, 11, 0, tzinfo=UTC
+    )
+    assert jobs["broadcast-jsx-report"].trigger.get_next_fire_time(None, clock()) == datetime(
+        2026, 12, 1, 0, 0, tzinfo=UTC
     )
 
 

@@ -9,25 +9,32 @@ from html import escape
 from aiogram.methods import (
     EditMessageReplyMarkup,
     EditMessageText,
+    SendDocument,
     SendMediaGroup,
     SendMessage,
     SendPhoto,
     TelegramMethod,
 )
-from aiogram.types import InlineKeyboardMarkup, InputMediaPhoto, Message
+from aiogram.types import BufferedInputFile, InlineKeyboardMarkup, InputMediaPhoto, Message
 from aiogram.utils.i18n import I18n
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import views
 from bot.i18n import locale_of
+from bot.reports.chart import chart_png
+from bot.reports.spreadsheet import month_workbook, spreadsheet_name
 from bot.views import broadcasts as broadcast_views
 from bot.views import deliberation as deliberation_views
 from bot.views import feedback as feedback_views
 from bot.views import ladder as ladder_views
+from bot.views import public as public_views
+from bot.views import stats as stats_views
 from domain.errors import AccessDenied
 from domain.outbox import Notice
 from domain.people import display_names
+from domain.reports import ReportPart
+from domain.stats import Month, MonthReport, View, office_report
 from domain.tickets import load_card, photos_of_event, ticket_access
 from storage.models import (
     Broadcast,
@@ -48,6 +55,7 @@ from storage.models import (
 TOPIC_NOTICES = (Notice.TOPIC_UPDATE, Notice.TOPIC_CANDIDATE)
 FEEDBACK_EVENTS = (EventKind.CONFIRMED, EventKind.RATED, EventKind.RATING_COMMENT)  # told to the worker together
 RENDERED_BROADCASTS = 2048  # a broadcast × two languages × a district's buildings
+DRAWN_REPORTS = 4  # monthly reports kept drawn: each goes to a few people, three messages each
 
 
 # Telegram's answers to an edit that mean there is nothing left to do: the copy already shows this (two changes
@@ -81,6 +89,8 @@ class Renderer:
         # Broadcast content is a snapshot, so its rendering never goes stale; keyed by (broadcast id, locale,
         # building).
         self._broadcasts: dict[tuple[int, str, int | None], tuple[str, InlineKeyboardMarkup]] = {}
+        # A monthly report's figures, drawn once for all its recipients (by the report's broadcast id).
+        self._reports: dict[int, MonthReport] = {}
 
     async def render(self, session: AsyncSession, row: OutboxMessage) -> TelegramMethod | None:
         """The call that delivers ``row``, or None when there is nothing (left) to say."""
@@ -90,6 +100,10 @@ class Renderer:
                 return await self._broadcast(session, row, recipient.building_id if recipient else None)
             if row.kind in TOPIC_NOTICES:
                 return await self._topic_notice(session, row)
+            if row.kind == Notice.MONTHLY_REPORT:
+                return await self._monthly_report(session, row)
+            if row.kind == Notice.PUBLIC_POST:
+                return await self._public_post(session, row)
             return await self._ticket_notice(session, row)
 
     async def _broadcast(
@@ -114,6 +128,68 @@ class Renderer:
             self._broadcasts[key] = rendered
         text, keyboard = rendered
         return SendMessage(chat_id=row.chat_id, text=text, reply_markup=keyboard)
+
+    async def _monthly_report(self, session: AsyncSession, row: OutboxMessage) -> TelegramMethod | None:
+        """One part of the office's monthly report, with the figures as of the moment the report started."""
+        broadcast = await session.get(Broadcast, row.payload["broadcast_id"])
+        if broadcast is None:
+            return None
+        report = self._reports.get(broadcast.id)
+        if report is None:
+            report = await office_report(
+                session, broadcast.community_id, Month.parse(broadcast.period), broadcast.created_at
+            )
+            if len(self._reports) >= DRAWN_REPORTS:
+                self._reports.pop(next(iter(self._reports)))
+            self._reports[broadcast.id] = report
+        stats = report.stats[View.GRID]
+        match ReportPart(row.payload["part"]):
+            case ReportPart.TEXT:
+                text = stats_views.stats_text(stats, self.tz, footer=stats_views.monthly_report_footer())
+                return SendMessage(chat_id=row.chat_id, text=text)
+            case ReportPart.CHART:
+                chart = BufferedInputFile(chart_png(stats), filename=f"stats-{stats.month}.png")
+                return SendPhoto(chat_id=row.chat_id, photo=chart)
+            case ReportPart.SPREADSHEET:
+                workbook = BufferedInputFile(month_workbook(report), filename=spreadsheet_name(stats))
+                return SendDocument(chat_id=row.chat_id, document=workbook)
+
+    async def _public_post(self, session: AsyncSession, row: OutboxMessage) -> TelegramMethod | None:
+        """A post in a community's public notice chat: the execution feedback, a topic's public notice, or a
+        closed ticket, in the bot's default language and without buttons."""
+        if "broadcast_id" in row.payload:
+            broadcast = await session.get(Broadcast, row.payload["broadcast_id"])
+            community = await session.get(Community, broadcast.community_id) if broadcast else None
+            if broadcast is None or community is None:
+                return None
+            text = broadcast_views.broadcast_text(community, broadcast.kind, broadcast.period, broadcast.content)
+            return SendMessage(chat_id=row.chat_id, text=text)
+        if "topic_id" in row.payload:
+            topic = await session.get(Topic, row.payload["topic_id"])
+            event = await session.get(TopicEvent, row.payload["event_id"])
+            community = await session.get(Community, topic.community_id) if topic else None
+            if topic is None or event is None or community is None:
+                return None
+            tasks = list(
+                await session.scalars(
+                    select(TopicTask).where(TopicTask.topic_id == topic.id).order_by(TopicTask.due_on, TopicTask.id)
+                )
+            )
+            return SendMessage(chat_id=row.chat_id, text=public_views.topic_notice(community, topic, event, tasks))
+        ticket = await session.get(Ticket, row.payload["ticket_id"])
+        if ticket is None:
+            return None
+        resolution = await session.scalar(
+            select(TicketEvent)
+            .where(TicketEvent.ticket_id == ticket.id, TicketEvent.kind == EventKind.RESOLVED)
+            .order_by(TicketEvent.id.desc())
+            .limit(1)
+        )
+        text = public_views.closed_ticket_notice(ticket, resolution)
+        after = photos_of_event(ticket, resolution.id) if resolution is not None else []
+        if after and views.visible_length(text) <= views.CAPTION_LIMIT:
+            return SendPhoto(chat_id=row.chat_id, photo=after[0].file_id, caption=text)
+        return SendMessage(chat_id=row.chat_id, text=text)
 
     async def _topic_notice(self, session: AsyncSession, row: OutboxMessage) -> TelegramMethod | None:
         """Deliberation notices, rendered from the topic as it is now."""

@@ -1,0 +1,243 @@
+"""Benchmark: /stats on a community with a million tickets, chart included, against touching the month's rows.
+
+The sample community gets ``--tickets`` tickets spread over ``--months`` months (about 42,000 a month for a
+million over two years), in every state the lifecycle leaves them in. Then /stats goes through the real
+dispatcher with the fake Bot session, as staff send it: the month's figures by grid, the month before for
+the ranking, twelve months' trend, the text and the chart. The first round finds nothing in the cache of
+ended months (the trend, last month's ranking); the others find it, as every /stats within ten minutes does.
+The baseline, measured in the same run, is the
+least any monthly figure costs: counting the month's tickets through the same (community, created) index.
+
+    .venv/bin/python -m bench.stats                      # SQLite in a temporary file
+    .venv/bin/python -m bench.stats --database-url postgresql+asyncpg://postgres@127.0.0.1:5432/feedback_bot_bench
+    .venv/bin/python -m bench.stats --database-url sqlite+aiosqlite:///big.sqlite3 --reuse   # measure again
+
+``build_tickets`` is the generator alone, for another benchmark that brings its own community.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from aiogram.methods import SendMessage, SendPhoto
+from aiogram.types import Chat, Message, Update, User
+from sqlalchemy import func, insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bot.app import assemble
+from bot.config import Settings
+from domain.community_file import import_community, load_community_file
+from domain.stats import Month
+from storage.db import SessionFactory, create_engine, create_session_factory
+from storage.models import Base, Building, Category, Community, Membership, Role, Ticket, TicketStatus
+from storage.models import User as UserRow
+from tests.fake_telegram import fake_bot
+
+ROOT = Path(__file__).resolve().parent.parent
+STAFF = 100001  # 王书记 in the sample community
+RESIDENT = 990001
+BATCH = 20_000
+# How tickets of a past month end up: (status, share).
+OUTCOMES = [
+    (TicketStatus.CLOSED, 0.70),
+    (TicketStatus.UNCONFIRMED, 0.12),
+    (TicketStatus.RESOLVED, 0.04),
+    (TicketStatus.IN_PROGRESS, 0.08),
+    (TicketStatus.ASSIGNED, 0.06),
+]
+
+
+async def build_tickets(
+    sessions: SessionFactory, community_id: int, count: int, first_month: Month, months: int, seed: int = 14
+) -> None:
+    """Insert ``count`` tickets of the community, spread evenly over ``months`` months from ``first_month``."""
+    rng = random.Random(seed)
+    async with sessions() as session, session.begin():
+        community = await session.get(Community, community_id)
+        assert community is not None
+        buildings = list(
+            (
+                await session.execute(
+                    select(Building.id, Building.grid_id)
+                    .join(Building.compound)
+                    .where(Building.compound.has(community_id=community_id))
+                )
+            ).all()
+        )
+        categories = list(
+            (
+                await session.execute(
+                    select(Category.id, Category.response_hours, Category.resolve_hours).where(
+                        Category.community_id == community_id
+                    )
+                )
+            ).all()
+        )
+        workers: dict[int | None, list[int]] = {}
+        for grid_id, user_id in await session.execute(
+            select(Membership.grid_id, Membership.user_id).where(
+                Membership.community_id == community_id, Membership.role == Role.GRID_WORKER
+            )
+        ):
+            workers.setdefault(grid_id, []).append(user_id)
+        if await session.get(UserRow, RESIDENT) is None:
+            session.add(UserRow(id=RESIDENT, full_name="居民", created_at=datetime.now(UTC)))
+    start = first_month.bounds(community.timezone)[0]
+    end = first_month.shift(months).bounds(community.timezone)[0]
+    span = (end - start).total_seconds()
+    statuses, weights = zip(*OUTCOMES, strict=True)
+    rows: list[dict[str, Any]] = []
+    for n in range(count):
+        created = start + timedelta(seconds=span * n / count)
+        building_id, grid_id = rng.choice(buildings)
+        category_id, response_hours, resolve_hours = rng.choice(categories)
+        status = rng.choices(statuses, weights)[0]
+        accepted = None if status == TicketStatus.ASSIGNED else created + timedelta(hours=rng.uniform(0.1, 30))
+        resolved = None
+        if status in (TicketStatus.RESOLVED, TicketStatus.CLOSED, TicketStatus.UNCONFIRMED):
+            resolved = created + timedelta(hours=rng.uniform(1, 1.5 * resolve_hours))
+        closed = resolved + timedelta(days=rng.uniform(0, 7)) if resolved and status != TicketStatus.RESOLVED else None
+        rated = status == TicketStatus.CLOSED and rng.random() < 0.6
+        rows.append(
+            {
+                "community_id": community_id,
+                "category_id": category_id,
+                "building_id": building_id,
+                "grid_id": grid_id,
+                "reporter_id": RESIDENT,
+                "description": "楼道灯不亮",
+                "status": status,
+                "level": "grid",
+                "assignee_id": rng.choice(workers[grid_id]),
+                "created_at": created,
+                "updated_at": created,
+                "accepted_at": accepted,
+                "first_accepted_at": accepted,
+                "resolved_at": resolved,
+                "closed_at": closed,
+                "respond_by": created + timedelta(hours=response_hours),
+                "resolve_by": created + timedelta(hours=resolve_hours),
+                "rating": rng.choices([1, 2, 3, 4, 5], [1, 1, 2, 4, 6])[0] if rated else None,
+                "rating_comment": "",
+                "reopen_count": 1 if rng.random() < 0.05 else 0,
+            }
+        )
+        if len(rows) == BATCH:
+            await _insert(sessions, rows)
+            rows = []
+    if rows:
+        await _insert(sessions, rows)
+
+
+async def _insert(sessions: SessionFactory, rows: list[dict[str, Any]]) -> None:
+    async with sessions() as session, session.begin():
+        await session.execute(insert(Ticket), rows)
+
+
+def stats_update(user_id: int, n: int) -> Update:
+    chat = Chat(id=user_id, type="private")
+    user = User(id=user_id, is_bot=False, first_name="王书记", language_code="zh-hans")
+    message = Message(message_id=n, date=datetime.now(UTC), chat=chat, from_user=user, text="/stats")
+    return Update(update_id=n, message=message)
+
+
+async def prepare(url: str, tickets: int, months: int, now: datetime, reuse: bool) -> AsyncEngine:
+    engine = create_engine(url)
+    if reuse:
+        async with create_session_factory(engine)() as session:
+            found = await session.scalar(select(func.count()).select_from(Ticket))
+        print(f"reusing {found:,} tickets")
+        return engine
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.drop_all)
+        await conn.run_sync(Base.metadata.create_all)
+    sessions = create_session_factory(engine)
+    async with sessions() as session:
+        await import_community(session, load_community_file(ROOT / "communities" / "sample.toml"), now)
+    async with sessions() as session:
+        community_id = await session.scalar(select(Community.id))
+    assert community_id is not None
+    last = Month.of(now, "Asia/Shanghai")
+    started = time.perf_counter()
+    await build_tickets(sessions, community_id, tickets, last.shift(1 - months), months)
+    if engine.dialect.name == "postgresql":
+        async with engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.exec_driver_sql("VACUUM ANALYZE tickets")
+    else:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql("ANALYZE")
+    print(f"built {tickets:,} tickets over {months} months in {time.perf_counter() - started:.0f} s")
+    return engine
+
+
+async def measure(engine: AsyncEngine, rounds: int, now: datetime) -> None:
+    sessions = create_session_factory(engine)
+    bot, telegram = fake_bot()
+    # Telegram's one message a second into a chat would space the chart a second after the text (and each round
+    # a second after the last): that is Telegram's pace, not the work /stats does, so it is left out here.
+    settings = Settings(bot_token=None, community_file=None, send_rate_per_chat_seconds=0)
+    app = assemble(settings, bot, sessions, lambda: now)
+    month = Month.of(now, "Asia/Shanghai").shift(-1)
+    start, end = month.bounds("Asia/Shanghai")
+    async with sessions() as session:
+        in_month = await session.scalar(
+            select(func.count())
+            .select_from(Ticket)
+            .where(Ticket.community_id == 1, Ticket.created_at >= start, Ticket.created_at < end)
+        )
+    print(f"/stats for {month}: {in_month:,} tickets that month; {rounds} rounds, load {os.getloadavg()[0]:.1f}")
+    totals, baselines = [], []
+    for n in range(1, rounds + 1):
+        began = time.perf_counter()
+        async with sessions() as session:
+            await session.scalar(
+                select(func.count())
+                .select_from(Ticket)
+                .where(Ticket.community_id == 1, Ticket.created_at >= start, Ticket.created_at < end)
+            )
+        baselines.append(time.perf_counter() - began)
+        before = len(telegram.requests)
+        began = time.perf_counter()
+        await app.dispatcher.feed_update(bot, stats_update(STAFF, n))
+        totals.append(time.perf_counter() - began)
+        answer = telegram.requests[before:]
+        assert [type(r) for r in answer] == [SendMessage, SendPhoto], answer
+    print(f"/stats, first round (nothing cached): {totals[0] * 1000:.0f} ms")
+    ms = sorted(t * 1000 for t in totals[1:])
+    base = sorted(t * 1000 for t in baselines)
+    print(f"/stats, chart included: median {statistics.median(ms):.0f} ms, range {ms[0]:.0f}–{ms[-1]:.0f} ms")
+    print(f"baseline (count the month's tickets): median {statistics.median(base):.0f} ms")
+    print(f"ratio /stats ÷ baseline: {statistics.median(ms) / statistics.median(base):.1f}")
+    print(f"load after: {os.getloadavg()[0]:.1f}")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database-url", default="")
+    parser.add_argument("--tickets", type=int, default=1_000_000)
+    parser.add_argument("--months", type=int, default=24)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--reuse", action="store_true", help="measure the tickets --database-url already has")
+    args = parser.parse_args()
+    now = datetime(2026, 12, 6, 4, 0, tzinfo=UTC)
+    with tempfile.TemporaryDirectory() as tmp:
+        url = args.database_url or f"sqlite+aiosqlite:///{Path(tmp) / 'stats.sqlite3'}"
+        engine = await prepare(url, args.tickets, args.months, now, args.reuse)
+        try:
+            await measure(engine, args.rounds, now)
+        finally:
+            await engine.dispose()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,1 @@
+"""What the office takes away from the bot: the chart, the spreadsheet and the stairwell posters."""

@@ -1,0 +1,796 @@
+"""The office's monthly figures: the three rates and the rest, per grid, worker, category or compound, ranked.
+
+Which tickets and whom they count for (docs/reports.md says the same for the office):
+
+- **Month.** A ticket belongs to the calendar month it was *received* (filed), in the community's time zone,
+  and counts there with everything that has happened to it up to now. A ticket filed on 30 November and
+  closed on 2 December counts in November, closed. A month's figures can therefore still improve after it
+  ends, while its late tickets are finished; each report says when it was drawn up.
+- **Grid and compound.** The grid and compound of the ticket's building when it was filed (``tickets.grid_id``
+  never changes): a ticket escalated to the street office, or sent back down, still counts for its grid.
+- **Worker.** The ticket's assignee now, that is, for a resolved ticket, whoever held it when it was
+  resolved. A hand-back counts for the one who took it over; a ticket escalated and sent back down counts for
+  the grid worker who got it back; one resolved at the street office or a department counts for that person;
+  a reopened ticket goes back to the same worker and counts for them. A worker who moved to another grid
+  keeps their tickets in the worker view, while each ticket stays with the grid it was filed in.
+
+The figures (each rate is None when its denominator is 0):
+
+- received: tickets filed in the month;
+- accepted in time (响应率 / 及时签收率): first accepted within the category's ``response_hours`` of filing,
+  over received. Hand-backs and escalations do not restart this clock: it is what the resident waited;
+- resolved in time (按时办结率): resolved (now resolved, closed or resolved-unconfirmed) within the category's
+  ``resolve_hours`` of filing, by the latest resolution (a reopened ticket counts only when resolved again),
+  over received;
+- resolution rate (解决率): closed with the resident's confirmation, over received. Auto-closed unconfirmed
+  tickets are resolved (and may be resolved in time) but are not in this rate;
+- satisfaction rate (满意率): ratings of 4 or 5 over tickets rated; average rating over the same. A rating
+  without a comment counts like any other;
+- reopen rate: tickets a resident reopened at least once, over tickets resolved at least once;
+- median time to accept (filing to first acceptance) and to resolve (filing to the latest resolution);
+- overdue now: of the month's tickets, those still open and past the deadline they are measured against now
+  (the three-colour ledger's red).
+
+Ranking: by the score, the mean of the three rates (response, resolution, satisfaction; satisfaction left out
+while nothing is rated), highest first; rows without tickets are not ranked. The change is against the same
+row's rank and score in the month before.
+
+Queries read only the month's tickets, through ``ix_tickets_community_created``, and aggregate in SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from statistics import median
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import ColumnElement, Float, Select, and_, case, func, literal, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import InstrumentedAttribute, aliased, raiseload
+from sqlalchemy.sql.expression import FunctionElement
+from sqlalchemy.sql.util import find_tables
+
+from domain.deadlines import DEFAULT_YELLOW_SHARE, Colour, colour_at
+from domain.errors import AccessDenied, NotFound
+from domain.people import display_names, load_duties
+from storage.models import (
+    Building,
+    Category,
+    Community,
+    Compound,
+    EventKind,
+    Grid,
+    Membership,
+    Role,
+    Ticket,
+    TicketEvent,
+    TicketStatus,
+)
+
+# What rows are grouped by: a column (the grid, the assignee …) or an expression (the trend's month).
+KeyColumn = ColumnElement[Any] | InstrumentedAttribute[Any]
+
+RESOLVED_STATES = (TicketStatus.RESOLVED, TicketStatus.CLOSED, TicketStatus.UNCONFIRMED)
+SATISFIED_FROM = 4  # ratings of 4 and 5 count as satisfied
+TREND_MONTHS = 12
+
+
+class View(StrEnum):
+    GRID = "grid"
+    WORKER = "worker"
+    CATEGORY = "category"
+    COMPOUND = "compound"
+
+
+class Rate(StrEnum):
+    """The rates a row shows, in order; each has its definition one tap away in /stats."""
+
+    RESPONSE = "response"
+    RESOLVED_IN_TIME = "resolved_in_time"
+    RESOLUTION = "resolution"
+    SATISFACTION = "satisfaction"
+    REOPEN = "reopen"
+
+
+# --- months -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class Month:
+    year: int
+    month: int
+
+    @classmethod
+    def parse(cls, text: str) -> Month:
+        """``YYYY-MM``; ValueError otherwise."""
+        year, _, month = text.partition("-")
+        if len(year) != 4 or len(month) != 2 or not (year + month).isdigit() or not 1 <= int(month) <= 12:
+            raise ValueError(f"not a month: {text!r} (YYYY-MM)")
+        return cls(int(year), int(month))
+
+    @classmethod
+    def of(cls, at: datetime, timezone: str) -> Month:
+        local = at.astimezone(ZoneInfo(timezone))
+        return cls(local.year, local.month)
+
+    @classmethod
+    def from_index(cls, index: int) -> Month:
+        return cls(index // 12, index % 12 + 1)
+
+    @property
+    def index(self) -> int:
+        """Months since year 0: consecutive months have consecutive indexes (and fit a button's number)."""
+        return self.year * 12 + self.month - 1
+
+    def shift(self, by: int) -> Month:
+        return Month.from_index(self.index + by)
+
+    def bounds(self, timezone: str) -> tuple[datetime, datetime]:
+        """The month in ``timezone`` as UTC instants [start, end)."""
+        tz = ZoneInfo(timezone)
+        following = self.shift(1)
+        start = datetime(self.year, self.month, 1, tzinfo=tz)
+        end = datetime(following.year, following.month, 1, tzinfo=tz)
+        return start.astimezone(UTC), end.astimezone(UTC)
+
+    def __str__(self) -> str:
+        return f"{self.year:04d}-{self.month:02d}"
+
+
+def last_complete_month(now: datetime, timezone: str) -> Month:
+    return Month.of(now, timezone).shift(-1)
+
+
+# --- figures ------------------------------------------------------------------------------------------
+
+
+def _share(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One row's counts; the rates are computed from them (None when nothing to divide by)."""
+
+    received: int = 0
+    accepted_in_time: int = 0
+    resolved_in_time: int = 0
+    closed_confirmed: int = 0
+    resolved_once: int = 0  # resolved at least once (now resolved, closed or unconfirmed, or reopened since)
+    reopened: int = 0
+    rated: int = 0
+    satisfied: int = 0
+    rating_sum: int = 0
+    overdue_now: int = 0
+    median_accept: timedelta | None = None
+    median_resolve: timedelta | None = None
+
+    def rate(self, rate: Rate) -> float | None:
+        match rate:
+            case Rate.RESPONSE:
+                return _share(self.accepted_in_time, self.received)
+            case Rate.RESOLVED_IN_TIME:
+                return _share(self.resolved_in_time, self.received)
+            case Rate.RESOLUTION:
+                return _share(self.closed_confirmed, self.received)
+            case Rate.SATISFACTION:
+                return _share(self.satisfied, self.rated)
+            case Rate.REOPEN:
+                return _share(self.reopened, self.resolved_once)
+
+    @property
+    def average_rating(self) -> float | None:
+        return self.rating_sum / self.rated if self.rated else None
+
+    @property
+    def score(self) -> float | None:
+        """The ranking score: the mean of the three rates that are defined."""
+        rates = [self.rate(r) for r in (Rate.RESPONSE, Rate.RESOLUTION, Rate.SATISFACTION)]
+        known = [r for r in rates if r is not None]
+        return sum(known) / len(known) if known else None
+
+    def __add__(self, other: Figures) -> Figures:
+        """Counts add up; medians cannot, and are dropped."""
+        counts = {
+            name: getattr(self, name) + getattr(other, name)
+            for name in Figures.__dataclass_fields__
+            if not name.startswith("median")
+        }
+        return Figures(**counts)
+
+
+@dataclass(frozen=True)
+class Row:
+    key: int | None  # grid, worker (user id), category or compound id; None: tickets nobody holds
+    name: str
+    name_en: str
+    figures: Figures
+    rank: int | None = None  # 1 is best; None without tickets
+    previous_rank: int | None = None
+    previous_score: float | None = None
+
+    @property
+    def rank_change(self) -> int | None:
+        """Places moved up (positive) or down since the month before; None if unranked in either."""
+        if self.rank is None or self.previous_rank is None:
+            return None
+        return self.previous_rank - self.rank
+
+    @property
+    def score_change(self) -> float | None:
+        score = self.figures.score
+        return None if score is None or self.previous_score is None else score - self.previous_score
+
+
+@dataclass(frozen=True)
+class CommunityRef:
+    id: int
+    code: str
+    name: str
+    name_en: str
+    timezone: str
+
+
+@dataclass(frozen=True)
+class TrendPoint:
+    month: Month
+    figures: Figures
+
+
+@dataclass(frozen=True)
+class MonthlyStats:
+    community: CommunityRef
+    month: Month
+    view: View
+    rows: list[Row]
+    total: Figures
+    as_of: datetime
+    own_row_only: bool = False  # a grid worker: their own row and nothing else
+    grids: list[Row] = field(default_factory=list)  # always by grid, for the chart
+    trend: list[TrendPoint] = field(default_factory=list)  # the last TREND_MONTHS months, oldest first
+
+
+# --- SQL ------------------------------------------------------------------------------------------------
+
+
+class seconds_between(FunctionElement[float]):  # an SQL function, named like one
+    """Seconds from the first datetime column to the second, in SQL on SQLite and PostgreSQL alike."""
+
+    type = Float()
+    inherit_cache = True
+    name = "seconds_between"
+
+
+@compiles(seconds_between, "sqlite")
+def _seconds_sqlite(element: seconds_between, compiler: Any, **kw: Any) -> str:
+    start, end = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"((julianday({end}) - julianday({start})) * 86400.0)"
+
+
+@compiles(seconds_between, "postgresql")
+def _seconds_postgresql(element: seconds_between, compiler: Any, **kw: Any) -> str:
+    start, end = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"EXTRACT(EPOCH FROM ({end} - {start}))"
+
+
+ACCEPT_SECONDS = seconds_between(Ticket.created_at, Ticket.first_accepted_at)
+RESOLVE_SECONDS = seconds_between(Ticket.created_at, Ticket.resolved_at)
+IS_RESOLVED = Ticket.status.in_(RESOLVED_STATES)
+
+
+def _flag(condition: ColumnElement[bool]) -> ColumnElement[int]:
+    return case((condition, 1), else_=0)
+
+
+def _per_ticket(now: datetime) -> list[ColumnElement[Any]]:
+    """What each ticket adds to the counted fields of Figures (after ``received``), in their order."""
+    return [
+        _flag(Category.response_hours * 3600 >= ACCEPT_SECONDS),
+        _flag(and_(IS_RESOLVED, Category.resolve_hours * 3600 >= RESOLVE_SECONDS)),
+        _flag(Ticket.status == TicketStatus.CLOSED),
+        _flag(or_(IS_RESOLVED, Ticket.reopen_count > 0)),
+        _flag(Ticket.reopen_count > 0),
+        _flag(Ticket.rating.is_not(None)),
+        _flag(Ticket.rating >= SATISFIED_FROM),
+        func.coalesce(Ticket.rating, 0),
+        _flag(
+            or_(
+                and_(Ticket.status == TicketStatus.ASSIGNED, Ticket.respond_by < now),
+                and_(Ticket.status == TicketStatus.IN_PROGRESS, Ticket.resolve_by < now),
+            )
+        ),
+    ]
+
+
+def _key(view: View) -> KeyColumn:
+    match view:
+        case View.GRID:
+            return Ticket.grid_id
+        case View.WORKER:
+            return Ticket.assignee_id
+        case View.CATEGORY:
+            return Ticket.category_id
+        case View.COMPOUND:
+            return Building.compound_id
+
+
+def _month_filter(community_id: int, start: datetime, end: datetime) -> list[ColumnElement[bool]]:
+    return [Ticket.community_id == community_id, Ticket.created_at >= start, Ticket.created_at < end]
+
+
+SelectT = TypeVar("SelectT", bound=Select)  # type: ignore[type-arg]
+
+
+def _with_buildings(query: SelectT, key: KeyColumn) -> SelectT:
+    """The buildings joined in only when the key needs them (by compound): a lookup per ticket saved otherwise."""
+    if Building.__table__ in find_tables(
+        key.expression if isinstance(key, InstrumentedAttribute) else key, check_columns=True
+    ):
+        return query.join(Building, Building.id == Ticket.building_id)
+    return query
+
+
+async def _figures_by(
+    session: AsyncSession, key: KeyColumn, where: Sequence[ColumnElement[bool]], now: datetime
+) -> dict[Any, Figures]:
+    """The counted figures per value of ``key`` over the tickets ``where`` selects, summed in SQL (no medians).
+
+    The key is worked out in a subquery and grouped on from outside it, so a key built with parameters (the
+    trend's month of each ticket) is one expression to the database.
+    """
+    flags = [column.label(f"f{i}") for i, column in enumerate(_per_ticket(now))]
+    tickets = (
+        _with_buildings(select(key.label("key"), *flags).join(Category, Category.id == Ticket.category_id), key)
+        .where(*where)
+        .subquery()
+    )
+    sums = [func.coalesce(func.sum(tickets.c[flag.name]), 0) for flag in flags]
+    return {
+        row[0]: Figures(*[int(value) for value in row[1:]])  # type: ignore[arg-type]  # the counted fields come first
+        for row in await session.execute(select(tickets.c.key, func.count(), *sums).group_by(tickets.c.key))
+    }
+
+
+@dataclass
+class Durations:
+    """Seconds from filing to the first acceptance, and to the latest resolution, of a row's tickets."""
+
+    accept: list[float] = field(default_factory=list)
+    resolve: list[float] = field(default_factory=list)
+
+    def __iadd__(self, other: Durations) -> Durations:
+        self.accept += other.accept
+        self.resolve += other.resolve
+        return self
+
+    def medians(self, figures: Figures) -> Figures:
+        return replace(figures, median_accept=_median(self.accept), median_resolve=_median(self.resolve))
+
+
+def _median(seconds: list[float]) -> timedelta | None:
+    """The middle value (the mean of the two middle ones for an even count)."""
+    return timedelta(seconds=round(median(seconds))) if seconds else None
+
+
+async def _durations(
+    session: AsyncSession, key: KeyColumn, where: Sequence[ColumnElement[bool]]
+) -> dict[Any, Durations]:
+    """Every ticket's two durations, by key. A median needs the values themselves: fetching them in one pass
+    costs less than a sort in the database for each median of each row and of the whole."""
+    query = select(key.label("key"), ACCEPT_SECONDS, case((IS_RESOLVED, RESOLVE_SECONDS)))
+    found: dict[Any, Durations] = {}
+    for value, accept, resolve in await session.execute(_with_buildings(query, key).where(*where)):
+        durations = found.get(value)
+        if durations is None:
+            durations = found[value] = Durations()
+        if accept is not None:
+            durations.accept.append(accept)
+        if resolve is not None:
+            durations.resolve.append(resolve)
+    return found
+
+
+class MonthCache:
+    """Figures of months that have ended, kept for a few minutes in the process.
+
+    A month that has ended changes only as its last open tickets are finished, so the twelve months' trend and
+    last month's ranking need not be summed again at every press of a button. The month on show is always
+    counted afresh; so is the month still running.
+    """
+
+    def __init__(self, keep: timedelta = timedelta(minutes=10), size: int = 4096) -> None:
+        self.keep, self.size = keep, size
+        self._entries: dict[tuple[Any, ...], tuple[datetime, Any]] = {}
+
+    def get(self, key: tuple[Any, ...], now: datetime) -> Any | None:
+        found = self._entries.get(key)
+        if found is None or found[0] <= now:
+            return None
+        return found[1]
+
+    def put(self, key: tuple[Any, ...], value: Any, now: datetime) -> None:
+        if len(self._entries) >= self.size:
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[key] = (now + self.keep, value)
+
+
+def _ended(month: Month, community: CommunityRef, now: datetime) -> bool:
+    return month < Month.of(now, community.timezone)
+
+
+async def _trend(
+    session: AsyncSession, community: CommunityRef, month: Month, now: datetime, cache: MonthCache | None
+) -> list[TrendPoint]:
+    """The community's figures for the TREND_MONTHS months up to ``month``, in one pass over the tickets of
+    those not in ``cache``."""
+    months = [month.shift(by) for by in range(1 - TREND_MONTHS, 1)]
+    known: dict[Month, Figures] = {}
+    for m in months:
+        if cache is not None and (hit := cache.get(("trend", community.id, m.index), now)) is not None:
+            known[m] = hit
+    missing = [m for m in months if m not in known]
+    if missing:
+        bounds = [m.bounds(community.timezone) for m in missing]
+        which = case(
+            *((and_(Ticket.created_at >= start, Ticket.created_at < end), i) for i, (start, end) in enumerate(bounds)),
+            else_=literal(-1),
+        )
+        where = _month_filter(community.id, bounds[0][0], bounds[-1][1])
+        found = await _figures_by(session, which, where, now)
+        for i, m in enumerate(missing):
+            known[m] = found.get(i, Figures())
+            if cache is not None and _ended(m, community, now):
+                cache.put(("trend", community.id, m.index), known[m], now)
+    return [TrendPoint(m, known[m]) for m in months]
+
+
+# --- access ---------------------------------------------------------------------------------------------
+
+
+async def stats_communities(session: AsyncSession, *, viewer_id: int) -> list[CommunityRef]:
+    """The communities whose figures ``viewer_id`` may see (see :func:`monthly_stats`), by id."""
+    async with session.begin():
+        allowed = await _stats_communities(session, viewer_id)
+        return [await _community(session, community_id) for community_id in sorted(allowed)]
+
+
+async def _stats_communities(session: AsyncSession, viewer_id: int) -> dict[int, bool]:
+    duties = await load_duties(session, viewer_id)
+    full = duties.staff_community_ids | duties.street_community_ids
+    own_row: set[int] = set()
+    if duties.grid_ids:
+        own_row = set(await session.scalars(select(Grid.community_id).where(Grid.id.in_(duties.grid_ids))))
+    allowed = {community_id: False for community_id in full} | {c: True for c in own_row - full}
+    if not allowed:
+        raise AccessDenied("stats")
+    return allowed
+
+
+async def community_by_code(session: AsyncSession, code: str) -> CommunityRef:
+    """For the command line: the community with this code (``jsx``); NotFound otherwise."""
+    async with session.begin():
+        community_id = await session.scalar(select(Community.id).where(Community.code == code))
+        if community_id is None:
+            raise NotFound(code)
+        return await _community(session, community_id)
+
+
+async def _community(session: AsyncSession, community_id: int) -> CommunityRef:
+    community = await session.get(Community, community_id)
+    if community is None:
+        raise NotFound(community_id)
+    return CommunityRef(community.id, community.code, community.name, community.name_en, community.timezone)
+
+
+# --- the rows -------------------------------------------------------------------------------------------
+
+
+async def _names(session: AsyncSession, community_id: int, view: View, keys: Iterable[Any]) -> list[Row]:
+    """Every row the view shows, named: the active ones, and any other with tickets; no figures yet."""
+    keys = set(keys)
+    match view:
+        case View.GRID | View.CATEGORY | View.COMPOUND:
+            model: Any = {View.GRID: Grid, View.CATEGORY: Category, View.COMPOUND: Compound}[view]
+            found = await session.scalars(
+                select(model)
+                .where(model.community_id == community_id, or_(model.active.is_(True), model.id.in_(keys)))
+                .order_by(model.id)
+            )
+            return [Row(item.id, item.name, item.name_en or item.name, Figures()) for item in found]
+        case View.WORKER:
+            workers = set(
+                await session.scalars(
+                    select(Membership.user_id).where(
+                        Membership.community_id == community_id,
+                        Membership.role == Role.GRID_WORKER,
+                        Membership.active.is_(True),
+                    )
+                )
+            )
+            people = sorted(workers | {k for k in keys if k is not None})
+            names = await display_names(session, community_id, people)
+            rows = [
+                Row(person, names.get(person, str(person)), names.get(person, str(person)), Figures())
+                for person in people
+            ]
+            if None in keys:
+                rows.append(Row(None, "无人承办", "Nobody", Figures()))
+            return rows
+
+
+def _ranked(rows: list[Row], previous: dict[Any, Figures]) -> list[Row]:
+    """Rows with their rank (best score first) and last month's, the unranked ones last."""
+
+    def places(scores: dict[Any, float | None]) -> dict[Any, int]:
+        order = sorted((k for k, s in scores.items() if s is not None), key=lambda k: -(scores[k] or 0.0))
+        ranks: dict[Any, int] = {}
+        for place, k in enumerate(order, start=1):
+            ranks[k] = place
+        return ranks
+
+    now_places = places({row.key: row.figures.score for row in rows if row.figures.received})
+    before_places = places({k: f.score for k, f in previous.items() if f.received})
+    ranked = [
+        replace(
+            row,
+            rank=now_places.get(row.key),
+            previous_rank=before_places.get(row.key),
+            previous_score=previous[row.key].score if row.key in previous else None,
+        )
+        for row in rows
+    ]
+    return sorted(ranked, key=lambda r: (r.rank is None, r.rank or 0, -r.figures.received, r.name))
+
+
+async def monthly_stats(
+    session: AsyncSession,
+    *,
+    viewer_id: int,
+    community_id: int | None,
+    month: Month | None,
+    view: View,
+    now: datetime,
+    trend: bool = True,
+    cache: MonthCache | None = None,
+) -> MonthlyStats:
+    """The month's figures in ``view``, ranked against the month before; refused unless the viewer may see them.
+
+    Community staff see their community, the street office every community it serves, and a grid worker the
+    worker view with their own row only, whatever view was asked for. Without a community: the first one the
+    viewer may see; without a month: the last complete one.
+    """
+    async with session.begin():
+        allowed = await _stats_communities(session, viewer_id)
+        if community_id is None:
+            community_id = min(allowed)
+        if community_id not in allowed:
+            raise AccessDenied(community_id)
+        own_row_only = allowed[community_id]
+        return await _monthly_stats(session, community_id, month, view, now, own_row_only, viewer_id, trend, cache)
+
+
+async def community_stats(
+    session: AsyncSession, *, community_id: int, month: Month, view: View, now: datetime, trend: bool = True
+) -> MonthlyStats:
+    """The figures as the office gets them, for the scheduled report and the command line (no viewer)."""
+    async with session.begin():
+        return await _monthly_stats(session, community_id, month, view, now, False, None, trend)
+
+
+async def _monthly_stats(
+    session: AsyncSession,
+    community_id: int,
+    month: Month | None,
+    view: View,
+    now: datetime,
+    own_row_only: bool,
+    viewer_id: int | None,
+    trend: bool,
+    cache: MonthCache | None = None,
+) -> MonthlyStats:
+    community = await _community(session, community_id)
+    month = month or last_complete_month(now, community.timezone)
+    if own_row_only:
+        view = View.WORKER
+    key = _key(view)
+    where = _month_filter(community.id, *month.bounds(community.timezone))
+    previous_where = _month_filter(community.id, *month.shift(-1).bounds(community.timezone))
+    if own_row_only:
+        where.append(Ticket.assignee_id == viewer_id)
+        previous_where.append(Ticket.assignee_id == viewer_id)
+    current = await _figures_by(session, key, where, now)
+    durations = await _durations(session, key, where)
+    current = {k: durations.get(k, Durations()).medians(f) for k, f in current.items()}
+    before = month.shift(-1)
+    cached = ("by", community.id, view, before.index, viewer_id if own_row_only else None)
+    previous = cache.get(cached, now) if cache else None
+    if previous is None:
+        previous = await _figures_by(session, key, previous_where, now)
+        if cache is not None and _ended(before, community, now):
+            cache.put(cached, previous, now)
+    rows = [
+        replace(row, figures=current.get(row.key, Figures()))
+        for row in await _names(session, community.id, view, current)
+        if not own_row_only or row.key == viewer_id
+    ]
+    rows = _ranked(rows, previous)
+    if own_row_only:
+        return MonthlyStats(community, month, view, rows, current.get(viewer_id, Figures()), now, own_row_only=True)
+    whole = Durations()
+    for row_durations in durations.values():
+        whole += row_durations
+    total = whole.medians(sum(current.values(), Figures()))  # each ticket is in one row: counts add up
+    grids = rows if view is View.GRID else await _grid_rows(session, community.id, where, now)
+    points = await _trend(session, community, month, now, cache) if trend else []
+    return MonthlyStats(community, month, view, rows, total, now, grids=grids, trend=points)
+
+
+async def _grid_rows(
+    session: AsyncSession, community_id: int, where: Sequence[ColumnElement[bool]], now: datetime
+) -> list[Row]:
+    by_grid = await _figures_by(session, Ticket.grid_id, where, now)
+    rows = [
+        replace(r, figures=by_grid.get(r.key, Figures()))
+        for r in await _names(session, community_id, View.GRID, by_grid)
+    ]
+    return rows
+
+
+# --- the month's tickets, for the spreadsheet ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Named:
+    name: str
+    name_en: str
+
+
+@dataclass(frozen=True)
+class TicketLine:
+    """One ticket as the spreadsheet lists it: never who reported it."""
+
+    id: int
+    category: Named
+    compound: Named
+    building: Named
+    unit: int | None
+    grid: Named
+    assignee: str
+    status: str
+    level: str
+    department: str | None
+    created_at: datetime
+    first_accepted_at: datetime | None
+    resolved_at: datetime | None
+    closed_at: datetime | None
+    rating: int | None
+    reopen_count: int
+    handed_back: int = 0
+    path: tuple[str, ...] = ()  # the levels it went through, e.g. ("grid", "community", "grid")
+    due: datetime | None = None  # an open ticket's current deadline, and its colour in the ledger now
+    colour: Colour | None = None
+
+
+@dataclass(frozen=True)
+class MonthReport:
+    """Everything the spreadsheet holds: the month's tickets, the ledger now, and the figures in every view."""
+
+    stats: dict[View, MonthlyStats]
+    tickets: list[TicketLine]
+    open_now: list[TicketLine]  # every open ticket of the community now, whatever its month: the ledger
+
+
+async def month_report(
+    session: AsyncSession,
+    *,
+    viewer_id: int | None,
+    community_id: int,
+    month: Month,
+    now: datetime,
+    yellow_share: float = DEFAULT_YELLOW_SHARE,
+) -> MonthReport:
+    """The month's report for the community's office or its street office (``viewer_id`` None: the bot itself,
+    for the scheduled report and the command line). A grid worker is refused: they see only their own row."""
+    async with session.begin():
+        if viewer_id is not None and (await _stats_communities(session, viewer_id)).get(community_id) is not False:
+            raise AccessDenied(community_id)
+        return await office_report(session, community_id, month, now, yellow_share)
+
+
+async def office_report(
+    session: AsyncSession, community_id: int, month: Month, now: datetime, yellow_share: float = DEFAULT_YELLOW_SHARE
+) -> MonthReport:
+    """The month's report for the bot itself (the scheduled report), inside the caller's transaction."""
+    by_view = {
+        view: await _monthly_stats(session, community_id, month, view, now, False, None, view is View.GRID)
+        for view in View
+    }
+    community = by_view[View.GRID].community
+    start, end = month.bounds(community.timezone)
+    in_month = [Ticket.created_at >= start, Ticket.created_at < end]
+    is_open = [Ticket.status.in_(TicketStatus.open_statuses())]
+    lines = await _ticket_lines(session, community_id, in_month, now, yellow_share)
+    open_now = await _ticket_lines(session, community_id, is_open, now, yellow_share)
+    return MonthReport(by_view, lines, open_now)
+
+
+async def _ticket_lines(
+    session: AsyncSession, community_id: int, where: Sequence[ColumnElement[bool]], now: datetime, yellow_share: float
+) -> list[TicketLine]:
+    grid = aliased(Grid)
+    rows = (
+        await session.execute(
+            select(
+                Ticket,
+                Category.response_hours,
+                Category.resolve_hours,
+                Category.name,
+                Category.name_en,
+                Compound.name,
+                Compound.name_en,
+                Building.name,
+                Building.name_en,
+                grid.name,
+                grid.name_en,
+            )
+            .join(Category, Category.id == Ticket.category_id)
+            .join(Building, Building.id == Ticket.building_id)
+            .join(Compound, Compound.id == Building.compound_id)
+            .join(grid, grid.id == Ticket.grid_id)
+            .where(Ticket.community_id == community_id, *where)
+            .order_by(Ticket.id)
+            .options(raiseload("*"))
+        )
+    ).all()
+    moves: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+    for ticket_id, kind, data in await session.execute(
+        select(TicketEvent.ticket_id, TicketEvent.kind, TicketEvent.data)
+        .join(Ticket, Ticket.id == TicketEvent.ticket_id)
+        .where(
+            Ticket.community_id == community_id,
+            *where,
+            TicketEvent.kind.in_([EventKind.ESCALATED, EventKind.SENT_DOWN, EventKind.HANDED_BACK]),
+        )
+        .order_by(TicketEvent.ticket_id, TicketEvent.id)
+    ):
+        moves.setdefault(ticket_id, []).append((kind, data))
+    names = await display_names(session, community_id, {row[0].assignee_id for row in rows})
+    lines = []
+    for ticket, response_hours, resolve_hours, *labels in rows:
+        moved = moves.get(ticket.id, [])
+        due = {TicketStatus.ASSIGNED: ticket.respond_by, TicketStatus.IN_PROGRESS: ticket.resolve_by}.get(
+            TicketStatus(ticket.status)
+        )
+        window = timedelta(hours=response_hours if ticket.status == TicketStatus.ASSIGNED else resolve_hours)
+        ladder = [data for kind, data in moved if kind != EventKind.HANDED_BACK]
+        path = (ladder[0]["from"], *(data["to"] for data in ladder)) if ladder else (ticket.level,)
+        lines.append(
+            TicketLine(
+                id=ticket.id,
+                category=Named(labels[0], labels[1] or labels[0]),
+                compound=Named(labels[2], labels[3] or labels[2]),
+                building=Named(labels[4], labels[5] or labels[4]),
+                unit=ticket.unit,
+                grid=Named(labels[6], labels[7] or labels[6]),
+                assignee=names.get(ticket.assignee_id, "") if ticket.assignee_id is not None else "",
+                status=ticket.status,
+                level=ticket.level,
+                department=ticket.department,
+                created_at=ticket.created_at,
+                first_accepted_at=ticket.first_accepted_at,
+                resolved_at=ticket.resolved_at,
+                closed_at=ticket.closed_at,
+                rating=ticket.rating,
+                reopen_count=ticket.reopen_count,
+                handed_back=sum(1 for kind, _ in moved if kind == EventKind.HANDED_BACK),
+                path=path,
+                due=due,
+                colour=None if due is None else colour_at(due, window, now, yellow_share),
+            )
+        )
+    return lines

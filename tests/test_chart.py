@@ -1,0 +1,75 @@
+"""The chart: drawn headless, in both languages, every character with a glyph of the packaged CJK font."""
+
+from __future__ import annotations
+
+import warnings
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from matplotlib.font_manager import findfont
+from matplotlib.text import Text
+
+from bot.i18n import create_i18n
+from bot.reports.chart import FONT_NAME, STYLE, _png, build_chart, chart_data, chart_png
+from bot.reports.fonts import CJK_FONT, missing_glyphs
+from domain.stats import CommunityRef, Figures, Month, MonthlyStats, Row, TrendPoint, View
+
+OCTOBER = Month(2026, 10)
+
+
+def sample_stats() -> MonthlyStats:
+    grids = [
+        Row(
+            1, "第一网格", "Grid 1", Figures(received=12, accepted_in_time=10, closed_confirmed=8, rated=6, satisfied=5)
+        ),
+        Row(2, "第二网格", "Grid 2", Figures(received=7, accepted_in_time=7, closed_confirmed=3, rated=2, satisfied=1)),
+        Row(3, "第三网格", "Grid 3", Figures()),
+    ]
+    trend = [
+        TrendPoint(
+            OCTOBER.shift(-i), Figures(received=10 + i, accepted_in_time=8, closed_confirmed=6, rated=4, satisfied=3)
+        )
+        for i in reversed(range(12))
+    ]
+    community = CommunityRef(1, "jsx", "建设巷社区", "Jianshexiang Community", "Asia/Shanghai")
+    total = Figures(received=19, accepted_in_time=17, median_accept=timedelta(hours=2))
+    return MonthlyStats(
+        community, OCTOBER, View.GRID, grids, total, datetime(2026, 11, 5, tzinfo=UTC), grids=grids, trend=trend
+    )
+
+
+@pytest.mark.parametrize("locale", ["zh_CN", "en"])
+def test_no_glyph_falls_back_to_a_box(locale: str) -> None:
+    i18n = create_i18n()
+    _png.cache_clear()  # drawn here, not taken from an earlier test
+    with i18n.context(), i18n.use_locale(locale), warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns "Glyph … missing from font(s)" for every box it draws
+        figure = build_chart(chart_data(sample_stats()))
+        png = chart_png(sample_stats())
+    assert png.startswith(b"\x89PNG")
+    texts = "".join(t.get_text() for t in figure.findobj(Text))
+    assert ("网格" in texts) == (locale == "zh_CN") and ("Grid 1" in texts) == (locale == "en")
+    assert missing_glyphs(texts) == ""
+
+
+def test_a_missing_glyph_is_noticed() -> None:
+    """Both checks above can fail: a character the font lacks is named, and drawing it warns."""
+    from io import BytesIO
+
+    from matplotlib import rc_context
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    assert missing_glyphs("第一网格 𓀀") == "𓀀"
+    with rc_context(STYLE), pytest.warns(UserWarning, match="missing from font"):
+        figure = Figure()
+        figure.suptitle("第一网格 𓀀")
+        FigureCanvasAgg(figure).print_png(BytesIO())
+
+
+def test_the_font_is_the_packaged_one_not_a_system_font() -> None:
+    from matplotlib import rc_context
+
+    with rc_context(STYLE):
+        assert findfont(FONT_NAME) == str(CJK_FONT)
+    assert "site-packages" in str(CJK_FONT) and CJK_FONT.is_file()

@@ -1,0 +1,112 @@
+"""/stats through the real dispatcher: the office's month, its buttons, the chart and the spreadsheet, and who
+gets what. The tickets are the hand-computed month of test_stats."""
+
+from __future__ import annotations
+
+from io import BytesIO
+from typing import Any
+
+import pytest
+from aiogram.methods import EditMessageText, SendDocument, SendMessage, SendPhoto, TelegramMethod
+from openpyxl import load_workbook
+
+from bot.callbacks import StatsAction, StatsCb
+from domain.stats import Month
+from tests.fake_telegram import buttons_of, text_of
+from tests.harness import Harness
+from tests.test_stats import LI_JUAN, OCTOBER, R1, STAFF_WANG, STREET_CHEN, october
+
+# Every test runs on the hand-computed October of test_stats.
+pytestmark = pytest.mark.usefixtures(october.__name__)
+
+
+def stats_button(
+    action: StatsAction = StatsAction.SHOW, month: Month = OCTOBER, view: str = "g", community: int = 1
+) -> str:
+    return StatsCb(action=action, community_id=community, month=month.index, view=view).pack()
+
+
+def of_kind(requests: list[TelegramMethod[Any]], kind: type) -> list[Any]:
+    return [r for r in requests if isinstance(r, kind)]
+
+
+def alert(requests: list[TelegramMethod[Any]]) -> str:
+    return next(r.text for r in requests if getattr(r, "show_alert", False))
+
+
+async def test_staff_get_last_month_ranked_with_the_chart(harness: Harness) -> None:
+    wang = harness.person(STAFF_WANG, language="en")
+    answer = await wang.send("/stats")
+    message = of_kind(answer, SendMessage)[0]
+    text = text_of(message)
+    assert "10/2026" in text and "By grid" in text
+    # Ranked: Grid 3, then Grid 2, then Grid 1; nothing ranked in September, so each is "new".
+    assert text.index("1. <b>Grid 3</b> new") < text.index("2. <b>Grid 2</b>") < text.index("3. <b>Grid 1</b>")
+    assert "received 3 · response 67% · in time 67% · resolved 67% · satisfied 50% (avg 3.5)" in text
+    assert "to accept 2 h · to resolve 20 h · overdue 0" in text
+    photos = of_kind(answer, SendPhoto)
+    assert len(photos) == 1 and photos[0].chat_id == STAFF_WANG
+    labels = [label for label, _ in buttons_of(message)]
+    assert "◀ 9/2026" in labels and "11/2026 ▶" in labels and "• By grid" in labels and "ℹ️ Definitions" in labels
+
+    # Back a month: September had nothing; the message is edited in place.
+    answer = await wang.tap([message], "◀ 9/2026")
+    edited = of_kind(answer, EditMessageText)[0]
+    assert "9/2026" in edited.text and "received 0" in edited.text
+    answer = await wang.press(stats_button(view="w"))
+    by_worker = of_kind(answer, EditMessageText)[0].text
+    assert "By worker" in by_worker and "马丽" in by_worker and "张伟" in by_worker
+    answer = await wang.press(stats_button(StatsAction.DEFINITIONS))
+    assert "Response rate</b>: tickets first accepted within" in text_of(of_kind(answer, SendMessage)[0])
+
+
+async def test_the_spreadsheet_has_the_month_the_ledger_and_the_rates(harness: Harness) -> None:
+    wang = harness.person(STAFF_WANG)  # Chinese
+    answer = await wang.press(stats_button(StatsAction.SPREADSHEET))
+    document = of_kind(answer, SendDocument)[0]
+    assert document.document.filename == "jsx-2026-10.xlsx"
+    book = load_workbook(BytesIO(document.document.data))
+    tickets, ledger, by_grid = book.worksheets[0], book.worksheets[1], book.worksheets[2]
+    assert len(book.worksheets) == 6
+    headers = [cell.value for cell in tickets[1]]
+    assert headers[:3] == ["编号", "类别", "小区"] and "处理路径" in headers
+    assert tickets.max_row == 1 + 6  # T1-T6
+    path = {row[0].value: row[headers.index("处理路径")].value for row in tickets.iter_rows(min_row=2)}
+    assert sorted(path.values()).count("网格") == 5 and "网格 → 社区 → 网格" in path.values()
+    assert ledger.max_row == 1 + 2  # open now: T6 and November's T8
+    assert by_grid["C2"].value == "第三网格" and by_grid.column_dimensions["C"].width >= 10
+
+
+async def test_a_grid_worker_sees_only_their_own_row(harness: Harness) -> None:
+    li_juan = harness.person(LI_JUAN, language="en")
+    answer = await li_juan.send("/stats")
+    text = text_of(of_kind(answer, SendMessage)[0])
+    assert "Your own figures" in text and "李娟" in text and "马丽" not in text and "Whole community" not in text
+    assert not of_kind(answer, SendPhoto)
+    assert "By grid" not in str([label for r in answer for label, _ in buttons_of(r)])
+    # Forged buttons: another view shows her own row again; the chart and the spreadsheet are refused.
+    answer = await li_juan.press(stats_button(view="g"))
+    assert "马丽" not in of_kind(answer, EditMessageText)[0].text
+    for action in (StatsAction.CHART, StatsAction.SPREADSHEET):
+        answer = await li_juan.press(stats_button(action))
+        assert "only for community staff" in alert(answer)
+        assert not of_kind(answer, SendPhoto) and not of_kind(answer, SendDocument)
+
+
+async def test_residents_and_forged_communities_are_refused(harness: Harness) -> None:
+    resident = harness.person(R1, language="en")
+    answer = await resident.send("/stats")
+    assert "only for community staff" in text_of(answer[0])
+    street = harness.person(STREET_CHEN, language="en")
+    assert "Grid 3" in text_of(of_kind(await street.send("/stats"), SendMessage)[0])
+    answer = await street.press(stats_button(community=99))
+    assert "only for community staff" in alert(answer)
+    answer = await street.press(stats_button(view="zz"))
+    assert "only for community staff" in alert(answer)
+
+
+async def test_in_chinese(harness: Harness) -> None:
+    wang = harness.person(STAFF_WANG)
+    text = text_of(of_kind(await wang.send("/stats"), SendMessage)[0])
+    assert "2026年10月 · 按网格" in text and "1. <b>第三网格</b> 新上榜 得分 100.0" in text
+    assert "受理 3 · 响应 67% · 按时办结 67% · 解决 67% · 满意 50%（均分 3.5）" in text
