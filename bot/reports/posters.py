@@ -15,6 +15,8 @@ from itertools import groupby
 from pathlib import Path
 
 from aiogram.utils.i18n import I18n
+from aiogram.utils.i18n import lazy_gettext as __
+from babel.support import LazyProxy
 from fpdf import FPDF
 
 from bot.qr import deep_link, qr_png
@@ -39,16 +41,11 @@ MARGIN = 14
 logging.getLogger("fontTools").setLevel(logging.WARNING)
 
 
-def N_(text: str) -> str:
-    """Marks a text for translation (pybabel extracts N_) that is translated later, into both languages."""
-    return text
-
-
 # The poster speaks both languages at once: each text in Chinese, then smaller in English.
-TITLE = N_("Scan to report a problem")
-STEP_ONE = N_("① Scan with your phone, open this building's bot in Telegram and press Start.")
-STEP_TWO = N_("② Write what is wrong and add a photo; your grid worker takes it and tells you every step.")
-GRID_WORKERS = N_("{grid} · grid worker: {people}")
+TITLE = __("Scan to report a problem")
+STEP_ONE = __("① Scan with your phone, open this building's bot in Telegram and press Start.")
+STEP_TWO = __("② Write what is wrong and add a photo; your grid worker takes it and tells you every step.")
+GRID_WORKERS = __("{grid} · grid worker: {people}")
 
 
 class Poster:
@@ -61,8 +58,9 @@ class Poster:
         self.pdf.set_margins(MARGIN, MARGIN, MARGIN)
         self.pdf.add_font(FONT, fname=str(CJK_FONT))
 
-    def words(self, text: str, locale: str, **values: str) -> str:
-        return self.i18n.gettext(text, locale=locale).format(**values)
+    def words(self, text: LazyProxy, locale: str, **values: str) -> str:
+        with self.i18n.context(), self.i18n.use_locale(locale):
+            return str(text).format(**values)
 
     def line(self, text: str, size: float, *, grey: bool = False, gap: float = 1.5) -> None:
         size *= self.paper.scale
@@ -71,7 +69,7 @@ class Poster:
         self.pdf.multi_cell(0, size * 0.45, text, align="C", new_x="LMARGIN", new_y="NEXT")
         self.pdf.ln(gap * self.paper.scale)
 
-    def both(self, text: str, size: float, **values: str) -> None:
+    def both(self, text: LazyProxy, size: float, **values: str) -> None:
         self.line(self.words(text, "zh_CN", **values), size, gap=0.5)
         self.line(self.words(text, "en", **values), max(size * 0.55, 8), grey=True)
 
