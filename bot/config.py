@@ -43,12 +43,20 @@ class Settings(BaseSettings):
     outbox_retry_hours: float = Field(default=24.0, gt=0)
     # A scheduled broadcast the bot was down for is still sent when it comes back within this many hours.
     broadcast_grace_hours: float = Field(default=12.0, ge=0)
+    # The key of the keyed hash (HMAC-SHA256) kept instead of the household register's phone numbers and the
+    # numbers residents share. Unset: no register can be imported, and residents are verified by their grid worker.
+    household_phone_secret: SecretStr | None = None
 
     @field_validator("community_file", "telegram_api_server", "redis_url", "bot_username", mode="before")
     @classmethod
     def _empty_means_unset(cls, value: object) -> object:
         # COMMUNITY_FILE= in .env means "import nothing", not "the current directory".
         return None if isinstance(value, str) and not value.strip() else value
+
+    def phone_secret(self) -> bytes:
+        """The phone-number key as bytes; empty when it is not set."""
+        secret = self.household_phone_secret
+        return secret.get_secret_value().strip().encode() if secret is not None else b""
 
     def require_token(self) -> str:
         if self.bot_token is None or not self.bot_token.get_secret_value().strip():

@@ -14,12 +14,15 @@ from bot.i18n import locale_of
 from bot.views import broadcasts as broadcast_views
 from bot.views import deliberation as deliberation_views
 from bot.views import feedback as feedback_views
+from bot.views import households as household_views
 from bot.views import ladder as ladder_views
 from domain.outbox import Notice
 from domain.people import display_names
 from domain.tickets import load_card, photos_of_event
+from domain.verification import request_for_notice
 from storage.models import (
     Broadcast,
+    Building,
     Community,
     EventKind,
     OutboxMessage,
@@ -32,9 +35,11 @@ from storage.models import (
     TopicStatus,
     TopicTask,
     User,
+    Verification,
 )
 
 TOPIC_NOTICES = (Notice.TOPIC_UPDATE, Notice.TOPIC_CANDIDATE)
+HOUSEHOLD_NOTICES = (Notice.VERIFICATION_REQUEST, Notice.VERIFICATION_RESULT)
 RENDERED_BROADCASTS = 2048  # a broadcast × two languages × a district's buildings
 
 
@@ -54,6 +59,8 @@ class Renderer:
                 return await self._broadcast(session, row, recipient.building_id if recipient else None)
             if row.kind in TOPIC_NOTICES:
                 return await self._topic_notice(session, row)
+            if row.kind in HOUSEHOLD_NOTICES:
+                return await self._household_notice(session, row)
             return await self._ticket_notice(session, row)
 
     async def _broadcast(
@@ -101,6 +108,27 @@ class Renderer:
             chat_id=row.chat_id,
             text=deliberation_views.topic_update(topic, event, task),
             reply_markup=deliberation_views.view_button(topic.id),
+        )
+
+    async def _household_notice(self, session: AsyncSession, row: OutboxMessage) -> TelegramMethod | None:
+        """A verification request for the grid worker (while it still waits), or a decision for the resident."""
+        verification_id = row.payload["verification_id"]
+        if row.kind == Notice.VERIFICATION_REQUEST:
+            view = await request_for_notice(session, verification_id)
+            if view is None:
+                return None  # decided, or withdrawn, before the request went out
+            text = household_views.request_text(view, self.tz)
+            keyboard = household_views.request_keyboard(verification_id)
+            photo = view.verification.photo_file_id
+            if photo and views.visible_length(text) <= views.CAPTION_LIMIT:
+                return SendPhoto(chat_id=row.chat_id, photo=photo, caption=text, reply_markup=keyboard)
+            return SendMessage(chat_id=row.chat_id, text=text, reply_markup=keyboard)
+        verification = await session.get(Verification, verification_id)
+        building = None if verification is None else await session.get(Building, verification.building_id)
+        if verification is None or building is None:
+            return None
+        return SendMessage(
+            chat_id=row.chat_id, text=household_views.result_notice(verification, building, row.payload["outcome"])
         )
 
     async def _ticket_notice(self, session: AsyncSession, row: OutboxMessage) -> TelegramMethod | None:

@@ -102,17 +102,25 @@ def _short(text: str) -> str:
 
 
 def similar_tickets(found: list[SimilarTicket], tz: tzinfo) -> str:
+    """The neighbours' open reports; a resident who is not a verified household sees neither words nor buttons."""
     lines = [_("Neighbours in your building have already reported this, and it is being handled:")]
     lines += [
         _("#{number} {text} — {status} ({date})").format(
             number=t.id,
-            text=escape(_short(t.description)),
+            text=escape(_short(t.description)) if t.description is not None else "",
             status=views.status_label(t.status),
             date=views.local_time(t.created_at, tz)[:10],
         )
         for t in found
     ]
-    lines.append(_("If it is the same problem, press “Me too”: you will be told about every step, like the reporter."))
+    if any(t.description is None for t in found):
+        lines.append(
+            _("Verified households see what neighbours wrote and can join their report: verify yours in /home.")
+        )
+    else:
+        lines.append(
+            _("If it is the same problem, press “Me too”: you will be told about every step, like the reporter.")
+        )
     return "\n".join(lines)
 
 
@@ -120,6 +128,7 @@ def me_too_keyboard(found: list[SimilarTicket]) -> InlineKeyboardMarkup:
     rows = [
         [_button(_("🙋 Me too: #{number}").format(number=t.id), MeTooCb(action=MeTooAction.JOIN, ticket_id=t.id))]
         for t in found
+        if t.description is not None
     ]
     rows.append([_button(_("➡️ No, mine is different"), MeTooCb(action=MeTooAction.DIFFERENT))])
     return InlineKeyboardMarkup(inline_keyboard=rows)
