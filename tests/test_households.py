@@ -48,9 +48,10 @@ from storage.models import (
     VerificationStatus,
 )
 from tests.conftest import ROOT, FakeClock
-from tests.fake_telegram import buttons_of, reply_buttons_of, sent_to, text_of
+from tests.fake_telegram import reply_buttons_of, sent_to, text_of
 from tests.harness import PHONE_SECRET, Harness, Person
 from tests.households import verify
+from tests.test_confirmation import alerted, callbacks, texts
 
 SAMPLE_REGISTER = (ROOT / "communities" / "sample-register.csv").read_bytes()
 SAMPLE_TOML = (ROOT / "communities" / "sample.toml").read_text(encoding="utf-8")
@@ -60,18 +61,6 @@ MA_GUILAN, MA_XIAOJUN = 950001, 950002  # 银巴小区 1号楼 1单元 101 in th
 NEWCOMER, NEIGHBOUR = 950003, 950004
 GUILAN_PHONE = "+86 138 9500 0101"  # as Telegram sends it; the register writes 13895000101
 XIAOJUN_PHONE = "8613895000102"
-
-
-def texts(requests: list[TelegramMethod[Any]]) -> str:
-    return "\n".join(text_of(r) for r in requests)
-
-
-def alerted(requests: list[TelegramMethod[Any]]) -> bool:
-    return any(getattr(r, "show_alert", False) for r in requests)
-
-
-def callbacks(requests: list[TelegramMethod[Any]]) -> list[str]:
-    return [data for r in requests for _text, data in buttons_of(r)]
 
 
 def household_button(action: HouseholdAction, id_: int = 0) -> str:

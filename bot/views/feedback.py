@@ -104,15 +104,16 @@ def _short(text: str) -> str:
 def similar_tickets(found: list[SimilarTicket], tz: tzinfo) -> str:
     """The neighbours' open reports; a resident who is not a verified household sees neither words nor buttons."""
     lines = [_("Neighbours in your building have already reported this, and it is being handled:")]
-    lines += [
-        _("#{number} {text} — {status} ({date})").format(
-            number=t.id,
-            text=escape(_short(t.description)) if t.description is not None else "",
-            status=views.status_label(t.status),
-            date=views.local_time(t.created_at, tz)[:10],
-        )
-        for t in found
-    ]
+    for t in found:
+        status, day = views.status_label(t.status), views.local_time(t.created_at, tz)[:10]
+        if t.description is None:
+            lines.append(_("#{number} — {status} ({date})").format(number=t.id, status=status, date=day))
+        else:
+            lines.append(
+                _("#{number} {text} — {status} ({date})").format(
+                    number=t.id, text=escape(_short(t.description)), status=status, date=day
+                )
+            )
     if any(t.description is None for t in found):
         lines.append(
             _("Verified households see what neighbours wrote and can join their report: verify yours in /home.")
