@@ -76,6 +76,7 @@ async def start_verifying(query: CallbackQuery, state: FSMContext, session: Asyn
         await query.answer(hv.refusal(error), show_alert=True)
         return
     await state.set_state(VerifyFlow.contact)
+    await state.set_data({})
     await query.answer()
     await chat_of(query).answer(hv.contact_prompt(), reply_markup=hv.contact_keyboard())
 

@@ -51,7 +51,7 @@ from tests.conftest import ROOT, FakeClock
 from tests.fake_telegram import reply_buttons_of, sent_to, text_of
 from tests.harness import PHONE_SECRET, Harness, Person
 from tests.households import verify
-from tests.test_confirmation import alerted, callbacks, texts
+from tests.test_confirmation import alerted, callbacks, speak_english, texts
 
 SAMPLE_REGISTER = (ROOT / "communities" / "sample-register.csv").read_bytes()
 SAMPLE_TOML = (ROOT / "communities" / "sample.toml").read_text(encoding="utf-8")
@@ -224,6 +224,7 @@ def test_phone_numbers_are_compared_as_digits_and_kept_as_keyed_hashes() -> None
 
 
 async def test_verification_by_contact_match_no_match_and_another_persons_contact(harness: Harness) -> None:
+    await speak_english(harness, LI_JUAN)
     await import_sample_register(harness)
     guilan = await resident(harness, MA_GUILAN)
     home = await guilan.send("/home")
@@ -293,7 +294,13 @@ async def test_the_grid_worker_verifies_or_declines_and_a_worker_of_another_grid
     await import_sample_register(harness)
     newcomer = await resident(harness, NEWCOMER)
     request = await ask_worker(harness, newcomer, "101")
-    await harness.deliver()
+    # In the worker's language (Chinese by default), with what the register lists for the room.
+    card = texts(sent_to(await harness.deliver(), MA_LI))
+    assert (
+        "住户核验申请" in card
+        and "自报住址：银巴小区 1号楼 1单元 101室" in card
+        and "台账中该户登记：马桂兰、马小军" in card
+    )
 
     # A worker of grid 2: not in their list, and their forged buttons are refused on the server.
     other = harness.person(YANG_MIN, language="en")
@@ -420,6 +427,7 @@ async def report(person: Person, words: str) -> int:
 
 
 async def test_each_gated_action_is_refused_unverified_and_allowed_once_verified(harness: Harness) -> None:
+    await speak_english(harness, LI_JUAN)
     await import_sample_register(harness)
     # Anyone bound may report; the card marks a reporter who is not verified.
     guilan = await resident(harness, MA_GUILAN)
