@@ -15,7 +15,7 @@ statuses and the gate the rest of the domain asks). The resident hears of every 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -40,6 +40,8 @@ from storage.models import (
 )
 
 PENDING_LIMIT = 30  # a /verify list; the rest follow once these are decided
+# Requests one resident may send the grid workers in a day: each one reaches every worker of the grid.
+REQUESTS_PER_DAY = 3
 
 
 class ForeignContact(DomainError):
@@ -52,6 +54,10 @@ class AlreadyVerified(DomainError):
 
 class BadRoom(DomainError):
     """A room is a short number like 302."""
+
+
+class TooManyRequests(DomainError):
+    """The resident asked the grid workers REQUESTS_PER_DAY times in the last day already."""
 
 
 @dataclass(frozen=True)
@@ -254,6 +260,15 @@ async def request_verification(
         user, building = await _bound(session, user_id)
         if await verified_household(session, user_id) is not None:
             raise AlreadyVerified()
+        asked = await session.scalar(
+            select(func.count()).where(
+                Verification.user_id == user_id,
+                Verification.method == VerificationMethod.WORKER,
+                Verification.created_at > now - timedelta(days=1),
+            )
+        )
+        if (asked or 0) >= REQUESTS_PER_DAY:
+            raise TooManyRequests()
         await _withdraw_pending(session, user_id, now)
         verification = Verification(
             user_id=user_id,

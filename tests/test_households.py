@@ -280,7 +280,7 @@ async def pending_id(harness: Harness, user_id: int) -> int:
 async def ask_worker(harness: Harness, person: Person, room: str) -> int:
     """The resident would rather not share their number: they name their room and ask the grid worker."""
     home = await person.send("/home")
-    asked = await person.tap(home, "Verify my household")
+    asked = await person.tap(home, "📱 Verify")  # "my household", or "again" while a request waits
     await person.tap(asked, "Ask my grid worker instead")
     photo_step = await person.send(room)
     await person.tap(photo_step, "Send without a photo")
@@ -355,6 +355,22 @@ async def test_a_room_the_register_lacks_becomes_a_household_on_the_workers_word
     # A register import neither lists it nor moves it out.
     assert "0 moved out" in texts(await import_sample_register(harness))
     assert await status_of(harness, NEWCOMER) == [VerificationStatus.VERIFIED]
+
+
+async def test_a_resident_asks_the_grid_workers_at_most_three_times_a_day(harness: Harness, clock: FakeClock) -> None:
+    newcomer = await resident(harness, NEWCOMER)
+    first = await ask_worker(harness, newcomer, "301")
+    for room in ("302", "303"):
+        assert await ask_worker(harness, newcomer, room) > first  # a new request withdraws the one before
+    home = await newcomer.send("/home")
+    asked = await newcomer.tap(home, "📱 Verify again")
+    await newcomer.tap(asked, "Ask my grid worker instead")
+    photo_step = await newcomer.send("304")
+    assert "three times today" in texts(await newcomer.tap(photo_step, "Send without a photo"))
+    assert await status_of(harness, NEWCOMER) == ["withdrawn", "withdrawn", "pending"]
+    clock.advance(days=1)
+    await ask_worker(harness, newcomer, "304")
+    assert await status_of(harness, NEWCOMER) == ["withdrawn", "withdrawn", "withdrawn", "pending"]
 
 
 # --- staff: counts and revoking --------------------------------------------------------------------------

@@ -19,18 +19,38 @@ from bot import views
 from bot.callbacks import HouseholdAction, HouseholdCb
 from domain.errors import DomainError
 from domain.register import Problem, RegisterProblem, RegisterReport
-from domain.verification import AlreadyVerified, BadRoom, BuildingCount, ForeignContact, HomeStatus, RequestView
+from domain.verification import (
+    AlreadyVerified,
+    BadRoom,
+    BuildingCount,
+    ForeignContact,
+    HomeStatus,
+    RequestView,
+    TooManyRequests,
+)
 from storage.models import Building, Verification, VerificationMethod, VerificationStatus
 
 SHARE_PHONE = __("📱 Share my phone number")
 ASK_WORKER = __("✍️ Ask my grid worker instead")
 NO_PHOTO = __("➡️ Send without a photo")
 SHOWN_PROBLEMS = 15
+MAX_BUTTONS = 90  # Telegram refuses a keyboard of more than 100 buttons
 
 
 def room_label(building: Building, unit: int | None, room: str) -> str:
     """ "银巴小区 11号楼 2单元 302": where a household is."""
     return _("{place}, room {room}").format(place=views.place_label(building, unit), room=room)
+
+
+def _fit(lines: list[str], tail: int = 0) -> str:
+    """The lines that fit one message: a long list (a district's buildings) is cut, with "…", before its last
+    ``tail`` lines."""
+    body, end = lines[: len(lines) - tail], lines[len(lines) - tail :]
+    if views.visible_length("\n".join(lines)) <= views.MESSAGE_LIMIT - 2:
+        return "\n".join(lines)
+    while len(body) > 1 and views.visible_length("\n".join([*body, "…", *end])) > views.MESSAGE_LIMIT - 2:
+        body.pop()
+    return "\n".join([*body, "…", *end])
 
 
 def _unit_shown(building: Building, unit: int) -> int | None:
@@ -289,9 +309,7 @@ def counts_text(counts: list[BuildingCount]) -> str:
         for c in counts
     ]
     lines.append(_("Tap a building to see its verified residents (and revoke one)."))
-    while views.visible_length("\n".join(lines)) > views.MESSAGE_LIMIT and len(lines) > 3:
-        lines.pop(-2)
-    return "\n".join(lines)
+    return _fit(lines, tail=1)
 
 
 def counts_keyboard(counts: list[BuildingCount]) -> InlineKeyboardMarkup:
@@ -300,7 +318,7 @@ def counts_keyboard(counts: list[BuildingCount]) -> InlineKeyboardMarkup:
             (views.place_label(c.building, None), HouseholdCb(action=HouseholdAction.BUILDING, id=c.building.id))
             for c in counts
             if c.verified
-        ],
+        ][:MAX_BUTTONS],
         width=2,
     )
 
@@ -315,7 +333,7 @@ def verified_text(building: Building, found: list[Verification], tz: tzinfo) -> 
             f"{escape(room_label(building, _unit_shown(building, v.unit), v.room))} · {escape(v.name)} "
             f"({how}, {views.local_time(v.decided_at or v.created_at, tz)[:10]})"
         )
-    return "\n".join(lines)
+    return _fit(lines)
 
 
 def verified_keyboard(found: list[Verification]) -> InlineKeyboardMarkup | None:
@@ -327,7 +345,7 @@ def verified_keyboard(found: list[Verification]) -> InlineKeyboardMarkup | None:
                 _("↩️ Revoke {room} · {name}").format(room=v.room, name=v.name),
                 HouseholdCb(action=HouseholdAction.REVOKE, id=v.id),
             )
-            for v in found
+            for v in found[:MAX_BUTTONS]
         ],
         width=1,
     )
@@ -406,4 +424,6 @@ def refusal(error: DomainError) -> str:
         return _("Your household is verified already. /home shows it.")
     if isinstance(error, BadRoom):
         return _("Please write just your room number, e.g. 302.")
+    if isinstance(error, TooManyRequests):
+        return _("You have asked your grid worker three times today. Please wait for an answer, or try tomorrow.")
     return views.refusal(error)
