@@ -18,7 +18,7 @@ import hashlib
 import hmac
 from datetime import datetime
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import ColumnElement, bindparam, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.errors import DomainError
@@ -76,6 +76,16 @@ _SPEAKING_FOR = select(Verification).where(
 async def verified_household(session: AsyncSession, user_id: int) -> Verification | None:
     """The resident's current verification, inside the caller's transaction; None when they are not verified."""
     return (await session.scalars(_SPEAKING_FOR, {"user_id": user_id})).first()
+
+
+def speaks_for(user_id: int, building_id: int) -> ColumnElement[bool]:
+    """In SQL: the resident is verified for a household of the building (evaluated inside another statement, so
+    filing a report asks it without a round trip of its own)."""
+    return exists().where(
+        Verification.user_id == user_id,
+        Verification.status == VerificationStatus.VERIFIED,
+        Verification.building_id == building_id,
+    )
 
 
 async def require_verified(session: AsyncSession, user_id: int, building_id: int) -> Verification:

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from domain.deadlines import start_window
 from domain.errors import AccessDenied, DomainError, HandledElsewhere, InvalidTransition, NotBound, NotFound
 from domain.followers import households, is_household, tell_households
-from domain.households import verified_household
+from domain.households import speaks_for
 from domain.outbox import Notice, enqueue
 from domain.people import Duties, Person, display_names, load_duties
 from domain.routing import RoutingDecision, choose_assignee, record_assignment
@@ -131,7 +131,6 @@ async def file_report(
     if category.id != draft.category_id or not category.active or category.community_id != community_id:
         raise NotFound(draft.category_id)
     async with session.begin():
-        speaking_for = await verified_household(session, reporter.id)
         decision = await choose_assignee(
             session, community_id=community_id, grid_id=building.grid_id, category_level=category.level
         )
@@ -143,7 +142,7 @@ async def file_report(
             grid_id=building.grid_id,
             reporter_id=reporter.id,
             description=description,
-            reporter_verified=speaking_for is not None and speaking_for.building_id == building.id,
+            reporter_verified=speaks_for(reporter.id, building.id),
             latitude=draft.latitude,
             longitude=draft.longitude,
             created_at=now,

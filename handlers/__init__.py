@@ -25,7 +25,6 @@ ROUTERS = (
     membership.router,
     common.router,
     start.router,
-    households.router,
     report.router,
     me_too.router,
     resident.router,
@@ -35,6 +34,7 @@ ROUTERS = (
     broadcasts.router,
     staff.router,
     confirm.router,
+    households.router,  # late: its handlers are for its own states and commands, so the wizard's steps skip them
     fallback.router,
 )
 
