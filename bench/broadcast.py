@@ -34,6 +34,7 @@ from sqlalchemy import func, select
 
 from bench.residents import add_residents
 from bot.app import create_bot
+from bot.config import SAMPLE_COMMUNITY
 from bot.i18n import create_i18n
 from bot.outbound.notices import Renderer
 from bot.outbound.sender import OutboxSender, SenderSettings
@@ -125,7 +126,7 @@ async def prepare(db_url: str, recipients: int) -> None:
     sessions = create_session_factory(engine)
     now = system_clock()
     async with sessions() as session:
-        await import_community(session, load_community_file(ROOT / "communities" / "sample.toml"), now)
+        await import_community(session, load_community_file(SAMPLE_COMMUNITY), now)
     async with sessions() as session, session.begin():
         community = await session.scalar(select(Community).order_by(Community.id).limit(1))
         assert community is not None

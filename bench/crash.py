@@ -9,7 +9,7 @@ fresh SQLite file with the sample community, its real aiohttp session pointed at
 (bench/fake_api.py) that keeps updates until an ``offset`` confirms them, as Telegram does. Meanwhile:
 
 - residents (distinct Telegram ids, English clients) bind with ``/start <building payload>`` from
-  communities/sample.toml and file reports through the ``/report`` wizard, several at once, each one step at
+  bot/communities/sample.toml and file reports through the ``/report`` wizard, several at once, each one step at
   a time: they read the buttons of the bot's latest message to them and press them, type a description with a
   unique tag (a third of them add a photo), press Done and Submit;
 - whoever the worker card arrives at (the grid worker of the building, or staff) presses Accept, then
@@ -106,13 +106,14 @@ from bot.callbacks import (
     TopicAction,
     TopicCb,
 )
+from bot.config import SAMPLE_COMMUNITY
 from domain.clock import system_clock
 from domain.community_file import import_community, load_community_file
 from storage.db import create_engine, create_session_factory
 from storage.migrate import upgrade_database
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMUNITY_FILE = ROOT / "communities" / "sample.toml"
+COMMUNITY_FILE = SAMPLE_COMMUNITY
 BOT_ID = 4242
 TOKEN = f"{BOT_ID}:CRASH-BENCH"
 FIRST_RESIDENT = 9_100_000

@@ -11,7 +11,10 @@ What it does, as the real Bot API does:
 - ``sendMessage``, ``sendPhoto``, ``sendMediaGroup``, ``editMessageText``, ``editMessageReplyMarkup``,
   ``editMessageCaption`` keep each chat's messages (text and inline keyboard, parsed from the JSON form
   field), so simulated users can read the buttons of what the bot sent and press them;
-- ``getMe``, ``deleteWebhook``, ``setMyCommands``, ``answerCallbackQuery`` and anything else answer ``True``.
+- ``setWebhook`` makes it post every update, from then on, to that URL with the secret token header, as
+  Telegram does: again and again (every ``webhook_retry`` seconds) until it is answered 200, several at once;
+  ``deleteWebhook`` goes back to ``getUpdates``;
+- ``getMe``, ``setMyCommands``, ``answerCallbackQuery`` and anything else answer ``True``.
 
 What it adds for benchmarks:
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import random
 import time
 from collections import defaultdict
@@ -35,7 +39,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
+
+log = logging.getLogger(__name__)
 
 SENDS = frozenset({"sendmessage", "sendphoto", "sendmediagroup"})
 EDITS = frozenset({"editmessagetext", "editmessagereplymarkup", "editmessagecaption"})
@@ -105,6 +111,7 @@ class UpdateRecord:
     body: dict[str, Any]
     pushed_at: float
     deliveries: list[tuple[float, int]] = field(default_factory=list)  # (time, generation) per getUpdates
+    posts: list[int] = field(default_factory=list)  # webhook mode: the HTTP status of every post of it
     confirmed_at: float | None = None
 
     @property
@@ -132,6 +139,12 @@ class FakeBotAPI:
         self.on_batch: Callable[[list[int]], None] | None = None  # after getUpdates returned updates
         self._random = random.Random(seed)
         self._runner: web.AppRunner | None = None
+        # Webhook mode: where updates are posted, with which secret, and how many posts at once (Telegram: 40).
+        self.webhook: tuple[str, str] | None = None
+        self.webhook_retry = 0.5
+        self._posting = asyncio.Semaphore(40)
+        self._client: ClientSession | None = None
+        self._posts: set[asyncio.Task[None]] = set()
 
     # --- serving -----------------------------------------------------------------------------------
 
@@ -148,6 +161,11 @@ class FakeBotAPI:
         return f"http://127.0.0.1:{port}"
 
     async def stop(self) -> None:
+        for task in list(self._posts):
+            task.cancel()
+        await asyncio.gather(*self._posts, return_exceptions=True)
+        if self._client is not None:
+            await self._client.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -167,7 +185,40 @@ class FakeBotAPI:
         self._unconfirmed.append(update_id)
         self._arrived.set()
         self._arrived = asyncio.Event()
+        if self.webhook is not None:
+            self._post_later(update_id)
         return update_id
+
+    def _post_later(self, update_id: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._post(update_id))
+        self._posts.add(task)
+        task.add_done_callback(self._posts.discard)
+
+    async def _post(self, update_id: int) -> None:
+        """Webhook delivery: post the update until the bot answers 200, then it is confirmed (forgotten)."""
+        record = self.updates[update_id]
+        if self._client is None:
+            self._client = ClientSession(timeout=ClientTimeout(total=60))
+        while self.webhook is not None and record.confirmed_at is None:
+            url, secret = self.webhook
+            async with self._posting:
+                record.deliveries.append((time.time(), self.generation))
+                try:
+                    async with self._client.post(
+                        url, json=record.body, headers={"X-Telegram-Bot-Api-Secret-Token": secret}
+                    ) as answer:
+                        record.posts.append(answer.status)
+                        ok = answer.status == 200
+                except (ClientError, TimeoutError) as error:
+                    log.debug("posting update %d failed: %s", update_id, error)
+                    record.posts.append(0)
+                    ok = False
+            if ok:
+                record.confirmed_at = time.time()
+                with contextlib.suppress(ValueError):
+                    self._unconfirmed.remove(update_id)
+                return
+            await asyncio.sleep(self.webhook_retry)
 
     def latest(self, chat_id: int) -> list[BotMessage]:
         """The bot's messages in a chat, oldest first."""
@@ -265,6 +316,16 @@ class FakeBotAPI:
         method, params = record.method, record.params
         if method == "getme":
             return self.bot_user
+        if method == "setwebhook":
+            first = self.webhook is None
+            self.webhook = (str(params["url"]), str(params.get("secret_token") or ""))
+            if first:  # what waited for getUpdates is posted now
+                for update_id in self._unconfirmed:
+                    self._post_later(update_id)
+            return True
+        if method == "deletewebhook":
+            self.webhook = None
+            return True
         chat_id = record.chat_id
         if method in SENDS and chat_id is not None:
             if method == "sendmediagroup":

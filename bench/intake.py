@@ -27,7 +27,7 @@ from sqlalchemy import select
 
 from bot.app import assemble
 from bot.callbacks import CategoryCb
-from bot.config import Settings
+from bot.config import SAMPLE_COMMUNITY, Settings
 from bot.intake import UpdateInbox
 from domain.clock import system_clock
 from domain.community_file import import_community, load_community_file
@@ -98,7 +98,7 @@ async def product_side(db_url: str, reports: int) -> tuple[Side, Side, Close]:
         await conn.run_sync(Base.metadata.create_all)
     sessions = create_session_factory(engine)
     async with sessions() as session:
-        await import_community(session, load_community_file(ROOT / "communities" / "sample.toml"), system_clock())
+        await import_community(session, load_community_file(SAMPLE_COMMUNITY), system_clock())
     async with sessions() as session, session.begin():
         building = await session.scalar(select(Building).order_by(Building.id).limit(1))
         category = await session.scalar(select(Category).where(Category.code == "light"))

@@ -11,12 +11,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from aiogram import Bot, Dispatcher
 from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.aiohttp import AiohttpSession
-from aiogram.client.telegram import TelegramAPIServer
+from aiogram.client.telegram import PRODUCTION, TelegramAPIServer
 from aiogram.enums import ParseMode
 from aiogram.exceptions import TelegramNetworkError, TelegramServerError
 from aiogram.fsm.storage.base import BaseEventIsolation, BaseStorage
@@ -33,13 +34,15 @@ from aiogram.methods import (
     SendPhoto,
     SetMyCommands,
 )
-from aiogram.methods.base import Response
+from aiogram.methods.base import Response, TelegramMethod, TelegramType
 from aiogram.types import BotCommand, BotCommandScopeAllPrivateChats
 from aiogram.utils.i18n import I18n
 from aiogram.utils.i18n import gettext as _
+from aiohttp_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
 from redis.asyncio import BlockingConnectionPool, Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.config import Settings
+from bot.config import Settings, hide_password
 from bot.guard import PrivateChatGuard
 from bot.i18n import UserI18nMiddleware, create_i18n
 from bot.intake import InboxMarkMiddleware, UpdateInbox
@@ -48,6 +51,8 @@ from bot.outbound import replies
 from bot.outbound.notices import Renderer
 from bot.outbound.sender import OutboxSender, SenderSettings
 from bot.outbound.shared_rate import RedisTokenBucket
+from bot.steps import ExpiringSteps, StepExits
+from bot.webhook import Health, WebhookServer, register_webhook
 from domain.clock import Clock, system_clock
 from domain.community_file import import_community, load_community_file
 from domain.confirmation import close_unconfirmed
@@ -59,9 +64,11 @@ from scheduler.broadcasts import schedule_broadcasts
 from scheduler.jobs import create_scheduler, every_minute, stop_scheduler
 from storage.db import SessionFactory, create_engine, create_session_factory
 from storage.fsm import FsmFlushMiddleware, SqlStorage
-from storage.migrate import upgrade_database
+from storage.migrate import exclusive, upgrade_database
 
 log = logging.getLogger(__name__)
+
+DEFAULT_STEP_TIMEOUT = timedelta(minutes=Settings.model_fields["text_step_timeout_minutes"].default)
 
 # pydantic keeps parametrised generic models in a weak cache, so under load aiogram keeps rebuilding
 # Response[Message] and friends (about 4 ms each, measured by bench/intake.py). Holding the ones this bot
@@ -91,10 +98,14 @@ def build_dispatcher(
     wake_sender: Callable[[], None],
     storage: BaseStorage | None = None,
     events_isolation: BaseEventIsolation | None = None,
+    step_timeout: timedelta = DEFAULT_STEP_TIMEOUT,
+    people_ttl: float = 60.0,
 ) -> Dispatcher:
+    """``people_ttl``: seconds a person's record is reused between updates; 0 where other processes handle the
+    same people (a binding made in one would be unknown to the others for that long)."""
     storage = storage or SqlStorage(session_factory)
     dispatcher = Dispatcher(
-        storage=storage,
+        storage=ExpiringSteps(storage, step_timeout, clock),
         # One update at a time per user: a double-tapped "Submit" must not file two tickets.
         events_isolation=events_isolation or SimpleEventIsolation(),
     )
@@ -103,20 +114,47 @@ def build_dispatcher(
     dispatcher.update.outer_middleware(SessionMiddleware(session_factory, wake_sender))
     if isinstance(storage, SqlStorage):
         dispatcher.update.outer_middleware(FsmFlushMiddleware(storage))
-    dispatcher.update.outer_middleware(UserMiddleware())
+    dispatcher.update.outer_middleware(UserMiddleware(ttl=people_ttl))
     dispatcher.update.outer_middleware(InboxMarkMiddleware())
     UserI18nMiddleware(i18n).setup(dispatcher)
     # After i18n on these observers, so that what the guard says outside private chats is translated.
     guard = PrivateChatGuard()
     dispatcher.message.outer_middleware(guard)
     dispatcher.callback_query.outer_middleware(guard)
+    dispatcher.message.outer_middleware(StepExits())
     dispatcher.include_router(build_router())
     return dispatcher
 
 
-def create_bot(token: str, api_server: str | None = None) -> Bot:
-    session = AiohttpSession(api=TelegramAPIServer.from_base(api_server)) if api_server else None
+def create_bot(token: str, api_server: str | None = None, proxy: str | None = None) -> Bot:
+    """The bot's client: Telegram's public server or a local one, directly or through a proxy (TELEGRAM_PROXY)."""
+    api = TelegramAPIServer.from_base(api_server) if api_server else PRODUCTION
+    session = ProxiedSession(proxy, api=api) if proxy else AiohttpSession(api=api)
     return Bot(token, session=session, default=DefaultBotProperties(parse_mode=ParseMode.HTML))
+
+
+class ProxiedSession(AiohttpSession):
+    """Telegram through a SOCKS or HTTP proxy (aiohttp-socks). What goes wrong at the proxy is a network error
+    that names the proxy, retried like any outage (aiohttp-socks raises errors of its own, which aiogram and the
+    bot's retry policies would not recognise)."""
+
+    def __init__(self, proxy: str, **kwargs: Any) -> None:
+        # aiohttp-socks resolves host names through the proxy either way; it only knows the scheme socks5.
+        super().__init__(proxy=proxy.replace("socks5h://", "socks5://", 1), **kwargs)
+        self.shown = hide_password(proxy)
+
+    async def make_request(
+        self,
+        bot: Bot,
+        method: TelegramMethod[TelegramType],
+        timeout: int | None = None,  # noqa: ASYNC109 - aiogram's signature
+    ) -> TelegramType:
+        try:
+            return await super().make_request(bot, method, timeout)
+        except (ProxyConnectionError, ProxyTimeoutError) as error:
+            raise TelegramNetworkError(method, f"cannot reach the proxy {self.shown}: {error}") from error
+        except ProxyError as error:
+            raise TelegramNetworkError(method, f"the proxy {self.shown} refused: {error}") from error
 
 
 @dataclass
@@ -137,9 +175,11 @@ def assemble(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     *,
     sole: bool = False,
+    people_ttl: float = 60.0,
 ) -> Application:
     """Everything but the process: ``monotonic`` and ``sleep`` time the direct replies' pacing and retries;
-    ``sole`` says this process is the only one (long polling), see OutboxSender."""
+    ``sole`` says this process is the only one (long polling), see OutboxSender; ``people_ttl``, see
+    build_dispatcher."""
     i18n = create_i18n(settings.default_locale)
     tz = ZoneInfo(settings.timezone)
     # Telegram's send limit is per bot: processes sharing one bot share one rate through Redis.
@@ -176,6 +216,8 @@ def assemble(
         wake_sender=sender.wake,
         storage=storage,
         events_isolation=isolation,
+        step_timeout=timedelta(minutes=settings.text_step_timeout_minutes),
+        people_ttl=people_ttl,
     )
     dispatcher.workflow_data["yellow_share"] = settings.ledger_yellow_share
     dispatcher.workflow_data["phone_secret"] = settings.phone_secret()
@@ -244,45 +286,76 @@ def command_descriptions() -> dict[str, str]:
     }
 
 
-async def run_polling(settings: Settings) -> None:
-    """Start the bot: migrate the database, import the community file, send and receive until stopped."""
-    token = settings.require_token()
+async def prepare_database(settings: Settings) -> AsyncEngine:
+    """Migrate the database (advisory-locked on PostgreSQL, so processes starting at once take turns) and
+    import the community file (one process at a time too)."""
+    # The file first: a mistake in it stops the bot before the database is touched.
+    spec = load_community_file(settings.community_file) if settings.community_file is not None else None
     engine = create_engine(settings.database_url)
-    await upgrade_database(engine)
-    session_factory = create_session_factory(engine)
-    if settings.community_file is not None:
-        spec = load_community_file(settings.community_file)
-        async with session_factory() as session:
-            report = await import_community(session, spec, system_clock())
-        log.info("community file %s: %s", settings.community_file, report.summary())
-
-    bot = create_bot(token, settings.telegram_api_server)
     try:
-        await check_telegram(bot, settings.telegram_api_server or "api.telegram.org")
+        await upgrade_database(engine)
+        if spec is not None:
+            async with exclusive(engine), create_session_factory(engine)() as session:
+                report = await import_community(session, spec, system_clock())
+            log.info("community file %s: %s", settings.community_file, report.summary())
+    except BaseException:
+        await engine.dispose()
+        raise
+    return engine
+
+
+async def run_bot(settings: Settings) -> None:
+    """Start the bot: migrate the database, import the community file, send and receive until stopped.
+
+    Updates come by long polling (this is then the only process), or, with WEBHOOK_URL, by webhook (any number
+    of processes sharing PostgreSQL and Redis; see bot/webhook.py).
+    """
+    token = settings.require_token()
+    webhook = settings.webhook_url is not None
+    engine = await prepare_database(settings)
+    session_factory = create_session_factory(engine)
+    bot = create_bot(token, settings.telegram_api_server, settings.telegram_proxy)
+    try:
+        await check_telegram(bot, settings.telegram_where)
     except BaseException:
         await bot.session.close()
         await engine.dispose()
         raise
-    # Long polling: only one process may poll a token, so this one is the only sender too.
-    app = assemble(settings, bot, session_factory, sole=True)
+    # With a webhook, other processes may handle the same people: their records are read afresh every update.
+    app = assemble(settings, bot, session_factory, sole=not webhook, people_ttl=0.0 if webhook else 60.0)
+    if webhook and settings.redis_url is None:
+        log.warning("webhook mode without REDIS_URL: run only this one process (wizard state is kept in it)")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):  # not on Windows
             loop.add_signal_handler(signum, stop.set)
     # First what a dead predecessor left: its claimed messages (the sender takes them back as it starts) and
-    # the updates it had recorded but not finished.
+    # the updates it had recorded but not finished. The inbox names this process by its sender lease, which
+    # must exist before an update is recorded under it.
+    await app.sender.take_back_claims(everyone=not webhook)
     sender_task = asyncio.create_task(app.sender.run(stop))
-    inbox = UpdateInbox(bot, app.dispatcher, session_factory, system_clock)
+    inbox = UpdateInbox(bot, app.dispatcher, session_factory, system_clock, holder=app.sender.holder)
     workflow = {**app.dispatcher.workflow_data, "dispatcher": app.dispatcher, "bots": [bot]}
     await app.dispatcher.emit_startup(bot=bot, **workflow)
     scheduler = create_scheduler()
     try:
-        recovered = await inbox.recover()
+        recovered = await inbox.recover(everyone=not webhook)
         if recovered:
             log.info("handling %d updates the previous run had recorded but not finished", recovered)
-        log.info("polling for updates")
-        polling = asyncio.create_task(inbox.poll(stop))
+        to_telegram: Callable[[], Awaitable[Any]]
+        server: WebhookServer | None = None
+        polling: asyncio.Task[None] | None = None
+        if webhook:
+            health = Health(session_factory, system_clock, app.shared_rate.redis if app.shared_rate else None)
+            server = WebhookServer(settings, bot, app.dispatcher, inbox, health)
+            await server.start()
+            to_telegram = partial(register_webhook, settings, bot, app.dispatcher)
+        else:
+            log.info("polling for updates")
+            polling = asyncio.create_task(inbox.poll(stop))
+            # A webhook left from webhook mode would make every getUpdates fail (409).
+            to_telegram = partial(bot.delete_webhook, drop_pending_updates=False)
         deadlines = partial(sweep, yellow_share=settings.ledger_yellow_share)
         unanswered = partial(close_unconfirmed, within=timedelta(days=settings.confirm_within_days))
         every_minute(scheduler, "deadline-sweep", deadlines, session_factory, system_clock, app.sender.wake)
@@ -291,11 +364,17 @@ async def run_polling(settings: Settings) -> None:
         grace = timedelta(hours=settings.broadcast_grace_hours)
         await schedule_broadcasts(scheduler, session_factory, system_clock, grace, app.sender.wake)
         scheduler.start()
-        menu = asyncio.create_task(set_commands_when_possible(bot, create_i18n(settings.default_locale), stop))
+        i18n = create_i18n(settings.default_locale)
+        menu = asyncio.create_task(
+            when_possible(stop, "set the webhook and command menu", to_telegram, partial(set_commands, bot, i18n))
+        )
         await stop.wait()
-        polling.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await polling
+        if server is not None:
+            await server.stop()
+        if polling is not None:
+            polling.cancel()  # a long poll in flight
+            with contextlib.suppress(asyncio.CancelledError):
+                await polling
         await inbox.drain(seconds=10)
         await inbox.write_marks()
         await menu
@@ -325,13 +404,14 @@ async def check_telegram(bot: Bot, where: str) -> None:
     log.info("running as @%s", me.username)
 
 
-async def set_commands_when_possible(bot: Bot, i18n: I18n, stop: asyncio.Event) -> None:
-    """The command menu is a nicety: set it once Telegram answers, without holding anything up."""
-    while not stop.is_set():
-        try:
-            await set_commands(bot, i18n)
-            return
-        except (TelegramNetworkError, TelegramServerError) as error:
-            log.warning("could not set the command menu yet: %s", error.message)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=60)
+async def when_possible(stop: asyncio.Event, what: str, *calls: Callable[[], Awaitable[Any]]) -> None:
+    """Calls to Telegram that hold nothing up: each is retried once a minute until Telegram answers."""
+    for call in calls:
+        while not stop.is_set():
+            try:
+                await call()
+                break
+            except (TelegramNetworkError, TelegramServerError) as error:
+                log.warning("could not %s yet: %s", what, error.message)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=60)

@@ -63,7 +63,7 @@ class FeedbackAction(StrEnum):
     FIXED = "y"  # "Is it fixed?" — yes
     NOT_FIXED = "n"  # — no (asks why, then reopens)
     RATE = "r"  # a satisfaction rating, ``stars`` 1-5
-    SKIP_COMMENT = "s"  # no comment on the rating
+    COMMENT = "c"  # "add a comment" to one's rating (asks for it)
 
 
 class FeedbackCb(CallbackData, prefix="fb"):

@@ -24,15 +24,16 @@ from aiogram.exceptions import TelegramNetworkError, TelegramServerError
 from aiogram.methods import GetUpdates
 from aiogram.types import TelegramObject, Update
 from aiogram.utils.backoff import Backoff, BackoffConfig
-from sqlalchemy import Table, bindparam, delete, event, select, update
+from sqlalchemy import Table, bindparam, delete, event, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from domain.clock import Clock
 from storage.db import SessionFactory
-from storage.models import InboundUpdate
+from storage.models import InboundUpdate, SenderLease
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +150,12 @@ class UpdateInbox:
         *,
         concurrency: int = 64,
         max_backlog: int = 1_000,
+        holder: str | None = None,
     ) -> None:
         self.bot = bot
+        # This process's sender lease (bot/outbound/sender.py): while it is renewed, the updates recorded here
+        # are this process's to handle.
+        self.holder = holder
         self.dispatcher = dispatcher
         self.sessions = session_factory
         self.clock = clock
@@ -175,7 +180,10 @@ class UpdateInbox:
         if not batch:
             return []
         now = self.clock()
-        rows = [{"update_id": i, "payload": recorded_payload(u), "received_at": now} for i, u in batch.items()]
+        rows = [
+            {"update_id": i, "payload": recorded_payload(u), "received_at": now, "received_by": self.holder}
+            for i, u in batch.items()
+        ]
         async with self.sessions() as session, session.begin():
             dialect = session.get_bind().dialect.name
             insert = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(_TABLE)
@@ -185,12 +193,25 @@ class UpdateInbox:
             await self._write_marks(session)
         return [u for update_id, u in sorted(batch.items()) if update_id in fresh]
 
-    async def recover(self) -> int:
-        """Queue what a dead predecessor recorded but did not finish; returns how many updates."""
+    async def recover(self, *, everyone: bool = True) -> int:
+        """Queue what a dead predecessor recorded but did not finish; returns how many updates.
+
+        ``everyone``: this is the only process (long polling), so every unfinished update is a dead one's.
+        Otherwise (webhook, several processes) only those whose process's sender lease has lapsed; taking them
+        over is one UPDATE, so two processes never take the same one.
+        """
         async with self.sessions() as session, session.begin():
-            pending = InboundUpdate.handled_at.is_(None)
-            await session.execute(update(InboundUpdate).where(pending).values(recoveries=InboundUpdate.recoveries + 1))
-            rows = list(await session.scalars(select(InboundUpdate).where(pending).order_by(InboundUpdate.update_id)))
+            pending: list[ColumnElement[bool]] = [_TABLE.c.handled_at.is_(None)]
+            if not everyone:
+                live = select(SenderLease.holder).where(SenderLease.expires_at >= self.clock())
+                pending.append(or_(_TABLE.c.received_by.is_(None), _TABLE.c.received_by.not_in(live)))
+            taken = await session.execute(
+                update(_TABLE)
+                .where(*pending)
+                .values(recoveries=_TABLE.c.recoveries + 1, received_by=self.holder)
+                .returning(_TABLE.c.update_id, _TABLE.c.payload, _TABLE.c.recoveries)
+            )
+            rows = sorted(taken.all())
             poison = [row.update_id for row in rows if row.recoveries > MAX_RECOVERIES]
             if poison:
                 log.error("updates %s crashed the bot %d times each; set aside unhandled", poison, MAX_RECOVERIES)
@@ -265,7 +286,11 @@ class UpdateInbox:
         async with self.sessions() as session, session.begin():
             await self._write_marks(session)
 
-    async def _keep_marking(self, stop: asyncio.Event) -> None:
+    async def wait_for_room(self) -> None:
+        """Until fewer than ``max_backlog`` updates wait to be handled: a receiver slows down meanwhile."""
+        await self._room.wait()
+
+    async def keep_marking(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await self._marks_due.wait()
             self._marks_due.clear()
@@ -284,7 +309,7 @@ class UpdateInbox:
 
     async def poll(self, stop: asyncio.Event, polling_timeout: int = 10) -> None:
         """Long polling until ``stop``: record each batch, then confirm it with the next request."""
-        marker = asyncio.create_task(self._keep_marking(stop))
+        marker = asyncio.create_task(self.keep_marking(stop))
         backoff = Backoff(BackoffConfig(min_delay=1.0, max_delay=30.0, factor=1.5, jitter=0.1))
         request = GetUpdates(timeout=polling_timeout, allowed_updates=self.dispatcher.resolve_used_update_types())
         request_timeout = int((self.bot.session.timeout or 60) + polling_timeout)
@@ -292,7 +317,7 @@ class UpdateInbox:
         loop = asyncio.get_running_loop()
         try:
             while not stop.is_set():
-                await self._room.wait()
+                await self.wait_for_room()
                 if loop.time() - last_forget > 3600:
                     await self.forget_old()
                     last_forget = loop.time()

@@ -2,7 +2,7 @@
 
 The file is written by a community office clerk, so reading it checks everything and names the place of
 every problem (``grids[1].workers[0]: telegram_id must be an integer``) before anything is written.
-``communities/sample.toml`` documents the format field by field.
+``bot/communities/sample.toml`` (``resident-bot init`` copies it) documents the format field by field.
 
 Importing is an idempotent upsert by natural keys (the codes in the file): importing the same file twice
 changes nothing, an edited file updates what changed, and whatever disappeared from the file is switched

@@ -23,18 +23,21 @@ from datetime import datetime, timedelta
 from sqlalchemy import exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from domain.cards import refresh_copies
 from domain.deadlines import start_window
 from domain.errors import AccessDenied, InvalidTransition, NotFound
 from domain.followers import household_ids, is_household, tell_households
 from domain.households import require_verified
-from domain.outbox import Notice, enqueue
+from domain.outbox import Notice, enqueue, mark_queued
 from domain.text import required_text
 from domain.tickets import MAX_NOTE
-from storage.models import EventKind, Ticket, TicketEvent, TicketStatus
+from storage.models import EventKind, OutboxMessage, OutboxStatus, Ticket, TicketEvent, TicketStatus
 
 DEFAULT_WITHIN = timedelta(days=7)
 MIN_STARS, MAX_STARS = 1, 5
 SWEEP_BATCH = 500
+# How long the worker's message about a confirmation waits for the rating and comment to join it.
+FEEDBACK_GATHERING = timedelta(minutes=15)
 
 
 async def _ticket_for_household(session: AsyncSession, actor_id: int, ticket_id: int) -> Ticket:
@@ -62,9 +65,40 @@ async def _record(
     return event
 
 
-def _tell_worker(session: AsyncSession, ticket: Ticket, event: TicketEvent, now: datetime) -> None:
-    if ticket.assignee_id is not None:
+async def _tell_worker(session: AsyncSession, ticket: Ticket, event: TicketEvent, now: datetime) -> None:
+    """The worker hears a resident's answer in one message, not one per tap: a confirmation waits up to
+    ``FEEDBACK_GATHERING`` for the rating and comment that usually follow; they join it (the message is written
+    when it is sent, from every answer there is by then), and the comment, the last word, sends it at once.
+    An answer that comes after it was sent gets a message of its own."""
+    if ticket.assignee_id is None:
+        return
+    if event.kind == EventKind.CONFIRMED:
+        enqueue(
+            session,
+            ticket.assignee_id,
+            Notice.RESIDENT_FEEDBACK,
+            now,
+            not_before=now + FEEDBACK_GATHERING,
+            ticket_id=ticket.id,
+            event_id=event.id,
+        )
+        return
+    waiting = await session.scalars(
+        select(OutboxMessage).where(
+            # The unique (broadcast_id, chat_id) index finds the worker's personal rows: no scan of a broadcast's.
+            OutboxMessage.broadcast_id.is_(None),
+            OutboxMessage.chat_id == ticket.assignee_id,
+            OutboxMessage.created_at >= now - FEEDBACK_GATHERING,
+            OutboxMessage.kind == Notice.RESIDENT_FEEDBACK,
+            OutboxMessage.status == OutboxStatus.PENDING,
+        )
+    )
+    gathering = next((row for row in waiting if row.payload.get("ticket_id") == ticket.id), None)
+    if gathering is None:
         enqueue(session, ticket.assignee_id, Notice.RESIDENT_FEEDBACK, now, ticket_id=ticket.id, event_id=event.id)
+    elif event.kind == EventKind.RATING_COMMENT:
+        gathering.not_before = now
+        mark_queued(session)
 
 
 async def check_can_answer(session: AsyncSession, *, actor_id: int, ticket_id: int) -> Ticket:
@@ -83,8 +117,9 @@ async def confirm_fixed(session: AsyncSession, *, actor_id: int, ticket_id: int,
         ticket.status = TicketStatus.CLOSED
         ticket.closed_at = now
         event = await _record(session, ticket, EventKind.CONFIRMED, actor_id, now)
-        _tell_worker(session, ticket, event, now)
+        await _tell_worker(session, ticket, event, now)
         await tell_households(session, ticket, event, now, skip=actor_id)
+        await refresh_copies(session, ticket, now)
     return ticket
 
 
@@ -104,6 +139,7 @@ async def reopen(session: AsyncSession, *, actor_id: int, ticket_id: int, reason
         if ticket.assignee_id is not None:
             enqueue(session, ticket.assignee_id, Notice.TICKET_CARD, now, ticket_id=ticket.id)
         await tell_households(session, ticket, event, now, skip=actor_id)
+        await refresh_copies(session, ticket, now)
     return ticket
 
 
@@ -127,7 +163,22 @@ async def rate(session: AsyncSession, *, actor_id: int, ticket_id: int, stars: i
             raise InvalidTransition("already rated, or confirmed by another household")
         ticket.rating = stars
         event = await _record(session, ticket, EventKind.RATED, actor_id, now, stars=stars)
-        _tell_worker(session, ticket, event, now)
+        await _tell_worker(session, ticket, event, now)
+    return ticket
+
+
+async def check_can_comment(session: AsyncSession, *, actor_id: int, ticket_id: int) -> None:
+    """Refuse "add a comment" before the resident types it, as :func:`comment_on_rating` would."""
+    async with session.begin():
+        await _ticket_to_comment(session, actor_id, ticket_id)
+
+
+async def _ticket_to_comment(session: AsyncSession, actor_id: int, ticket_id: int) -> Ticket:
+    """The ticket, locked, for a comment on its rating: once, by the one who rated."""
+    ticket = await _ticket_for_household(session, actor_id, ticket_id)
+    _require(ticket, TicketStatus.CLOSED)
+    if ticket.rating is None or ticket.rating_comment or await _confirmer(session, ticket.id) != actor_id:
+        raise InvalidTransition("no rating to comment on")
     return ticket
 
 
@@ -137,13 +188,10 @@ async def comment_on_rating(
     """The optional words after the rating: once, by the one who rated."""
     text = required_text(text, MAX_NOTE)
     async with session.begin():
-        ticket = await _ticket_for_household(session, actor_id, ticket_id)
-        _require(ticket, TicketStatus.CLOSED)
-        if ticket.rating is None or ticket.rating_comment or await _confirmer(session, ticket.id) != actor_id:
-            raise InvalidTransition("no rating to comment on")
+        ticket = await _ticket_to_comment(session, actor_id, ticket_id)
         ticket.rating_comment = text
         event = await _record(session, ticket, EventKind.RATING_COMMENT, actor_id, now, note=text)
-        _tell_worker(session, ticket, event, now)
+        await _tell_worker(session, ticket, event, now)
     return ticket
 
 
@@ -199,6 +247,7 @@ async def close_unconfirmed(
                 session, ticket, EventKind.AUTO_CLOSED, None, now, days=within.total_seconds() / 86400
             )
             await tell_households(session, ticket, event, now)
+            await refresh_copies(session, ticket, now)
             result.closed.append(ticket_id)
 
         reminded_already = exists().where(

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.broadcasts import queue_survey_invitation
+from domain.cards import refresh_copies
 from domain.errors import AccessDenied, DomainError, HandledElsewhere, InvalidTransition, NotBound, NotFound
 from domain.followers import household_ids
 from domain.households import require_verified, verified_household
@@ -322,6 +323,7 @@ async def raise_from_ticket(
                 data={"topic_id": topic.id},
             )
         )
+        await refresh_copies(session, ticket, now)  # its cards lose "needs deliberation"
         await _tell_staff(session, topic, now, skip=actor_id)
     return topic
 

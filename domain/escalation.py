@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from domain.cards import refresh_copies
 from domain.deadlines import start_window
 from domain.errors import InvalidTransition
 from domain.outbox import Notice, enqueue
@@ -139,6 +140,7 @@ async def _move(
     start_window(ticket, ticket.category, now)
     await session.flush()
     await _record_routing(session, ticket, decision, now)
+    await refresh_copies(session, ticket, now)
     enqueue(session, ticket.reporter_id, Notice.TICKET_UPDATE, now, ticket_id=ticket.id, event_id=event.id)
     return event
 

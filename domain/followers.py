@@ -13,6 +13,7 @@ from datetime import datetime
 from sqlalchemy import bindparam, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from domain.cards import refresh_copies
 from domain.errors import AccessDenied, DomainError, InvalidTransition, NotFound
 from domain.households import require_verified
 from domain.outbox import Notice, enqueue
@@ -157,9 +158,11 @@ async def join(session: AsyncSession, *, user_id: int, ticket_id: int, now: date
         session.add(TicketFollower(ticket_id=ticket_id, user_id=user_id, joined_at=now))
         await session.flush()
         count = await households(session, ticket_id)
-        session.add(
-            TicketEvent(
-                ticket_id=ticket_id, at=now, actor_id=user_id, kind=EventKind.JOINED, data={"households": count}
-            )
+        event = TicketEvent(
+            ticket_id=ticket_id, at=now, actor_id=user_id, kind=EventKind.JOINED, data={"households": count}
         )
+        session.add(event)
+        await session.flush()
+        await tell_households(session, ticket, event, now, skip=user_id)  # the reporter hears of a new household
+        await refresh_copies(session, ticket, now)  # the card counts households
     return ticket, count

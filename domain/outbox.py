@@ -15,6 +15,7 @@ from storage.models import OutboxMessage
 
 class Notice(StrEnum):
     TICKET_CARD = "ticket_card"  # a worker's actionable card; payload: ticket_id
+    CARD_EDIT = "card_edit"  # a card sent earlier, brought up to date (domain/cards.py); payload: ticket_id, message_id
     TICKET_PHOTOS = "ticket_photos"  # the photos a resident attached; payload: ticket_id
     TICKET_UPDATE = "ticket_update"  # a resident is told what happened; payload: ticket_id, event_id
     DEADLINE_REMINDER = "deadline_reminder"  # the assignee: a deadline is close or passed; payload: ticket_id, event_id
@@ -34,8 +35,13 @@ class Notice(StrEnum):
 QUEUED_FLAG = "outbox_queued"
 
 
-def enqueue(session: AsyncSession, chat_id: int, kind: Notice, now: datetime, **payload: Any) -> None:
-    session.add(OutboxMessage(chat_id=chat_id, kind=kind, payload=payload, not_before=now, created_at=now))
+def enqueue(
+    session: AsyncSession, chat_id: int, kind: Notice, now: datetime, not_before: datetime | None = None, **payload: Any
+) -> None:
+    """Queue the message, to go at once, or not before ``not_before``."""
+    session.add(
+        OutboxMessage(chat_id=chat_id, kind=kind, payload=payload, not_before=not_before or now, created_at=now)
+    )
     mark_queued(session)
 
 

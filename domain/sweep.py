@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from domain.cards import refresh_copies
 from domain.deadlines import DEFAULT_YELLOW_SHARE, Colour, Deadline, Due, colour_at, current_due, restart_response
 from domain.escalation import escalate_overdue
 from domain.outbox import Notice, enqueue
@@ -210,4 +211,5 @@ async def _pass_on(session: AsyncSession, ticket: Ticket, due: Due, now: datetim
     _apply_decision(ticket, decision, now)
     restart_response(ticket, ticket.category, now)
     await _record_routing(session, ticket, decision, now)
+    await refresh_copies(session, ticket, now)
     return True

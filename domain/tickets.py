@@ -13,6 +13,7 @@ from datetime import datetime
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from domain.cards import refresh_copies
 from domain.deadlines import start_window
 from domain.errors import AccessDenied, DomainError, HandledElsewhere, InvalidTransition, NotBound, NotFound
 from domain.followers import households, is_household, tell_households
@@ -20,7 +21,7 @@ from domain.households import speaks_for
 from domain.outbox import Notice, enqueue
 from domain.people import Duties, Person, display_names, load_duties
 from domain.routing import RoutingDecision, choose_assignee, record_assignment
-from domain.text import required_text
+from domain.text import TextTooLong, clean, is_blank, required_text
 from storage.models import (
     Building,
     Category,
@@ -37,6 +38,7 @@ from storage.models import (
 MAX_DESCRIPTION = 800  # leaves room for the card's header inside Telegram's 1024-character caption
 MAX_NOTE = 800
 MAX_PHOTOS = 3
+MAX_CAPTION = 960  # a photo's caption, shown under the ticket's title within Telegram's 1024 characters
 
 
 class NobodyToHandTo(DomainError):
@@ -50,6 +52,7 @@ class ReportDraft:
     photos: list[str] = field(default_factory=list)
     latitude: float | None = None
     longitude: float | None = None
+    captions: dict[str, str] = field(default_factory=dict)  # by photo: what the resident wrote on it
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,14 @@ def check_description(text: str) -> str:
     return required_text(text, MAX_DESCRIPTION)
 
 
+def check_caption(text: str | None) -> str:
+    """A photo's caption, cleaned; none at all is fine (TextTooLong past MAX_CAPTION)."""
+    cleaned = clean(text or "")
+    if len(cleaned) > MAX_CAPTION:
+        raise TextTooLong(MAX_CAPTION)
+    return "" if is_blank(cleaned) else cleaned
+
+
 async def file_report(
     session: AsyncSession,
     *,
@@ -146,7 +157,10 @@ async def file_report(
             latitude=draft.latitude,
             longitude=draft.longitude,
             created_at=now,
-            photos=[TicketPhoto(file_id=file_id, stage=PhotoStage.REPORT) for file_id in draft.photos],
+            photos=[
+                TicketPhoto(file_id=f, stage=PhotoStage.REPORT, caption=check_caption(draft.captions.get(f)))
+                for f in draft.photos
+            ],
         )
         _apply_decision(ticket, decision, now)
         start_window(ticket, category, now)
@@ -188,10 +202,27 @@ async def _ticket_for_worker(session: AsyncSession, actor_id: int, ticket_id: in
     return ticket
 
 
-async def check_can_work(session: AsyncSession, *, actor_id: int, ticket_id: int) -> None:
-    """Refuse a worker's button, as its action would, before anyone types the text it asks for."""
+async def check_in_progress(session: AsyncSession, *, actor_id: int, ticket_id: int) -> None:
+    """Refuse a progress note or resolution, as the action would, before anyone types the text it asks for."""
     async with session.begin():
-        await _ticket_for_worker(session, actor_id, ticket_id)
+        ticket = await _ticket_for_worker(session, actor_id, ticket_id)
+        if ticket.status != TicketStatus.IN_PROGRESS:
+            raise InvalidTransition(ticket.status)
+
+
+async def check_can_hand_back(session: AsyncSession, *, actor_id: int, ticket_id: int) -> None:
+    """Refuse a hand-back, as the action would, before anyone types the reason."""
+    async with session.begin():
+        _check_hand_back(await _ticket_for_worker(session, actor_id, ticket_id), actor_id)
+
+
+def _check_hand_back(ticket: Ticket, actor_id: int) -> None:
+    if ticket.assignee_id != actor_id:
+        raise HandledElsewhere(ticket.id)  # colleagues step in, but only the assignee passes it on
+    if not ticket.is_open:
+        raise InvalidTransition(ticket.status)
+    if ticket.level not in (Level.GRID, Level.COMMUNITY):
+        raise InvalidTransition(ticket.level)  # above the community, a ticket is sent down instead
 
 
 async def _record(
@@ -228,6 +259,7 @@ async def accept(session: AsyncSession, *, actor_id: int, ticket_id: int, now: d
         ticket.accepted_at = now
         event = await _record(session, ticket, EventKind.ACCEPTED, actor_id, now)
         await _tell_reporter(session, ticket, event, now)
+        await refresh_copies(session, ticket, now)
     return ticket
 
 
@@ -236,12 +268,7 @@ async def hand_back(session: AsyncSession, *, actor_id: int, ticket_id: int, rea
     reason = required_text(reason, MAX_NOTE)
     async with session.begin():
         ticket = await _ticket_for_worker(session, actor_id, ticket_id)
-        if ticket.assignee_id != actor_id:
-            raise HandledElsewhere(ticket_id)  # colleagues step in, but only the assignee passes it on
-        if not ticket.is_open:
-            raise InvalidTransition(ticket.status)
-        if ticket.level not in (Level.GRID, Level.COMMUNITY):
-            raise InvalidTransition(ticket.level)  # above the community, a ticket is sent down instead
+        _check_hand_back(ticket, actor_id)
         handed_back_before = set(
             await session.scalars(
                 select(TicketEvent.actor_id).where(
@@ -261,6 +288,7 @@ async def hand_back(session: AsyncSession, *, actor_id: int, ticket_id: int, rea
         await _record(session, ticket, EventKind.HANDED_BACK, actor_id, now, note=reason)
         _apply_decision(ticket, decision, now)
         await _record_routing(session, ticket, decision, now)
+        await refresh_copies(session, ticket, now)
     return FiledTicket(ticket, decision)
 
 
@@ -298,6 +326,7 @@ async def resolve(
             stage=PhotoStage.RESOLUTION,
         )
         await _tell_reporter(session, ticket, event, now)
+        await refresh_copies(session, ticket, now)
     return ticket
 
 

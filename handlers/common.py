@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import views
 from bot.callbacks import LanguageCb
-from bot.filters import AnyCommand, Button
+from bot.filters import Button
 from bot.i18n import LANGUAGES
 from domain.errors import DomainError
 from domain.people import Person, set_language
@@ -109,35 +109,31 @@ async def cancel(message: Message, state: FSMContext, session: AsyncSession, use
     await show_menu(message, user, text)
 
 
-@router.message(~StateFilter(None), AnyCommand())
-async def command_mid_step(message: Message) -> None:
-    await message.answer(_("You are in the middle of something. Finish it, or send /cancel to stop."))
-
-
 @router.message(Command("help"))
 async def help_(message: Message, session: AsyncSession, user: Person) -> None:
-    await show_menu(
-        message,
-        user,
-        _(
-            "I pass your reports to your grid worker and tell you how they go.\n\n"
-            "/report — report a problem\n"
-            "/my — your reports and their progress\n"
-            "/tickets — tickets to handle (grid workers and staff)\n"
-            "/home — where you live, and verifying your household\n"
+    text = _(
+        "I pass your reports to your grid worker and tell you how they go.\n\n"
+        "/report — report a problem\n"
+        "/my — your reports and their progress\n"
+        "/home — where you live, and verifying your household\n"
+        "/suggest — a suggestion (金点子) for the monthly deliberation\n"
+        "/settings — turn the monthly broadcasts off or on\n"
+        "/language — 语言 / language\n"
+        "/cancel — stop what you are doing"
+    )
+    if user.is_worker:  # residents are not pointed to commands that are not theirs
+        text += "\n\n" + _(
+            "For grid workers and staff:\n"
+            "/tickets — tickets to handle\n"
             "/ledger — the three-colour ledger (community staff)\n"
-            "/suggest — a suggestion (金点子) for the monthly deliberation\n"
             "/topics — deliberation topics, step by step (community staff)\n"
             "/newtopic — write a deliberation topic (community staff)\n"
             "/broadcasts — the monthly agenda and feedback broadcasts (community staff)\n"
             "/verify — residents waiting to be verified (grid workers)\n"
             "/households — verified households per building (community staff)\n"
-            "/register — import the household register (community staff)\n"
-            "/settings — turn the monthly broadcasts off or on\n"
-            "/language — 语言 / language\n"
-            "/cancel — stop what you are doing"
-        ),
-    )
+            "/register — import the household register (community staff)"
+        )
+    await show_menu(message, user, text)
 
 
 @router.message(Command("language"))

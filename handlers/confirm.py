@@ -22,7 +22,7 @@ from domain import confirmation
 from domain.clock import Clock
 from domain.errors import DomainError
 from domain.people import Person
-from handlers.common import chat_of, drop_buttons, finish_text_step, show_menu
+from handlers.common import chat_of, drop_buttons, finish_text_step, start_text_step
 
 router = Router(name="confirm")
 
@@ -85,12 +85,7 @@ async def reason_not_text(message: Message) -> None:
 
 @router.callback_query(FeedbackCb.filter(F.action == FeedbackAction.RATE))
 async def rated(
-    query: CallbackQuery,
-    callback_data: FeedbackCb,
-    state: FSMContext,
-    session: AsyncSession,
-    user: Person,
-    clock: Clock,
+    query: CallbackQuery, callback_data: FeedbackCb, session: AsyncSession, user: Person, clock: Clock
 ) -> None:
     try:
         await confirmation.rate(
@@ -99,19 +94,26 @@ async def rated(
     except DomainError as error:
         await _refuse(query, error)
         return
-    await state.set_state(FeedbackInput.comment)
-    await state.set_data({"ticket_id": callback_data.ticket_id})
     await query.answer()
     screen = chat_of(query)
     await drop_buttons(screen)
+    # No step opens here: the comment is optional, and what the resident types next may be a new problem.
     await screen.answer(
-        feedback_views.comment_prompt(callback_data.stars),
-        reply_markup=feedback_views.skip_keyboard(callback_data.ticket_id),
+        feedback_views.rated(callback_data.stars), reply_markup=feedback_views.comment_keyboard(callback_data.ticket_id)
     )
 
 
-def _thanks() -> str:
-    return _("Thank you for your feedback!")
+@router.callback_query(FeedbackCb.filter(F.action == FeedbackAction.COMMENT))
+async def add_comment(
+    query: CallbackQuery, callback_data: FeedbackCb, state: FSMContext, session: AsyncSession, user: Person
+) -> None:
+    try:
+        await confirmation.check_can_comment(session, actor_id=user.id, ticket_id=callback_data.ticket_id)
+    except DomainError as error:
+        await _refuse(query, error)
+        return
+    prompt = feedback_views.comment_prompt(callback_data.ticket_id)
+    await start_text_step(query, state, FeedbackInput.comment, prompt, ticket_id=callback_data.ticket_id)
 
 
 @router.message(StateFilter(FeedbackInput.comment), Content(ContentType.TEXT))
@@ -120,26 +122,11 @@ async def commented(message: Message, state: FSMContext, session: AsyncSession, 
     step = confirmation.comment_on_rating(
         session, actor_id=user.id, ticket_id=ticket_id, text=message.text or "", now=clock()
     )
-    await finish_text_step(message, state, user, step, _thanks(), feedback_views.refusal)
+    await finish_text_step(
+        message, state, user, step, _("Thank you for your feedback! The worker will read it."), feedback_views.refusal
+    )
 
 
 @router.message(StateFilter(FeedbackInput.comment))
 async def comment_not_text(message: Message) -> None:
-    await message.answer(_("Please send your comment as text, or press Skip."))
-
-
-@router.callback_query(StateFilter(FeedbackInput.comment), FeedbackCb.filter(F.action == FeedbackAction.SKIP_COMMENT))
-async def comment_skipped(query: CallbackQuery, callback_data: FeedbackCb, state: FSMContext, user: Person) -> None:
-    if int((await state.get_data()).get("ticket_id", 0)) != callback_data.ticket_id:
-        await query.answer(_("This button is out of date."), show_alert=True)
-        return
-    await state.clear()
-    await query.answer()
-    screen = chat_of(query)
-    await drop_buttons(screen)
-    await show_menu(screen, user, _thanks())
-
-
-@router.callback_query(FeedbackCb.filter(F.action == FeedbackAction.SKIP_COMMENT))
-async def stale_skip(query: CallbackQuery) -> None:
-    await query.answer(_("This button is out of date."), show_alert=True)
+    await message.answer(_("Please send your comment as text, or /cancel."))

@@ -28,12 +28,12 @@ async def unknown_command(message: Message) -> None:
     await message.answer(_("I do not know that command. /help lists what I can do."))
 
 
-@router.message(StateFilter(None), Content(ContentType.TEXT))
+@router.message(StateFilter(None), Content(ContentType.TEXT, ContentType.PHOTO))
 async def stray_text(
     message: Message, state: FSMContext, session: AsyncSession, user: Person, directory: Directory
 ) -> None:
-    # Residents often just type what is wrong; treat that as the start of a report.
-    await report.start_wizard(message, state, session, user, directory, first_text=message.text)
+    # Residents often just type what is wrong, or send a photo of it; treat that as the start of a report.
+    await report.start_wizard(message, state, session, user, directory, first=message)
 
 
 @router.message()

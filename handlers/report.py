@@ -54,15 +54,17 @@ async def start_wizard(
     session: AsyncSession,
     user: Person,
     directory: Directory,
-    first_text: str | None = None,
+    first: Message | None = None,
 ) -> None:
-    """Open the wizard; text a resident typed without /report becomes the description."""
+    """Open the wizard. What a resident sent without /report (``first``) starts it: text becomes the
+    description; a photo is the report's first photo, and its caption the description."""
     home = await directory.home(session, user)
     if home is None:
         await message.answer(views.refusal(NotBound()))
         await offer_places(message, session)
         return
     description = None
+    first_text = first.text if first is not None and not first.photo else None
     if first_text is not None:
         description = await _description(message, first_text)
         if description is None:
@@ -70,9 +72,16 @@ async def start_wizard(
     community_id = home.compound.community_id
     await state.set_state(ReportWizard.category)
     await state.set_data({"community_id": community_id, "photos": []})
+    if first is not None and first.photo:
+        await photo_before_description(first, state, session, directory)
+        return
     if description is not None:
         await _suggest_category(message, state, session, directory, description)
         return
+    await _ask_for_category(message, session, directory, community_id)
+
+
+async def _ask_for_category(message: Message, session: AsyncSession, directory: Directory, community_id: int) -> None:
     await message.answer(
         _("What is wrong? Choose a category below, or simply describe the problem in your own words."),
         reply_markup=views.categories_keyboard(await directory.categories(session, community_id)),
@@ -161,9 +170,34 @@ async def described(message: Message, state: FSMContext) -> None:
     await _ask_for_photos(message, state)
 
 
+@router.message(StateFilter(ReportWizard.category, ReportWizard.description), Content(ContentType.PHOTO))
+async def photo_before_description(
+    message: Message, state: FSMContext, session: AsyncSession, directory: Directory
+) -> None:
+    """Photo first is what people do: it is kept, and its caption, if any, is taken as the description."""
+    data = await state.get_data()
+    describes = bool(message.caption and message.caption.strip()) and not data.get("description")
+    description = await _description(message, message.caption or "") if describes else None
+    if describes and description is None:
+        return  # the caption cannot be the description (too long): nothing is kept, they may send it again
+    if await _add_photo(message, state, caption=None if description else message.caption) is None:
+        return
+    describing = await state.get_state() == ReportWizard.description.state
+    if description is not None and describing:
+        await state.update_data(description=description)
+        await _ask_for_photos(message, state)
+    elif description is not None:
+        await _suggest_category(message, state, session, directory, description)
+    elif describing:
+        await message.answer(_("Photo added. Now please describe the problem in a few words."))
+    else:
+        await message.answer(_("Photo added."))
+        await _ask_for_category(message, session, directory, data["community_id"])
+
+
 @router.message(StateFilter(ReportWizard.description))
 async def description_not_text(message: Message) -> None:
-    await message.answer(_("Please describe the problem in words first; you can add photos next."))
+    await message.answer(_("Please describe the problem in words, or send a photo of it."))
 
 
 async def _ask_for_photos(message: Screen, state: FSMContext) -> None:
@@ -179,18 +213,35 @@ async def _ask_for_photos(message: Screen, state: FSMContext) -> None:
 
 @router.message(StateFilter(ReportWizard.photos), Content(ContentType.PHOTO))
 async def photo_added(message: Message, state: FSMContext) -> None:
-    photos = list((await state.get_data()).get("photos", []))
+    count = await _add_photo(message, state, caption=message.caption)
+    if count is not None:
+        await message.answer(_("Photo {count} of {limit} added.").format(count=count, limit=tickets.MAX_PHOTOS))
+
+
+async def _add_photo(message: Message, state: FSMContext, caption: str | None) -> int | None:
+    """Keep the photo (its largest size) with its caption; returns how many there are, or None after saying
+    why this one is not kept."""
+    data = await state.get_data()
+    photos, captions = list(data.get("photos", [])), dict(data.get("captions", {}))
     if len(photos) >= tickets.MAX_PHOTOS:
         await message.answer(
             _("You already have {limit} photos, the most one report can carry. Press “✅ Done”.").format(
                 limit=tickets.MAX_PHOTOS
             )
         )
-        return
+        return None
+    try:
+        kept = tickets.check_caption(caption)
+    except DomainError as error:
+        await message.answer(views.refusal(error))
+        return None
     assert message.photo is not None
-    photos.append(message.photo[-1].file_id)  # the largest size
-    await state.update_data(photos=photos)
-    await message.answer(_("Photo {count} of {limit} added.").format(count=len(photos), limit=tickets.MAX_PHOTOS))
+    file_id = message.photo[-1].file_id
+    photos.append(file_id)
+    if kept:
+        captions[file_id] = kept
+    await state.update_data(photos=photos, captions=captions)
+    return len(photos)
 
 
 @router.message(StateFilter(ReportWizard.photos), Content(ContentType.LOCATION))
@@ -229,6 +280,7 @@ def _draft(data: dict[str, Any]) -> tickets.ReportDraft:
         photos=list(data.get("photos", [])),
         latitude=data.get("latitude"),
         longitude=data.get("longitude"),
+        captions=dict(data.get("captions", {})),
     )
 
 
@@ -283,10 +335,17 @@ async def confirm_other(message: Message) -> None:
     await message.answer(_("Please press “📨 Submit” or “✖️ Cancel” below."))
 
 
+# The wizard's own buttons, typed (or pressed on an old keyboard) when no report is open: not a description.
 @router.message(StateFilter(None), Button(views.WIZARD_SUBMIT))
 @router.message(StateFilter(None), Button(views.WIZARD_CANCEL))
-async def stale_confirmation(message: Message, user: Person) -> None:
-    await show_menu(message, user, _("This report was already sent or cancelled."))
+@router.message(StateFilter(None), Button(views.WIZARD_DONE))
+@router.message(StateFilter(None), Button(views.WIZARD_LOCATION))
+async def wizard_button_outside_the_wizard(message: Message, user: Person) -> None:
+    await show_menu(
+        message,
+        user,
+        _("No report is open: it was sent, cancelled, or left too long. /my lists your reports; /report starts one."),
+    )
 
 
 @router.callback_query(CategoryCb.filter())

@@ -42,6 +42,9 @@ async def start_from_qr(
 @router.message(CommandStart())
 async def start(message: Message, state: FSMContext, session: AsyncSession, user: Person, directory: Directory) -> None:
     await state.clear()
+    if user.is_worker:  # greeted as a worker, with their menu; not asked where they live
+        await show_menu(message, user, views.worker_greeting())
+        return
     home = await directory.home(session, user)
     if home is None:
         await message.answer(

@@ -16,10 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot import views
 from bot.callbacks import TicketAction, TicketCb
 from bot.filters import Button, Content
-from domain import tickets
+from domain import cards, tickets
 from domain.clock import Clock
 from domain.errors import DomainError
 from domain.people import Person
+from domain.tickets import TicketCard
 from handlers.common import chat_of, finish_text_step, replace, start_text_step
 
 router = Router(name="worker")
@@ -31,19 +32,24 @@ class WorkerInput(StatesGroup):
     resolution = State()
 
 
+# A button that asks for text: the step it opens, the domain's check that the action still applies (so a stale
+# or forged button is refused before anyone types), and the prompt.
 PROMPTS = {
     TicketAction.HAND_BACK: (
         WorkerInput.hand_back_reason,
+        tickets.check_can_hand_back,
         lambda n: _("Why are you handing ticket #{number} back? The next person will see your reason.").format(
             number=n
         ),
     ),
     TicketAction.NOTE: (
         WorkerInput.note,
+        tickets.check_in_progress,
         lambda n: _("Write the progress note for ticket #{number} (text, or a photo with a caption).").format(number=n),
     ),
     TicketAction.RESOLVE: (
         WorkerInput.resolution,
+        tickets.check_in_progress,
         lambda n: _("What was done to resolve ticket #{number}? Send text, or a photo with a caption.").format(
             number=n
         ),
@@ -65,7 +71,7 @@ async def open_tickets(message: Message, session: AsyncSession, user: Person, tz
 
 @router.callback_query(TicketCb.filter(F.action == TicketAction.OPEN))
 async def open_card(
-    query: CallbackQuery, callback_data: TicketCb, session: AsyncSession, user: Person, tz: tzinfo
+    query: CallbackQuery, callback_data: TicketCb, session: AsyncSession, user: Person, tz: tzinfo, clock: Clock
 ) -> None:
     try:
         opened = await tickets.open_ticket(session, viewer_id=user.id, ticket_id=callback_data.ticket_id)
@@ -74,7 +80,11 @@ async def open_card(
         return
     await query.answer()
     text, markup = views.ticket_screen(opened, tz)
-    await chat_of(query).answer(text, reply_markup=markup)
+    shown = await chat_of(query).answer(text, reply_markup=markup)
+    if isinstance(opened, TicketCard):  # a card with buttons: kept current from now on
+        await cards.remember_copy(
+            session, ticket_id=opened.ticket.id, chat_id=shown.chat.id, message_id=shown.message_id, now=clock()
+        )
 
 
 @router.callback_query(TicketCb.filter(F.action == TicketAction.ACCEPT))
@@ -101,13 +111,12 @@ async def accept(
 async def ask_for_text(
     query: CallbackQuery, callback_data: TicketCb, state: FSMContext, session: AsyncSession, user: Person
 ) -> None:
-    # Check access now, so a forged button is refused before the worker types anything.
+    next_state, check, prompt = PROMPTS[callback_data.action]
     try:
-        await tickets.check_can_work(session, actor_id=user.id, ticket_id=callback_data.ticket_id)
+        await check(session, actor_id=user.id, ticket_id=callback_data.ticket_id)
     except DomainError as error:
         await query.answer(views.refusal(error), show_alert=True)
         return
-    next_state, prompt = PROMPTS[callback_data.action]
     await start_text_step(query, state, next_state, prompt(callback_data.ticket_id), ticket_id=callback_data.ticket_id)
 
 

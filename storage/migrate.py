@@ -3,6 +3,8 @@
     python -m storage.migrate [upgrade]            bring DATABASE_URL to the newest schema
     python -m storage.migrate revision -m "what"   after changing storage/models.py: write the next migration
 
+Both read DATABASE_URL as the bot does: from the environment, else from ``.env``, else the default SQLite file.
+
 The bot calls :func:`upgrade_database` at every start; on an up-to-date database it only reads the version.
 """
 
@@ -10,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import logging
-import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from storage.db import create_engine
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-# The same default as bot.config.Settings.database_url.
-DEFAULT_DATABASE_URL = f"sqlite+aiosqlite:///{MIGRATIONS.parent.parent / 'data' / 'bot.sqlite3'}"
 # Serialises bot processes that start at once against one PostgreSQL database.
 _PG_LOCK_KEY = 0x66656564626F74  # "feedbot"
 
@@ -51,6 +51,23 @@ def alembic_config() -> Config:
 async def upgrade_database(engine: AsyncEngine) -> None:
     """Migrate the database to the newest schema, in one transaction; safe to call on every start."""
     await run_alembic(engine, lambda config: command.upgrade(config, "head"))
+
+
+@contextlib.asynccontextmanager
+async def exclusive(engine: AsyncEngine) -> AsyncIterator[None]:
+    """Processes starting at once take turns here (a PostgreSQL advisory lock, the migrations' own); SQLite's
+    transactions take turns by themselves (BEGIN IMMEDIATE)."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _PG_LOCK_KEY})
+        await conn.commit()
+        try:
+            yield
+        finally:
+            await conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _PG_LOCK_KEY})
+            await conn.commit()
 
 
 async def make_revision(engine: AsyncEngine, message: str) -> None:
@@ -110,8 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     revision.add_argument("-m", "--message", required=True, help="what the migration changes")
     args = parser.parse_args(argv)
 
+    from bot.config import load_settings  # the bot's own settings and checks; storage needs them only here
+
+    url = load_settings().database_url
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    url = os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL
 
     async def run() -> None:
         engine = create_engine(url)

@@ -493,6 +493,22 @@ class TicketPhoto(Base):
     file_id: Mapped[str] = mapped_column(String(256))
     stage: Mapped[str] = mapped_column(String(16), default=PhotoStage.REPORT)
     event_id: Mapped[int | None] = mapped_column(ForeignKey("ticket_events.id"), default=None)
+    # What the resident wrote on the photo ("the crack by the window"); a worker's photo has its note instead.
+    caption: Mapped[str] = mapped_column(Text, default="", server_default="")
+
+
+class TicketCardCopy(Base):
+    """A message holding a ticket's card (text and buttons) that the bot sent someone: each is edited when the
+    ticket changes, so no old copy offers a button that no longer applies."""
+
+    __tablename__ = "ticket_card_copies"
+    __table_args__ = (UniqueConstraint("chat_id", "message_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    chat_id: Mapped[int] = mapped_column(BigInteger)
+    message_id: Mapped[int] = mapped_column(BigInteger)
+    sent_at: Mapped[datetime]
 
 
 class TicketFollower(Base):
@@ -586,6 +602,23 @@ class InboundUpdate(Base):
     handled_at: Mapped[datetime | None] = mapped_column(default=None)
     # How often a process started handling it after a restart: one that keeps crashing the bot is set aside.
     recoveries: Mapped[int] = mapped_column(Integer, default=0)
+    # The process handling it (its :class:`SenderLease` holder): with several processes, only an update whose
+    # process is gone is taken over by another.
+    received_by: Mapped[str | None] = mapped_column(String(32), default=None)
+
+
+class ScheduledRun(Base):
+    """One run of a scheduled job: whichever process inserts the row for a slot runs it; the others skip it.
+
+    Every process has the same jobs on the same clock, so the database decides which one runs each slot
+    (a minute for the sweeps), as it decides a broadcast's period.
+    """
+
+    __tablename__ = "scheduled_runs"
+
+    job: Mapped[str] = mapped_column(String(64), primary_key=True)
+    slot: Mapped[datetime] = mapped_column(primary_key=True)
+    ran_by: Mapped[str] = mapped_column(String(32))
 
 
 class Topic(Base):

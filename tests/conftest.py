@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bot.config import SAMPLE_COMMUNITY as SAMPLE
 from storage.db import SessionFactory, create_engine, create_session_factory
 from storage.models import Base
 from tests.harness import Harness
@@ -43,7 +44,7 @@ def require_redis() -> str:
 
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE_COMMUNITY = ROOT / "communities" / "sample.toml"
+SAMPLE_COMMUNITY = SAMPLE
 
 
 class FakeClock:

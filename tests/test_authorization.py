@@ -304,8 +304,8 @@ FORBIDDEN: dict[str, tuple[Action, frozenset[Role]]] = {
     "FeedbackCb.FIXED": (feedback(FeedbackAction.FIXED, "RES"), NOT_HOUSEHOLD),
     "FeedbackCb.NOT_FIXED": (feedback(FeedbackAction.NOT_FIXED, "RES", "probe: still broken"), NOT_HOUSEHOLD),
     "FeedbackCb.RATE": (feedback(FeedbackAction.RATE, "CLOSED", "probe: a comment"), NOT_HOUSEHOLD),
-    # Skip is live only right after one's own rating (test_confirmation); for everyone else it changes nothing.
-    "FeedbackCb.SKIP_COMMENT": (feedback(FeedbackAction.SKIP_COMMENT, "CLOSED", by=None), NOT_HOUSEHOLD),
+    # "Add a comment" is live only after one's own rating (test_confirmation); for everyone else it changes nothing.
+    "FeedbackCb.COMMENT": (feedback(FeedbackAction.COMMENT, "CLOSED", "probe: a comment", by=None), NOT_HOUSEHOLD),
     # "Me too" is offered inside the report wizard; the reporter may not join their own ticket.
     "MeTooCb.JOIN": (
         Action(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.processes import run_until_polling
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,39 +42,18 @@ def test_missing_token_says_how_to_get_one(tmp_path: Path) -> None:
 
 def test_unreachable_telegram_is_one_line_and_the_bot_keeps_trying(tmp_path: Path) -> None:
     """An outage at start must not keep the bot down: it says so once and retries until Telegram answers."""
-    environment = {
-        **os.environ,
-        "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bot.sqlite3'}",
-        "COMMUNITY_FILE": "",
-        "BOT_TOKEN": "123456:TEST",
-        "TELEGRAM_API_SERVER": "http://127.0.0.1:9",
-        "PYTHONPATH": str(ROOT),
-    }
-    bot = subprocess.Popen(
-        [sys.executable, "-m", "bot"], cwd=tmp_path, env=environment, stderr=subprocess.PIPE, text=True
+    code, log = run_until_polling(
+        tmp_path, COMMUNITY_FILE="", BOT_TOKEN="123456:TEST", TELEGRAM_API_SERVER="http://127.0.0.1:9"
     )
-    assert bot.stderr is not None
-    seen: list[str] = []
-    try:
-        for line in bot.stderr:
-            seen.append(line)
-            if "polling for updates" in line:
-                break
-        else:
-            raise AssertionError("".join(seen))
-    finally:
-        bot.send_signal(signal.SIGTERM)
-        _, rest = bot.communicate(timeout=30)
-    log = "".join(seen) + rest
-    assert bot.returncode == 0, log
+    assert code == 0, log
     assert "Traceback" not in log
     warnings = [line for line in log.splitlines() if "Cannot reach Telegram (http://127.0.0.1:9)" in line]
     assert len(warnings) == 1 and "Retrying until it answers" in warnings[0], log
 
 
 def test_the_household_register_is_imported_again_and_again_from_the_command_line(tmp_path: Path) -> None:
-    register = str(ROOT / "communities" / "sample-register.csv")
-    assert run_bot(tmp_path, "import", str(ROOT / "communities" / "sample.toml")).returncode == 0
+    register = str(ROOT / "bot" / "communities" / "sample-register.csv")
+    assert run_bot(tmp_path, "import", str(ROOT / "bot" / "communities" / "sample.toml")).returncode == 0
 
     unset = run_bot(tmp_path, "register", register, HOUSEHOLD_PHONE_SECRET="")
     assert unset.returncode == 1 and "HOUSEHOLD_PHONE_SECRET is not set" in last_line(unset)

@@ -119,14 +119,17 @@ async def test_yes_then_rating_and_comment_close_the_ticket_and_the_worker_hears
     answer = await resident.tap(answer, "4⭐")
     assert (await ticket(harness, number)).rating == 4
     assert "comment" in texts(answer)
+    answer = await resident.tap(answer, "Add a comment")
+    assert "/cancel" in texts(answer)
     answer = await resident.send("Quick & <tidy> work")
     assert "Thank you for your feedback" in texts(answer)
     saved = await ticket(harness, number)
     assert saved.rating == 4 and saved.rating_comment == "Quick & <tidy> work"
     assert (await event_kinds(harness, number))[-3:] == ["confirmed", "rated", "rating_comment"]
 
-    to_worker = sent_to(await harness.deliver(), LI_JUAN)
-    assert len(to_worker) == 3
+    # One message to the worker for all three answers (their card is edited besides: closed, History only).
+    to_worker = [r for r in sent_to(await harness.deliver(), LI_JUAN) if isinstance(r, SendMessage)]
+    assert len(to_worker) == 1
     said = texts(to_worker)
     assert "confirmed it is fixed" in said and "Satisfaction rating: 4 of 5" in said
     assert "Quick &amp; &lt;tidy&gt; work" in said, "the resident's words are escaped"
@@ -139,17 +142,30 @@ async def test_yes_then_rating_and_comment_close_the_ticket_and_the_worker_hears
     assert (await event_kinds(harness, number)).count("confirmed") == 1
 
 
-async def test_rating_comment_can_be_skipped(harness: Harness) -> None:
+async def test_the_rating_comment_is_offered_never_awaited(harness: Harness, clock: FakeClock) -> None:
+    await speak_english(harness, LI_JUAN)
     resident, number, told = await resolved_ticket(harness)
     answer = await resident.tap(told, "Yes")
-    answer = await resident.tap(answer, "5⭐")
-    answer = await resident.tap(answer, "Skip")
-    assert "Thank you for your feedback" in texts(answer)
+    rated = await resident.tap(answer, "5⭐")
+    assert "Add a comment" in str(buttons_of(rated[-1]))
+    # What the resident types next is a new problem, not a comment: it starts a report.
+    answer = await resident.send("The lift on the 3rd floor is stuck")
+    assert "Thank you" in texts(answer) and "category" in texts(answer).lower()
     saved = await ticket(harness, number)
     assert saved.status == TicketStatus.CLOSED and saved.rating == 5 and saved.rating_comment == ""
-    # Out of the comment step, text is no comment: it starts a new report as usual.
-    await resident.send("another thing")
-    assert (await ticket(harness, number)).rating_comment == ""
+
+    # The worker hears the confirmation and rating together, once the comment had its chance.
+    to_worker = [r for r in sent_to(await harness.deliver(), LI_JUAN) if isinstance(r, SendMessage)]
+    assert to_worker == []
+    clock.advance(minutes=16)
+    [told_worker] = [r for r in sent_to(await harness.deliver(), LI_JUAN) if isinstance(r, SendMessage)]
+    assert "confirmed it is fixed" in text_of(told_worker) and "5 of 5" in text_of(told_worker)
+    # "Add a comment" on the rating's message still works later, and is told on its own.
+    await resident.send("/cancel")
+    await resident.tap(rated, "Add a comment")
+    await resident.send("Thanks a lot")
+    [comment] = [r for r in sent_to(await harness.deliver(), LI_JUAN) if isinstance(r, SendMessage)]
+    assert "Thanks a lot" in text_of(comment) and "5 of 5" not in text_of(comment)
 
 
 async def test_no_with_a_reason_reopens_to_the_same_worker_counts_and_resends_the_card(harness: Harness) -> None:
@@ -282,5 +298,6 @@ async def test_the_scheduled_job_runs_the_sweep_and_wakes_the_sender(harness: Ha
     clock.advance(days=8)
     result = await run_sweep("confirmation-sweep", job, harness.sessions, clock, lambda: woken.append(True))
     assert isinstance(result, ConfirmationSweep) and result.closed == [number] and woken == [True]
+    clock.advance(minutes=1)  # the next minute's run (this minute's has run)
     again = await run_sweep("confirmation-sweep", job, harness.sessions, clock, lambda: woken.append(True))
     assert isinstance(again, ConfirmationSweep) and again.closed == [] and woken == [True]

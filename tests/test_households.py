@@ -53,8 +53,8 @@ from tests.harness import PHONE_SECRET, Harness, Person
 from tests.households import verify
 from tests.test_confirmation import alerted, callbacks, speak_english, texts
 
-SAMPLE_REGISTER = (ROOT / "communities" / "sample-register.csv").read_bytes()
-SAMPLE_TOML = (ROOT / "communities" / "sample.toml").read_text(encoding="utf-8")
+SAMPLE_REGISTER = (ROOT / "bot" / "communities" / "sample-register.csv").read_bytes()
+SAMPLE_TOML = (ROOT / "bot" / "communities" / "sample.toml").read_text(encoding="utf-8")
 LI_JUAN, MA_LI, ZHANG_WEI, YANG_MIN = 200001, 200002, 200003, 200011  # grid 1's workers; YANG_MIN works grid 2
 STAFF_WANG = 100001
 MA_GUILAN, MA_XIAOJUN = 950001, 950002  # 银巴小区 1号楼 1单元 101 in the sample register
@@ -487,7 +487,7 @@ async def test_each_gated_action_is_refused_unverified_and_allowed_once_verified
     rate = FeedbackCb(action=FeedbackAction.RATE, ticket_id=number, stars=4).pack()
     assert "Only a verified household" in texts(await guilan.press(rate))
     await share_phone(guilan, GUILAN_PHONE)
-    assert "You gave 4 of 5" in texts(await guilan.press(rate))
+    assert "you gave 4 of 5" in texts(await guilan.press(rate))
     async with harness.sessions() as session:
         saved = await session.get(Ticket, number)
         assert saved is not None and (saved.status, saved.rating) == (TicketStatus.CLOSED, 4)
@@ -578,7 +578,7 @@ async def test_a_survey_for_some_buildings_counts_only_their_households(
 
 
 def test_the_community_file_names_the_registers_columns() -> None:
-    spec = load_community_file(ROOT / "communities" / "sample.toml")
+    spec = load_community_file(ROOT / "bot" / "communities" / "sample.toml")
     assert spec.register is not None and spec.register.columns["phone"] == "联系电话"
     broken = SAMPLE_TOML.replace('phone = "联系电话"', 'mobile = "联系电话"')
     with pytest.raises(CommunityFileError) as refused:

@@ -106,7 +106,7 @@ async def test_report_reaches_least_loaded_grid_worker_with_a_full_card(harness:
     assert "#1" in card.text and "飞线充电" in card.text and "银巴小区 1号楼 2单元" in card.text
     assert "&lt;给电动车充电&gt;" in card.text
     assert "uri.amap.com" in card.text
-    assert [label for label, _ in buttons_of(card)][:2] == ["✅ 接单", "↩️ 退回"]
+    assert [label for label, _ in buttons_of(card)][:2] == ["✅ 接单", "↩️ 转交他人"]
     assert any(isinstance(r, SendPhoto) and r.photo == "photo-a" for r in to_worker)
     assert not sent_to(delivered, MA_LI), "only the chosen worker is told"
 
@@ -153,7 +153,7 @@ async def test_worker_accepts_notes_and_resolves_and_resident_hears_each_step(ha
 
     # The resident's /my lists it, and its history tells the whole story.
     answer = await resident.send("/my")
-    assert f"#{number}" in texts(answer) and "已解决" in texts(answer)
+    assert f"#{number}" in texts(answer) and "已办结（待确认）" in texts(answer)
     history = await resident.tap(answer, f"#{number}")
     assert "已疏通，排水正常" in texts(history) and "已联系物业疏通" in texts(history)
 

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, tzinfo
+from html import escape
 
-from aiogram.methods import SendMediaGroup, SendMessage, SendPhoto, TelegramMethod
-from aiogram.types import InlineKeyboardMarkup, InputMediaPhoto
+from aiogram.methods import (
+    EditMessageReplyMarkup,
+    EditMessageText,
+    SendMediaGroup,
+    SendMessage,
+    SendPhoto,
+    TelegramMethod,
+)
+from aiogram.types import InlineKeyboardMarkup, InputMediaPhoto, Message
 from aiogram.utils.i18n import I18n
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import views
@@ -16,9 +26,10 @@ from bot.views import deliberation as deliberation_views
 from bot.views import feedback as feedback_views
 from bot.views import households as household_views
 from bot.views import ladder as ladder_views
+from domain.errors import AccessDenied
 from domain.outbox import Notice
 from domain.people import display_names
-from domain.tickets import load_card, photos_of_event
+from domain.tickets import load_card, photos_of_event, ticket_access
 from domain.verification import request_for_notice
 from storage.models import (
     Broadcast,
@@ -40,7 +51,32 @@ from storage.models import (
 
 TOPIC_NOTICES = (Notice.TOPIC_UPDATE, Notice.TOPIC_CANDIDATE)
 HOUSEHOLD_NOTICES = (Notice.VERIFICATION_REQUEST, Notice.VERIFICATION_RESULT)
+FEEDBACK_EVENTS = (EventKind.CONFIRMED, EventKind.RATED, EventKind.RATING_COMMENT)  # told to the worker together
 RENDERED_BROADCASTS = 2048  # a broadcast × two languages × a district's buildings
+
+
+# Telegram's answers to an edit that mean there is nothing left to do: the copy already shows this (two changes
+# in a row), or the person deleted it.
+SETTLED_EDITS = ("message is not modified", "message to edit not found", "message can't be edited")
+
+
+def edit_settled(method: TelegramMethod, answer: str) -> bool:
+    """An edit Telegram refused because it is not needed (any more): done, not failed."""
+    answer = answer.lower()
+    return isinstance(method, EditMessageText | EditMessageReplyMarkup) and any(s in answer for s in SETTLED_EDITS)
+
+
+# Messages that carry a ticket's action buttons: the card, and the deadline reminder (which becomes the card
+# when the ticket moves on, so its Accept or Resolve never outlives the ticket's state).
+CARD_NOTICES = (Notice.TICKET_CARD, Notice.DEADLINE_REMINDER)
+
+
+def card_copy(row: OutboxMessage, sent: object) -> tuple[int, int, int] | None:
+    """(ticket, chat, message) when ``row`` was a ticket's card that Telegram took as ``sent``: a copy to keep
+    current (domain/cards.py)."""
+    if row.kind in CARD_NOTICES and isinstance(sent, Message):
+        return row.payload["ticket_id"], row.chat_id, sent.message_id
+    return None
 
 
 class Renderer:
@@ -138,6 +174,8 @@ class Renderer:
         match Notice(row.kind):
             case Notice.TICKET_CARD:
                 return await self._card(session, row.chat_id, ticket)
+            case Notice.CARD_EDIT:
+                return await self._card_edit(session, row.chat_id, ticket, row.payload["message_id"])
             case Notice.TICKET_PHOTOS:
                 return self._photos(row.chat_id, ticket)
             case Notice.TICKET_UPDATE:
@@ -156,18 +194,38 @@ class Renderer:
             chat_id=chat_id, text=views.ticket_card(card, self.tz), reply_markup=views.ticket_actions(ticket)
         )
 
+    async def _card_edit(self, session: AsyncSession, chat_id: int, ticket: Ticket, message_id: int) -> TelegramMethod:
+        """A copy of the card brought up to date, with the buttons its holder may press now; one who no longer
+        works the ticket keeps the text they saw, without buttons."""
+        try:
+            access = await ticket_access(session, chat_id, ticket)
+        except AccessDenied:
+            access = None
+        if access is None or not access.as_worker:
+            return EditMessageReplyMarkup(chat_id=chat_id, message_id=message_id, reply_markup=None)
+        card = replace(await load_card(session, ticket), can_act=access.can_act)
+        return EditMessageText(
+            chat_id=chat_id,
+            message_id=message_id,
+            text=views.ticket_card(card, self.tz),
+            reply_markup=views.ticket_actions(ticket, access.can_act),
+        )
+
     def _photos(self, chat_id: int, ticket: Ticket) -> TelegramMethod | None:
-        photos = [p.file_id for p in ticket.photos if p.stage == PhotoStage.REPORT]
-        caption = views.ticket_title(ticket)
+        """The resident's photos, each with what they wrote on it; the first also names the ticket."""
+        photos = [p for p in ticket.photos if p.stage == PhotoStage.REPORT]
         if not photos:
             return None
+        title = escape(views.ticket_title(ticket))
+        captions = [
+            "\n".join(part for part in (title if i == 0 else "", escape(photo.caption)) if part) or None
+            for i, photo in enumerate(photos)
+        ]
         if len(photos) == 1:
-            return SendPhoto(chat_id=chat_id, photo=photos[0], caption=caption)
+            return SendPhoto(chat_id=chat_id, photo=photos[0].file_id, caption=captions[0])
         return SendMediaGroup(
             chat_id=chat_id,
-            media=[
-                InputMediaPhoto(media=file_id, caption=caption if i == 0 else None) for i, file_id in enumerate(photos)
-            ],
+            media=[InputMediaPhoto(media=p.file_id, caption=c) for p, c in zip(photos, captions, strict=True)],
         )
 
     async def _update(
@@ -177,7 +235,7 @@ class Renderer:
         if event is None:
             return None
         names = await display_names(session, ticket.community_id, [event.actor_id])
-        text = views.resident_update(ticket, event, names)
+        text = views.resident_update(ticket, event, names, chat_id)
         markup = views.history_keyboard(ticket.id)
         if event.kind == EventKind.RESOLVED and ticket.status == TicketStatus.RESOLVED:
             # Closing the loop: the resolution (with its photo) asks "Is it fixed?" while nobody has answered.
@@ -200,12 +258,23 @@ class Renderer:
     async def _feedback(
         self, session: AsyncSession, chat_id: int, ticket: Ticket, event_id: int
     ) -> TelegramMethod | None:
-        event = await session.get(TicketEvent, event_id)
-        if event is None:
+        """The resident's answers from ``event_id`` on, in one message: what joined it while it waited."""
+        answers = list(
+            await session.scalars(
+                select(TicketEvent)
+                .where(
+                    TicketEvent.ticket_id == ticket.id,
+                    TicketEvent.id >= event_id,
+                    TicketEvent.kind.in_(FEEDBACK_EVENTS),
+                )
+                .order_by(TicketEvent.id)
+            )
+        )
+        if not answers:
             return None
         return SendMessage(
             chat_id=chat_id,
-            text=feedback_views.worker_feedback(ticket, event),
+            text=feedback_views.worker_feedback(ticket, answers),
             reply_markup=views.history_keyboard(ticket.id),
         )
 

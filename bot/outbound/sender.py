@@ -43,8 +43,9 @@ from aiogram.exceptions import (
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.outbound.notices import Renderer
+from bot.outbound.notices import Renderer, card_copy, edit_settled
 from bot.outbound.replies import ChatPacer
+from domain.cards import record_copy
 from domain.clock import Clock
 from storage.db import SessionFactory
 from storage.models import OutboxMessage, OutboxStatus, SenderLease, User
@@ -138,6 +139,7 @@ class OutboxSender:
         # Rows Telegram accepted whose "sent" is not written yet: it rides along with the next commit the
         # sender makes anyway, so a message costs one transaction, not two.
         self._delivered: list[int] = []
+        self._card_copies: list[tuple[int, int, int]] = []  # cards among them: (ticket, chat, message), kept current
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -296,7 +298,7 @@ class OutboxSender:
 
         now = self.clock()
         try:
-            await self.bot(method)
+            sent = await self.bot(method)
         except TelegramRetryAfter as error:
             await self.bucket.pause(error.retry_after)
             await self._finish([row], OutboxStatus.PENDING, now + timedelta(seconds=error.retry_after), "429")
@@ -306,9 +308,12 @@ class OutboxSender:
             await self._finish([row], OutboxStatus.FAILED, None, f"403: {error.message}")
             return OutboxStatus.FAILED
         except TelegramBadRequest as error:
-            # Telegram's word on this chat or this message ("chat not found"): trying again cannot help.
-            await self._finish([row], OutboxStatus.FAILED, None, f"400: {error.message}")
-            return None
+            if edit_settled(method, error.message):
+                sent = None  # the card already reads so, or is gone: nothing left to do
+            else:
+                # Telegram's word on this chat or this message ("chat not found"): trying again cannot help.
+                await self._finish([row], OutboxStatus.FAILED, None, f"400: {error.message}")
+                return None
         except (TelegramServerError, TelegramNetworkError) as error:
             attempts = row.attempts + 1
             if now - row.created_at >= self.settings.retry_horizon:
@@ -323,6 +328,8 @@ class OutboxSender:
             await self._finish([row], OutboxStatus.FAILED, None, f"error: {error!r}")
             return None
         self._delivered.append(row.id)
+        if (copy := card_copy(row, sent)) is not None:
+            self._card_copies.append(copy)
         row.status, row.error = OutboxStatus.SENT, ""
         return OutboxStatus.SENT
 
@@ -334,6 +341,9 @@ class OutboxSender:
         if not self._delivered:
             return
         delivered, self._delivered = self._delivered, []
+        copies, self._card_copies = self._card_copies, []
+        for ticket_id, chat_id, message_id in copies:
+            record_copy(session, ticket_id=ticket_id, chat_id=chat_id, message_id=message_id, now=self.clock())
         await session.execute(
             update(OutboxMessage)
             .where(OutboxMessage.id.in_(delivered))

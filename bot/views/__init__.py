@@ -38,6 +38,8 @@ MENU_REPORT = __("📝 Report a problem")
 MENU_MY = __("📋 My reports")
 MENU_TICKETS = __("🗂 Tickets to handle")
 MENU_LANGUAGE = __("🌐 Language")
+# Typed in the middle of a step, each of these ends the step and does what it says (bot/steps.py).
+MAIN_MENU_BUTTONS = (MENU_REPORT, MENU_MY, MENU_TICKETS, MENU_LANGUAGE)
 WIZARD_DONE = __("✅ Done")
 WIZARD_LOCATION = __("📍 Send my location")
 WIZARD_SUBMIT = __("📨 Submit")
@@ -87,6 +89,14 @@ def _photos_keyboard(locale: str) -> ReplyKeyboardMarkup:
     )
 
 
+def worker_greeting() -> str:
+    return _(
+        "Hello! You handle residents' reports here. New tickets come to you in this chat as cards; "
+        "“🗂 Tickets to handle” (/tickets) lists the open ones. Community staff also have /ledger, /topics and "
+        "/broadcasts; /help lists everything."
+    )
+
+
 def local_time(moment: datetime, tz: tzinfo) -> str:
     return moment.astimezone(tz).strftime("%Y-%m-%d %H:%M")
 
@@ -95,7 +105,7 @@ def status_label(status: str) -> str:
     return {
         TicketStatus.ASSIGNED: _("waiting to be accepted"),
         TicketStatus.IN_PROGRESS: _("being handled"),
-        TicketStatus.RESOLVED: _("resolved"),
+        TicketStatus.RESOLVED: _("resolved, awaiting confirmation"),
         TicketStatus.CLOSED: _("closed, confirmed by the resident"),
         TicketStatus.UNCONFIRMED: _("resolved, unconfirmed"),
     }.get(TicketStatus(status), status)
@@ -203,7 +213,8 @@ def ticket_card(card: TicketCard, tz: tzinfo) -> str:
         )
     if ticket.latitude is not None and ticket.longitude is not None:
         url = f"https://uri.amap.com/marker?position={ticket.longitude:.6f},{ticket.latitude:.6f}"
-        lines.append(f'📌 <a href="{url}">{_("Location on the map")}</a>')
+        label = _("Location on the map")
+        lines.append(f'📌 <a href="{url}">{label}</a>')
     report_photos = [p for p in ticket.photos if p.stage == "report"]
     if report_photos:
         lines.append(_("📷 Photos: {count} (sent with the ticket)").format(count=len(report_photos)))
@@ -219,8 +230,17 @@ def deadline_lines(ticket: Ticket, tz: tzinfo) -> list[str]:
     elif ticket.status == TicketStatus.IN_PROGRESS and ticket.resolve_by is not None:
         lines.append(_("⏳ Resolve by {time}").format(time=local_time(ticket.resolve_by, tz)))
     if ticket.level != Level.GRID:
-        lines.append(_("Level: {level}").format(level=level_name(ticket.level)))
+        lines.append(level_line(ticket.level))
     return lines
+
+
+def level_line(level: str) -> str:
+    """On the card: the rung of the ladder the ticket is on, named as an office (never as a person)."""
+    return {
+        Level.COMMUNITY: _("Level: community"),
+        Level.STREET: _("Level: street office"),
+        Level.DEPARTMENT: _("Level: department"),
+    }.get(Level(level), _("Level: grid"))
 
 
 def level_name(level: str, data: dict[str, object] | None = None) -> str:
@@ -400,9 +420,20 @@ def ticket_history(view: TicketView, tz: tzinfo) -> str:
     return "\n".join(header + events)
 
 
-def resident_update(ticket: Ticket, event: TicketEvent, names: dict[int, str]) -> str:
-    """What the reporter is told when their ticket moves."""
-    return "\n".join([f"<b>{escape(ticket_title(ticket))}</b>", event_text(event, names, for_worker=False)])
+def resident_update(ticket: Ticket, event: TicketEvent, names: dict[int, str], recipient_id: int) -> str:
+    """What a household is told when their ticket moves; an answer from another household says so."""
+    text = event_text(event, names, for_worker=False)
+    if event.actor_id != recipient_id:
+        match event.kind:
+            case EventKind.CONFIRMED:
+                text = _(
+                    "Another household confirmed it is fixed, so the ticket is closed. Thank you for your patience."
+                )
+            case EventKind.REOPENED:
+                text = _("Another household says it is not fixed: {reason}. It is back with the worker.").format(
+                    reason=escape(event.note)
+                )
+    return "\n".join([f"<b>{escape(ticket_title(ticket))}</b>", text])
 
 
 # --- outside the private chat -----------------------------------------------------------------------------

@@ -129,7 +129,7 @@ def event_text(event: TopicEvent, names: dict[int, str], tasks: dict[int, TopicT
         case TopicEventKind.SURVEY_OPENED:
             return _("Survey opened by {name}").format(name=actor)
         case TopicEventKind.VOTED:
-            return _("Voted: {decision} ({yes}/{no}/{abstain})").format(
+            return _("Vote recorded: {decision} ({yes} for, {no} against, {abstain} abstaining)").format(
                 decision=note,
                 yes=event.data.get("votes_for"),
                 no=event.data.get("votes_against"),
@@ -252,7 +252,16 @@ def survey_text(view: SurveyView) -> str:
             )
         )
     elif topic.status == TopicStatus.DRAFTED:
-        lines.append(_("The survey is not open yet."))
+        lines.append(
+            _(
+                "The survey is not open yet: I will send you the invitation here when it opens. Until then, "
+                "/suggest sends the community your own view or idea."
+            )
+        )
+    elif topic.votes_for is not None:
+        lines.append(
+            _("The survey is closed. What is done about the decision is reported here and in the monthly feedback.")
+        )
     lines += _decision_lines(topic)
     return _fit(lines)
 
@@ -319,7 +328,10 @@ def refusal(error: DomainError, for_resident: bool = False) -> str:
     if isinstance(error, AlreadyRaised):
         return _("This ticket is on topic #{number} already.").format(number=error.args[0])
     if isinstance(error, InvalidTransition) and for_resident:
-        return _("This survey is not open (any more).")
+        return _(
+            "This topic has no survey open now. If one opens, the invitation comes here; /suggest sends the "
+            "community your own idea."
+        )
     if isinstance(error, InvalidTransition):
         return _("This button is out of date: the topic has moved on. Open it again from /topics.")
     return views.refusal(error)

@@ -11,7 +11,7 @@ from aiogram.utils.i18n import gettext as _
 from bot import views
 from bot.callbacks import FeedbackAction, FeedbackCb, MeTooAction, MeTooCb, TicketAction, TicketCb
 from domain.confirmation import MAX_STARS, MIN_STARS
-from domain.errors import DomainError
+from domain.errors import DomainError, InvalidTransition
 from domain.followers import AlreadyJoined, OwnTicket, SimilarTicket
 from storage.models import Ticket, TicketEvent
 
@@ -69,16 +69,21 @@ def _rate(ticket_id: int, stars: int) -> FeedbackCb:
     return FeedbackCb(action=FeedbackAction.RATE, ticket_id=ticket_id, stars=stars)
 
 
-def comment_prompt(stars: int) -> str:
-    return _(
-        "You gave {stars} of 5. Would you like to add a comment for the worker? Send it as a message, or press Skip."
-    ).format(stars=stars)
+def rated(stars: int) -> str:
+    return _("Thank you: you gave {stars} of 5. If you like, add a comment for the worker.").format(stars=stars)
 
 
-def skip_keyboard(ticket_id: int) -> InlineKeyboardMarkup:
+def comment_keyboard(ticket_id: int) -> InlineKeyboardMarkup:
+    """The comment is optional: a button opens it, so nothing typed later is taken for it."""
     return InlineKeyboardMarkup(
-        inline_keyboard=[[_button(_("Skip"), FeedbackCb(action=FeedbackAction.SKIP_COMMENT, ticket_id=ticket_id))]]
+        inline_keyboard=[
+            [_button(_("💬 Add a comment"), FeedbackCb(action=FeedbackAction.COMMENT, ticket_id=ticket_id))]
+        ]
     )
+
+
+def comment_prompt(ticket_id: int) -> str:
+    return _("Your comment on how ticket #{number} was handled; it goes to the worker.").format(number=ticket_id)
 
 
 def reason_prompt(ticket_id: int) -> str:
@@ -88,9 +93,11 @@ def reason_prompt(ticket_id: int) -> str:
     ).format(number=ticket_id)
 
 
-def worker_feedback(ticket: Ticket, event: TicketEvent) -> str:
-    """What the worker hears when a resident confirms, rates or comments."""
-    return "\n".join([f"<b>{escape(views.ticket_title(ticket))}</b>", views.event_text(event, {}, for_worker=True)])
+def worker_feedback(ticket: Ticket, answers: list[TicketEvent]) -> str:
+    """What the worker hears when a resident confirms, rates and comments: one message for all of it."""
+    lines = [f"<b>{escape(views.ticket_title(ticket))}</b>"]
+    lines += [views.event_text(answer, {}, for_worker=True) for answer in answers]
+    return "\n".join(lines)
 
 
 # --- "me too" -------------------------------------------------------------------------------------------
@@ -147,4 +154,6 @@ def refusal(error: DomainError) -> str:
         return _("This is your own report.")
     if isinstance(error, AlreadyJoined):
         return _("You have already joined this ticket.")
+    if isinstance(error, InvalidTransition):  # a resident's button: /tickets is not theirs
+        return _("This button is out of date: the ticket has moved on. /my shows where it stands.")
     return views.refusal(error)

@@ -103,6 +103,7 @@ def undelivered_line(item: Undelivered) -> str:
     subject = f"#{item.ticket_id}" if item.ticket_id is not None else _("topic {number}").format(number=item.topic_id)
     what = {
         Notice.TICKET_CARD: _("card of {subject}"),
+        Notice.CARD_EDIT: _("card of {subject}"),
         Notice.TICKET_PHOTOS: _("photos of {subject}"),
         Notice.DEADLINE_REMINDER: _("deadline reminder for {subject}"),
         Notice.CONFIRM_REMINDER: _("“Is it fixed?” reminder for {subject}"),

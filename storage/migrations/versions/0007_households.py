@@ -1,7 +1,7 @@
 """Issue 13, who counts: the household register, residents' verifications, one survey vote per household.
 
-Revision ID: 0005_households
-Revises: 0004
+Revision ID: 0007_households
+Revises: 0006_deploy
 Create Date: 2026-12-06 18:56:15.464156
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005_households"
-down_revision: str | None = "0004"
+revision: str = "0007_households"
+down_revision: str | None = "0006_deploy"
 branch_labels: str | tuple[str, ...] | None = None
 depends_on: str | tuple[str, ...] | None = None
 
