@@ -222,6 +222,7 @@ def assemble(
     )
     dispatcher.workflow_data["yellow_share"] = settings.ledger_yellow_share
     dispatcher.workflow_data["stats_cache"] = MonthCache()  # /stats: the figures of months that have ended
+    dispatcher.workflow_data["phone_secret"] = settings.phone_secret()
     return Application(bot, dispatcher, sender, session_factory, shared_rate)
 
 
@@ -250,6 +251,9 @@ async def set_commands(bot: Bot, i18n: I18n) -> None:
         "broadcasts",
         "settings",
         "home",
+        "verify",
+        "households",
+        "register",
         "language",
         "help",
         "cancel",
@@ -276,7 +280,10 @@ def command_descriptions() -> dict[str, str]:
         "newtopic": _("New deliberation topic"),
         "broadcasts": _("Monthly broadcasts"),
         "settings": _("Settings"),
-        "home": _("Change my building"),
+        "home": _("My home and verification"),
+        "verify": _("Verification requests (grid workers)"),
+        "households": _("Verified households per building (staff)"),
+        "register": _("Import the household register (staff)"),
         "language": _("Language"),
         "help": _("Help"),
         "cancel": _("Cancel"),

@@ -146,3 +146,20 @@ class StatsCb(CallbackData, prefix="ss"):
     community_id: RowId
     month: RowId
     view: str = "g"
+
+
+class HouseholdAction(StrEnum):
+    """Households: the resident's /home buttons, the grid worker's requests, staff's buildings."""
+
+    VERIFY = "v"  # a resident starts verifying their household
+    MOVE = "m"  # a resident changes their building
+    OPEN = "o"  # a grid worker opens a verification request (``id``)
+    APPROVE = "a"  # … and verifies it
+    DECLINE = "d"  # … or declines it (asks why)
+    BUILDING = "b"  # staff open a building's verified residents (``id`` the building)
+    REVOKE = "r"  # staff revoke a verification (``id``; asks why)
+
+
+class HouseholdCb(CallbackData, prefix="hh"):
+    action: HouseholdAction
+    id: RowId = 0

@@ -3,6 +3,7 @@
 resident-bot                      run the bot (long polling; webhook mode when WEBHOOK_URL is set)
 resident-bot init [DIR]           write community.toml and .env to start from
 resident-bot import FILE          import or update a community file
+resident-bot register FILE        import the household register (CSV or .xlsx) again; see [register]
 resident-bot qr [--out DIR]       one QR code image per building
 resident-bot migrate              bring the database to the newest schema (the bot also does at start)
 resident-bot backup OUT           a consistent copy of the SQLite database, also while the bot runs
@@ -39,7 +40,15 @@ from bot.reports.spreadsheet import month_workbook
 from domain.clock import system_clock
 from domain.community_file import CommunityFileError, building_links, import_community, load_community_file
 from domain.errors import NotFound
+from domain.households import NoPhoneSecret
 from domain.posters import poster_buildings
+from domain.register import (
+    NoRegisterColumns,
+    RegisterFileError,
+    RegisterReport,
+    community_for_register,
+    import_register,
+)
 from domain.stats import Month, MonthReport, community_by_code, month_report
 from storage.db import create_engine, create_session_factory
 from storage.migrate import upgrade_database
@@ -58,6 +67,13 @@ async def import_file(settings: Settings, path: Path) -> None:
     finally:
         await engine.dispose()
     print(report.summary())
+
+
+def read_register(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise SystemExit(f"register: {path}: cannot read the file: {error.strerror or error}") from error
 
 
 async def bot_username(settings: Settings, username: str | None) -> str:
@@ -83,6 +99,21 @@ async def read_database(settings: Settings, read: Callable[[AsyncSession], Await
             return await read(session)
     finally:
         await engine.dispose()
+
+
+async def import_register_file(settings: Settings, path: Path, data: bytes, community: str | None) -> None:
+    async def read(session: AsyncSession) -> RegisterReport:
+        target = await community_for_register(session, community)
+        return await import_register(
+            session,
+            community_id=target.id,
+            data=data,
+            filename=path.name,
+            secret=settings.phone_secret(),
+            now=system_clock(),
+        )
+
+    print((await read_database(settings, read)).summary())
 
 
 NO_BUILDINGS = "No buildings yet: import a community file first (resident-bot import FILE)."
@@ -209,6 +240,9 @@ def main(argv: list[str] | None = None) -> None:
     starter.add_argument("directory", type=Path, nargs="?", default=Path("."))
     importer = commands.add_parser("import", help="import or update a community file")
     importer.add_argument("file", type=Path)
+    register = commands.add_parser("register", help="import the household register (CSV or .xlsx) again")
+    register.add_argument("file", type=Path)
+    register.add_argument("--community", help="the community code; needed only when there are several")
     qr = commands.add_parser("qr", help="write one QR code per building")
     qr.add_argument("--out", type=Path, default=Path("qr"))
     qr.add_argument("--community", help="only this community code")
@@ -241,6 +275,8 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(print_posters(settings, args.out, args.community, args.bot_username, paper))
         elif args.command == "export":
             write_export(settings, args.community, args.month, args.out, args.language)
+        elif args.command == "register":
+            asyncio.run(import_register_file(settings, args.file, read_register(args.file), args.community))
         elif args.command == "qr":
             asyncio.run(print_qr_codes(settings, args.out, args.community, args.bot_username))
         elif args.command == "migrate":
@@ -252,6 +288,12 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(run_bot(settings))
     except CommunityFileError as error:
         sys.exit(f"community file: {error}")
+    except RegisterFileError as error:
+        sys.exit(f"register: {args.file}: {error}")
+    except NoRegisterColumns as error:
+        sys.exit(f"register: {error}. Add a [register] section to the community file and import it first.")
+    except NoPhoneSecret:
+        sys.exit("register: HOUSEHOLD_PHONE_SECRET is not set: put a long random secret in .env (see .env.example).")
     except TelegramUnauthorizedError:
         sys.exit("Telegram rejected BOT_TOKEN: copy the token again from @BotFather (/mybots → API Token).")
     except TelegramNetworkError as error:

@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["plain", "json"] = "plain"
 
+    # The key of the keyed hash (HMAC-SHA256) kept instead of the household register's phone numbers and the
+    # numbers residents share. Unset: no register can be imported, and residents are verified by their grid worker.
+    household_phone_secret: SecretStr | None = None
+
     @field_validator(
         "community_file",
         "telegram_api_server",
@@ -215,6 +219,11 @@ class Settings(BaseSettings):
                 "(plain http:// works only with a local Bot API server, TELEGRAM_API_SERVER)"
             )
         return self
+
+    def phone_secret(self) -> bytes:
+        """The phone-number key as bytes; empty when it is not set."""
+        secret = self.household_phone_secret
+        return secret.get_secret_value().strip().encode() if secret is not None else b""
 
     def require_token(self) -> str:
         if self.bot_token is None or not self.bot_token.get_secret_value().strip():

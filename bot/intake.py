@@ -55,6 +55,17 @@ class HandledMark:
     written: bool = False
 
 
+def recorded_payload(update: Update) -> str:
+    """The update as it is kept until handled: as Telegram sent it, but a shared contact's phone number, which is
+    never stored in plain text (domain/households.py). An update recovered after a crash asks the resident's
+    grid worker instead, as for a number the register does not know."""
+    message = update.message
+    if message is not None and message.contact is not None:
+        contact = message.contact.model_copy(update={"phone_number": ""})
+        update = update.model_copy(update={"message": message.model_copy(update={"contact": contact})})
+    return update.model_dump_json(exclude_unset=True, by_alias=True)
+
+
 def order_key(update: Update) -> int:
     """Whose updates must stay in order: the user's, else the chat's."""
     try:
@@ -170,12 +181,7 @@ class UpdateInbox:
             return []
         now = self.clock()
         rows = [
-            {
-                "update_id": i,
-                "payload": u.model_dump_json(exclude_unset=True, by_alias=True),
-                "received_at": now,
-                "received_by": self.holder,
-            }
+            {"update_id": i, "payload": recorded_payload(u), "received_at": now, "received_by": self.holder}
             for i, u in batch.items()
         ]
         async with self.sessions() as session, session.begin():

@@ -161,6 +161,25 @@ class DepartmentSpec:
     people: tuple[PersonSpec, ...]
 
 
+# The household register's fields, each read from the column the [register] section names; building, room,
+# name and phone are required there, unit (for buildings of one unit) and compound (for a community whose
+# compounds share building numbers) are optional.
+REGISTER_FIELDS = ("compound", "building", "unit", "room", "name", "phone")
+REGISTER_REQUIRED = ("building", "room", "name", "phone")
+
+
+@dataclass(frozen=True)
+class RegisterSpec:
+    """The ``[register]`` section: the household register's column headings, and the sheet of an .xlsx file."""
+
+    columns: Mapping[str, str]  # field (REGISTER_FIELDS) -> the heading in the office's file
+    sheet: str = ""  # "" : the first sheet
+
+    def as_record(self) -> dict[str, Any]:
+        """As kept in ``communities.register_columns``."""
+        return {"columns": dict(self.columns), "sheet": self.sheet}
+
+
 @dataclass(frozen=True)
 class CommunitySpec:
     community: CommunityInfo
@@ -169,6 +188,7 @@ class CommunitySpec:
     categories: tuple[CategorySpec, ...]
     street: tuple[PersonSpec, ...] = ()  # the street office's people (街道)
     departments: tuple[DepartmentSpec, ...] = ()
+    register: RegisterSpec | None = None
 
     def buildings(self) -> list[tuple[GridSpec, CompoundSpec, BuildingSpec]]:
         """Every building with the grid and compound it is listed under, in file order."""
@@ -647,11 +667,37 @@ def _parse_departments(reader: _Reader, data: Mapping[str, Any]) -> list[Departm
     return departments
 
 
+def _parse_register(reader: _Reader, data: Mapping[str, Any]) -> RegisterSpec | None:
+    """The optional ``[register]`` section: which column of the household register holds what."""
+    table = data.get("register")
+    where = "register"
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        reader.problem(where, f"must be a section [register], not {_describe(table)}")
+        return None
+    reader.known_keys(table, where, [*REGISTER_FIELDS, "sheet"])
+    columns = {}
+    for key in REGISTER_FIELDS:
+        heading = reader.text(table, where, key, default=None if key in REGISTER_REQUIRED else "")
+        if heading:
+            columns[key] = heading
+    headings = _Unique(reader, "column heading")
+    for key, heading in columns.items():
+        headings.add(heading, f"{where}.{key}")
+    sheet = reader.text(table, where, "sheet", default="")
+    if sheet is None or any(key not in columns for key in REGISTER_REQUIRED):
+        return None
+    return RegisterSpec(columns, sheet)
+
+
 def parse_community(data: Mapping[str, Any], source: str = "") -> CommunitySpec:
     """Check already-parsed TOML data; raises :class:`CommunityFileError` listing every problem."""
     reader = _Reader()
     reader.known_keys(
-        data, "", ["community", "deliberation", "reports", "staff", "street", "departments", "grids", "categories"]
+        data,
+        "",
+        ["community", "deliberation", "reports", "staff", "street", "departments", "grids", "categories", "register"],
     )
     community = _parse_community(reader, data)
     deliberation = _parse_deliberation(reader, data, community.timezone if community else DEFAULT_TIMEZONE)
@@ -661,10 +707,13 @@ def parse_community(data: Mapping[str, Any], source: str = "") -> CommunitySpec:
     departments = _parse_departments(reader, data)
     grids = _parse_grids(reader, data, community.code if community else None)
     categories = _parse_categories(reader, data)
+    register = _parse_register(reader, data)
     if reader.problems or community is None or deliberation is None or reports is None:
         raise CommunityFileError(reader.problems or ["the [community] section is missing"], source)
     community = replace(community, deliberation=deliberation, reports=reports)
-    return CommunitySpec(community, tuple(staff), tuple(grids), tuple(categories), tuple(street), tuple(departments))
+    return CommunitySpec(
+        community, tuple(staff), tuple(grids), tuple(categories), tuple(street), tuple(departments), register
+    )
 
 
 def loads_community(text: str, source: str = "") -> CommunitySpec:
@@ -825,6 +874,7 @@ async def import_community(session: AsyncSession, spec: CommunitySpec, now: date
             "report_cron": info.reports.monthly,
             "public_chat_id": info.reports.public_chat_id,
             "public_closed_tickets": info.reports.public_closed_tickets,
+            "register_columns": spec.register.as_record() if spec.register else {},
         }
         if community is None:
             community = Community(code=info.code, **values)

@@ -9,8 +9,9 @@ When a worker resolves a ticket, the reporter and every household that joined it
 - **No answer** within ``within`` (``CONFIRM_WITHIN_DAYS``): :func:`close_unconfirmed` asks once more at half
   that time, then closes the ticket as ``unconfirmed`` (resolved, unconfirmed).
 
-Only the reporter or a joined household may answer, and only while the ticket is in the matching state: a
-forged or stale button is refused here and changes nothing. Every change is an event in the ticket's history,
+Only the reporter or a joined household may answer, and only one verified for a household of the ticket's
+building (domain/households.py), and only while the ticket is in the matching state: a forged or stale button
+is refused here and changes nothing. Every change is an event in the ticket's history,
 and the worker hears of every answer through the outbox.
 """
 
@@ -26,6 +27,7 @@ from domain.cards import refresh_copies
 from domain.deadlines import start_window
 from domain.errors import AccessDenied, InvalidTransition, NotFound
 from domain.followers import household_ids, is_household, tell_households
+from domain.households import require_verified
 from domain.outbox import Notice, enqueue, mark_queued
 from domain.public_notices import post_closed_ticket
 from domain.text import required_text
@@ -45,6 +47,7 @@ async def _ticket_for_household(session: AsyncSession, actor_id: int, ticket_id:
         raise NotFound(ticket_id)
     if not await is_household(session, ticket, actor_id):
         raise AccessDenied(ticket_id)
+    await require_verified(session, actor_id, ticket.building_id)
     return ticket
 
 

@@ -25,6 +25,7 @@ from domain.broadcasts import queue_survey_invitation
 from domain.cards import refresh_copies
 from domain.errors import AccessDenied, DomainError, HandledElsewhere, InvalidTransition, NotBound, NotFound
 from domain.followers import household_ids
+from domain.households import require_verified, verified_household
 from domain.outbox import Notice, enqueue
 from domain.people import display_names, load_duties
 from domain.public_notices import post_publicly
@@ -34,6 +35,7 @@ from storage.models import (
     Building,
     Community,
     EventKind,
+    Household,
     Membership,
     Role,
     SurveyVote,
@@ -97,16 +99,25 @@ class TopicView:
 
 @dataclass(frozen=True)
 class SurveyView:
-    """A topic as a resident in its scope sees it, with their own vote (None: not voted)."""
+    """A topic as a resident in its scope sees it, with their household's vote (None: not voted).
+
+    Only a verified household votes (``can_vote``), once: ``by_other_member`` says the household's vote was
+    cast by another of its members, whose vote a new one replaces; ``replaced`` says this vote just did.
+    """
 
     topic: Topic
     my_vote: int | None
+    can_vote: bool = True
+    by_other_member: bool = False
+    replaced: bool = False
 
 
 @dataclass(frozen=True)
 class SurveyResults:
     topic: Topic
     counts: list[int]  # per option
+    households_voted: int = 0  # verified households that voted
+    households_in_scope: int = 0  # households on record (register, or confirmed by a grid worker) in scope
 
     @property
     def total(self) -> int:
@@ -183,6 +194,20 @@ async def _in_scope(session: AsyncSession, topic: Topic, user_id: int) -> bool:
     if topic.compound_ids:
         return building.compound_id in topic.compound_ids
     return building.compound.community_id == topic.community_id
+
+
+async def _households_in_scope(session: AsyncSession, topic: Topic) -> int:
+    """Households on record where the topic applies: the denominator of the survey's turnout."""
+    query = select(func.count()).select_from(Household).where(Household.active.is_(True))
+    if topic.building_ids:
+        query = query.where(Household.building_id.in_(topic.building_ids))
+    elif topic.compound_ids:
+        query = query.join(Building, Building.id == Household.building_id).where(
+            Building.compound_id.in_(topic.compound_ids)
+        )
+    else:
+        query = query.where(Household.community_id == topic.community_id)
+    return int(await session.scalar(query) or 0)
 
 
 async def staff_ids(session: AsyncSession, community_id: int) -> list[int]:
@@ -503,34 +528,48 @@ async def _resident_topic(session: AsyncSession, user_id: int, topic_id: int) ->
     return topic
 
 
-async def _vote_of(session: AsyncSession, topic_id: int, user_id: int) -> SurveyVote | None:
+async def _household_vote(session: AsyncSession, topic_id: int, household_id: int) -> SurveyVote | None:
     return await session.scalar(
-        select(SurveyVote).where(SurveyVote.topic_id == topic_id, SurveyVote.user_id == user_id)
+        select(SurveyVote).where(SurveyVote.topic_id == topic_id, SurveyVote.household_id == household_id)
     )
 
 
 async def survey_view(session: AsyncSession, *, user_id: int, topic_id: int) -> SurveyView:
-    """The topic for a resident in its scope, once it is drafted; refused for anyone else."""
+    """The topic for a resident in its scope, once it is drafted, with their household's vote; refused for
+    anyone else. A resident who is not verified sees it too, without a vote."""
     async with session.begin():
         topic = await _resident_topic(session, user_id, topic_id)
-        vote = await _vote_of(session, topic_id, user_id)
-        return SurveyView(topic, None if vote is None else vote.option)
+        household = await verified_household(session, user_id)
+        if household is None or household.household_id is None:
+            return SurveyView(topic, None, can_vote=False)
+        vote = await _household_vote(session, topic_id, household.household_id)
+        if vote is None:
+            return SurveyView(topic, None)
+        return SurveyView(topic, vote.option, by_other_member=vote.user_id != user_id)
 
 
 async def vote(session: AsyncSession, *, user_id: int, topic_id: int, option: int, now: datetime) -> SurveyView:
-    """One vote per resident in scope, changeable while the survey is open."""
+    """One vote per household in scope, changeable while the survey is open: only a verified resident votes,
+    and a member's vote replaces the one another member of the household cast before."""
     async with session.begin():
         topic = await _resident_topic(session, user_id, topic_id)
         if topic.status != TopicStatus.SURVEYED:
             raise InvalidTransition(topic.status)
         if not 0 <= option < len(topic.options):
             raise NotFound(option)
-        found = await _vote_of(session, topic_id, user_id)
+        user = await session.get(User, user_id)
+        assert user is not None and user.building_id is not None  # in scope
+        household = (await require_verified(session, user_id, user.building_id)).household_id
+        assert household is not None  # a verified row names its household
+        found = await _household_vote(session, topic_id, household)
+        replaced = found is not None and found.user_id != user_id
         if found is None:
-            session.add(SurveyVote(topic_id=topic_id, user_id=user_id, option=option, voted_at=now))
+            session.add(
+                SurveyVote(topic_id=topic_id, household_id=household, user_id=user_id, option=option, voted_at=now)
+            )
         else:
-            found.option, found.voted_at = option, now
-        return SurveyView(topic, option)
+            found.user_id, found.option, found.voted_at = user_id, option, now
+        return SurveyView(topic, option, replaced=replaced)
 
 
 async def survey_results(session: AsyncSession, *, actor_id: int, topic_id: int) -> SurveyResults:
@@ -544,7 +583,10 @@ async def survey_results(session: AsyncSession, *, actor_id: int, topic_id: int)
         for option, count in rows:
             if 0 <= option < len(counts):
                 counts[option] = count
-        return SurveyResults(topic, counts)
+        voted = await session.scalar(
+            select(func.count()).where(SurveyVote.topic_id == topic_id, SurveyVote.household_id.is_not(None))
+        )
+        return SurveyResults(topic, counts, int(voted or 0), await _households_in_scope(session, topic))
 
 
 async def record_decision(

@@ -15,8 +15,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.cards import refresh_copies
 from domain.errors import AccessDenied, DomainError, InvalidTransition, NotFound
+from domain.households import require_verified
 from domain.outbox import Notice, enqueue
-from storage.models import EventKind, Ticket, TicketEvent, TicketFollower, TicketStatus, User
+from storage.models import (
+    EventKind,
+    Ticket,
+    TicketEvent,
+    TicketFollower,
+    TicketStatus,
+    User,
+    Verification,
+    VerificationStatus,
+)
 
 SIMILAR_LIMIT = 5
 
@@ -31,17 +41,32 @@ class AlreadyJoined(DomainError):
 
 @dataclass(frozen=True)
 class SimilarTicket:
-    """What a neighbour may see of an open ticket: no names, no place beyond their own building."""
+    """What a neighbour may see of an open ticket: no names, no place beyond their own building.
+
+    ``description`` is None for a resident who is not a verified household of the building: they learn that
+    neighbours reported it, not what they wrote, and cannot join.
+    """
 
     id: int
-    description: str
+    description: str | None
     created_at: datetime
     status: str
 
 
+# Whether the resident speaks for a verified household of the building: asked in the same query as the list.
+_VERIFIED_HERE = (
+    exists()
+    .where(
+        Verification.user_id == bindparam("user_id"),
+        Verification.status == VerificationStatus.VERIFIED,
+        Verification.building_id == bindparam("building_id"),
+    )
+    .label("verified")
+)
+
 # Built once: it runs every time a resident picks a category.
 _SIMILAR = (
-    select(Ticket.id, Ticket.description, Ticket.created_at, Ticket.status)
+    select(Ticket.id, Ticket.description, Ticket.created_at, Ticket.status, _VERIFIED_HERE)
     .where(
         Ticket.building_id == bindparam("building_id"),
         Ticket.category_id == bindparam("category_id"),
@@ -59,13 +84,14 @@ async def similar_open_tickets(
 ) -> list[SimilarTicket]:
     """Open tickets of this category in this building that the resident could join (newest first).
 
-    Their own reports and tickets they joined already are left out. One query, in its own transaction.
+    Their own reports and tickets they joined already are left out, and the descriptions are left out for a
+    resident who is not verified here. One query, in its own transaction.
     """
     async with session.begin():
         rows = await session.execute(
             _SIMILAR, {"building_id": building_id, "category_id": category_id, "user_id": user_id, "limit": limit}
         )
-        return [SimilarTicket(r.id, r.description, r.created_at, r.status) for r in rows]
+        return [SimilarTicket(r.id, r.description if r.verified else None, r.created_at, r.status) for r in rows]
 
 
 async def follower_ids(session: AsyncSession, ticket_id: int) -> list[int]:
@@ -112,8 +138,8 @@ async def tell_households(
 async def join(session: AsyncSession, *, user_id: int, ticket_id: int, now: datetime) -> tuple[Ticket, int]:
     """Add the resident to a neighbour's open ticket as an affected household; returns it and the new count.
 
-    Refused for a ticket in another building (or a forged id), for one's own ticket, for a ticket that is
-    no longer open, and a second time.
+    Refused for a ticket in another building (or a forged id), for a resident who is not a verified household
+    of the building, for one's own ticket, for a ticket that is no longer open, and a second time.
     """
     async with session.begin():
         ticket = await session.get(Ticket, ticket_id, with_for_update=True)
@@ -122,6 +148,7 @@ async def join(session: AsyncSession, *, user_id: int, ticket_id: int, now: date
         user = await session.get(User, user_id)
         if user is None or user.building_id != ticket.building_id:
             raise AccessDenied(ticket_id)
+        await require_verified(session, user_id, ticket.building_id)
         if ticket.reporter_id == user_id:
             raise OwnTicket(ticket_id)
         if not ticket.is_open:

@@ -25,6 +25,9 @@ class Notice(StrEnum):
     TOPIC_UPDATE = "topic_update"  # residents behind a topic hear a decision or progress; payload: topic_id, event_id
     # Staff: a topic waits for them (the bot's candidate, or one a resident or worker raised); payload: topic_id
     TOPIC_CANDIDATE = "topic_candidate"
+    # Households (domain/verification.py).
+    VERIFICATION_REQUEST = "verification_request"  # a grid worker: a resident asks to be verified; verification_id
+    VERIFICATION_RESULT = "verification_result"  # the resident: verified, declined or revoked; verification_id, outcome
     # Scheduled broadcasts (domain/broadcasts.py): one row per resident, with the outbox's broadcast_id set.
     BROADCAST = "broadcast"  # payload: broadcast_id
     # The office's monthly report (domain/reports.py), to each of its staff and the street office, in three

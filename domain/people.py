@@ -10,6 +10,7 @@ from sqlalchemy import bindparam, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.errors import NotFound
+from domain.households import end_on_move
 from domain.text import clean
 from storage.models import Building, Community, Compound, Level, Membership, Role, Ticket, User
 
@@ -198,8 +199,13 @@ async def get_building(session: AsyncSession, building_id: int) -> Building:
     return building
 
 
-async def bind_resident(session: AsyncSession, user_id: int, building_id: int, unit: int | None) -> Building:
-    """Record where a resident lives. Ids come from buttons, so they are checked, not trusted."""
+async def bind_resident(
+    session: AsyncSession, user_id: int, building_id: int, unit: int | None, now: datetime
+) -> Building:
+    """Record where a resident lives. Ids come from buttons, so they are checked, not trusted.
+
+    Moving to another building or unit ends their household's verification (domain/households.py).
+    """
     async with session.begin():
         building = await session.get(Building, building_id)
         if building is None or not building.active:
@@ -209,6 +215,7 @@ async def bind_resident(session: AsyncSession, user_id: int, building_id: int, u
         user = await session.get(User, user_id)
         if user is None:
             raise NotFound(user_id)
+        await end_on_move(session, user_id, building.id, unit, now)
         user.building_id, user.unit = building.id, unit
         _changed(session, user_id)
     return building

@@ -17,6 +17,7 @@ from domain.cards import refresh_copies
 from domain.deadlines import start_window
 from domain.errors import AccessDenied, DomainError, HandledElsewhere, InvalidTransition, NotBound, NotFound
 from domain.followers import households, is_household, tell_households
+from domain.households import speaks_for
 from domain.outbox import Notice, enqueue
 from domain.people import Duties, Person, display_names, load_duties
 from domain.routing import RoutingDecision, choose_assignee, record_assignment
@@ -152,6 +153,7 @@ async def file_report(
             grid_id=building.grid_id,
             reporter_id=reporter.id,
             description=description,
+            reporter_verified=speaks_for(reporter.id, building.id),
             latitude=draft.latitude,
             longitude=draft.longitude,
             created_at=now,

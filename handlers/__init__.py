@@ -9,6 +9,7 @@ from handlers import (
     deliberation,
     escalation,
     fallback,
+    households,
     me_too,
     membership,
     report,
@@ -35,6 +36,7 @@ ROUTERS = (
     staff.router,
     stats.router,
     confirm.router,
+    households.router,  # late: its handlers are for its own states and commands, so the wizard's steps skip them
     fallback.router,
 )
 

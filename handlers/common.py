@@ -115,7 +115,7 @@ async def help_(message: Message, session: AsyncSession, user: Person) -> None:
         "I pass your reports to your grid worker and tell you how they go.\n\n"
         "/report — report a problem\n"
         "/my — your reports and their progress\n"
-        "/home — change the building you live in\n"
+        "/home — where you live, and verifying your household\n"
         "/suggest — a suggestion (金点子) for the monthly deliberation\n"
         "/settings — turn the monthly broadcasts off or on\n"
         "/language — 语言 / language\n"
@@ -129,7 +129,10 @@ async def help_(message: Message, session: AsyncSession, user: Person) -> None:
             "/stats — the month's figures and ranking (staff, street office; workers their own)\n"
             "/topics — deliberation topics, step by step (community staff)\n"
             "/newtopic — write a deliberation topic (community staff)\n"
-            "/broadcasts — the monthly agenda and feedback broadcasts (community staff)"
+            "/broadcasts — the monthly agenda and feedback broadcasts (community staff)\n"
+            "/verify — residents waiting to be verified (grid workers)\n"
+            "/households — verified households per building (community staff)\n"
+            "/register — import the household register (community staff)"
         )
     await show_menu(message, user, text)
 

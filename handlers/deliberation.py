@@ -431,5 +431,8 @@ async def survey(
         await query.answer()
         await chat_of(query).answer(dv.survey_text(view), reply_markup=dv.survey_keyboard(view))
         return
-    await query.answer(_("Thank you, your vote is counted."))
+    if view.replaced:
+        await query.answer(_("Thank you. One vote per household: yours replaces the one another member cast."))
+    else:
+        await query.answer(_("Thank you, your vote is counted."))
     await replace(chat_of(query), dv.survey_text(view), dv.survey_keyboard(view))

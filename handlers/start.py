@@ -1,11 +1,11 @@
-"""/start and /home: greeting, and binding a resident to their building (deep link or buttons)."""
+"""/start: greeting, and binding a resident to their building (deep link or buttons). /home is in households.py."""
 
 from __future__ import annotations
 
 from html import escape
 
 from aiogram import Router
-from aiogram.filters import Command, CommandObject, CommandStart
+from aiogram.filters import CommandObject, CommandStart
 from aiogram.fsm.context import FSMContext
 from aiogram.types import CallbackQuery, InlineKeyboardMarkup, Message
 from aiogram.utils.i18n import gettext as _
@@ -14,7 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot import views
 from bot.callbacks import PlaceCb, PlaceLevel
 from bot.i18n import localized
+from bot.views import households as household_views
 from domain import people
+from domain.clock import Clock
 from domain.directory import Directory
 from domain.errors import NotFound
 from domain.people import Person
@@ -26,7 +28,7 @@ router = Router(name="start")
 
 @router.message(CommandStart(deep_link=True))
 async def start_from_qr(
-    message: Message, command: CommandObject, state: FSMContext, session: AsyncSession, user: Person
+    message: Message, command: CommandObject, state: FSMContext, session: AsyncSession, user: Person, clock: Clock
 ) -> None:
     await state.clear()
     building = await people.building_by_link(session, command.args or "")
@@ -34,7 +36,7 @@ async def start_from_qr(
         await message.answer(_("This QR code is not known (any more). Please choose your building:"))
         await offer_places(message, session)
         return
-    await _bind_or_ask_unit(message, session, user, building)
+    await _bind_or_ask_unit(message, session, user, clock, building)
 
 
 @router.message(CommandStart())
@@ -62,12 +64,7 @@ async def start(message: Message, state: FSMContext, session: AsyncSession, user
     )
 
 
-@router.message(Command("home"))
-async def change_home(message: Message, session: AsyncSession) -> None:
-    await offer_places(message, session)
-
-
-async def offer_places(message: Message, session: AsyncSession) -> None:
+async def offer_places(message: Screen, session: AsyncSession) -> None:
     communities = await people.list_communities(session)
     if len(communities) == 1:
         markup = await _compounds_keyboard(session, communities[0].id)
@@ -85,7 +82,9 @@ async def _compounds_keyboard(session: AsyncSession, community_id: int) -> Inlin
 
 
 @router.callback_query(PlaceCb.filter())
-async def choose_place(query: CallbackQuery, callback_data: PlaceCb, session: AsyncSession, user: Person) -> None:
+async def choose_place(
+    query: CallbackQuery, callback_data: PlaceCb, session: AsyncSession, user: Person, clock: Clock
+) -> None:
     screen = chat_of(query)
     await query.answer()
     match callback_data.level:
@@ -104,16 +103,16 @@ async def choose_place(query: CallbackQuery, callback_data: PlaceCb, session: As
             except NotFound:
                 await replace(screen, _("Sorry, you cannot open this."))
                 return
-            await _bind_or_ask_unit(screen, session, user, building, edit=True)
+            await _bind_or_ask_unit(screen, session, user, clock, building, edit=True)
         case PlaceLevel.UNIT:
-            await _bind(screen, session, user, callback_data.id, callback_data.unit)
+            await _bind(screen, session, user, clock, callback_data.id, callback_data.unit)
 
 
 async def _bind_or_ask_unit(
-    message: Screen, session: AsyncSession, user: Person, building: Building, edit: bool = False
+    message: Screen, session: AsyncSession, user: Person, clock: Clock, building: Building, edit: bool = False
 ) -> None:
     if building.units <= 1:
-        await _bind(message, session, user, building.id, None)
+        await _bind(message, session, user, clock, building.id, None)
         return
     keyboard = views.inline_keyboard(
         [
@@ -131,9 +130,11 @@ async def _bind_or_ask_unit(
         await message.answer(text, reply_markup=keyboard)
 
 
-async def _bind(message: Screen, session: AsyncSession, user: Person, building_id: int, unit: int | None) -> None:
+async def _bind(
+    message: Screen, session: AsyncSession, user: Person, clock: Clock, building_id: int, unit: int | None
+) -> None:
     try:
-        building = await people.bind_resident(session, user.id, building_id, unit)
+        building = await people.bind_resident(session, user.id, building_id, unit, clock())
     except NotFound:
         await message.answer(_("Sorry, you cannot open this."))
         return
@@ -142,5 +143,7 @@ async def _bind(message: Screen, session: AsyncSession, user: Person, building_i
         user,
         _("Saved: you live in {place}. Now press “Report a problem” whenever something is wrong.").format(
             place=escape(views.place_label(building, unit))
-        ),
+        )
+        + "\n"
+        + household_views.verify_hint(),
     )

@@ -25,6 +25,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -197,6 +198,23 @@ class BroadcastKind(StrEnum):
         return (cls.AGENDA, cls.FEEDBACK, cls.REPORT)
 
 
+class VerificationStatus(StrEnum):
+    """Where a resident's claim to speak for a household stands (domain/verification.py)."""
+
+    PENDING = "pending"  # waiting for the grid worker
+    VERIFIED = "verified"  # the phone matched the register, or the grid worker confirmed it
+    DECLINED = "declined"  # the grid worker said no (reason)
+    WITHDRAWN = "withdrawn"  # still pending when the resident asked again or moved
+    REVOKED = "revoked"  # community staff took a verification back (reason)
+    MOVED_OUT = "moved_out"  # the household left the register
+    MOVED_AWAY = "moved_away"  # the resident bound themselves to another building or unit
+
+
+class VerificationMethod(StrEnum):
+    PHONE = "phone"  # the shared phone number matched the register
+    WORKER = "worker"  # the grid worker (or staff) confirmed the claimed room
+
+
 class Community(Base):
     __tablename__ = "communities"
 
@@ -219,6 +237,9 @@ class Community(Base):
     report_cron: Mapped[str] = mapped_column(String(64), default="0 8 1 * *", server_default="0 8 1 * *")
     public_chat_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
     public_closed_tickets: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The [register] section: the household register's column headings by field (building, unit, room, name,
+    # phone, compound), and the sheet of an .xlsx file; empty when the community keeps no register in the bot.
+    register_columns: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
 
 
 class Grid(Base):
@@ -341,6 +362,82 @@ class Membership(Base):
     last_assigned_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+class Household(Base):
+    """A room of a building (户): from the household register (居民台账), or confirmed by a grid worker.
+
+    A household the register no longer lists is moved out (``active`` False), never deleted: votes and the
+    record of verifications refer to it.
+    """
+
+    __tablename__ = "households"
+    __table_args__ = (UniqueConstraint("building_id", "unit", "room"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    community_id: Mapped[int] = mapped_column(ForeignKey("communities.id"), index=True)
+    building_id: Mapped[int] = mapped_column(ForeignKey("buildings.id"))
+    unit: Mapped[int] = mapped_column(Integer)  # 1 in a building with one unit
+    room: Mapped[str] = mapped_column(String(16))
+    # False: only a grid worker vouched for it; a register import neither lists nor moves it out.
+    in_register: Mapped[bool] = mapped_column(Boolean, default=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    moved_out_at: Mapped[datetime | None] = mapped_column(default=None)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class HouseholdMember(Base):
+    """A person of a household as the register names them. The phone number is kept only as a keyed hash."""
+
+    __tablename__ = "household_members"
+    __table_args__ = (
+        Index("ix_household_members_household", "household_id"),
+        # Verification by contact looks a number up by its hash.
+        Index("ix_household_members_phone", "phone_hash"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    household_id: Mapped[int] = mapped_column(ForeignKey("households.id"))
+    name: Mapped[str] = mapped_column(String(100), default="")
+    # HMAC-SHA256 of the normalised number under HOUSEHOLD_PHONE_SECRET, hex; "" when the register has none.
+    phone_hash: Mapped[str] = mapped_column(String(64), default="")
+
+
+class Verification(Base):
+    """One claim of a resident to speak for a household, and what became of it: who decided, when, and why.
+
+    A resident has at most one row ``pending`` and at most one ``verified`` at a time; every other row is the
+    record of an earlier claim.
+    """
+
+    __tablename__ = "verifications"
+    __table_args__ = (
+        Index("ix_verifications_user_status", "user_id", "status"),
+        # The grid worker's /verify list and staff's counts read by building and status.
+        Index("ix_verifications_building_status", "building_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("users.id"))
+    building_id: Mapped[int] = mapped_column(ForeignKey("buildings.id"))
+    unit: Mapped[int] = mapped_column(Integer)
+    room: Mapped[str] = mapped_column(String(16))
+    # The household it was confirmed for (set when verified).
+    household_id: Mapped[int | None] = mapped_column(ForeignKey("households.id"), default=None, index=True)
+    method: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200), default="")  # the resident's name as Telegram gave it
+    photo_file_id: Mapped[str] = mapped_column(String(256), default="")  # a photo the resident chose to add
+    created_at: Mapped[datetime]
+    # Verified or declined: by whom (None: the register, by phone) and when, and a decline's reason.
+    decided_at: Mapped[datetime | None] = mapped_column(default=None)
+    decided_by: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    # A verification that ended (revoked, moved out, moved away, withdrawn): by whom (None: the bot) and when.
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)
+    ended_by: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    end_reason: Mapped[str] = mapped_column(Text, default="")
+
+
 class Ticket(Base):
     __tablename__ = "tickets"
     __table_args__ = (
@@ -392,6 +489,9 @@ class Ticket(Base):
     closed_at: Mapped[datetime | None] = mapped_column(default=None)
     # The deliberation topic this ticket was taken to ("needs deliberation", or an accepted candidate).
     topic_id: Mapped[int | None] = mapped_column(ForeignKey("topics.id"), default=None, index=True)
+    # Whether the reporter spoke for a verified household when filing (the card marks it when not). Tickets
+    # filed before households existed count as verified, so the upgrade does not mark them all.
+    reporter_verified: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
     category: Mapped[Category] = relationship(lazy="joined", innerjoin=True)
     building: Mapped[Building] = relationship(lazy="joined", innerjoin=True)
@@ -595,13 +695,18 @@ class TopicEvent(Base):
 
 
 class SurveyVote(Base):
-    """A resident's answer to a topic's pre-meeting survey: one per resident, changeable while the survey is open."""
+    """A household's answer to a topic's pre-meeting survey: one per household, changeable while the survey is open.
+
+    ``user_id`` is the member who voted last: a later vote of another member of the household replaces it.
+    """
 
     __tablename__ = "survey_votes"
-    __table_args__ = (UniqueConstraint("topic_id", "user_id"),)
+    __table_args__ = (UniqueConstraint("topic_id", "household_id"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     topic_id: Mapped[int] = mapped_column(ForeignKey("topics.id"))
+    # None only for votes cast before households existed (one per account then).
+    household_id: Mapped[int | None] = mapped_column(ForeignKey("households.id"), default=None)
     user_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("users.id"))
     option: Mapped[int] = mapped_column(Integer)  # index into Topic.options
     voted_at: Mapped[datetime]

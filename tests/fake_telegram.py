@@ -20,7 +20,7 @@ from aiogram import Bot
 from aiogram.client.default import DefaultBotProperties
 from aiogram.client.session.base import BaseSession
 from aiogram.enums import ParseMode
-from aiogram.methods import GetUpdates, TelegramMethod
+from aiogram.methods import GetFile, GetUpdates, TelegramMethod
 from aiogram.methods.base import TelegramType
 from aiogram.types import Update
 
@@ -59,6 +59,7 @@ class FakeTelegram(BaseSession):
         self.offsets: list[int | None] = []  # the offset of every getUpdates, in order
         self._chat_limit: tuple[float, Callable[[], float]] | None = None
         self._last_accepted_in: dict[int, float] = {}
+        self.files: dict[str, bytes] = {}  # what a user sent as a document, by file_id: getFile and its download
 
     def fail_next(self, chat_id: int, *errors: ScriptedError) -> None:
         """The next requests to ``chat_id`` get these answers, in order."""
@@ -133,6 +134,8 @@ class FakeTelegram(BaseSession):
 
     def _result(self, method: TelegramMethod[Any]) -> Any:
         returning = str(method.__returning__)
+        if isinstance(method, GetFile):
+            return {"file_id": method.file_id, "file_unique_id": method.file_id, "file_path": method.file_id}
         if "list[" in returning and "Message" in returning:
             return [self._message(method) for _ in getattr(method, "media", [None])]
         if "Message" in returning:
@@ -144,9 +147,9 @@ class FakeTelegram(BaseSession):
     async def close(self) -> None:
         pass
 
-    async def stream_content(self, *args: Any, **kwargs: Any) -> AsyncGenerator[bytes, None]:
-        raise NotImplementedError
-        yield b""
+    async def stream_content(self, url: str, *args: Any, **kwargs: Any) -> AsyncGenerator[bytes, None]:
+        """A file's download: the file path is the file_id (see getFile above); a file nobody sent is empty."""
+        yield self.files.get(url.rsplit("/", 1)[-1], b"")
 
 
 def fake_bot() -> tuple[Bot, FakeTelegram]:

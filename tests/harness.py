@@ -10,6 +10,8 @@ from aiogram.methods import TelegramMethod
 from aiogram.types import (
     CallbackQuery,
     Chat,
+    Contact,
+    Document,
     Location,
     Message,
     PhotoSize,
@@ -17,6 +19,7 @@ from aiogram.types import (
     Update,
     User,
 )
+from pydantic import SecretStr
 
 from bot.app import Application, assemble
 from bot.config import Settings
@@ -26,6 +29,7 @@ from storage.db import SessionFactory
 from tests.fake_telegram import BOT_ID, buttons_of, fake_bot, reply_buttons_of, text_of
 
 _ids = itertools.count(1)
+PHONE_SECRET = b"test-phone-secret"  # HOUSEHOLD_PHONE_SECRET of every harness (tests/households.py)
 # A message kind the bot does not take.
 STICKER = Sticker(
     file_id="sticker", file_unique_id="s", type="regular", width=512, height=512, is_animated=False, is_video=False
@@ -55,7 +59,12 @@ class FakeTimer:
 class Harness:
     def __init__(self, session_factory: SessionFactory, clock: Clock, redis_url: str | None = None) -> None:
         self.bot, self.telegram = fake_bot()
-        settings = Settings(bot_token=None, community_file=None, redis_url=redis_url)
+        settings = Settings(
+            bot_token=None,
+            community_file=None,
+            redis_url=redis_url,
+            household_phone_secret=SecretStr(PHONE_SECRET.decode()),
+        )
         self.timer = FakeTimer()
         self.app: Application = assemble(
             settings, self.bot, session_factory, clock, monotonic=self.timer.monotonic, sleep=self.timer.sleep
@@ -74,6 +83,7 @@ class Harness:
             sleep=_no_sleep,
         )
         self.sessions = session_factory
+        self.clock = clock
 
     def person(self, user_id: int, name: str = "", language: str = "zh-hans") -> Person:
         return Person(self, user_id, name or f"user{user_id}", language)
@@ -118,6 +128,20 @@ class Person:
     async def send_location(self, latitude: float, longitude: float) -> list[TelegramMethod[Any]]:
         location = Location(latitude=latitude, longitude=longitude)
         return await self.harness.feed(Update(update_id=next(_ids), message=self._message(location=location)))
+
+    async def send_contact(self, phone: str, user_id: int | None = -1) -> list[TelegramMethod[Any]]:
+        """Share a contact: by default one's own (Telegram sets its user_id to the sender's); or another's."""
+        contact = Contact(
+            phone_number=phone, first_name=self.user.first_name, user_id=self.id if user_id == -1 else user_id
+        )
+        return await self.harness.feed(Update(update_id=next(_ids), message=self._message(contact=contact)))
+
+    async def send_document(self, content: bytes, file_name: str) -> list[TelegramMethod[Any]]:
+        """Send a file as a document; the fake Telegram keeps it for the bot to download."""
+        file_id = f"document-{next(_ids)}"
+        self.harness.telegram.files[file_id] = content
+        document = Document(file_id=file_id, file_unique_id=file_id, file_name=file_name, file_size=len(content))
+        return await self.harness.feed(Update(update_id=next(_ids), message=self._message(document=document)))
 
     async def send_sticker(self) -> list[TelegramMethod[Any]]:
         return await self.harness.feed(Update(update_id=next(_ids), message=self._message(sticker=STICKER)))

@@ -36,6 +36,8 @@ from bot.callbacks import (
     EscalateCb,
     FeedbackAction,
     FeedbackCb,
+    HouseholdAction,
+    HouseholdCb,
     MeTooAction,
     MeTooCb,
     StatsAction,
@@ -47,7 +49,7 @@ from bot.callbacks import (
     TopicCb,
 )
 from bot.i18n import create_i18n
-from domain import confirmation, deliberation, escalation, followers, tickets
+from domain import confirmation, deliberation, escalation, followers, tickets, verification
 from domain.community_file import import_community, loads_community
 from domain.directory import Directory
 from domain.errors import AccessDenied, DomainError, HandledElsewhere
@@ -66,14 +68,19 @@ from storage.models import (
     TopicStatus,
     TopicTask,
     User,
+    Verification,
+    VerificationStatus,
 )
 from tests.conftest import FakeClock
 from tests.fake_telegram import buttons_of, reply_buttons_of, text_of
 from tests.harness import Harness
+from tests.households import verify_household
 from tests.test_community_import import SMALL
 
 REPORTER, FOLLOWER, ELSEWHERE, NEIGHBOUR = 910001, 910002, 910003, 910004
+UNVERIFIED, CLAIMANT = 910005, 910006
 REPORTER_NAME, FOLLOWER_NAME = "Reporter-Name-居民甲", "Follower-Name-居民乙"
+CLAIMANT_NAME = "Claimant-Name-居民丙"  # waits for the grid worker to verify them
 LI_JUAN, ZHANG_WEI, YANG_MIN = 200001, 200003, 200011
 STAFF_WANG, STAFF_LIU = 100001, 100002
 STREET_CHEN, HOUSING_HAN, POWER_BAI = 500001, 600001, 600011
@@ -91,6 +98,7 @@ class Role(StrEnum):
     REPORTER = "the reporter"
     HOUSEHOLD = "a household that joined the ticket"
     ELSEWHERE = "a resident of another building"
+    UNVERIFIED = "a resident of the ticket's building whose household is not verified"
     OTHER_GRID = "a worker of another grid"
     COLLEAGUE = "a worker of the ticket's grid who does not handle it"
     OWN_GRID = "the ticket's grid worker, once it is above the grid"
@@ -120,6 +128,7 @@ class Who:
     resident_of: frozenset[str] = frozenset()  # tickets they may see as a resident: the description
     topic_notes: frozenset[str] = frozenset()  # topics whose origin (suggestion, reason) they may read
     name: str = ""
+    verifies: bool = False  # may see the verification requests of grid 1 (its workers, the community's staff)
 
 
 EVERY_TICKET = frozenset(TICKET_KEYS)
@@ -127,14 +136,18 @@ ROLES: dict[Role, Who] = {
     Role.REPORTER: Who(REPORTER, resident_of=EVERY_TICKET, topic_notes=frozenset(SUGGESTIONS), name=REPORTER_NAME),
     Role.HOUSEHOLD: Who(FOLLOWER, resident_of=frozenset({"GA"}), name=FOLLOWER_NAME),
     Role.ELSEWHERE: Who(ELSEWHERE),
+    Role.UNVERIFIED: Who(UNVERIFIED),
     Role.OTHER_GRID: Who(YANG_MIN),
-    Role.COLLEAGUE: Who(ZHANG_WEI, worker_of=EVERY_TICKET),
-    Role.OWN_GRID: Who(LI_JUAN, (Level.COMMUNITY, Level.STREET, Level.DEPARTMENT), worker_of=EVERY_TICKET),
+    Role.COLLEAGUE: Who(ZHANG_WEI, worker_of=EVERY_TICKET, verifies=True),
+    Role.OWN_GRID: Who(
+        LI_JUAN, (Level.COMMUNITY, Level.STREET, Level.DEPARTMENT), worker_of=EVERY_TICKET, verifies=True
+    ),
     Role.OWN_STAFF: Who(
         STAFF_WANG,
         (Level.STREET, Level.DEPARTMENT),
         worker_of=EVERY_TICKET,
         topic_notes=frozenset((*SUGGESTIONS, "TD")),
+        verifies=True,
     ),
     Role.OTHER_STAFF: Who(OTHER_STAFF),
     Role.STREET: Who(STREET_CHEN, (Level.GRID, Level.COMMUNITY), worker_of=ABOVE_STREET),
@@ -147,6 +160,8 @@ ROLES: dict[Role, Who] = {
 def secrets(who: Who) -> set[str]:
     """What must not reach this role: markers seeded into descriptions, reasons, topic origins and names."""
     found = {FOLLOWER_NAME, REPORTER_NAME} - {who.name}
+    if not who.verifies:
+        found.add(CLAIMANT_NAME)
     for key in TICKET_KEYS:
         if key not in who.worker_of:
             found |= {f"HB-{key}", f"UP-{key}", f"DOWN-{key}"}
@@ -168,6 +183,8 @@ class World:
     task: int = 0  # a task of the APPLIED topic
     survey_broadcast: int = 0  # the invitation to the SURVEYED topic's survey
     community: int = 0  # the sample community's id, for /stats buttons
+    # Households: "REQUEST" the claimant's pending verification, "VERIFIED" the reporter's, "BUILDING" 银巴小区 1号楼.
+    households: dict[str, int] = field(default_factory=dict)
 
 
 LEVEL_OF = {  # the level of an open ticket, by the first letter of its key
@@ -237,6 +254,10 @@ def stats_button(action: StatsAction) -> Action:
     return Action(lambda w, t: StatsCb(action=action, community_id=w.community, month=month).pack(), by=STAFF_WANG)
 
 
+def household(action: HouseholdAction, target: str, *typed: str, by: int = STAFF_WANG) -> Action:
+    return Action(lambda w, t: HouseholdCb(action=action, id=w.households[t]).pack(), (target,), typed=typed, by=by)
+
+
 def command(text: str, *typed: str, by: int = STAFF_WANG) -> Action:
     return Action(lambda w, t: text, typed=typed, by=by)
 
@@ -247,7 +268,11 @@ REASON = "probe: a reason"
 EVERYONE = frozenset(Role)
 NOT_STAFF = EVERYONE - {Role.OWN_STAFF}
 NOT_HOUSEHOLD = EVERYONE - {Role.REPORTER}  # of RES and CLOSED, which nobody joined; /my: all but the reporter
-IN_SCOPE = frozenset({Role.REPORTER, Role.HOUSEHOLD})  # they live in 银巴小区, where the surveyed topic applies
+# They live in 银巴小区, where the surveyed topic applies, as verified households; the unverified resident there
+# may read the survey but not vote.
+IN_SCOPE = frozenset({Role.REPORTER, Role.HOUSEHOLD})
+# Verification requests of grid 1: its workers and the community's staff decide them.
+VERIFIERS = frozenset({Role.OWN_GRID, Role.COLLEAGUE, Role.OWN_STAFF})
 # Open and History: who may not see the ticket at all, and its households, who must get the resident's view.
 CANNOT_SEE = frozenset(
     {
@@ -267,6 +292,7 @@ UNBOUND = EVERYONE - {Role.REPORTER, Role.HOUSEHOLD, Role.ELSEWHERE}
 # no spreadsheet). Another community's staff get their own community's from /stats, never this one's.
 GRID_WORKERS = frozenset({Role.OWN_GRID, Role.COLLEAGUE, Role.OTHER_GRID})
 NO_FIGURES = EVERYONE - {Role.OWN_STAFF, Role.STREET} - GRID_WORKERS
+UNBOUND = EVERYONE - {Role.REPORTER, Role.HOUSEHOLD, Role.ELSEWHERE, Role.UNVERIFIED}
 
 # The table: action → the roles that must not do it (with what it applies to and what it asks for).
 FORBIDDEN: dict[str, tuple[Action, frozenset[Role]]] = {
@@ -325,12 +351,19 @@ FORBIDDEN: dict[str, tuple[Action, frozenset[Role]]] = {
     # Only residents in the topic's scope see and vote.
     "SurveyCb:view": (
         Action(lambda w, t: SurveyCb(topic_id=w.topics[t]).pack(), ("SURVEYED",), by=REPORTER),
-        EVERYONE - IN_SCOPE,
+        EVERYONE - IN_SCOPE - {Role.UNVERIFIED},
     ),
     "SurveyCb:vote": (
         Action(lambda w, t: SurveyCb(topic_id=w.topics[t], option=0).pack(), ("SURVEYED",), by=REPORTER),
         EVERYONE - IN_SCOPE,
     ),
+    # Households: a resident's verification request is decided by its grid's workers or the community's staff (a
+    # worker of another grid is refused); only staff see verified residents and revoke a verification.
+    "HouseholdCb.OPEN": (household(HouseholdAction.OPEN, "REQUEST", by=LI_JUAN), EVERYONE - VERIFIERS),
+    "HouseholdCb.DECLINE": (household(HouseholdAction.DECLINE, "REQUEST", REASON, by=LI_JUAN), EVERYONE - VERIFIERS),
+    "HouseholdCb.APPROVE": (household(HouseholdAction.APPROVE, "REQUEST", by=LI_JUAN), EVERYONE - VERIFIERS),
+    "HouseholdCb.BUILDING": (household(HouseholdAction.BUILDING, "BUILDING"), NOT_STAFF),
+    "HouseholdCb.REVOKE": (household(HouseholdAction.REVOKE, "VERIFIED", REASON), NOT_STAFF),
     # Another community's staff preview and send their own community's broadcasts (nothing of this one's).
     "BroadcastCb.PREVIEW": (broadcast(BroadcastAction.PREVIEW), NOT_STAFF),
     "BroadcastCb.SEND_NOW": (broadcast(BroadcastAction.SEND_NOW), NOT_STAFF - {Role.OTHER_STAFF}),
@@ -348,6 +381,10 @@ FORBIDDEN: dict[str, tuple[Action, frozenset[Role]]] = {
     # Another community's staff write topics for their own community.
     "/newtopic": (command("/newtopic", "probe: a topic"), NOT_STAFF - {Role.OTHER_STAFF}),
     "/suggest": (command("/suggest", "probe: a suggestion", by=REPORTER), UNBOUND),
+    "/verify": (command("/verify", by=LI_JUAN), EVERYONE - VERIFIERS),
+    "/households": (command("/households"), NOT_STAFF),
+    # Another community's staff import their own community's register.
+    "/register": (command("/register", "probe: not a file"), NOT_STAFF - {Role.OTHER_STAFF}),
     "/report": (command("/report", "probe: a problem", by=REPORTER), UNBOUND),
 }
 
@@ -363,7 +400,9 @@ OPEN_TO_EVERYONE = {
     "CategoryCb": "a step of the presser's own report wizard (the id is checked against their community)",
     "MeTooCb.DIFFERENT": "goes on with the presser's own report",
     "/start": "greeting and binding oneself",
-    "/home": "binding oneself",
+    "/home": "one's own home and verification",
+    "HouseholdCb.VERIFY": "verifying one's own household (the contact must be one's own, checked in the domain)",
+    "HouseholdCb.MOVE": "lists the places anyone may live in",
     "/help": "the list of commands",
     "/language": "one's own language",
     "/cancel": "ends one's own step",
@@ -507,11 +546,17 @@ async def people(harness: Harness, clock: FakeClock) -> None:
             (FOLLOWER, FOLLOWER_NAME, "yinba", "1"),
             (ELSEWHERE, "resident", "chaoyang", "1"),
             (NEIGHBOUR, "neighbour", "yinba", "1"),
+            (UNVERIFIED, "unverified", "yinba", "1"),
+            (CLAIMANT, CLAIMANT_NAME, "yinba", "1"),
         ):
             home = await session.scalar(
                 select(Building.id).join(Compound).where(Compound.code == compound, Building.code == building)
             )
             session.add(User(id=user_id, full_name=name, building_id=home, unit=1, created_at=clock()))
+    # Who speaks for a household: the reporter, the household that joins, the neighbour (the control of "me too")
+    # and the resident elsewhere; the claimant waits for the grid worker.
+    for user_id in (REPORTER, FOLLOWER, NEIGHBOUR, ELSEWHERE):
+        await verify_household(harness.sessions, user_id, clock(), room=str(user_id % 1000))
 
 
 async def seed(harness: Harness, clock: FakeClock) -> World:
@@ -559,6 +604,22 @@ async def seed(harness: Harness, clock: FakeClock) -> World:
     for key in SUGGESTIONS:
         await s.suggestion(key, TopicStatus(key.lower()))
     await s.do(deliberation.vote, user_id=REPORTER, topic_id=s.world.topics["SURVEYED"], option=1)
+    request, _asked = await s.do(verification.request_verification, user_id=CLAIMANT, room="909")
+    async with harness.sessions() as session:
+        reporter = await session.get(User, REPORTER)
+        assert reporter is not None and reporter.building_id is not None
+        s.world.households = {
+            "REQUEST": request.id,
+            "BUILDING": reporter.building_id,
+            "VERIFIED": (
+                await session.scalar(
+                    select(Verification.id).where(
+                        Verification.user_id == REPORTER, Verification.status == VerificationStatus.VERIFIED
+                    )
+                )
+                or 0
+            ),
+        }
     async with harness.sessions() as session:
         s.world.task = (
             await session.scalar(select(TopicTask.id).where(TopicTask.topic_id == s.world.topics["APPLIED"])) or 0
@@ -585,6 +646,9 @@ WATCHED = (
     "outbox",
     "memberships",
     "users",
+    "households",
+    "household_members",
+    "verifications",
 )
 
 

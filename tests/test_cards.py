@@ -17,6 +17,7 @@ from storage.models import OutboxMessage, OutboxStatus, TicketCardCopy
 from tests.conftest import FakeClock
 from tests.fake_telegram import ScriptedError, buttons_of, sent_to
 from tests.harness import Harness
+from tests.households import verify
 from tests.test_report_flow import LI_JUAN, STAFF_WANG, bind, file_report, texts, ticket
 from tests.test_text_steps import state_of
 
@@ -48,6 +49,7 @@ def actions(request: TelegramMethod[Any]) -> set[str]:
 async def reported(harness: Harness) -> int:
     resident = harness.person(RESIDENT)
     await bind(resident)
+    await verify(resident)  # a verified household: it may close the ticket with "Yes"
     number = await file_report(resident, "管道", "楼下雨水管堵了")
     await harness.deliver()  # Li Juan's card: the first copy
     return number

@@ -22,6 +22,7 @@ from storage.models import EventKind, OutboxMessage, Ticket, TicketEvent, Ticket
 from tests.conftest import FakeClock
 from tests.fake_telegram import buttons_of, sent_to, text_of
 from tests.harness import Harness, Person
+from tests.households import verify
 
 LI_JUAN = 200001  # grid 1's first primary worker: gets the first report of building yinba/1
 RESIDENT, NEIGHBOUR = 930001, 930002
@@ -47,6 +48,12 @@ async def speak_english(harness: Harness, *user_ids: int) -> None:
 async def bind(resident: Person, link: str = "jsx_yinba_1", unit: str = "2") -> None:
     answer = await resident.send(f"/start {link}")
     await resident.tap(answer, unit)
+
+
+async def bind_verified(resident: Person, link: str = "jsx_yinba_1", unit: str = "2") -> None:
+    """Bind, then verify the resident's household: only a verified household answers "Is it fixed?" and rates."""
+    await bind(resident, link, unit)
+    await verify(resident)
 
 
 async def report(resident: Person, category: str = "Blocked drain", text: str = "The drain outside is blocked") -> int:
@@ -90,7 +97,7 @@ async def event_kinds(harness: Harness, number: int) -> list[str]:
 async def resolved_ticket(harness: Harness) -> tuple[Person, int, list[TelegramMethod[Any]]]:
     """An English resident's ticket, accepted and resolved by Li Juan; returns what the resident was sent."""
     resident = harness.person(RESIDENT, language="en")
-    await bind(resident)
+    await bind_verified(resident)
     number = await report(resident)
     await harness.deliver()
     await work_and_resolve(harness, LI_JUAN, number)
@@ -249,7 +256,7 @@ async def test_a_reminder_queued_before_an_answer_is_not_sent_after_it(harness: 
 
 async def test_forged_and_stale_confirm_and_rating_buttons_are_refused(harness: Harness) -> None:
     resident = harness.person(RESIDENT, language="en")
-    await bind(resident)
+    await bind_verified(resident)
     number = await report(resident)
     await harness.deliver()
     fixed = FeedbackCb(action=FeedbackAction.FIXED, ticket_id=number).pack()

@@ -15,6 +15,7 @@ from domain.text import TextEmpty
 from storage.db import SessionFactory
 from storage.models import EventKind, OutboxMessage, SurveyVote, Ticket, TicketEvent, Topic, TopicEvent, TopicStatus
 from tests.conftest import FakeClock
+from tests.households import verify_household
 from tests.test_routing import report, resident_in
 
 STAFF_WANG, STAFF_LIU = 100001, 100002
@@ -56,6 +57,8 @@ async def test_ticket_to_topic_through_all_seven_steps(
     await resident_in(session_factory, clock, RESIDENT, "yinba/1")
     filed = await report(session_factory, clock, RESIDENT, code="flying-lead")
     await resident_in(session_factory, clock, NEXT_DOOR, "yinba/1")
+    await verify_household(session_factory, RESIDENT, clock(), room="101")
+    await verify_household(session_factory, NEXT_DOOR, clock(), room="102")
     async with session_factory() as session:
         await join(session, user_id=NEXT_DOOR, ticket_id=filed.ticket.id, now=clock())
     async with session_factory() as session:
@@ -91,6 +94,8 @@ async def test_ticket_to_topic_through_all_seven_steps(
         await delib.open_survey(session, actor_id=STAFF_WANG, topic_id=topic.id, now=clock())
     await resident_in(session_factory, clock, NEIGHBOUR, "yinba/9")  # same compound, another grid
     await resident_in(session_factory, clock, FAR_AWAY, "chaoyang/1")
+    await verify_household(session_factory, NEIGHBOUR, clock())
+    await verify_household(session_factory, FAR_AWAY, clock())
     async with session_factory() as session:
         await delib.vote(session, user_id=RESIDENT, topic_id=topic.id, option=0, now=clock())
         await delib.vote(session, user_id=RESIDENT, topic_id=topic.id, option=1, now=clock())  # changed

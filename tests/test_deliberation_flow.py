@@ -13,6 +13,7 @@ from storage.models import Building, Community, Compound, SurveyVote, Ticket, To
 from tests.conftest import FakeClock
 from tests.fake_telegram import buttons_of, sent_to
 from tests.harness import Harness
+from tests.households import verify_household
 from tests.test_community_import import SMALL
 from tests.test_escalation import LI_JUAN, STAFF_LIU, STAFF_WANG, alerted, file, speak_english, texts
 from tests.test_routing import resident_in
@@ -90,11 +91,12 @@ async def test_from_a_ticket_to_the_public_notice(harness: Harness, clock: FakeC
     assert "银巴小区电动车充电棚选址" in texts([invitation]) and "3. 暂不建设" in texts([invitation])
     assert SurveyCb(topic_id=topic_id).pack() in [data for _, data in buttons_of(invitation)]
 
+    await verify_household(harness.sessions, RESIDENT, clock())  # only verified households vote
     shown = await resident.press(SurveyCb(topic_id=topic_id).pack())
     assert "银巴小区电动车充电棚选址" in texts(shown) and "Tap an option to vote" in texts(shown)
     assert "your vote is counted" in texts(await resident.tap(shown, "小区南门"))
     changed = await resident.press(SurveyCb(topic_id=topic_id, option=0).pack())
-    assert "Your vote: 3号楼东侧" in texts(changed)
+    assert "Your household's vote: 3号楼东侧" in texts(changed)
     # Out of scope, out of range: refused, still one vote.
     await resident_in(harness.sessions, clock, FAR_AWAY, "chaoyang/1")
     async with harness.sessions() as session, session.begin():

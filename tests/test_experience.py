@@ -14,6 +14,7 @@ from storage.models import Ticket, TicketPhoto, TicketStatus
 from tests.conftest import FakeClock
 from tests.fake_telegram import buttons_of, reply_buttons_of, sent_to, text_of
 from tests.harness import Harness
+from tests.households import verify
 from tests.test_cards import edits
 from tests.test_report_flow import LI_JUAN, STAFF_WANG, bind, file_report, texts, ticket
 
@@ -39,6 +40,7 @@ async def test_the_reporter_hears_of_another_household_joining_and_answering(har
     reporter, neighbour = harness.person(RESIDENT), harness.person(NEIGHBOUR)
     await bind(reporter)
     await bind(neighbour)
+    await verify(neighbour)  # only a verified household joins and answers "Is it fixed?"
     number = await file_report(reporter, "管道", "楼下雨水管堵了")
     await harness.deliver()
 
@@ -126,6 +128,7 @@ async def test_an_agenda_button_for_a_survey_not_open_leads_on(harness: Harness,
 async def test_a_residents_refusal_points_to_their_own_commands(harness: Harness) -> None:
     resident = harness.person(RESIDENT)
     await bind(resident)
+    await verify(resident)  # so the button is refused as out of date, not for want of verification
     number = await file_report(resident, "管道", "楼下雨水管堵了")
     answer = await resident.press(FeedbackCb(action=FeedbackAction.FIXED, ticket_id=number).pack())
     assert "已过期" in texts(answer) and "/my" in texts(answer) and "/tickets" not in texts(answer)

@@ -68,6 +68,8 @@ from bot.callbacks import (
     EscalateCb,
     FeedbackAction,
     FeedbackCb,
+    HouseholdAction,
+    HouseholdCb,
     LanguageCb,
     MeTooAction,
     MeTooCb,
@@ -113,7 +115,8 @@ KNOWN_TEXTS = [
     "/report@other_bot", "/REPORT", "/my", "/tickets", "/tickets@feedback_test_bot", "/ledger", "/suggest",
     "/topics", "/newtopic", "/broadcasts", "/settings", "/home", "/language", "/help", "/cancel", "/nonsense",
     "/", "📝 反映问题", "📋 我的反映", "🗂 待办工单", "🌐 语言 Language", "✅ 完成", "📍 发送我的位置", "📨 提交",
-    "✖️ 取消", "📝 Report a problem", "✅ Done", "📨 Submit",
+    "✖️ 取消", "📝 Report a problem", "✅ Done", "📨 Submit", "/verify", "/households", "/register",
+    "✍️ 改由网格员核验", "➡️ 不加照片，直接提交", "302",
 ]  # fmt: skip
 
 
@@ -173,8 +176,13 @@ CONTENT: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "venue": st.just(
         {"venue": Venue(location=Location(latitude=38.47, longitude=106.23), title="<venue>", address="&")}
     ),
+    # Someone's contact: without a user id (a phone-book card), the sender's own, another person's, or anything.
     "contact": st.builds(
-        lambda name: {"contact": Contact(phone_number="+8613800000000", first_name=name or "x")}, texts
+        lambda name, user_id: {
+            "contact": Contact(phone_number="+8613800000000", first_name=name or "x", user_id=user_id)
+        },
+        texts,
+        st.none() | st.sampled_from([RESIDENT, *WORKERS, STRANGER]) | st.integers(-(2**40), 2**40),
     ),
     "document": st.builds(
         lambda caption: {"document": Document(file_id="doc", file_unique_id="d"), "caption": caption},
@@ -287,6 +295,7 @@ def packed(ids: st.SearchStrategy[int]) -> st.SearchStrategy[str]:
             ids,
         ),
         st.builds(lambda a: SettingsCb(action=a), st.sampled_from(SettingsAction)),
+        st.builds(lambda a, i: HouseholdCb.model_construct(action=a, id=i), st.sampled_from(HouseholdAction), ids),
     ).map(_pack)
 
 

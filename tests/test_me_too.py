@@ -13,10 +13,12 @@ from storage.models import EventKind, Ticket, TicketFollower, TicketStatus
 from tests.conftest import FakeClock
 from tests.fake_telegram import sent_to
 from tests.harness import Harness
+from tests.households import verify, verify_household
 from tests.test_confirmation import (
     LI_JUAN,
     alerted,
     bind,
+    bind_verified,
     callbacks,
     event_kinds,
     report,
@@ -56,7 +58,7 @@ async def test_me_too_lists_only_open_tickets_of_that_category_in_that_building(
     await harness.deliver()
 
     joiner = harness.person(JOINER, language="en")
-    await bind(joiner)
+    await bind_verified(joiner)
     answer = await joiner.send("/report")
     answer = await joiner.tap(answer, "Blocked drain")
     shown = callbacks(answer)
@@ -108,7 +110,7 @@ async def test_mine_is_different_goes_on_with_the_wizard(harness: Harness) -> No
     await bind(reporter)
     first = await report(reporter)
     joiner = harness.person(JOINER, language="en")
-    await bind(joiner)
+    await bind_verified(joiner)
     answer = await joiner.send("/report")
     answer = await joiner.tap(answer, "Blocked drain")
     assert me_too(first) in callbacks(answer)
@@ -125,6 +127,7 @@ async def test_mine_is_different_goes_on_with_the_wizard(harness: Harness) -> No
     answer = await harness.person(OTHER_CATEGORY, language="en").send("/start jsx_yinba_1")
     other = harness.person(OTHER_CATEGORY, language="en")
     await other.tap(answer, "2")
+    await verify(other)
     answer = await other.send("the drain is blocked and smells")
     answer = await other.tap(answer, "Blocked drain")
     assert me_too(first) in callbacks(answer) and me_too(2) in callbacks(answer)
@@ -133,10 +136,10 @@ async def test_mine_is_different_goes_on_with_the_wizard(harness: Harness) -> No
 
 async def test_joining_is_refused_for_own_tickets_twice_other_buildings_and_closed_tickets(harness: Harness) -> None:
     reporter = harness.person(REPORTER, language="en")
-    await bind(reporter)
+    await bind_verified(reporter)
     number = await report(reporter)
     joiner = harness.person(JOINER, language="en")
-    await bind(joiner)
+    await bind_verified(joiner)
     answer = await joiner.send("/report")
     answer = await joiner.tap(answer, "Blocked drain")
     await joiner.tap(answer, f"#{number}")
@@ -165,6 +168,8 @@ async def test_join_rules_in_the_domain(session_factory: SessionFactory, clock: 
     await resident_in(session_factory, clock, 1, "yinba/1")
     await resident_in(session_factory, clock, 2, "yinba/1")
     await resident_in(session_factory, clock, 3, "yinba/11")
+    for resident in (1, 2, 3):
+        await verify_household(session_factory, resident, clock(), room=f"10{resident}")
     filed = await domain_report(session_factory, clock, 1, "drain")
     number = filed.ticket.id
     async with session_factory() as session:
@@ -190,6 +195,7 @@ async def test_join_rules_in_the_domain(session_factory: SessionFactory, clock: 
         assert saved is not None
         saved.status = TicketStatus.UNCONFIRMED
     await resident_in(session_factory, clock, 4, "yinba/1")
+    await verify_household(session_factory, 4, clock(), room="104")
     async with session_factory() as session:
         with pytest.raises(InvalidTransition):
             await followers.join(session, user_id=4, ticket_id=number, now=clock())

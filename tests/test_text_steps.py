@@ -19,6 +19,7 @@ from storage.models import EventKind, Ticket, TicketEvent, TicketStatus
 from tests.conftest import FakeClock, require_redis
 from tests.fake_telegram import BOT_ID, reply_buttons_of
 from tests.harness import Harness, Person
+from tests.households import verify
 from tests.test_report_flow import LI_JUAN, bind, file_report, texts, ticket
 
 RESIDENT = 940001
@@ -81,6 +82,7 @@ async def test_a_menu_button_in_the_middle_of_a_step_ends_it_and_does_what_it_sa
 async def test_a_step_left_too_long_ends_and_what_comes_later_is_new(harness: Harness, clock: FakeClock) -> None:
     resident = harness.person(RESIDENT)
     await bind(resident)
+    await verify(resident)  # a verified household may say "not fixed"
     number = await in_progress(harness, resident)
     worker = harness.person(LI_JUAN)
 

@@ -27,6 +27,7 @@ from bot.reports.spreadsheet import month_workbook, spreadsheet_name
 from bot.views import broadcasts as broadcast_views
 from bot.views import deliberation as deliberation_views
 from bot.views import feedback as feedback_views
+from bot.views import households as household_views
 from bot.views import ladder as ladder_views
 from bot.views import public as public_views
 from bot.views import stats as stats_views
@@ -36,8 +37,10 @@ from domain.people import display_names
 from domain.reports import ReportPart
 from domain.stats import Month, MonthReport, View, office_report
 from domain.tickets import load_card, photos_of_event, ticket_access
+from domain.verification import request_for_notice
 from storage.models import (
     Broadcast,
+    Building,
     Community,
     EventKind,
     OutboxMessage,
@@ -50,9 +53,11 @@ from storage.models import (
     TopicStatus,
     TopicTask,
     User,
+    Verification,
 )
 
 TOPIC_NOTICES = (Notice.TOPIC_UPDATE, Notice.TOPIC_CANDIDATE)
+HOUSEHOLD_NOTICES = (Notice.VERIFICATION_REQUEST, Notice.VERIFICATION_RESULT)
 FEEDBACK_EVENTS = (EventKind.CONFIRMED, EventKind.RATED, EventKind.RATING_COMMENT)  # told to the worker together
 RENDERED_BROADCASTS = 2048  # a broadcast × two languages × a district's buildings
 DRAWN_REPORTS = 4  # monthly reports kept drawn: each goes to a few people, three messages each
@@ -104,6 +109,8 @@ class Renderer:
                 return await self._monthly_report(session, row)
             if row.kind == Notice.PUBLIC_POST:
                 return await self._public_post(session, row)
+            if row.kind in HOUSEHOLD_NOTICES:
+                return await self._household_notice(session, row)
             return await self._ticket_notice(session, row)
 
     async def _broadcast(
@@ -213,6 +220,27 @@ class Renderer:
             chat_id=row.chat_id,
             text=deliberation_views.topic_update(topic, event, task),
             reply_markup=deliberation_views.view_button(topic.id),
+        )
+
+    async def _household_notice(self, session: AsyncSession, row: OutboxMessage) -> TelegramMethod | None:
+        """A verification request for the grid worker (while it still waits), or a decision for the resident."""
+        verification_id = row.payload["verification_id"]
+        if row.kind == Notice.VERIFICATION_REQUEST:
+            view = await request_for_notice(session, verification_id)
+            if view is None:
+                return None  # decided, or withdrawn, before the request went out
+            text = household_views.request_text(view, self.tz)
+            keyboard = household_views.request_keyboard(verification_id)
+            photo = view.verification.photo_file_id
+            if photo and views.visible_length(text) <= views.CAPTION_LIMIT:
+                return SendPhoto(chat_id=row.chat_id, photo=photo, caption=text, reply_markup=keyboard)
+            return SendMessage(chat_id=row.chat_id, text=text, reply_markup=keyboard)
+        verification = await session.get(Verification, verification_id)
+        building = None if verification is None else await session.get(Building, verification.building_id)
+        if verification is None or building is None:
+            return None
+        return SendMessage(
+            chat_id=row.chat_id, text=household_views.result_notice(verification, building, row.payload["outcome"])
         )
 
     async def _ticket_notice(self, session: AsyncSession, row: OutboxMessage) -> TelegramMethod | None:

@@ -27,6 +27,7 @@ from aiogram.utils.i18n import lazy_gettext as __
 from bot.callbacks import CategoryCb, TicketAction, TicketCb
 from bot.i18n import localized
 from domain.errors import AccessDenied, DomainError, HandledElsewhere, InvalidTransition, NotBound, NotFound
+from domain.households import NotVerified
 from domain.routing import RouteReason
 from domain.text import TextEmpty, TextTooLong
 from domain.tickets import NobodyToHandTo, ReportDraft, TicketCard, TicketView
@@ -202,6 +203,8 @@ def ticket_card(card: TicketCard, tz: tzinfo) -> str:
     if handed_back is not None and (moved := moved_line(handed_back, names)):
         lines.append(moved)
     lines.append(_("🏠 Affected households: {count}").format(count=card.households))
+    if not ticket.reporter_verified:
+        lines.append(_("⚠️ Reported by a resident whose household is not verified"))
     if card.reopened is not None:
         lines.append(
             _("🔁 Reopened by a resident ({count}×): {reason}").format(
@@ -473,6 +476,8 @@ def refusal(error: DomainError) -> str:
         return _("There are no words in that message. Please write it out in words.")
     if isinstance(error, NotBound):
         return _("First tell me which building you live in: send /start.")
+    if isinstance(error, NotVerified):  # at most 200 characters: also a button's answer
+        return _("Only a verified household can do this. Verify yours in /home: one tap with your phone number.")
     if isinstance(error, NobodyToHandTo):
         return _("There is nobody else to hand this ticket to. Please keep working on it or ask the community office.")
     if isinstance(error, HandledElsewhere):

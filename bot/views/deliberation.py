@@ -217,6 +217,11 @@ def topic_actions(view: TopicView) -> InlineKeyboardMarkup:
 def results_text(results: SurveyResults) -> str:
     topic = results.topic
     lines = [f"<b>{topic_heading(topic)}</b>", _("Survey: {total} votes").format(total=results.total)]
+    lines.append(
+        _("Turnout: {voted} of {households} households on record voted (one vote per verified household)").format(
+            voted=results.households_voted, households=results.households_in_scope
+        )
+    )
     lines += [f"{i + 1}. {escape(o)}: {n}" for i, (o, n) in enumerate(zip(topic.options, results.counts, strict=True))]
     return _fit(lines)
 
@@ -230,9 +235,22 @@ def survey_text(view: SurveyView) -> str:
     lines = [f"<b>{escape(topic.title)}</b>", "", escape(topic.background), ""]
     lines += _options(topic)
     if view.my_vote is not None and 0 <= view.my_vote < len(topic.options):
-        lines.append(_("Your vote: {option}").format(option=escape(topic.options[view.my_vote])))
-    if topic.status == TopicStatus.SURVEYED:
-        lines.append(_("Tap an option to vote; you can change it until the meeting."))
+        option = escape(topic.options[view.my_vote])
+        if view.by_other_member:
+            lines.append(_("Your household's vote, cast by another member: {option}").format(option=option))
+        else:
+            lines.append(_("Your household's vote: {option}").format(option=option))
+    if topic.status == TopicStatus.SURVEYED and not view.can_vote:
+        lines.append(
+            _("Only verified households vote, one vote each. Verify yours in /home: one tap with your phone number.")
+        )
+    elif topic.status == TopicStatus.SURVEYED:
+        lines.append(
+            _(
+                "Tap an option to vote; you can change it until the meeting. One vote per household: a vote by "
+                "another member of your household replaces yours."
+            )
+        )
     elif topic.status == TopicStatus.DRAFTED:
         lines.append(
             _(
@@ -250,7 +268,7 @@ def survey_text(view: SurveyView) -> str:
 
 def survey_keyboard(view: SurveyView) -> InlineKeyboardMarkup | None:
     topic = view.topic
-    if topic.status != TopicStatus.SURVEYED:
+    if topic.status != TopicStatus.SURVEYED or not view.can_vote:
         return None
     return views.inline_keyboard(
         [

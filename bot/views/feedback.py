@@ -109,17 +109,26 @@ def _short(text: str) -> str:
 
 
 def similar_tickets(found: list[SimilarTicket], tz: tzinfo) -> str:
+    """The neighbours' open reports; a resident who is not a verified household sees neither words nor buttons."""
     lines = [_("Neighbours in your building have already reported this, and it is being handled:")]
-    lines += [
-        _("#{number} {text} — {status} ({date})").format(
-            number=t.id,
-            text=escape(_short(t.description)),
-            status=views.status_label(t.status),
-            date=views.local_time(t.created_at, tz)[:10],
+    for t in found:
+        status, day = views.status_label(t.status), views.local_time(t.created_at, tz)[:10]
+        if t.description is None:
+            lines.append(_("#{number} — {status} ({date})").format(number=t.id, status=status, date=day))
+        else:
+            lines.append(
+                _("#{number} {text} — {status} ({date})").format(
+                    number=t.id, text=escape(_short(t.description)), status=status, date=day
+                )
+            )
+    if any(t.description is None for t in found):
+        lines.append(
+            _("Verified households see what neighbours wrote and can join their report: verify yours in /home.")
         )
-        for t in found
-    ]
-    lines.append(_("If it is the same problem, press “Me too”: you will be told about every step, like the reporter."))
+    else:
+        lines.append(
+            _("If it is the same problem, press “Me too”: you will be told about every step, like the reporter.")
+        )
     return "\n".join(lines)
 
 
@@ -127,6 +136,7 @@ def me_too_keyboard(found: list[SimilarTicket]) -> InlineKeyboardMarkup:
     rows = [
         [_button(_("🙋 Me too: #{number}").format(number=t.id), MeTooCb(action=MeTooAction.JOIN, ticket_id=t.id))]
         for t in found
+        if t.description is not None
     ]
     rows.append([_button(_("➡️ No, mine is different"), MeTooCb(action=MeTooAction.DIFFERENT))])
     return InlineKeyboardMarkup(inline_keyboard=rows)
