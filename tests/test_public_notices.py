@@ -19,6 +19,7 @@ from storage.models import User as UserRecord
 from tests.conftest import SAMPLE_COMMUNITY, FakeClock
 from tests.fake_telegram import SERVER_ERROR, text_of
 from tests.harness import Harness
+from tests.households import verify_household
 from tests.test_odd_input import membership
 from tests.test_routing import report, resident_in
 
@@ -45,6 +46,7 @@ async def resolved_ticket(harness: Harness, clock: FakeClock) -> int:
         known = await session.get(UserRecord, RESIDENT)
     if known is None:
         await resident_in(harness.sessions, clock, RESIDENT, "yinba/1")
+        await verify_household(harness.sessions, RESIDENT, clock())  # only a verified household confirms
     async with harness.sessions() as session, session.begin():
         await session.execute(update(UserRecord).where(UserRecord.id == RESIDENT).values(full_name="张三丰"))
     filed = await report(harness.sessions, clock, RESIDENT, code="light")

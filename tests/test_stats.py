@@ -42,6 +42,7 @@ from domain.stats import Month, MonthCache, Rate, View, community_stats, last_co
 from storage.db import SessionFactory
 from storage.models import Grid, Level, Ticket
 from tests.conftest import SAMPLE_COMMUNITY, FakeClock
+from tests.households import verify_household
 from tests.test_routing import report, resident_in
 
 LI_JUAN, MA_LI, YANG_MIN, ZHAO_HONG = 200001, 200002, 200011, 200021
@@ -89,6 +90,7 @@ async def october(session_factory: SessionFactory, clock: FakeClock, community: 
     story = Story(session_factory, clock)
     for resident, building in ((R1, "yinba/1"), (R2, "yinba/9"), (R3, "chaoyang/1")):
         await resident_in(session_factory, clock, resident, building)
+        await verify_household(session_factory, resident, clock())  # only a verified household confirms and rates
 
     t1, t1_at, who = await story.file(R1, "light", START)
     assert who == LI_JUAN
