@@ -28,6 +28,7 @@ from bot.logs import setup_logging
 from bot.qr import write_qr_codes
 from domain.clock import system_clock
 from domain.community_file import CommunityFileError, building_links, import_community, load_community_file
+from domain.menus import queue_menus
 from storage.db import create_engine, create_session_factory
 from storage.migrate import upgrade_database
 
@@ -41,6 +42,8 @@ async def import_file(settings: Settings, path: Path) -> None:
         await upgrade_database(engine)
         async with create_session_factory(engine)() as session:
             report = await import_community(session, spec, system_clock())
+            # A running bot sets the menus of those whose duties changed (its sender reads the outbox).
+            await queue_menus(session, system_clock())
     finally:
         await engine.dispose()
     print(report.summary())

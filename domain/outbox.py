@@ -16,6 +16,9 @@ from storage.models import OutboxMessage
 class Notice(StrEnum):
     TICKET_CARD = "ticket_card"  # a worker's actionable card; payload: ticket_id
     CARD_EDIT = "card_edit"  # a card sent earlier, brought up to date (domain/cards.py); payload: ticket_id, message_id
+    # "Is it fixed?" asked earlier, now settled (domain/questions.py); payload: ticket_id, message_id,
+    # asked_event_id (None for the reminder), answer_event_id, caption
+    QUESTION_EDIT = "question_edit"
     TICKET_PHOTOS = "ticket_photos"  # the photos a resident attached; payload: ticket_id
     TICKET_UPDATE = "ticket_update"  # a resident is told what happened; payload: ticket_id, event_id
     DEADLINE_REMINDER = "deadline_reminder"  # the assignee: a deadline is close or passed; payload: ticket_id, event_id
@@ -25,6 +28,8 @@ class Notice(StrEnum):
     TOPIC_UPDATE = "topic_update"  # residents behind a topic hear a decision or progress; payload: topic_id, event_id
     # Staff: a topic waits for them (the bot's candidate, or one a resident or worker raised); payload: topic_id
     TOPIC_CANDIDATE = "topic_candidate"
+    # The "/" command menu of a worker or staff member, or back to the residents' (domain/menus.py); payload: menu
+    COMMAND_MENU = "command_menu"
     # Scheduled broadcasts (domain/broadcasts.py): one row per resident, with the outbox's broadcast_id set.
     BROADCAST = "broadcast"  # payload: broadcast_id
 

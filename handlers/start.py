@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot import views
 from bot.callbacks import PlaceCb, PlaceLevel
 from bot.i18n import localized
-from domain import people
+from domain import menus, people
+from domain.clock import Clock
 from domain.directory import Directory
 from domain.errors import NotFound
 from domain.people import Person
@@ -38,10 +39,14 @@ async def start_from_qr(
 
 
 @router.message(CommandStart())
-async def start(message: Message, state: FSMContext, session: AsyncSession, user: Person, directory: Directory) -> None:
+async def start(
+    message: Message, state: FSMContext, session: AsyncSession, user: Person, directory: Directory, clock: Clock
+) -> None:
     await state.clear()
     if user.is_worker:  # greeted as a worker, with their menu; not asked where they live
         await show_menu(message, user, views.worker_greeting())
+        # Their "/" menu, if Telegram could not take it before: the bot cannot set it for a chat never started.
+        await menus.queue_menus(session, clock(), [user.id])
         return
     home = await directory.home(session, user)
     if home is None:
