@@ -54,7 +54,7 @@ from bot.outbound.sender import OutboxSender, SenderSettings
 from bot.outbound.shared_rate import RedisTokenBucket
 from bot.steps import ExpiringSteps, StepExits
 from bot.views import commands as command_views
-from bot.webhook import Health, WebhookServer, register_webhook
+from bot.webhook import Health, HealthServer, WebhookServer, register_webhook
 from domain.clock import Clock, system_clock
 from domain.community_file import import_community, load_community_file
 from domain.confirmation import close_unconfirmed
@@ -312,14 +312,17 @@ async def run_bot(settings: Settings) -> None:
         if recovered:
             log.info("handling %d updates the previous run had recorded but not finished", recovered)
         to_telegram: Callable[[], Awaitable[Any]]
-        server: WebhookServer | None = None
+        server: WebhookServer | HealthServer | None = None
         polling: asyncio.Task[None] | None = None
+        health = Health(session_factory, system_clock, app.shared_rate.redis if app.shared_rate else None)
         if webhook:
-            health = Health(session_factory, system_clock, app.shared_rate.redis if app.shared_rate else None)
             server = WebhookServer(settings, bot, app.dispatcher, inbox, health)
             await server.start()
             to_telegram = partial(register_webhook, settings, bot, app.dispatcher)
         else:
+            if settings.health_port is not None:
+                server = HealthServer(settings, health)
+                await server.start()
             log.info("polling for updates")
             polling = asyncio.create_task(inbox.poll(stop))
             # A webhook left from webhook mode would make every getUpdates fail (409).
