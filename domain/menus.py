@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.outbox import Notice, enqueue
-from storage.models import Membership, Role, User
+from storage.models import Membership, OutboxMessage, OutboxStatus, Role, User
 
 
 class Menu(StrEnum):
@@ -51,13 +51,29 @@ async def queue_menus(
         if user_ids is not None:
             query = query.where(User.id.in_(user_ids))
         have = {user_id: Menu(menu or Menu.RESIDENT) for user_id, menu in await session.execute(query)}
+        on_the_way = await _on_the_way(session, user_ids)
         queued = 0
         for user_id in sorted(wanted.keys() | have.keys()):
             menu = wanted.get(user_id, Menu.RESIDENT)
-            if have.get(user_id, Menu.RESIDENT) != menu or (again and menu is not Menu.RESIDENT):
+            due = have.get(user_id, Menu.RESIDENT) != menu or (again and menu is not Menu.RESIDENT)
+            # Already queued (by another process starting, a second Start): it is written in the person's
+            # language when it is sent.
+            if due and (user_id, menu) not in on_the_way:
                 enqueue(session, user_id, Notice.COMMAND_MENU, now, menu=menu.value)
                 queued += 1
     return queued
+
+
+async def _on_the_way(session: AsyncSession, user_ids: Collection[int] | None) -> set[tuple[int, Menu]]:
+    """The menus queued and not sent yet."""
+    query = select(OutboxMessage.chat_id, OutboxMessage.payload).where(
+        OutboxMessage.broadcast_id.is_(None),
+        OutboxMessage.kind == Notice.COMMAND_MENU,
+        OutboxMessage.status.in_(OutboxStatus.unfinished()),
+    )
+    if user_ids is not None:
+        query = query.where(OutboxMessage.chat_id.in_(user_ids))
+    return {(chat_id, Menu(payload["menu"])) for chat_id, payload in await session.execute(query)}
 
 
 async def menu_set(session: AsyncSession, *, user_id: int, menu: Menu) -> None:

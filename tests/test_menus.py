@@ -64,6 +64,7 @@ async def test_every_private_chat_gets_the_residents_menu_in_each_language(harne
 async def test_workers_and_staff_get_their_own_menu_once(harness: Harness, clock: FakeClock) -> None:
     await bind(harness.person(RESIDENT))
     assert await queued(harness, clock) == PEOPLE_WITH_DUTIES
+    assert await queued(harness, clock) == 0, "a second process starting at once queues none again"
     sent = menus(await harness.deliver())
     assert len(sent) == PEOPLE_WITH_DUTIES and RESIDENT not in sent, "nothing per resident"
     assert commands(sent[LI_JUAN]) & STAFF_ONLY == WORKER_ONLY, "a grid worker: tickets, not the staff's commands"
