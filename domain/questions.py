@@ -38,13 +38,13 @@ def _queue_edit(session: AsyncSession, copy: TicketQuestionCopy, answer: TicketE
 
 async def record_question(
     session: AsyncSession,
-    now: datetime,
     *,
     ticket_id: int,
     chat_id: int,
     message_id: int,
     event_id: int | None,
     caption: bool,
+    now: datetime,
 ) -> None:
     """A question the bot has just sent, inside the sender's transaction.
 

@@ -146,7 +146,7 @@ async def test_a_question_recorded_after_the_answer_is_edited_at_once(harness: H
     await harness.deliver()
     async with harness.sessions() as session, session.begin():
         late = {"ticket_id": number, "chat_id": RESIDENT, "message_id": 777, "event_id": None, "caption": False}
-        await record_question(session, clock(), **late)
+        await record_question(session, now=clock(), **late)
     assert await copies(harness) == []
     [edit] = edits_to(await harness.deliver(), RESIDENT)
     assert edit.message_id == 777 and "Answered: it is fixed" in text_of(edit)

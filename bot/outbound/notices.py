@@ -84,11 +84,12 @@ class FollowUp(NamedTuple):
     write theirs in ticket order, so the tickets they lock never deadlock."""
 
     ticket_id: int
-    write: Callable[[AsyncSession, datetime], Awaitable[None]]
+    write: Callable[[AsyncSession], Awaitable[None]]
 
 
-def follow_up(row: OutboxMessage, method: TelegramMethod, answer: object) -> FollowUp | None:
-    """``answer``: what Telegram returned for ``method``, or its words when it refused an edit as settled.
+def follow_up(row: OutboxMessage, method: TelegramMethod, answer: object, now: datetime) -> FollowUp | None:
+    """``answer``: what Telegram returned for ``method`` at ``now``, or its words when it refused an edit as
+    settled.
 
     A card or "Is it fixed?" it took is a copy to keep current (domain/cards.py, domain/questions.py); a card
     it no longer has is forgotten at once; a menu it took is recorded on the person (domain/menus.py).
@@ -97,26 +98,25 @@ def follow_up(row: OutboxMessage, method: TelegramMethod, answer: object) -> Fol
     if isinstance(answer, Message) and row.kind in CARD_NOTICES:
         message_id = answer.message_id
 
-        async def keep_card(session: AsyncSession, now: datetime) -> None:
+        async def keep_card(session: AsyncSession) -> None:
             record_copy(session, ticket_id=ticket_id, chat_id=chat_id, message_id=message_id, now=now)
 
         return FollowUp(ticket_id, keep_card)
     if isinstance(answer, Message) and asks_if_fixed(method, ticket_id):
-        return FollowUp(
-            ticket_id,
-            partial(
-                record_question,
-                ticket_id=ticket_id,
-                chat_id=chat_id,
-                message_id=answer.message_id,
-                event_id=row.payload.get("event_id"),  # the resolution; the reminder has none
-                caption=isinstance(method, SendPhoto),
-            ),
+        question = partial(
+            record_question,
+            ticket_id=ticket_id,
+            chat_id=chat_id,
+            message_id=answer.message_id,
+            event_id=row.payload.get("event_id"),  # the resolution; the reminder has none
+            caption=isinstance(method, SendPhoto),
+            now=now,
         )
+        return FollowUp(ticket_id, question)
     if isinstance(answer, str) and row.kind == Notice.CARD_EDIT and any(s in answer.lower() for s in GONE):
-        return FollowUp(ticket_id, partial(_forget_card, chat_id=chat_id, message_id=row.payload["message_id"]))
+        return FollowUp(ticket_id, partial(forget_copy, chat_id=chat_id, message_id=row.payload["message_id"]))
     if answer is True and row.kind == Notice.COMMAND_MENU:
-        return FollowUp(0, partial(_menu_set, user_id=chat_id, menu=Menu(row.payload["menu"])))
+        return FollowUp(0, partial(menu_set, user_id=chat_id, menu=Menu(row.payload["menu"])))
     return None
 
 
@@ -126,14 +126,6 @@ def asks_if_fixed(method: TelegramMethod, ticket_id: int) -> bool:
     fixed = FeedbackCb(action=FeedbackAction.FIXED, ticket_id=ticket_id).pack()
     rows = markup.inline_keyboard if isinstance(markup, InlineKeyboardMarkup) else []
     return any(button.callback_data == fixed for buttons in rows for button in buttons)
-
-
-async def _forget_card(session: AsyncSession, _now: datetime, *, chat_id: int, message_id: int) -> None:
-    await forget_copy(session, chat_id=chat_id, message_id=message_id)
-
-
-async def _menu_set(session: AsyncSession, _now: datetime, *, user_id: int, menu: Menu) -> None:
-    await menu_set(session, user_id=user_id, menu=menu)
 
 
 class Renderer:

@@ -327,7 +327,7 @@ class OutboxSender:
             await self._finish([row], OutboxStatus.FAILED, None, f"error: {error!r}")
             return None
         self._delivered.append(row.id)
-        if (learnt := follow_up(row, method, sent)) is not None:
+        if (learnt := follow_up(row, method, sent, now)) is not None:
             self._follow_ups.append(learnt)
         row.status, row.error = OutboxStatus.SENT, ""
         return OutboxStatus.SENT
@@ -342,7 +342,7 @@ class OutboxSender:
         delivered, self._delivered = self._delivered, []
         follow_ups, self._follow_ups = self._follow_ups, []
         for learnt in sorted(follow_ups, key=lambda f: f.ticket_id):
-            await learnt.write(session, self.clock())
+            await learnt.write(session)
         await session.execute(
             update(OutboxMessage)
             .where(OutboxMessage.id.in_(delivered))
