@@ -45,8 +45,9 @@ async def start(
     await state.clear()
     if user.is_worker:  # greeted as a worker, with their menu; not asked where they live
         await show_menu(message, user, views.worker_greeting())
-        # Their "/" menu, if Telegram could not take it before: the bot cannot set it for a chat never started.
-        await menus.queue_menus(session, clock(), [user.id])
+        # Their "/" menu again: Telegram cannot take it for a chat never started, and only now may the bot
+        # know their client's language.
+        await menus.queue_menus(session, clock(), [user.id], again=True)
         return
     home = await directory.home(session, user)
     if home is None:

@@ -117,3 +117,11 @@ async def test_a_worker_who_chooses_english_gets_the_menu_in_english(harness: Ha
     assert isinstance(menu, SetMyCommands) and menu.commands[0].description == "Tickets to handle"
     await harness.person(RESIDENT).press(LanguageCb(code="en").pack())
     assert not menus(await harness.deliver()), "a resident's menu follows their Telegram client, as before"
+
+
+async def test_start_sets_the_menu_in_the_language_of_the_workers_client(harness: Harness, clock: FakeClock) -> None:
+    await queued(harness, clock)  # at start the bot knows only the name in the community file: Chinese
+    assert menus(await harness.deliver())[LI_JUAN].commands[0].description == "待办工单"  # type: ignore[union-attr]
+    await harness.person(LI_JUAN, language="en").send("/start")
+    [menu] = menus(await harness.deliver()).values()
+    assert isinstance(menu, SetMyCommands) and menu.commands[0].description == "Tickets to handle"
