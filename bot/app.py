@@ -25,6 +25,8 @@ from aiogram.fsm.storage.memory import SimpleEventIsolation
 from aiogram.fsm.storage.redis import RedisStorage
 from aiogram.methods import (
     AnswerCallbackQuery,
+    DeleteMyCommands,
+    EditMessageCaption,
     EditMessageReplyMarkup,
     EditMessageText,
     GetMe,
@@ -35,9 +37,8 @@ from aiogram.methods import (
     SetMyCommands,
 )
 from aiogram.methods.base import Response, TelegramMethod, TelegramType
-from aiogram.types import BotCommand, BotCommandScopeAllPrivateChats
+from aiogram.types import BotCommandScopeAllPrivateChats
 from aiogram.utils.i18n import I18n
-from aiogram.utils.i18n import gettext as _
 from aiohttp_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
 from redis.asyncio import BlockingConnectionPool, Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -52,12 +53,14 @@ from bot.outbound.notices import Renderer
 from bot.outbound.sender import OutboxSender, SenderSettings
 from bot.outbound.shared_rate import RedisTokenBucket
 from bot.steps import ExpiringSteps, StepExits
-from bot.webhook import Health, WebhookServer, register_webhook
+from bot.views import commands as command_views
+from bot.webhook import Health, HealthServer, WebhookServer, register_webhook
 from domain.clock import Clock, system_clock
 from domain.community_file import import_community, load_community_file
 from domain.confirmation import close_unconfirmed
 from domain.deliberation import propose_candidates
 from domain.directory import Directory
+from domain.menus import Menu, queue_menus
 from domain.stats import MonthCache
 from domain.sweep import sweep
 from handlers import build_router
@@ -82,10 +85,12 @@ PINNED_RESPONSE_MODELS = tuple(
         SendMediaGroup,
         AnswerCallbackQuery,
         EditMessageText,
+        EditMessageCaption,
         EditMessageReplyMarkup,
         GetUpdates,
         GetMe,
         SetMyCommands,
+        DeleteMyCommands,
     )
 )
 
@@ -238,70 +243,32 @@ def fsm_backend(settings: Settings, session_factory: SessionFactory) -> tuple[Ba
 
 
 async def set_commands(bot: Bot, i18n: I18n) -> None:
-    """The command list Telegram shows under "/", in each language."""
-    commands = [
-        "report",
-        "my",
-        "suggest",
-        "tickets",
-        "ledger",
-        "stats",
-        "topics",
-        "newtopic",
-        "broadcasts",
-        "settings",
-        "home",
-        "verify",
-        "households",
-        "register",
-        "language",
-        "help",
-        "cancel",
-    ]
+    """The residents' "/" menu, for every private chat, in each language; workers and staff get theirs in their
+    own chat through the outbox (domain/menus.py)."""
     for locale in i18n.available_locales:
         with i18n.context(), i18n.use_locale(locale):
-            descriptions = command_descriptions()
+            commands = command_views.menu(Menu.RESIDENT)
         await bot.set_my_commands(
-            [BotCommand(command=c, description=descriptions[c]) for c in commands],
+            commands,
             scope=BotCommandScopeAllPrivateChats(),
             language_code=None if locale == i18n.default_locale else locale.split("_")[0],
         )
 
 
-def command_descriptions() -> dict[str, str]:
-    return {
-        "report": _("Report a problem"),
-        "my": _("My reports"),
-        "tickets": _("Tickets to handle"),
-        "ledger": _("Three-colour ledger"),
-        "stats": _("Monthly figures and ranking"),
-        "suggest": _("A suggestion for the deliberation"),
-        "topics": _("Deliberation topics"),
-        "newtopic": _("New deliberation topic"),
-        "broadcasts": _("Monthly broadcasts"),
-        "settings": _("Settings"),
-        "home": _("My home and verification"),
-        "verify": _("Verification requests (grid workers)"),
-        "households": _("Verified households per building (staff)"),
-        "register": _("Import the household register (staff)"),
-        "language": _("Language"),
-        "help": _("Help"),
-        "cancel": _("Cancel"),
-    }
-
-
 async def prepare_database(settings: Settings) -> AsyncEngine:
-    """Migrate the database (advisory-locked on PostgreSQL, so processes starting at once take turns) and
-    import the community file (one process at a time too)."""
+    """Migrate the database (advisory-locked on PostgreSQL, so processes starting at once take turns), import
+    the community file (one process at a time too), and queue the command menus of workers and staff whose
+    duties changed."""
     # The file first: a mistake in it stops the bot before the database is touched.
     spec = load_community_file(settings.community_file) if settings.community_file is not None else None
     engine = create_engine(settings.database_url)
     try:
         await upgrade_database(engine)
-        if spec is not None:
-            async with exclusive(engine), create_session_factory(engine)() as session:
+        async with exclusive(engine), create_session_factory(engine)() as session:
+            if spec is not None:
                 report = await import_community(session, spec, system_clock())
-            log.info("community file %s: %s", settings.community_file, report.summary())
+                log.info("community file %s: %s", settings.community_file, report.summary())
+            await queue_menus(session, system_clock())
     except BaseException:
         await engine.dispose()
         raise
@@ -348,14 +315,17 @@ async def run_bot(settings: Settings) -> None:
         if recovered:
             log.info("handling %d updates the previous run had recorded but not finished", recovered)
         to_telegram: Callable[[], Awaitable[Any]]
-        server: WebhookServer | None = None
+        server: WebhookServer | HealthServer | None = None
         polling: asyncio.Task[None] | None = None
+        health = Health(session_factory, system_clock, app.shared_rate.redis if app.shared_rate else None)
         if webhook:
-            health = Health(session_factory, system_clock, app.shared_rate.redis if app.shared_rate else None)
             server = WebhookServer(settings, bot, app.dispatcher, inbox, health)
             await server.start()
             to_telegram = partial(register_webhook, settings, bot, app.dispatcher)
         else:
+            if settings.health_port is not None:
+                server = HealthServer(settings, health)
+                await server.start()
             log.info("polling for updates")
             polling = asyncio.create_task(inbox.poll(stop))
             # A webhook left from webhook mode would make every getUpdates fail (409).

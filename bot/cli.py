@@ -41,6 +41,7 @@ from domain.clock import system_clock
 from domain.community_file import CommunityFileError, building_links, import_community, load_community_file
 from domain.errors import NotFound
 from domain.households import NoPhoneSecret
+from domain.menus import queue_menus
 from domain.posters import poster_buildings
 from domain.register import (
     NoRegisterColumns,
@@ -64,6 +65,8 @@ async def import_file(settings: Settings, path: Path) -> None:
         await upgrade_database(engine)
         async with create_session_factory(engine)() as session:
             report = await import_community(session, spec, system_clock())
+            # A running bot sets the menus of those whose duties changed (its sender reads the outbox).
+            await queue_menus(session, system_clock())
     finally:
         await engine.dispose()
     print(report.summary())

@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     webhook_listen_port: int = Field(default=8080, ge=1, le=65535)
     # Keep the webhook registered when a process stops (the others, and the next start, still need it).
     webhook_delete_on_stop: bool = False
+    # Long polling: serve GET /healthz on this port (on WEBHOOK_LISTEN_HOST); webhook mode serves it on its own
+    # port. None: no listener.
+    health_port: int | None = Field(default=None, ge=1, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["plain", "json"] = "plain"
 
@@ -119,6 +122,7 @@ class Settings(BaseSettings):
         "bot_username",
         "webhook_url",
         "webhook_secret",
+        "health_port",
         mode="before",
     )
     @classmethod

@@ -7,7 +7,8 @@ within a process. The row names the process that took it (its sender lease), so 
 takes over what it had recorded but not handled, once its lease has lapsed.
 
 ``GET /healthz`` answers 200 while the database (and Redis, when configured) answer, 503 otherwise, with the
-outbox's depth and the age of its oldest due message for a monitor to alert on.
+outbox's depth and the age of its oldest due message for a monitor to alert on. A polling bot serves it too,
+alone, when HEALTH_PORT is set (:class:`HealthServer`).
 """
 
 from __future__ import annotations
@@ -135,15 +136,7 @@ class WebhookServer:
     async def start(self) -> None:
         """Listen; a port that cannot be had stops the bot with one line."""
         host, port = self.settings.webhook_listen_host, self.settings.webhook_listen_port
-        await self.runner.setup()
-        try:
-            await web.TCPSite(self.runner, host, port).start()
-        except OSError as error:
-            await self.runner.cleanup()
-            raise SystemExit(
-                f"WEBHOOK_LISTEN_HOST={host} WEBHOOK_LISTEN_PORT={port}: cannot listen there "
-                f"({error.strerror or error})"
-            ) from None
+        await listen(self.runner, host, port, f"WEBHOOK_LISTEN_HOST={host} WEBHOOK_LISTEN_PORT={port}")
         log.info("webhook: listening on %s:%d for %s", host, port, self.settings.webhook_url)
         self.chores = [
             asyncio.create_task(keep_recovering(self.inbox, self.stop_chores)),
@@ -162,6 +155,36 @@ class WebhookServer:
             with contextlib.suppress(Exception):
                 await self.bot.delete_webhook(drop_pending_updates=False)
                 log.info("webhook deleted (WEBHOOK_DELETE_ON_STOP)")
+
+
+async def listen(runner: web.AppRunner, host: str, port: int, settings: str) -> None:
+    """Serve ``runner``'s app on host:port; a port that cannot be had stops the bot with one line naming
+    ``settings``."""
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as error:
+        await runner.cleanup()
+        raise SystemExit(f"{settings}: cannot listen there ({error.strerror or error})") from None
+
+
+class HealthServer:
+    """Long polling has no web app of its own: with HEALTH_PORT, this serves ``GET /healthz`` alone, so a
+    container's or monitor's health check means the same in both modes."""
+
+    def __init__(self, settings: Settings, health: Health) -> None:
+        assert settings.health_port is not None
+        self.host, self.port = settings.webhook_listen_host, settings.health_port
+        app = web.Application()
+        app.router.add_get("/healthz", health.handle)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
+
+    async def start(self) -> None:
+        await listen(self.runner, self.host, self.port, f"WEBHOOK_LISTEN_HOST={self.host} HEALTH_PORT={self.port}")
+        log.info("health check: listening on %s:%d/healthz", self.host, self.port)
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
 
 
 async def register_webhook(settings: Settings, bot: Bot, dispatcher: Dispatcher) -> None:

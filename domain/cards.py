@@ -32,6 +32,13 @@ async def remember_copy(session: AsyncSession, *, ticket_id: int, chat_id: int, 
         record_copy(session, ticket_id=ticket_id, chat_id=chat_id, message_id=message_id, now=now)
 
 
+async def forget_copy(session: AsyncSession, *, chat_id: int, message_id: int) -> None:
+    """Telegram no longer has the message (the person deleted it): nothing there to keep current."""
+    await session.execute(
+        delete(TicketCardCopy).where(TicketCardCopy.chat_id == chat_id, TicketCardCopy.message_id == message_id)
+    )
+
+
 async def refresh_copies(session: AsyncSession, ticket: Ticket, now: datetime) -> None:
     """Queue an edit of the ticket's card copies, inside the caller's transaction (the change's own).
 

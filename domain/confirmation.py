@@ -11,8 +11,9 @@ When a worker resolves a ticket, the reporter and every household that joined it
 
 Only the reporter or a joined household may answer, and only one verified for a household of the ticket's
 building (domain/households.py), and only while the ticket is in the matching state: a forged or stale button
-is refused here and changes nothing. Every change is an event in the ticket's history,
-and the worker hears of every answer through the outbox.
+is refused here and changes nothing. Every change is an event in the ticket's history, and the worker hears of
+every answer through the outbox. Once the question is settled, the other households' "Is it fixed?" messages
+lose their buttons and say what happened (domain/questions.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from domain.followers import household_ids, is_household, tell_households
 from domain.households import require_verified
 from domain.outbox import Notice, enqueue, mark_queued
 from domain.public_notices import post_closed_ticket
+from domain.questions import settle_questions
 from domain.text import required_text
 from domain.tickets import MAX_NOTE
 from storage.models import EventKind, OutboxMessage, OutboxStatus, Ticket, TicketEvent, TicketStatus
@@ -122,6 +124,7 @@ async def confirm_fixed(session: AsyncSession, *, actor_id: int, ticket_id: int,
         await post_closed_ticket(session, ticket, now)
         await tell_households(session, ticket, event, now, skip=actor_id)
         await refresh_copies(session, ticket, now)
+        await settle_questions(session, ticket, event, now)
     return ticket
 
 
@@ -142,6 +145,7 @@ async def reopen(session: AsyncSession, *, actor_id: int, ticket_id: int, reason
             enqueue(session, ticket.assignee_id, Notice.TICKET_CARD, now, ticket_id=ticket.id)
         await tell_households(session, ticket, event, now, skip=actor_id)
         await refresh_copies(session, ticket, now)
+        await settle_questions(session, ticket, event, now)
     return ticket
 
 
@@ -251,6 +255,7 @@ async def close_unconfirmed(
             await tell_households(session, ticket, event, now)
             await refresh_copies(session, ticket, now)
             await post_closed_ticket(session, ticket, now)
+            await settle_questions(session, ticket, event, now)
             result.closed.append(ticket_id)
 
         reminded_already = exists().where(

@@ -16,6 +16,9 @@ from storage.models import OutboxMessage
 class Notice(StrEnum):
     TICKET_CARD = "ticket_card"  # a worker's actionable card; payload: ticket_id
     CARD_EDIT = "card_edit"  # a card sent earlier, brought up to date (domain/cards.py); payload: ticket_id, message_id
+    # "Is it fixed?" asked earlier, now settled (domain/questions.py); payload: ticket_id, message_id,
+    # asked_event_id (None for the reminder), answer_event_id, caption
+    QUESTION_EDIT = "question_edit"
     TICKET_PHOTOS = "ticket_photos"  # the photos a resident attached; payload: ticket_id
     TICKET_UPDATE = "ticket_update"  # a resident is told what happened; payload: ticket_id, event_id
     DEADLINE_REMINDER = "deadline_reminder"  # the assignee: a deadline is close or passed; payload: ticket_id, event_id
@@ -28,6 +31,8 @@ class Notice(StrEnum):
     # Households (domain/verification.py).
     VERIFICATION_REQUEST = "verification_request"  # a grid worker: a resident asks to be verified; verification_id
     VERIFICATION_RESULT = "verification_result"  # the resident: verified, declined or revoked; verification_id, outcome
+    # The "/" command menu of a worker or staff member, or back to the residents' (domain/menus.py); payload: menu
+    COMMAND_MENU = "command_menu"
     # Scheduled broadcasts (domain/broadcasts.py): one row per resident, with the outbox's broadcast_id set.
     BROADCAST = "broadcast"  # payload: broadcast_id
     # The office's monthly report (domain/reports.py), to each of its staff and the street office, in three

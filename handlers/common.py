@@ -19,7 +19,9 @@ from bot import views
 from bot.callbacks import LanguageCb
 from bot.filters import Button
 from bot.i18n import LANGUAGES
+from domain.clock import Clock
 from domain.errors import DomainError
+from domain.menus import queue_menus
 from domain.people import Person, set_language
 from domain.text import TextEmpty, TextTooLong
 
@@ -146,12 +148,14 @@ async def choose_language(message: Message) -> None:
 
 @router.callback_query(LanguageCb.filter())
 async def set_language_(
-    query: CallbackQuery, callback_data: LanguageCb, session: AsyncSession, user: Person, i18n: I18n
+    query: CallbackQuery, callback_data: LanguageCb, session: AsyncSession, user: Person, i18n: I18n, clock: Clock
 ) -> None:
     if callback_data.code not in LANGUAGES:
         await query.answer(_("Sorry, you cannot open this."), show_alert=True)
         return
     await set_language(session, user.id, callback_data.code)
+    if user.is_worker:  # their own "/" menu, in the language they chose
+        await queue_menus(session, clock(), [user.id], again=True)
     with i18n.use_locale(callback_data.code):
         await query.answer()
         await show_menu(chat_of(query), user, _("Language changed."))

@@ -15,7 +15,7 @@ from bot import views
 from bot.callbacks import PlaceCb, PlaceLevel
 from bot.i18n import localized
 from bot.views import households as household_views
-from domain import people
+from domain import menus, people
 from domain.clock import Clock
 from domain.directory import Directory
 from domain.errors import NotFound
@@ -40,10 +40,15 @@ async def start_from_qr(
 
 
 @router.message(CommandStart())
-async def start(message: Message, state: FSMContext, session: AsyncSession, user: Person, directory: Directory) -> None:
+async def start(
+    message: Message, state: FSMContext, session: AsyncSession, user: Person, directory: Directory, clock: Clock
+) -> None:
     await state.clear()
     if user.is_worker:  # greeted as a worker, with their menu; not asked where they live
         await show_menu(message, user, views.worker_greeting())
+        # Their "/" menu again: Telegram cannot take it for a chat never started, and only now may the bot
+        # know their client's language.
+        await menus.queue_menus(session, clock(), [user.id], again=True)
         return
     home = await directory.home(session, user)
     if home is None:

@@ -333,6 +333,9 @@ class User(Base):
     unreachable_at: Mapped[datetime | None] = mapped_column(default=None)
     # The resident turned the monthly agenda and feedback broadcasts off (/settings); personal notices still come.
     broadcasts_off: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The "/" command menu Telegram shows this person, as the bot last set it for their chat (domain/menus.py);
+    # None: the residents' menu that every private chat has.
+    command_menu: Mapped[str | None] = mapped_column(String(16), default=None)
     created_at: Mapped[datetime]
 
     building: Mapped[Building | None] = relationship(lazy="raise")
@@ -527,6 +530,24 @@ class TicketCardCopy(Base):
     ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
     chat_id: Mapped[int] = mapped_column(BigInteger)
     message_id: Mapped[int] = mapped_column(BigInteger)
+    sent_at: Mapped[datetime]
+
+
+class TicketQuestionCopy(Base):
+    """A message that asked a household "Is it fixed?" with Yes / No buttons (the resolution update, or the
+    reminder): once the question is answered, or the ticket closes unanswered, it is edited to say so, without
+    those buttons (domain/questions.py)."""
+
+    __tablename__ = "ticket_question_copies"
+    __table_args__ = (UniqueConstraint("chat_id", "message_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    chat_id: Mapped[int] = mapped_column(BigInteger)
+    message_id: Mapped[int] = mapped_column(BigInteger)
+    # The resolution the message told of; None for the reminder.
+    event_id: Mapped[int | None] = mapped_column(ForeignKey("ticket_events.id"), default=None)
+    caption: Mapped[bool] = mapped_column(Boolean, default=False)  # the text is a photo's caption
     sent_at: Mapped[datetime]
 
 

@@ -106,7 +106,8 @@ class FakeTelegram(BaseSession):
     def _error_for(self, method: TelegramMethod[Any]) -> ScriptedError | None:
         if self.outage is not None:
             return self.outage
-        chat_id = getattr(method, "chat_id", None)
+        # A chat's command menu names the chat in its scope.
+        chat_id = getattr(method, "chat_id", None) or getattr(getattr(method, "scope", None), "chat_id", None)
         if not isinstance(chat_id, int):
             return None
         if self.errors[chat_id]:

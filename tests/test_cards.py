@@ -79,7 +79,7 @@ async def test_every_copy_of_a_card_follows_the_ticket(harness: Harness) -> None
         assert actions(edit) == {TicketAction.HISTORY}, "nothing left to press but History"
 
     await harness.person(RESIDENT).press(FeedbackCb(action=FeedbackAction.FIXED, ticket_id=number).pack())
-    edited = edits(await harness.deliver())
+    edited = [e for e in edits(await harness.deliver()) if e.chat_id != RESIDENT]  # theirs asked "Is it fixed?"
     assert {(e.chat_id, e.message_id) for e in edited} == recorded
     assert all("已关闭" in e.text for e in edited)
     assert await copies(harness, number) == set(), "closed for good: nothing more to keep current"
@@ -133,6 +133,14 @@ async def test_edits_telegram_has_no_use_for_are_done_not_failed(harness: Harnes
         (OutboxStatus.SENT, ""),
         (OutboxStatus.FAILED, "400: Bad Request: chat not found"),
     ]
+    deleted = (LI_JUAN, rows[1].payload["message_id"])
+    assert deleted not in await copies(harness, number), "a message Telegram no longer has is forgotten at once"
+    assert len(await copies(harness, number)) == 2
+
+    await worker.press(TicketCb(action=TicketAction.RESOLVE, ticket_id=number).pack())
+    await worker.send("已疏通")
+    edited = edits(sent_to(await harness.deliver(), LI_JUAN))
+    assert deleted not in {(e.chat_id, e.message_id) for e in edited} and len(edited) == 2, "and never edited again"
 
 
 async def test_a_deadline_reminder_follows_the_ticket_like_its_card(harness: Harness, clock: FakeClock) -> None:

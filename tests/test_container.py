@@ -49,3 +49,12 @@ def test_the_image_and_the_compose_file_agree_on_the_data_volume() -> None:
     assert "WORKDIR /srv/resident-bot\n" in dockerfile
     assert "VOLUME /srv/resident-bot/data\n" in dockerfile
     assert "- bot-data:/srv/resident-bot/data\n" in compose
+
+
+def test_the_compose_health_check_asks_healthz_where_the_bot_serves_it_in_both_modes() -> None:
+    """Polling serves /healthz on HEALTH_PORT, webhook mode on WEBHOOK_LISTEN_PORT (8080 by default): compose's
+    check must ask that port, not pass whatever the mode (tests/test_polling_health.py runs the listener)."""
+    compose = (ROOT / "compose.yaml").read_text(encoding="utf-8")
+    assert '      HEALTH_PORT: "8080"\n' in compose
+    assert 'urllib.request.urlopen("http://127.0.0.1:8080/healthz", timeout=5)' in compose
+    assert "WEBHOOK_URL" not in compose.split("healthcheck:")[1].split("postgres:")[0], "no mode is exempt"

@@ -2,38 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, tzinfo
+from functools import partial
 from html import escape
+from typing import NamedTuple
 
 from aiogram.methods import (
+    DeleteMyCommands,
+    EditMessageCaption,
     EditMessageReplyMarkup,
     EditMessageText,
     SendDocument,
     SendMediaGroup,
     SendMessage,
     SendPhoto,
+    SetMyCommands,
     TelegramMethod,
 )
-from aiogram.types import BufferedInputFile, InlineKeyboardMarkup, InputMediaPhoto, Message
+from aiogram.types import BotCommandScopeChat, BufferedInputFile, InlineKeyboardMarkup, InputMediaPhoto, Message
 from aiogram.utils.i18n import I18n
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import views
+from bot.callbacks import FeedbackAction, FeedbackCb
 from bot.i18n import locale_of
 from bot.reports.chart import chart_png
 from bot.reports.spreadsheet import month_workbook, spreadsheet_name
 from bot.views import broadcasts as broadcast_views
+from bot.views import commands as command_views
 from bot.views import deliberation as deliberation_views
 from bot.views import feedback as feedback_views
 from bot.views import households as household_views
 from bot.views import ladder as ladder_views
 from bot.views import public as public_views
 from bot.views import stats as stats_views
+from domain.cards import forget_copy, record_copy
 from domain.errors import AccessDenied
+from domain.menus import Menu, menu_set
 from domain.outbox import Notice
 from domain.people import display_names
+from domain.questions import record_question
 from domain.reports import ReportPart
 from domain.stats import Month, MonthReport, View, office_report
 from domain.tickets import load_card, photos_of_event, ticket_access
@@ -66,12 +77,14 @@ DRAWN_REPORTS = 4  # monthly reports kept drawn: each goes to a few people, thre
 # Telegram's answers to an edit that mean there is nothing left to do: the copy already shows this (two changes
 # in a row), or the person deleted it.
 SETTLED_EDITS = ("message is not modified", "message to edit not found", "message can't be edited")
+GONE = ("message to edit not found", "message can't be edited")  # the copy is not there to edit again
+EDITS = EditMessageText | EditMessageCaption | EditMessageReplyMarkup
 
 
 def edit_settled(method: TelegramMethod, answer: str) -> bool:
     """An edit Telegram refused because it is not needed (any more): done, not failed."""
     answer = answer.lower()
-    return isinstance(method, EditMessageText | EditMessageReplyMarkup) and any(s in answer for s in SETTLED_EDITS)
+    return isinstance(method, EDITS) and any(s in answer for s in SETTLED_EDITS)
 
 
 # Messages that carry a ticket's action buttons: the card, and the deadline reminder (which becomes the card
@@ -79,12 +92,53 @@ def edit_settled(method: TelegramMethod, answer: str) -> bool:
 CARD_NOTICES = (Notice.TICKET_CARD, Notice.DEADLINE_REMINDER)
 
 
-def card_copy(row: OutboxMessage, sent: object) -> tuple[int, int, int] | None:
-    """(ticket, chat, message) when ``row`` was a ticket's card that Telegram took as ``sent``: a copy to keep
-    current (domain/cards.py)."""
-    if row.kind in CARD_NOTICES and isinstance(sent, Message):
-        return row.payload["ticket_id"], row.chat_id, sent.message_id
+class FollowUp(NamedTuple):
+    """What the database must learn from Telegram's answer to a row, written with the row's "sent". Two senders
+    write theirs in ticket order, so the tickets they lock never deadlock."""
+
+    ticket_id: int
+    write: Callable[[AsyncSession], Awaitable[None]]
+
+
+def follow_up(row: OutboxMessage, method: TelegramMethod, answer: object, now: datetime) -> FollowUp | None:
+    """``answer``: what Telegram returned for ``method`` at ``now``, or its words when it refused an edit as
+    settled.
+
+    A card or "Is it fixed?" it took is a copy to keep current (domain/cards.py, domain/questions.py); a card
+    it no longer has is forgotten at once; a menu it took is recorded on the person (domain/menus.py).
+    """
+    chat_id, ticket_id = row.chat_id, row.payload.get("ticket_id", 0)
+    if isinstance(answer, Message) and row.kind in CARD_NOTICES:
+        message_id = answer.message_id
+
+        async def keep_card(session: AsyncSession) -> None:
+            record_copy(session, ticket_id=ticket_id, chat_id=chat_id, message_id=message_id, now=now)
+
+        return FollowUp(ticket_id, keep_card)
+    if isinstance(answer, Message) and asks_if_fixed(method, ticket_id):
+        question = partial(
+            record_question,
+            ticket_id=ticket_id,
+            chat_id=chat_id,
+            message_id=answer.message_id,
+            event_id=row.payload.get("event_id"),  # the resolution; the reminder has none
+            caption=isinstance(method, SendPhoto),
+            now=now,
+        )
+        return FollowUp(ticket_id, question)
+    if isinstance(answer, str) and row.kind == Notice.CARD_EDIT and any(s in answer.lower() for s in GONE):
+        return FollowUp(ticket_id, partial(forget_copy, chat_id=chat_id, message_id=row.payload["message_id"]))
+    if answer is True and row.kind == Notice.COMMAND_MENU:
+        return FollowUp(0, partial(menu_set, user_id=chat_id, menu=Menu(row.payload["menu"])))
     return None
+
+
+def asks_if_fixed(method: TelegramMethod, ticket_id: int) -> bool:
+    """The message carries the ticket's "Is it fixed?" buttons."""
+    markup = getattr(method, "reply_markup", None)
+    fixed = FeedbackCb(action=FeedbackAction.FIXED, ticket_id=ticket_id).pack()
+    rows = markup.inline_keyboard if isinstance(markup, InlineKeyboardMarkup) else []
+    return any(button.callback_data == fixed for buttons in rows for button in buttons)
 
 
 class Renderer:
@@ -111,6 +165,8 @@ class Renderer:
                 return await self._public_post(session, row)
             if row.kind in HOUSEHOLD_NOTICES:
                 return await self._household_notice(session, row)
+            if row.kind == Notice.COMMAND_MENU:
+                return self._menu(row.chat_id, Menu(row.payload["menu"]))
             return await self._ticket_notice(session, row)
 
     async def _broadcast(
@@ -252,6 +308,8 @@ class Renderer:
                 return await self._card(session, row.chat_id, ticket)
             case Notice.CARD_EDIT:
                 return await self._card_edit(session, row.chat_id, ticket, row.payload["message_id"])
+            case Notice.QUESTION_EDIT:
+                return await self._question_edit(session, row, ticket)
             case Notice.TICKET_PHOTOS:
                 return self._photos(row.chat_id, ticket)
             case Notice.TICKET_UPDATE:
@@ -286,6 +344,35 @@ class Renderer:
             text=views.ticket_card(card, self.tz),
             reply_markup=views.ticket_actions(ticket, access.can_act),
         )
+
+    async def _question_edit(self, session: AsyncSession, row: OutboxMessage, ticket: Ticket) -> TelegramMethod | None:
+        """An "Is it fixed?" message once the question is settled: what it said, and what came of it; History is
+        the only button left."""
+        answer = await session.get(TicketEvent, row.payload["answer_event_id"])
+        if answer is None:
+            return None
+        asked_id = row.payload["asked_event_id"]
+        asked = await session.get(TicketEvent, asked_id) if asked_id is not None else None
+        outcome = f"<i>{feedback_views.settled(answer.kind)}</i>"
+        title = f"<b>{escape(views.ticket_title(ticket))}</b>"
+        text = title + "\n" + outcome
+        if asked is not None:
+            names = await display_names(session, ticket.community_id, [asked.actor_id])
+            told = views.resident_update(ticket, asked, names, row.chat_id) + "\n\n" + outcome
+            limit = views.CAPTION_LIMIT if row.payload["caption"] else views.MESSAGE_LIMIT
+            text = told if views.visible_length(told) <= limit else text
+        chat_id, message_id, markup = row.chat_id, row.payload["message_id"], views.history_keyboard(ticket.id)
+        if row.payload["caption"]:
+            return EditMessageCaption(chat_id=chat_id, message_id=message_id, caption=text, reply_markup=markup)
+        return EditMessageText(chat_id=chat_id, message_id=message_id, text=text, reply_markup=markup)
+
+    def _menu(self, chat_id: int, menu: Menu) -> TelegramMethod:
+        """A worker's or staff member's "/" menu in their chat, in their language; a resident's is the one every
+        private chat has."""
+        scope = BotCommandScopeChat(chat_id=chat_id)
+        if menu is Menu.RESIDENT:
+            return DeleteMyCommands(scope=scope)
+        return SetMyCommands(commands=command_views.menu(menu), scope=scope)
 
     def _photos(self, chat_id: int, ticket: Ticket) -> TelegramMethod | None:
         """The resident's photos, each with what they wrote on it; the first also names the ticket."""

@@ -43,9 +43,8 @@ from aiogram.exceptions import (
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.outbound.notices import Renderer, card_copy, edit_settled
+from bot.outbound.notices import FollowUp, Renderer, edit_settled, follow_up
 from bot.outbound.replies import ChatPacer
-from domain.cards import record_copy
 from domain.clock import Clock
 from storage.db import SessionFactory
 from storage.models import OutboxMessage, OutboxStatus, SenderLease, User
@@ -139,7 +138,7 @@ class OutboxSender:
         # Rows Telegram accepted whose "sent" is not written yet: it rides along with the next commit the
         # sender makes anyway, so a message costs one transaction, not two.
         self._delivered: list[int] = []
-        self._card_copies: list[tuple[int, int, int]] = []  # cards among them: (ticket, chat, message), kept current
+        self._follow_ups: list[FollowUp] = []  # what the database learns from their answers (cards to keep current…)
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -298,7 +297,7 @@ class OutboxSender:
 
         now = self.clock()
         try:
-            sent = await self.bot(method)
+            sent: object = await self.bot(method)
         except TelegramRetryAfter as error:
             await self.bucket.pause(error.retry_after)
             await self._finish([row], OutboxStatus.PENDING, now + timedelta(seconds=error.retry_after), "429")
@@ -309,7 +308,7 @@ class OutboxSender:
             return OutboxStatus.FAILED
         except TelegramBadRequest as error:
             if edit_settled(method, error.message):
-                sent = None  # the card already reads so, or is gone: nothing left to do
+                sent = error.message  # the card already reads so, or is gone: nothing left to do
             else:
                 # Telegram's word on this chat or this message ("chat not found"): trying again cannot help.
                 await self._finish([row], OutboxStatus.FAILED, None, f"400: {error.message}")
@@ -328,8 +327,8 @@ class OutboxSender:
             await self._finish([row], OutboxStatus.FAILED, None, f"error: {error!r}")
             return None
         self._delivered.append(row.id)
-        if (copy := card_copy(row, sent)) is not None:
-            self._card_copies.append(copy)
+        if (learnt := follow_up(row, method, sent, now)) is not None:
+            self._follow_ups.append(learnt)
         row.status, row.error = OutboxStatus.SENT, ""
         return OutboxStatus.SENT
 
@@ -341,9 +340,9 @@ class OutboxSender:
         if not self._delivered:
             return
         delivered, self._delivered = self._delivered, []
-        copies, self._card_copies = self._card_copies, []
-        for ticket_id, chat_id, message_id in copies:
-            record_copy(session, ticket_id=ticket_id, chat_id=chat_id, message_id=message_id, now=self.clock())
+        follow_ups, self._follow_ups = self._follow_ups, []
+        for learnt in sorted(follow_ups, key=lambda f: f.ticket_id):
+            await learnt.write(session)
         await session.execute(
             update(OutboxMessage)
             .where(OutboxMessage.id.in_(delivered))

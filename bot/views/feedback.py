@@ -13,7 +13,7 @@ from bot.callbacks import FeedbackAction, FeedbackCb, MeTooAction, MeTooCb, Tick
 from domain.confirmation import MAX_STARS, MIN_STARS
 from domain.errors import DomainError, InvalidTransition
 from domain.followers import AlreadyJoined, OwnTicket, SimilarTicket
-from storage.models import Ticket, TicketEvent
+from storage.models import EventKind, Ticket, TicketEvent
 
 SHORT_DESCRIPTION = 60
 
@@ -39,6 +39,16 @@ def fixed_keyboard(ticket_id: int) -> InlineKeyboardMarkup:
             [_button(_("📜 History"), TicketCb(action=TicketAction.HISTORY, ticket_id=ticket_id))],
         ]
     )
+
+
+def settled(kind: str) -> str:
+    """What came of "Is it fixed?", written under the question once it is settled (its buttons are gone)."""
+    match kind:
+        case EventKind.CONFIRMED:
+            return _("Answered: it is fixed, and the ticket is closed.")
+        case EventKind.REOPENED:
+            return _("Answered: it is not fixed, and the ticket is back with the worker.")
+    return _("Nobody answered in time: the ticket is closed as resolved, unconfirmed.")
 
 
 def reminder(ticket: Ticket, close_at: datetime, tz: tzinfo) -> str:
