@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import aiosqlite
 from aiogram import Bot, Dispatcher, Router
 from aiogram.types import CallbackQuery, Chat, Message, Update, User
-from sqlalchemy import select
+from sqlalchemy import event, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.app import assemble
 from bot.callbacks import CategoryCb
@@ -57,6 +61,72 @@ def button_update(user_id: int, data: str) -> Update:
 
 
 Feed = Callable[[list[Update]], Awaitable[None]]
+STEPS = ("/report", "category", "description", "Done", "Submit")
+INBOX = "inbox (record, mark)"
+
+
+class Trips:
+    """Counts, per wizard step, the SQL statements and the hand-overs to another thread (aiosqlite's worker
+    thread, or a filter aiogram runs through ``asyncio.to_thread``): where an update's time goes."""
+
+    def __init__(self) -> None:
+        self.statements: Counter[str] = Counter()
+        self.hops: Counter[str] = Counter()
+        self.updates: Counter[str] = Counter()
+        self.step: str | None = None
+
+    def watch(self, engine: AsyncEngine) -> None:
+        event.listen(engine.sync_engine, "before_cursor_execute", self._statement)
+
+    def _statement(self, *_args: object) -> None:
+        if self.step is not None:
+            self.statements[self.step] += 1
+
+    @contextlib.contextmanager
+    def counting_hops(self) -> Iterator[None]:
+        hand_over = aiosqlite.Connection._execute
+        to_thread = asyncio.to_thread
+
+        async def counted_hand_over(
+            connection: aiosqlite.Connection, fn: object, *args: object, **kw: object
+        ) -> object:
+            if self.step is not None:
+                self.hops[self.step] += 1
+            return await hand_over(connection, fn, *args, **kw)  # type: ignore[arg-type]
+
+        async def counted_to_thread(fn: object, *args: object, **kw: object) -> object:
+            if self.step is not None:
+                self.hops[self.step] += 1
+            return await to_thread(fn, *args, **kw)  # type: ignore[arg-type]
+
+        aiosqlite.Connection._execute = counted_hand_over  # type: ignore[method-assign]
+        asyncio.to_thread = counted_to_thread  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            aiosqlite.Connection._execute = hand_over  # type: ignore[method-assign]
+            asyncio.to_thread = to_thread
+
+    @contextlib.contextmanager
+    def at(self, step: str, updates: int = 1) -> Iterator[None]:
+        self.step = step
+        self.updates[step] += updates
+        try:
+            yield
+        finally:
+            self.step = None
+
+    def report(self) -> str:
+        lines = ["per update, by step: SQL statements, thread hops"]
+        for step in (*STEPS, INBOX):
+            n = self.updates[step] or 1
+            lines.append(f"  {step:<22} {self.statements[step] / n:5.2f} statements  {self.hops[step] / n:5.2f} hops")
+        total = sum(self.updates[step] for step in STEPS) or 1
+        lines.append(
+            f"  {'all (one update)':<22} {sum(self.statements.values()) / total:5.2f} statements  "
+            f"{sum(self.hops.values()) / total:5.2f} hops"
+        )
+        return "\n".join(lines)
 
 
 class Side:
@@ -86,7 +156,7 @@ async def no_sleep(_seconds: float) -> None:
     return None
 
 
-async def product_side(db_url: str, reports: int) -> tuple[Side, Side, Close]:
+async def product_side(db_url: str, reports: int, trips: Trips) -> tuple[Side, Side, Close]:
     """The bot as it runs: the sample community, residents bound to a building, whole report wizards.
 
     Two sides on the one bot (a process has one dispatcher): ``reports`` wizards through the inbox, as the
@@ -94,6 +164,7 @@ async def product_side(db_url: str, reports: int) -> tuple[Side, Side, Close]:
     inbox's cost is measured in the same run.
     """
     engine = create_engine(db_url)
+    trips.watch(engine)
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
     sessions = create_session_factory(engine)
@@ -147,13 +218,19 @@ async def product_side(db_url: str, reports: int) -> tuple[Side, Side, Close]:
 
     async def through_the_inbox(batch: list[Update]) -> None:
         """As the bot takes a getUpdates batch: recorded in one transaction, then each handled and marked."""
-        for update in await recorder.record(batch):
-            await recorder.handle(update)
-        await recorder.write_marks()
+        with trips.at(INBOX, len(batch)):
+            fresh = await recorder.record(batch)
+        for update in fresh:
+            with trips.at(steps[update.update_id]):
+                await recorder.handle(update)
+        with trips.at(INBOX, 0):
+            await recorder.write_marks()
 
     inboxed, direct = residents[:reports], residents[reports:]
+    updates = [step(r) for r in inboxed for step in wizard]
+    steps = {u.update_id: STEPS[n % len(STEPS)] for n, u in enumerate(updates)}
     return (
-        Side(through_the_inbox, [step(r) for r in inboxed for step in wizard]),
+        Side(through_the_inbox, updates),
         Side(one_by_one(app.dispatcher, bot), [step(r) for r in direct for step in wizard]),
         check_and_close,
     )
@@ -189,9 +266,10 @@ async def ceiling_side(db_url: str, updates: int) -> tuple[Side, Close]:
     ), engine.dispose
 
 
-async def measure_round(tmp: str, n: int, reports: int, chunk: int) -> tuple[float, float, float]:
+async def measure_round(tmp: str, n: int, reports: int, chunk: int, trips: Trips) -> tuple[float, float, float]:
     """All sides in alternating chunks of ``chunk`` wizards, so a slow minute slows them alike."""
-    product, direct, close_product = await product_side(f"sqlite+aiosqlite:///{tmp}/product{n}.sqlite3", reports)
+    url = f"sqlite+aiosqlite:///{tmp}/product{n}.sqlite3"
+    product, direct, close_product = await product_side(url, reports, trips)
     ceiling, close_ceiling = await ceiling_side(f"sqlite+aiosqlite:///{tmp}/ceiling{n}.sqlite3", reports * 5)
     while product.done < len(product.updates):
         await ceiling.run(chunk * 5)
@@ -217,7 +295,9 @@ async def main() -> None:
     print(f"load average at start: {load_average()}")
     with tempfile.TemporaryDirectory() as tmp:
         for n in range(args.rounds):
-            product, direct, ceiling = await measure_round(tmp, n, args.reports, args.chunk)
+            trips = Trips()
+            with trips.counting_hops():
+                product, direct, ceiling = await measure_round(tmp, n, args.reports, args.chunk, trips)
             results.append((product / ceiling, product, ceiling))
             costs.append(product / direct)
             print(
@@ -226,6 +306,7 @@ async def main() -> None:
                 f"(inbox keeps {product / direct:.2f} of it)"
             )
     print(f"load average at end: {load_average()}")
+    print(trips.report())
     ratio, product, ceiling = sorted(results)[len(results) // 2]
     print(f"wizards: {args.reports} per round ({args.reports * 5} updates), {args.rounds} rounds; the median round:")
     print(f"ratios over the rounds: {min(r[0] for r in results):.3f}–{max(r[0] for r in results):.3f}")
