@@ -144,6 +144,18 @@ class Side:
         self.elapsed += time.perf_counter() - started
         self.done += len(batch)
 
+    async def concurrently(self, users: int, steps: int) -> None:
+        """The next ``users`` × ``steps`` updates as ``users`` people at once, each sending ``steps`` in turn."""
+        batch = self.updates[self.done : self.done + users * steps]
+        started = time.perf_counter()
+
+        async def one_user(updates: list[Update]) -> None:
+            await self.feed(updates)
+
+        await asyncio.gather(*(one_user(batch[n::users]) for n in range(users)))
+        self.elapsed += time.perf_counter() - started
+        self.done += len(batch)
+
     @property
     def per_second(self) -> float:
         return self.done / self.elapsed
@@ -244,11 +256,12 @@ def one_by_one(dispatcher: Dispatcher, bot: Bot) -> Feed:
     return feed
 
 
-async def ceiling_side(db_url: str, updates: int) -> tuple[Side, Close]:
+async def ceiling_side(db_url: str, updates: int, create_tables: bool = True) -> tuple[Side, Close]:
     """aiogram + the same fake session + one ORM row committed and one reply per update."""
     engine = create_engine(db_url)
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
+    if create_tables:
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
     sessions = create_session_factory(engine)
     router = Router()
 

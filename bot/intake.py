@@ -40,7 +40,8 @@ _TABLE = cast(Table, InboundUpdate.__table__)
 _MARK_HANDLED = (
     update(_TABLE).where(_TABLE.c.update_id.in_(bindparam("ids", expanding=True))).values(handled_at=bindparam("now"))
 )
-# An update that was being handled when the process died this many times is set aside, not retried for ever.
+# An update that was being handled when the process died this many times after a restart is set aside, not retried
+# for ever. Only a start of its handling counts: a process killed before it came to the update does not.
 MAX_RECOVERIES = 3
 # Handled rows are kept this long, so that Telegram delivering one again is recognised.
 KEEP_HANDLED = timedelta(days=2)
@@ -52,6 +53,8 @@ class HandledMark:
 
     update_id: int
     written: bool = False
+    # Recorded by a process that died before handling it: its handling is counted before it starts (recover).
+    recovered: bool = False
 
 
 def order_key(update: Update) -> int:
@@ -181,20 +184,30 @@ class UpdateInbox:
         """Queue what a dead predecessor recorded but did not finish; returns how many updates."""
         async with self.sessions() as session, session.begin():
             pending = InboundUpdate.handled_at.is_(None)
-            await session.execute(update(InboundUpdate).where(pending).values(recoveries=InboundUpdate.recoveries + 1))
             rows = list(await session.scalars(select(InboundUpdate).where(pending).order_by(InboundUpdate.update_id)))
-            poison = [row.update_id for row in rows if row.recoveries > MAX_RECOVERIES]
+            poison = [row.update_id for row in rows if row.recoveries >= MAX_RECOVERIES]
             if poison:
-                log.error("updates %s crashed the bot %d times each; set aside unhandled", poison, MAX_RECOVERIES)
+                log.error(
+                    "updates %s were being handled at %d crashes after a restart; set aside", poison, MAX_RECOVERIES
+                )
                 await session.execute(_MARK_HANDLED, {"ids": poison, "now": self.clock()})
         recovered = [
             Update.model_validate_json(row.payload, context={"bot": self.bot})
             for row in rows
-            if row.recoveries <= MAX_RECOVERIES
+            if row.recoveries < MAX_RECOVERIES
         ]
         for recovered_update in recovered:
-            self.submit(recovered_update)
+            self.submit(recovered_update, recovered=True)
         return len(recovered)
+
+    async def _count_recovery(self, update_id: int) -> None:
+        """Counts that handling this recovered update starts: should it kill the process, it counts against it."""
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                update(InboundUpdate)
+                .where(InboundUpdate.update_id == update_id)
+                .values(recoveries=InboundUpdate.recoveries + 1)
+            )
 
     async def forget_old(self) -> None:
         async with self.sessions() as session, session.begin():
@@ -202,14 +215,14 @@ class UpdateInbox:
 
     # --- handling ---------------------------------------------------------------------------------------
 
-    def submit(self, update_: Update) -> None:
+    def submit(self, update_: Update, *, recovered: bool = False) -> None:
         key = order_key(update_)
         queue = self._queues.get(key)
         self._backlog += 1
         self._idle.clear()
         if self._backlog >= self.max_backlog:
             self._room.clear()
-        item = (update_, HandledMark(update_.update_id))
+        item = (update_, HandledMark(update_.update_id, recovered=recovered))
         if queue is not None:
             queue.append(item)
             return
@@ -238,6 +251,8 @@ class UpdateInbox:
         """Handle one recorded update now (the queue calls this in order per user)."""
         mark = mark or HandledMark(update_.update_id)
         try:
+            if mark.recovered:
+                await self._count_recovery(mark.update_id)
             await self.dispatcher.feed_update(self.bot, update_, inbox_mark=mark)
         except Exception:
             # The handler's own transaction rolled back; what it did commit stays. Not retried: the same

@@ -11,7 +11,7 @@ import pytest
 from aiogram.types import CallbackQuery, Chat, Message, Update, User
 from sqlalchemy import func, select
 
-from bot.intake import UpdateInbox
+from bot.intake import MAX_RECOVERIES, HandledMark, UpdateInbox
 from domain import tickets
 from storage.models import InboundUpdate, Ticket
 from tests.conftest import FakeClock
@@ -222,3 +222,46 @@ def press(harness: Harness, user_id: int, data: str) -> Update:
     )
     query = CallbackQuery(id=str(next(_ids)), from_user=user, chat_instance="t", data=data, message=bot_message)
     return Update(update_id=next(_ids), callback_query=query)
+
+
+async def test_restarts_that_die_before_an_update_is_handled_do_not_set_it_aside(
+    harness: Harness, clock: FakeClock
+) -> None:
+    submit = await up_to_submit(harness, 900304, "二楼扶手松动")
+    await inbox_of(harness).record([submit])
+    # The process dies right after recording; so do the next five, each before it came to the update.
+    for _ in range(5):
+        starting = inbox_of(Harness(harness.sessions, clock))
+        starting.handle = _never  # type: ignore[method-assign]
+        assert await starting.recover() == 1
+    restarted = inbox_of(Harness(harness.sessions, clock))
+    assert await restarted.recover() == 1, "still waiting to be handled, not set aside"
+    await restarted.drain(seconds=5)
+    assert await tickets_described(harness, "二楼扶手松动") == 1
+
+
+async def test_an_update_that_keeps_crashing_the_bot_is_set_aside(
+    harness: Harness, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    submit = await up_to_submit(harness, 900305, "楼道灯一直闪")
+
+    async def die(*args: Any, **kwargs: Any) -> Any:
+        raise ProcessDied()
+
+    monkeypatch.setattr(tickets, "file_report", die)
+    await inbox_of(harness).record([submit])
+    crashes = 0
+    while True:
+        restarted = inbox_of(Harness(harness.sessions, clock))
+        restarted.submit = lambda update, **_: None  # type: ignore[method-assign]  # handled by hand below
+        if not await restarted.recover():
+            break
+        with pytest.raises(ProcessDied):
+            await restarted.handle(submit, HandledMark(submit.update_id, recovered=True))
+        crashes += 1
+    assert crashes == MAX_RECOVERIES, "each restart tried it once more, then it was set aside"
+    assert await unhandled(harness) == 0
+
+
+async def _never(*_args: Any, **_kwargs: Any) -> None:
+    await asyncio.Event().wait()
