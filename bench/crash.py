@@ -38,9 +38,14 @@ fake's records and the SQLite file:
 updates_lost
     scripted updates that were confirmed (a getUpdates ``offset`` moved past them) and produced neither an
     answer nor an effect. An answer: for a button press, answerCallbackQuery with its id; for any update, a
-    send or edit to the user's chat that is not an outbox message (see below), between the update's first
-    delivery and the first delivery of that user's next update, whatever Telegram answered it (a 429 or 502
-    still shows the update was handled). An effect (for steps that leave a trace in the database): the
+    send or edit to the user's chat that is not an outbox message (see below), whatever Telegram answered it (a
+    429 or 502 still shows the update was handled). The bot handles one user's updates one after another, so
+    its answers come in their order: each update, in the order of first delivery, is matched with the first
+    answer after its first delivery that no earlier update took (an answer retried through a 429 counts once),
+    and also takes the answers that came before the user's next update was first delivered. So an answer that
+    comes late (the user sent the step again meanwhile, as they do after waiting ``ANSWER_TIMEOUT``, and the bot
+    took longer to start) is still its update's, and an update the bot never answered finds no answer left. An
+    effect (for steps that leave a trace in the database): the
     ticket with the wizard's description (Submit), the user's building (the unit button), the accepted event
     (Accept), the note or resolution event with the typed text, the broadcast (Send it now).
 tickets_missing
@@ -258,6 +263,21 @@ def request_markup(request: Request) -> dict[str, Any] | None:
 
 def request_signature(request: Request) -> tuple[str, int] | None:
     return signature(request.method, request_text(request), request_markup(request))
+
+
+def answer_runs(requests: list[Request]) -> list[float]:
+    """When the bot's direct answers in one chat began, oldest first: sends and edits that are no outbox message,
+    whatever Telegram answered; one answer retried (the same call, the same text) counts once."""
+    runs: list[float] = []
+    last: tuple[str, str] | None = None
+    for request in sorted(requests, key=lambda r: r.at):
+        if request.method == "answercallbackquery" or request_signature(request) is not None:
+            continue
+        call = (request.method, request_text(request))
+        if call != last:
+            runs.append(request.at)
+        last = call
+    return runs
 
 
 def is_outbox(message: BotMessage) -> bool:
@@ -1044,15 +1064,19 @@ class Bench:
             delivered = sorted(
                 (self.fake.updates[s.update_id].first_delivered or math.inf, s.update_id, s) for s in updates
             )
+            runs = answer_runs(self.by_chat[chat_id])
+            taken = 0  # answers before this one belong to earlier updates
             for index, (first, _, scripted) in enumerate(delivered):
-                if not confirmed.get(scripted.update_id):
+                if first == math.inf:
                     continue
                 until = delivered[index + 1][0] if index + 1 < len(delivered) else math.inf
-                # An answer Telegram refused (429, 502) still shows the update was handled.
-                if scripted.query_id in self.acq_any or any(
-                    first <= r.at < until and r.method != "answercallbackquery" and request_signature(r) is None
-                    for r in self.by_chat[chat_id]
-                ):
+                mine = next((n for n in range(taken, len(runs)) if runs[n] >= first), None)
+                if mine is not None:
+                    # This update's answer, and whatever else came before the user's next update arrived.
+                    taken = max(mine + 1, next((n for n in range(mine, len(runs)) if runs[n] >= until), len(runs)))
+                if not confirmed.get(scripted.update_id):
+                    continue
+                if scripted.query_id in self.acq_any or mine is not None:
                     continue
                 step, detail = scripted.step, scripted.detail
                 effect = (

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+import bot  # noqa: F401  # first: aiogram's types are then built as the bot builds them (bot/aiogram_models.py)
 from storage.db import SessionFactory, create_engine, create_session_factory
 from storage.models import Base
 from tests.harness import Harness
