@@ -27,7 +27,11 @@ def defer_building() -> None:
     def keep_namespace(cls: type[BaseModel], **kwargs: Any) -> bool | None:
         namespace = kwargs.get("_types_namespace")
         if namespace is not None and not kwargs.get("force") and cls.__module__.startswith(_AIOGRAM_TYPES + "."):
-            cls.__pydantic_parent_namespace__ = dict(namespace)  # what the deferred build resolves names in
+            # The names the deferred build resolves, also when another model (a method) builds this one inside
+            # its own schema: there only the model's module is searched.
+            module = vars(sys.modules[cls.__module__])
+            for name, value in namespace.items():
+                module.setdefault(name, value)
             return None
         kwargs["_parent_namespace_depth"] = kwargs.get("_parent_namespace_depth", 2) + 1
         return rebuild(cls, **kwargs)  # type: ignore[no-any-return]

@@ -1,26 +1,55 @@
-"""Wizard state in Redis, read once and written once per update.
+"""Wizard state in Redis: two round trips per update instead of six.
 
 aiogram's RedisStorage makes one round trip per call, and a wizard step calls it four to six times (its state and
-its data, read and written), on top of the per-user lock. Here the update's state and data are read together,
-with one MGET, right after the lock is taken; every read after that is served from memory, and the update's
-changes are written in one pipeline just before the lock is released. No other process can change them
-meanwhile: they hold the same lock.
+its data, read and written), on top of the two of the per-user lock. Here one script takes the user's lock and
+reads their state and data; every read after that is served from memory; and one script writes the update's
+changes and releases the lock. Nobody else changes that state meanwhile: they wait for the same lock (the key
+aiogram's RedisEventIsolation uses, so both can run side by side during an upgrade).
 
 One exception keeps a crash from losing a report: a wizard that ends (its state cleared) is deleted in Redis at
-once, as before, so Submit clears the wizard before the ticket's transaction commits, never after the answer.
+once, as aiogram does, so Submit clears the wizard before the ticket's transaction commits, not after the answer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 from aiogram.fsm.state import State
-from aiogram.fsm.storage.base import StateType, StorageKey
-from aiogram.fsm.storage.redis import RedisEventIsolation, RedisStorage
+from aiogram.fsm.storage.base import BaseEventIsolation, StateType, StorageKey
+from aiogram.fsm.storage.redis import RedisStorage
+
+LOCK_SECONDS = 60  # a holder that died frees the user after this long (aiogram's default too)
+LOCK_RETRY_SECONDS = 0.1
+
+# KEYS: lock, state, data. ARGV: token, lock time in ms. Returns {1, state, data} when the lock was taken.
+_TAKE = """
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, redis.call('get', KEYS[2]), redis.call('get', KEYS[3])}
+end
+return {0}
+"""
+# KEYS: lock, state, data. ARGV: token, write ('1' or '0'), state, data ('' deletes), their ttl in ms ('0': none).
+# Writes only while the lock is still this update's, or free (it outlived LOCK_SECONDS and nobody took it).
+_GIVE_BACK = """
+local holder = redis.call('get', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+if ARGV[2] == '1' then
+  for i = 2, 3 do
+    local value, ttl = ARGV[i + 1], ARGV[i + 3]
+    if value == '' then redis.call('del', KEYS[i])
+    elseif ttl ~= '0' then redis.call('set', KEYS[i], value, 'PX', ttl)
+    else redis.call('set', KEYS[i], value) end
+  end
+end
+if holder then redis.call('del', KEYS[1]) end
+return 1
+"""
 
 
 @dataclass
@@ -28,44 +57,47 @@ class _Record:
     key: StorageKey
     state: str | None
     data: dict[str, Any]
-    dirty: bool = field(default=False)
+    dirty: bool = False
 
 
-# The records of the update being handled, by storage key (the update's own, taken under its lock).
+# The records of the update being handled, by storage key: its own user's, taken under their lock.
 _records: ContextVar[dict[str, _Record] | None] = ContextVar("redis_fsm_records", default=None)
 
 
+def _text(value: Any) -> str | None:
+    return value.decode("utf-8") if isinstance(value, bytes) else cast(str | None, value)
+
+
 class UpdateScopedRedisStorage(RedisStorage):
-    """RedisStorage that, inside :meth:`update_scope`, reads once and writes once (see the module's docstring)."""
+    """RedisStorage that serves an update's reads from memory and writes its changes once (see the module)."""
 
-    @asynccontextmanager
-    async def update_scope(self, key: StorageKey) -> AsyncGenerator[None, None]:
-        records: dict[str, _Record] = {}
-        token = _records.set(records)
-        try:
-            await self._read(records, key)
-            yield
-        finally:
-            _records.reset(token)
-            await self._write([r for r in records.values() if r.dirty])
+    def _ttl_ms(self, ttl: Any) -> str:
+        if ttl is None:
+            return "0"
+        seconds = ttl.total_seconds() if hasattr(ttl, "total_seconds") else float(ttl)
+        return str(int(seconds * 1000))
 
-    async def _read(self, records: dict[str, _Record], key: StorageKey) -> _Record:
-        state, data = await self.redis.mget(self.key_builder.build(key, "state"), self.key_builder.build(key, "data"))
-        if isinstance(state, bytes):
-            state = state.decode("utf-8")
-        if isinstance(data, bytes):
-            data = data.decode("utf-8")
-        loaded = cast(dict[str, Any], self.json_loads(data)) if data else {}
-        record = records[self.key_builder.build(key)] = _Record(key, cast(str | None, state), loaded)
-        return record
+    def _keys(self, key: StorageKey) -> list[str]:
+        return [self.key_builder.build(key, part) for part in ("lock", "state", "data")]
+
+    def _record_of(self, key: StorageKey, state: Any, data: Any) -> _Record:
+        loaded = _text(data)
+        return _Record(key, _text(state), cast(dict[str, Any], self.json_loads(loaded)) if loaded else {})
+
+    async def _record(self, key: StorageKey) -> _Record | None:
+        records = _records.get()
+        if records is None:
+            return None
+        name = self.key_builder.build(key)
+        if name not in records:  # another chat's state, read inside this update (rare): read it once too
+            _lock, state_key, data_key = self._keys(key)
+            records[name] = self._record_of(key, *await self.redis.mget(state_key, data_key))
+        return records[name]
 
     async def _write(self, dirty: list[_Record]) -> None:
-        if not dirty:
-            return
         async with self.redis.pipeline(transaction=False) as pipe:
             for record in dirty:
-                state_key = self.key_builder.build(record.key, "state")
-                data_key = self.key_builder.build(record.key, "data")
+                _lock, state_key, data_key = self._keys(record.key)
                 if record.state is None:
                     pipe.delete(state_key)
                 else:
@@ -78,18 +110,9 @@ class UpdateScopedRedisStorage(RedisStorage):
         for record in dirty:
             record.dirty = False
 
-    async def _record(self, key: StorageKey) -> _Record | None:
-        records = _records.get()
-        if records is None:
-            return None
-        record = records.get(self.key_builder.build(key))
-        if record is None:  # another chat's state, read inside this update (rare): read it once too
-            record = await self._read(records, key)
-        return record
-
     async def _changed(self, record: _Record) -> None:
         record.dirty = True
-        if record.state is None and not record.data:  # a wizard that ends is deleted at once (see above)
+        if record.state is None and not record.data:  # a wizard that ends is deleted at once (see the module)
             await self._write([record])
 
     async def set_state(self, key: StorageKey, state: StateType = None) -> None:
@@ -115,14 +138,45 @@ class UpdateScopedRedisStorage(RedisStorage):
         return await super().get_data(key) if record is None else dict(record.data)
 
 
-class ScopedRedisIsolation(RedisEventIsolation):
-    """The per-user Redis lock of aiogram, with the update's wizard state read and written inside it."""
+class ScopedRedisIsolation(BaseEventIsolation):
+    """One update at a time per user across processes, with the user's wizard state read and written inside."""
 
     def __init__(self, storage: UpdateScopedRedisStorage) -> None:
-        super().__init__(redis=storage.redis, key_builder=storage.key_builder)
         self.storage = storage
+        self._take = storage.redis.register_script(_TAKE)
+        self._give_back = storage.redis.register_script(_GIVE_BACK)
 
     @asynccontextmanager
     async def lock(self, key: StorageKey) -> AsyncGenerator[None, None]:
-        async with super().lock(key), self.storage.update_scope(key):
+        storage = self.storage
+        keys = storage._keys(key)
+        token = uuid.uuid4().hex
+        while True:
+            taken = await self._take(keys=keys, args=[token, LOCK_SECONDS * 1000])
+            if taken[0]:
+                break
+            await asyncio.sleep(LOCK_RETRY_SECONDS)
+        own = storage._record_of(key, taken[1], taken[2])
+        records = {storage.key_builder.build(key): own}
+        scope = _records.set(records)
+        try:
             yield None
+        finally:
+            _records.reset(scope)
+            others = [r for r in records.values() if r.dirty and r is not own]
+            if others:
+                await storage._write(others)
+            await self._give_back(
+                keys=keys,
+                args=[
+                    token,
+                    "1" if own.dirty else "0",
+                    own.state or "",
+                    storage.json_dumps(own.data) if own.data else "",
+                    storage._ttl_ms(storage.state_ttl),
+                    storage._ttl_ms(storage.data_ttl),
+                ],
+            )
+
+    async def close(self) -> None:
+        pass
