@@ -263,20 +263,24 @@ class OutboxSender:
         by_chat: dict[int, list[OutboxMessage]] = defaultdict(list)
         for row in rows:
             by_chat[row.chat_id].append(row)
+        tasks = [asyncio.ensure_future(self._deliver_chat(chat, chat_rows)) for chat, chat_rows in by_chat.items()]
         try:
-            await asyncio.gather(*(self._deliver_chat(chat_id, chat_rows) for chat_id, chat_rows in by_chat.items()))
-        except Exception:
+            await asyncio.gather(*tasks)
+        except BaseException as error:
+            for task in tasks:  # one chat's failure stops the round
+                task.cancel()
+            self._stop_preparing()
+            if not isinstance(error, Exception):
+                raise  # cancelled, or the process is going away: what is claimed goes back at the restart
             # A round cut short by an error gives back what it left claimed at once, not at the next restart.
             self._outcomes.extend(
                 ([row.id], {"status": OutboxStatus.PENDING, "claimed_by": None})
                 for row in rows
                 if row.status == OutboxStatus.CLAIMED
             )
+            await self._write_now()
             raise
-        finally:
-            if self._has_writes():
-                async with self.sessions() as session, session.begin():
-                    await self._write_outcomes(session)
+        await self._write_now()
         return len(rows)
 
     async def _claim(self) -> list[OutboxMessage]:
@@ -380,6 +384,13 @@ class OutboxSender:
             self._preparing = asyncio.create_task(self._prepare_queued())
         return await future
 
+    def _stop_preparing(self) -> None:
+        if self._preparing is not None:
+            self._preparing.cancel()
+        for _, future in self._to_prepare:
+            future.cancel()
+        self._to_prepare = []
+
     async def _prepare_queued(self) -> None:
         while self._to_prepare:
             batch, self._to_prepare = self._to_prepare, []
@@ -427,8 +438,10 @@ class OutboxSender:
                 )
         return methods
 
-    def _has_writes(self) -> bool:
-        return bool(self._delivered or self._outcomes or self._unreachable)
+    async def _write_now(self) -> None:
+        if self._delivered or self._outcomes or self._unreachable:
+            async with self.sessions() as session, session.begin():
+                await self._write_outcomes(session)
 
     async def _write_outcomes(self, session: AsyncSession) -> None:
         """Write what happened to the rows sent or tried since the last commit, as part of ``session``'s.
