@@ -8,11 +8,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from aiogram.fsm.storage.base import StorageKey
 from aiogram.types import CallbackQuery, Chat, Message, Update, User
 from sqlalchemy import func, select
 
 from bot.intake import MAX_RECOVERIES, HandledMark, UpdateInbox
 from domain import tickets
+from handlers.report import ReportWizard
 from storage.models import InboundUpdate, Ticket
 from tests.conftest import FakeClock
 from tests.fake_telegram import BOT_ID, ProcessDied, sent_to, text_of
@@ -265,3 +267,22 @@ async def test_an_update_that_keeps_crashing_the_bot_is_set_aside(
 
 async def _never(*_args: Any, **_kwargs: Any) -> None:
     await asyncio.Event().wait()
+
+
+async def test_a_step_is_saved_before_the_bot_answers_it(harness: Harness, clock: FakeClock) -> None:
+    resident = harness.person(900306)
+    await bind(resident)
+    report = text_update(resident.id, "/report")
+    inbox = inbox_of(harness)
+    await inbox.record([report])
+    # Telegram takes the wizard's first question; the process dies before it hears back (or while it retries).
+    harness.telegram.die_after_next_request = True
+    with pytest.raises(ProcessDied):
+        await inbox.handle(report)
+
+    restarted = Harness(harness.sessions, clock)
+    assert await inbox_of(restarted).recover() == 0, "saved, and counted handled, before the bot spoke"
+    key = StorageKey(bot_id=BOT_ID, chat_id=resident.id, user_id=resident.id)
+    assert await restarted.app.dispatcher.storage.get_state(key) == ReportWizard.category.state
+    answer = await restarted.person(resident.id).send("楼道杂物")  # the resident answers the question they saw
+    assert any("楼道杂物" in text_of(r) for r in sent_to(answer, resident.id)), "the wizard goes on"

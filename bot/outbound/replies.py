@@ -46,6 +46,8 @@ from aiogram.methods.base import Response, TelegramType
 from aiogram.types import ErrorEvent, TelegramObject
 from aiogram.utils.backoff import Backoff, BackoffConfig
 
+from storage.fsm import save_before_speaking
+
 log = logging.getLogger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -154,6 +156,7 @@ class ReplyPolicy(BaseRequestMiddleware):
     ) -> Response[TelegramType]:
         if not _handling_update.get():
             return await make_request(bot, method)
+        await save_before_speaking()
         chat_id: int | str | None = getattr(method, "chat_id", None) if type(method) in PACED_METHODS else None
         backoff = Backoff(BACKOFF)
         await self._turn(chat_id)

@@ -1,13 +1,20 @@
 """Delivering the outbox: rate-limited, honouring Telegram's answers, and nothing lost in a crash or an outage.
 
-What is promised depends on the kind of row (README, "Delivery semantics"):
+What is promised depends on the kind of row (docs/delivery.md):
 
 * Personal rows (worker cards, reminders, notices to residents) are delivered **at least once**. A row goes
   pending → claimed (a batch, committed) → sent. If the process dies after Telegram took a message but before
   "sent" was written, the row is sent again: a worker may get a card twice after a crash, never zero times.
-* Broadcast rows are delivered **at most once**. They are also marked "sending" in a commit just before their
+* Broadcast rows are delivered **at most once**. They are also marked "sending" in a commit before their
   request; a row its sender died with is "in doubt": perhaps delivered, never repeated, and counted on
-  /broadcasts. At most one row per chat being served is in doubt after a crash.
+  /broadcasts. Only ``ahead`` rows are prepared or on the wire at a time, so a crash leaves at most twice that
+  in doubt (those, and the ones Telegram answered since the sender's last commit), and a chat's rows go one by
+  one, so at most one row per chat.
+
+Database work is shared: a claim takes a batch of rows in one transaction, rows whose turn has come are prepared
+together (recipients read at once, broadcast rows marked "sending" in one UPDATE), and what happened to the rows
+sent or tried rides along with the next commit the sender makes anyway. At a high rate one commit serves dozens
+of messages.
 
 A claim is a lease: each sender renews its :class:`SenderLease` every few seconds, and claims whose holder's
 lease lapsed are taken back by whoever runs next. The only process of a polling bot takes everything back at
@@ -60,6 +67,10 @@ class SendRate(Protocol):
 
     async def pause(self, seconds: float) -> None: ...
 
+
+# Rows claimed at a time while Telegram asks us to wait (a 429): what goes out in one pause, no more, so a crash
+# then leaves little waiting for the restart (bench/crash.py's resume figure).
+PAUSED_BATCH = 3
 
 # How late an event loop wakes a sleeper on an ordinary day; a turn woken later than that (and ``catch_up``) was
 # missed by a stall of this process.
@@ -148,6 +159,8 @@ class OutboxSender:
         self.batch_size = self.settings.batch_size or max(10, min(500, math.ceil(self.settings.rate_per_second)))
         ahead = self.settings.ahead or max(16, min(128, math.ceil(self.settings.rate_per_second / 10)))
         self._ahead = asyncio.Semaphore(ahead)
+        self._monotonic = monotonic
+        self._paused_until = 0.0  # by this sender's last 429
         self.bucket = rate or TokenBucket(self.settings.rate_per_second, monotonic, sleep, self.settings.catch_up)
         # The only sender there is (a polling bot): whatever claims it finds at start belong to the dead.
         self.sole = sole
@@ -297,7 +310,7 @@ class OutboxSender:
                     # A worker's card must not wait behind ten thousand agenda messages; within a priority, the
                     # longest due first, so what a dead sender had claimed is not overtaken by later retries.
                     .order_by(OutboxMessage.priority, OutboxMessage.not_before, OutboxMessage.id)
-                    .limit(self.batch_size)
+                    .limit(self.batch_size if self._monotonic() >= self._paused_until else PAUSED_BATCH)
                     .with_for_update(skip_locked=True)
                 )
             )
@@ -344,6 +357,7 @@ class OutboxSender:
         try:
             await self.bot(method)
         except TelegramRetryAfter as error:
+            self._paused_until = max(self._paused_until, self._monotonic() + error.retry_after)
             await self.bucket.pause(error.retry_after)
             self._finish([row], OutboxStatus.PENDING, now + timedelta(seconds=error.retry_after), "429")
             return OutboxStatus.PENDING
