@@ -136,12 +136,14 @@ class Side:
         self.feed, self.updates = feed, updates
         self.done = 0
         self.elapsed = 0.0
+        self.cpu = 0.0  # this process's CPU time (aiosqlite's thread included): what a loaded machine cannot blur
 
     async def run(self, count: int) -> None:
         batch = self.updates[self.done : self.done + count]
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         await self.feed(batch)
         self.elapsed += time.perf_counter() - started
+        self.cpu += time.process_time() - cpu
         self.done += len(batch)
 
     async def concurrently(self, users: int, steps: int) -> None:
@@ -152,13 +154,19 @@ class Side:
         async def one_user(updates: list[Update]) -> None:
             await self.feed(updates)
 
+        cpu = time.process_time()
         await asyncio.gather(*(one_user(batch[n::users]) for n in range(users)))
+        self.cpu += time.process_time() - cpu
         self.elapsed += time.perf_counter() - started
         self.done += len(batch)
 
     @property
     def per_second(self) -> float:
         return self.done / self.elapsed
+
+    @property
+    def cpu_ms(self) -> float:
+        return 1000 * self.cpu / self.done
 
 
 Close = Callable[[], Awaitable[None]]
@@ -279,7 +287,7 @@ async def ceiling_side(db_url: str, updates: int, create_tables: bool = True) ->
     ), engine.dispose
 
 
-async def measure_round(tmp: str, n: int, reports: int, chunk: int, trips: Trips) -> tuple[float, float, float]:
+async def measure_round(tmp: str, n: int, reports: int, chunk: int, trips: Trips) -> tuple[Side, Side, Side]:
     """All sides in alternating chunks of ``chunk`` wizards, so a slow minute slows them alike."""
     url = f"sqlite+aiosqlite:///{tmp}/product{n}.sqlite3"
     product, direct, close_product = await product_side(url, reports, trips)
@@ -290,7 +298,7 @@ async def measure_round(tmp: str, n: int, reports: int, chunk: int, trips: Trips
         await direct.run(chunk * 5)
     await close_product()
     await close_ceiling()
-    return product.per_second, direct.per_second, ceiling.per_second
+    return product, direct, ceiling
 
 
 def load_average() -> str:
@@ -305,18 +313,23 @@ async def main() -> None:
     args = parser.parse_args()
     results = []
     costs = []
+    cpu_ratios: list[float] = []
     print(f"load average at start: {load_average()}")
     with tempfile.TemporaryDirectory() as tmp:
         for n in range(args.rounds):
             trips = Trips()
             with trips.counting_hops():
-                product, direct, ceiling = await measure_round(tmp, n, args.reports, args.chunk, trips)
+                sides = await measure_round(tmp, n, args.reports, args.chunk, trips)
+            product, direct, ceiling = (side.per_second for side in sides)
             results.append((product / ceiling, product, ceiling))
             costs.append(product / direct)
+            cpu_ratio = sides[2].cpu_ms / sides[0].cpu_ms
+            cpu_ratios.append(cpu_ratio)
             print(
                 f"round {n + 1}: product {product:,.0f} updates/s, ceiling {ceiling:,.0f} updates/s, "
                 f"ratio {product / ceiling:.3f}; without the inbox {direct:,.0f} updates/s "
-                f"(inbox keeps {product / direct:.2f} of it)"
+                f"(inbox keeps {product / direct:.2f} of it); CPU per update {sides[0].cpu_ms:.2f} ms and "
+                f"{sides[2].cpu_ms:.2f} ms (ratio {cpu_ratio:.3f})"
             )
     print(f"load average at end: {load_average()}")
     print(trips.report())
@@ -324,6 +337,10 @@ async def main() -> None:
     print(f"wizards: {args.reports} per round ({args.reports * 5} updates), {args.rounds} rounds; the median round:")
     print(f"ratios over the rounds: {min(r[0] for r in results):.3f}–{max(r[0] for r in results):.3f}")
     print(f"inbox: keeps {sorted(costs)[len(costs) // 2]:.2f} of the direct path's speed (median round)")
+    print(
+        f"CPU time per update, ceiling over product: {min(cpu_ratios):.3f}–{max(cpu_ratios):.3f}, "
+        f"median {sorted(cpu_ratios)[len(cpu_ratios) // 2]:.3f} (what the ratio would be with a core to itself)"
+    )
     print(f"intake: updates_per_s={product:.1f} ceiling_per_s={ceiling:.1f} ratio={ratio:.3f}")
 
 

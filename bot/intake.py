@@ -15,6 +15,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
@@ -55,6 +56,17 @@ class HandledMark:
     written: bool = False
     # Recorded by a process that died before handling it: its handling is counted before it starts (recover).
     recovered: bool = False
+    # Called once the update is past its risky part: "handled" committed, or the bot began to answer.
+    on_settled: Callable[[], None] | None = None
+
+    def settled(self) -> None:
+        if self.on_settled is not None:
+            self.on_settled()
+            self.on_settled = None
+
+
+# The update being handled in this task, for bot/outbound/replies.py: the bot beginning to answer settles it.
+handling: ContextVar[HandledMark | None] = ContextVar("inbox_handling", default=None)
 
 
 def order_key(update: Update) -> int:
@@ -108,6 +120,7 @@ class InboxMarkMiddleware(BaseMiddleware):
         def after_commit(_sync_session: Session) -> None:
             if writes["marking"]:
                 mark.written = True
+                mark.settled()
             writes["pending"] = writes["marking"] = False
 
         def after_rollback(_sync_session: Session, _previous: object) -> None:
@@ -122,9 +135,11 @@ class InboxMarkMiddleware(BaseMiddleware):
         ]
         for name, listener in listeners:
             event.listen(session.sync_session, name, listener)
+        token = handling.set(mark)
         try:
             return await handler(event_, data)
         finally:
+            handling.reset(token)
             for name, listener in listeners:
                 event.remove(session.sync_session, name, listener)
 
@@ -148,6 +163,9 @@ class UpdateInbox:
         self.clock = clock
         self.max_backlog = max_backlog
         self._slots = asyncio.Semaphore(concurrency)
+        # Recovered updates start one at a time, each once the one before is settled (HandledMark), so a crash
+        # during recovery counts against the one update that was under way, not against the whole backlog.
+        self._recovery_turn = asyncio.Lock()
         self._queues: dict[int, deque[tuple[Update, HandledMark]]] = {}
         self._workers: set[asyncio.Task[None]] = set()
         self._backlog = 0
@@ -252,12 +270,16 @@ class UpdateInbox:
         mark = mark or HandledMark(update_.update_id)
         try:
             if mark.recovered:
+                await self._recovery_turn.acquire()
+                mark.on_settled = self._recovery_turn.release
                 await self._count_recovery(mark.update_id)
             await self.dispatcher.feed_update(self.bot, update_, inbox_mark=mark)
         except Exception:
             # The handler's own transaction rolled back; what it did commit stays. Not retried: the same
             # update would fail the same way, and the user's next message starts afresh.
             log.exception("update %s failed", update_.update_id)
+        finally:
+            mark.settled()
         if not mark.written:
             self._unmarked.append(mark.update_id)
             self._marks_due.set()

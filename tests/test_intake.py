@@ -286,3 +286,25 @@ async def test_a_step_is_saved_before_the_bot_answers_it(harness: Harness, clock
     assert await restarted.app.dispatcher.storage.get_state(key) == ReportWizard.category.state
     answer = await restarted.person(resident.id).send("楼道杂物")  # the resident answers the question they saw
     assert any("楼道杂物" in text_of(r) for r in sent_to(answer, resident.id)), "the wizard goes on"
+
+
+async def test_a_crash_during_recovery_counts_only_against_the_update_under_way(
+    harness: Harness, clock: FakeClock
+) -> None:
+    updates = [text_update(900400 + n, "/help") for n in range(5)]  # five people, one message each
+    await inbox_of(harness).record(updates)
+
+    starting = inbox_of(Harness(harness.sessions, clock))
+    started: list[int] = []
+
+    async def stuck(_bot: object, update: Update, **_kwargs: object) -> None:
+        started.append(update.update_id)
+        await asyncio.Event().wait()  # the process is killed while it handles this one
+
+    starting.dispatcher.feed_update = stuck  # type: ignore[method-assign]
+    assert await starting.recover() == 5
+    for _ in range(20):
+        await asyncio.sleep(0)
+    async with harness.sessions() as session:
+        counted = list(await session.scalars(select(InboundUpdate.update_id).where(InboundUpdate.recoveries > 0)))
+    assert started == counted == [updates[0].update_id], "the other four had not begun"

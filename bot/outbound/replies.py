@@ -46,6 +46,7 @@ from aiogram.methods.base import Response, TelegramType
 from aiogram.types import ErrorEvent, TelegramObject
 from aiogram.utils.backoff import Backoff, BackoffConfig
 
+from bot.intake import handling as inbox_handling
 from storage.fsm import save_before_speaking
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,9 @@ class ReplyPolicy(BaseRequestMiddleware):
         if not _handling_update.get():
             return await make_request(bot, method)
         await save_before_speaking()
+        mark = inbox_handling.get()
+        if mark is not None:
+            mark.settled()
         chat_id: int | str | None = getattr(method, "chat_id", None) if type(method) in PACED_METHODS else None
         backoff = Backoff(BACKOFF)
         await self._turn(chat_id)
