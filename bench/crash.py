@@ -38,14 +38,14 @@ fake's records and the SQLite file:
 updates_lost
     scripted updates that were confirmed (a getUpdates ``offset`` moved past them) and produced neither an
     answer nor an effect. An answer: for a button press, answerCallbackQuery with its id; for any update, a
-    send or edit to the user's chat that is not an outbox message (see below), whatever Telegram answered it (a
-    429 or 502 still shows the update was handled). The bot handles one user's updates one after another, so
-    its answers come in their order: each update, in the order of first delivery, is matched with the first
-    answer after its first delivery that no earlier update took (an answer retried through a 429 counts once),
-    and also takes the answers that came before the user's next update was first delivered. So an answer that
-    comes late (the user sent the step again meanwhile, as they do after waiting ``ANSWER_TIMEOUT``, and the bot
-    took longer to start) is still its update's, and an update the bot never answered finds no answer left. An
-    effect (for steps that leave a trace in the database): the
+    send or edit to the user's chat that is not an outbox message (see below), between the update's first
+    delivery and the first delivery of that user's next update, whatever Telegram answered it (a 429 or 502
+    still shows the update was handled). A line before the last says how many of the updates counted lost do
+    have an answer when the bot's answers are matched to the user's updates in order (each update takes the
+    first answer after its first delivery that no earlier one took; a call retried after a refusal is one
+    answer): an answer that came after the user, tired of waiting, had sent the step again. Such an update was
+    handled late, not lost, unless an answer lost in a crash shifted the matching. An effect (for steps that
+    leave a trace in the database): the
     ticket with the wizard's description (Submit), the user's building (the unit button), the accepted event
     (Accept), the note or resolution event with the typed text, the broadcast (Send it now).
 tickets_missing
@@ -267,16 +267,21 @@ def request_signature(request: Request) -> tuple[str, int] | None:
 
 def answer_runs(requests: list[Request]) -> list[float]:
     """When the bot's direct answers in one chat began, oldest first: sends and edits that are no outbox message,
-    whatever Telegram answered; one answer retried (the same call, the same text) counts once."""
+    whatever Telegram answered. A call repeated after Telegram refused it (the reply policy retrying through a
+    429 or a 502) is the same answer."""
     runs: list[float] = []
-    last: tuple[str, str] | None = None
+    last: Request | None = None
     for request in sorted(requests, key=lambda r: r.at):
         if request.method == "answercallbackquery" or request_signature(request) is not None:
             continue
-        call = (request.method, request_text(request))
-        if call != last:
+        retried = (
+            last is not None
+            and not last.ok
+            and (last.method, request_text(last)) == (request.method, request_text(request))
+        )
+        if not retried:
             runs.append(request.at)
-        last = call
+        last = request
     return runs
 
 
@@ -1060,23 +1065,32 @@ class Bench:
         typed = {(e["kind"], e["note"]) for e in events.values()}
         lost_steps: Counter[str] = Counter()
         lost_ids: list[int] = []
+        late_ids: list[int] = []  # of them, matched in order with an answer that came after the next update
         for chat_id, updates in by_user.items():
             delivered = sorted(
                 (self.fake.updates[s.update_id].first_delivered or math.inf, s.update_id, s) for s in updates
             )
             runs = answer_runs(self.by_chat[chat_id])
-            taken = 0  # answers before this one belong to earlier updates
+            taken = 0  # in-order matching: answers before this one belong to earlier updates
             for index, (first, _, scripted) in enumerate(delivered):
                 if first == math.inf:
                     continue
                 until = delivered[index + 1][0] if index + 1 < len(delivered) else math.inf
-                mine = next((n for n in range(taken, len(runs)) if runs[n] >= first), None)
-                if mine is not None:
-                    # This update's answer, and whatever else came before the user's next update arrived.
-                    taken = max(mine + 1, next((n for n in range(mine, len(runs)) if runs[n] >= until), len(runs)))
+                before_next = next((n for n in range(taken, len(runs)) if runs[n] >= until), len(runs))
+                matched: int | None = None
+                if scripted.query_id in self.acq_any:
+                    taken = max(taken, before_next)  # answered by its id; it takes what came before the next update
+                else:
+                    matched = next((n for n in range(taken, len(runs)) if runs[n] >= first), None)
+                    if matched is not None:
+                        taken = max(matched + 1, before_next)
                 if not confirmed.get(scripted.update_id):
                     continue
-                if scripted.query_id in self.acq_any or mine is not None:
+                # An answer Telegram refused (429, 502) still shows the update was handled.
+                if scripted.query_id in self.acq_any or any(
+                    first <= r.at < until and r.method != "answercallbackquery" and request_signature(r) is None
+                    for r in self.by_chat[chat_id]
+                ):
                     continue
                 step, detail = scripted.step, scripted.detail
                 effect = (
@@ -1090,6 +1104,8 @@ class Bench:
                 if not effect:
                     lost_steps[step] += 1
                     lost_ids.append(scripted.update_id)
+                    if matched is not None:
+                        late_ids.append(scripted.update_id)
         updates_lost = sum(lost_steps.values())
         redelivered = sum(1 for r in self.fake.updates.values() if len({g for _, g in r.deliveries}) > 1)
         notes_typed = Counter(s.detail for s in self.scripted if s.step in ("note_text", "resolution_text"))
@@ -1185,6 +1201,10 @@ class Bench:
             f"p50 {_percentile(resumes, 0.5):.1f} s, p99 {resume_p99:.1f} s, max {max(resumes, default=0):.1f} s "
             f"(slowest: {', '.join(f'{t:.0f} s kill {k} {kind} row {i}' for t, k, kind, i in slowest[:3])}); "
             f"{never} never sent by the end"
+        )
+        print(
+            f"  of the updates counted lost, {len(late_ids)} have an answer when answers are matched to updates in "
+            f"order (an answer after the user's next step; ids {late_ids[:12]})"
         )
         print(f"personal messages repeated after a crash: {repeated}")
         print(
