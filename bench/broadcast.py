@@ -14,6 +14,9 @@ Two runs, each on a fresh database with the sample community and ``--recipients`
 Counted at the fake server, per recipient: more than one message is a duplicate, none is missing.
 
     .venv/bin/python -m bench.broadcast                 # 2 x 10,000 messages at 200/s, about 2 minutes
+    .venv/bin/python -m bench.broadcast --limit 1000    # at a paid broadcast's 1,000/s
+    .venv/bin/python -m bench.broadcast --limit 0       # no limit: how fast the sender itself is, over HTTP
+    .venv/bin/python -m bench.broadcast --in-process    # the sender alone, with a fake Bot session
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from bench.residents import add_residents
 from bot.app import create_bot
@@ -44,11 +47,13 @@ from domain.community_file import import_community, load_community_file
 from storage.db import create_engine, create_session_factory
 from storage.migrate import upgrade_database
 from storage.models import BroadcastKind, Community, OutboxMessage, OutboxStatus
+from tests.fake_telegram import fake_bot
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRST_RESIDENT = 7_000_000
 TOKEN = "42:BENCH-TOKEN"
 UNFINISHED = OutboxStatus.unfinished()
+UNLIMITED = 1_000_000.0  # the sender's rate with --limit 0: its bucket never makes it wait
 
 
 @dataclass
@@ -66,6 +71,8 @@ class FakeTelegram:
     _refilled: float = field(default_factory=time.monotonic)
 
     def _take(self) -> bool:
+        if not self.limit:
+            return True
         now = time.monotonic()
         self._tokens = min(self.burst, self._tokens + (now - self._refilled) * self.limit)
         self._refilled = now
@@ -211,10 +218,39 @@ async def child(db_url: str, api: str, rate: float) -> None:
     await engine.dispose()
 
 
+async def in_process(recipients: int) -> None:
+    """The sender alone: no limit, and a fake Bot session in this process instead of HTTP (tests/fake_telegram.py),
+    so what is timed is the sender's own work: claiming, rendering, marking, committing."""
+    with tempfile.TemporaryDirectory() as tmp:
+        db_url = f"sqlite+aiosqlite:///{tmp}/alone.sqlite3"
+        await prepare(db_url, recipients)
+        engine = create_engine(db_url)
+        counts: Counter[str] = Counter()
+        event.listen(engine.sync_engine, "before_cursor_execute", lambda *_: counts.update(["statements"]))
+        event.listen(engine.sync_engine, "commit", lambda *_: counts.update(["commits"]))
+        bot, telegram = fake_bot()
+        renderer = Renderer(create_i18n("zh_CN"), ZoneInfo("Asia/Shanghai"))
+        settings = SenderSettings(rate_per_second=UNLIMITED, chat_interval=0)
+        sender = OutboxSender(bot, create_session_factory(engine), renderer, system_clock, settings, sole=True)
+        started, cpu = time.perf_counter(), time.process_time()
+        while await sender.deliver_due():
+            pass
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        await engine.dispose()
+    sent = len(telegram.accepted)
+    print(
+        f"sender alone (in-process fake session, SQLite): {sent:,} messages in {elapsed:.1f} s, "
+        f"{sent / elapsed:.0f}/s; "
+        f"CPU {1000 * cpu / sent:.2f} ms per message; {counts['commits'] / sent:.3f} commits and "
+        f"{counts['statements'] / sent:.3f} SQL statements per message"
+    )
+    print(f"broadcast: sender_alone_per_s={sent / elapsed:.0f}")
+
+
 async def main(args: argparse.Namespace) -> None:
     # The sender is held a little under the limit: its own clock and the server's see the same spacing
     # through a loopback hop whose jitter the server's small burst absorbs.
-    rate = args.limit * args.sender_share
+    rate = args.limit * args.sender_share if args.limit else UNLIMITED
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for n, kill in enumerate((False, True)):
@@ -225,19 +261,22 @@ async def main(args: argparse.Namespace) -> None:
                 telegram.kill_at = args.recipients // 2
             runner, api = await serve(telegram)
             started = time.perf_counter()
-            print(f"{'killed' if kill else 'clean'} run: {args.recipients:,} recipients, limit {args.limit:g}/s")
+            limit = f"limit {args.limit:g}/s" if args.limit else "no limit"
+            print(f"{'killed' if kill else 'clean'} run: {args.recipients:,} recipients, {limit}")
             duplicates, missing, rows = await run(db_url, telegram, api, rate, kill)
             elapsed = time.perf_counter() - started
             await runner.cleanup()
+            achieved = telegram.achieved_rate()
+            share = f" ({achieved / args.limit:.3f} of the limit)" if args.limit else ""
             print(
-                f"  {sum(telegram.received.values()):,} messages in {elapsed:.1f} s, "
-                f"rate {telegram.achieved_rate():.1f}/s ({telegram.achieved_rate() / args.limit:.3f} of the limit), "
+                f"  {sum(telegram.received.values()):,} messages in {elapsed:.1f} s, rate {achieved:.1f}/s{share}, "
                 f"429s {telegram.refused}, rows {dict(rows)}, duplicates {duplicates}, missing {missing}"
             )
-            results.append((telegram.achieved_rate() / args.limit, duplicates, missing))
-    (rate_ratio, duplicates, missing), (_, after_kill_duplicates, after_kill_missing) = results
+            results.append((achieved, duplicates, missing))
+    (achieved, duplicates, missing), (_, after_kill_duplicates, after_kill_missing) = results
+    rate_figure = f"rate_ratio={achieved / args.limit:.3f}" if args.limit else f"unlimited_per_s={achieved:.0f}"
     print(
-        f"broadcast: recipients={args.recipients} rate_ratio={rate_ratio:.3f} duplicates={duplicates} "
+        f"broadcast: recipients={args.recipients} limit={args.limit:g} {rate_figure} duplicates={duplicates} "
         f"missing={missing} after_kill_duplicates={after_kill_duplicates} after_kill_missing={after_kill_missing}"
     )
 
@@ -245,8 +284,13 @@ async def main(args: argparse.Namespace) -> None:
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipients", type=int, default=10_000)
-    parser.add_argument("--limit", type=float, default=200.0, help="the fake Telegram's messages per second")
+    parser.add_argument(
+        "--limit", type=float, default=200.0, help="the fake Telegram's messages per second; 0: no limit at all"
+    )
     parser.add_argument("--sender-share", type=float, default=0.99, help="the sender's rate as a share of it")
+    parser.add_argument(
+        "--in-process", action="store_true", help="time the sender alone, with a fake Bot session instead of HTTP"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)
     parser.add_argument("--api", help=argparse.SUPPRESS)
@@ -258,5 +302,7 @@ if __name__ == "__main__":
     arguments = parse()
     if arguments.child:
         asyncio.run(child(arguments.database_url, arguments.api, arguments.rate))
+    elif arguments.in_process:
+        asyncio.run(in_process(arguments.recipients))
     else:
         asyncio.run(main(arguments))

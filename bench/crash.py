@@ -40,7 +40,12 @@ updates_lost
     answer nor an effect. An answer: for a button press, answerCallbackQuery with its id; for any update, a
     send or edit to the user's chat that is not an outbox message (see below), between the update's first
     delivery and the first delivery of that user's next update, whatever Telegram answered it (a 429 or 502
-    still shows the update was handled). An effect (for steps that leave a trace in the database): the
+    still shows the update was handled). A line before the last says how many of the updates counted lost do
+    have an answer when the bot's answers are matched to the user's updates in order (each update takes the
+    first answer after its first delivery that no earlier one took; a call retried after a refusal is one
+    answer): an answer that came after the user, tired of waiting, had sent the step again. Such an update was
+    handled late, not lost, unless an answer lost in a crash shifted the matching. An effect (for steps that
+    leave a trace in the database): the
     ticket with the wizard's description (Submit), the user's building (the unit button), the accepted event
     (Accept), the note or resolution event with the typed text, the broadcast (Send it now).
 tickets_missing
@@ -259,6 +264,26 @@ def request_markup(request: Request) -> dict[str, Any] | None:
 
 def request_signature(request: Request) -> tuple[str, int] | None:
     return signature(request.method, request_text(request), request_markup(request))
+
+
+def answer_runs(requests: list[Request]) -> list[float]:
+    """When the bot's direct answers in one chat began, oldest first: sends and edits that are no outbox message,
+    whatever Telegram answered. A call repeated after Telegram refused it (the reply policy retrying through a
+    429 or a 502) is the same answer."""
+    runs: list[float] = []
+    last: Request | None = None
+    for request in sorted(requests, key=lambda r: r.at):
+        if request.method == "answercallbackquery" or request_signature(request) is not None:
+            continue
+        retried = (
+            last is not None
+            and not last.ok
+            and (last.method, request_text(last)) == (request.method, request_text(request))
+        )
+        if not retried:
+            runs.append(request.at)
+        last = request
+    return runs
 
 
 def is_outbox(message: BotMessage) -> bool:
@@ -1041,14 +1066,27 @@ class Bench:
         typed = {(e["kind"], e["note"]) for e in events.values()}
         lost_steps: Counter[str] = Counter()
         lost_ids: list[int] = []
+        late_ids: list[int] = []  # of them, matched in order with an answer that came after the next update
         for chat_id, updates in by_user.items():
             delivered = sorted(
                 (self.fake.updates[s.update_id].first_delivered or math.inf, s.update_id, s) for s in updates
             )
+            runs = answer_runs(self.by_chat[chat_id])
+            taken = 0  # in-order matching: answers before this one belong to earlier updates
             for index, (first, _, scripted) in enumerate(delivered):
-                if not confirmed.get(scripted.update_id):
+                if first == math.inf:
                     continue
                 until = delivered[index + 1][0] if index + 1 < len(delivered) else math.inf
+                before_next = next((n for n in range(taken, len(runs)) if runs[n] >= until), len(runs))
+                matched: int | None = None
+                if scripted.query_id in self.acq_any:
+                    taken = max(taken, before_next)  # answered by its id; it takes what came before the next update
+                else:
+                    matched = next((n for n in range(taken, len(runs)) if runs[n] >= first), None)
+                    if matched is not None:
+                        taken = max(matched + 1, before_next)
+                if not confirmed.get(scripted.update_id):
+                    continue
                 # An answer Telegram refused (429, 502) still shows the update was handled.
                 if scripted.query_id in self.acq_any or any(
                     first <= r.at < until and r.method != "answercallbackquery" and request_signature(r) is None
@@ -1067,6 +1105,8 @@ class Bench:
                 if not effect:
                     lost_steps[step] += 1
                     lost_ids.append(scripted.update_id)
+                    if matched is not None:
+                        late_ids.append(scripted.update_id)
         updates_lost = sum(lost_steps.values())
         redelivered = sum(1 for r in self.fake.updates.values() if len({g for _, g in r.deliveries}) > 1)
         notes_typed = Counter(s.detail for s in self.scripted if s.step in ("note_text", "resolution_text"))
@@ -1162,6 +1202,10 @@ class Bench:
             f"p50 {_percentile(resumes, 0.5):.1f} s, p99 {resume_p99:.1f} s, max {max(resumes, default=0):.1f} s "
             f"(slowest: {', '.join(f'{t:.0f} s kill {k} {kind} row {i}' for t, k, kind, i in slowest[:3])}); "
             f"{never} never sent by the end"
+        )
+        print(
+            f"  of the updates counted lost, {len(late_ids)} have an answer when answers are matched to updates in "
+            f"order (an answer after the user's next step; ids {late_ids[:12]})"
         )
         print(f"personal messages repeated after a crash: {repeated}")
         print(

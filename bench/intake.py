@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import aiosqlite
 from aiogram import Bot, Dispatcher, Router
 from aiogram.types import CallbackQuery, Chat, Message, Update, User
-from sqlalchemy import select
+from sqlalchemy import event, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.app import assemble
 from bot.callbacks import CategoryCb
@@ -57,6 +61,72 @@ def button_update(user_id: int, data: str) -> Update:
 
 
 Feed = Callable[[list[Update]], Awaitable[None]]
+STEPS = ("/report", "category", "description", "Done", "Submit")
+INBOX = "inbox (record, mark)"
+
+
+class Trips:
+    """Counts, per wizard step, the SQL statements and the hand-overs to another thread (aiosqlite's worker
+    thread, or a filter aiogram runs through ``asyncio.to_thread``): where an update's time goes."""
+
+    def __init__(self) -> None:
+        self.statements: Counter[str] = Counter()
+        self.hops: Counter[str] = Counter()
+        self.updates: Counter[str] = Counter()
+        self.step: str | None = None
+
+    def watch(self, engine: AsyncEngine) -> None:
+        event.listen(engine.sync_engine, "before_cursor_execute", self._statement)
+
+    def _statement(self, *_args: object) -> None:
+        if self.step is not None:
+            self.statements[self.step] += 1
+
+    @contextlib.contextmanager
+    def counting_hops(self) -> Iterator[None]:
+        hand_over = aiosqlite.Connection._execute
+        to_thread = asyncio.to_thread
+
+        async def counted_hand_over(
+            connection: aiosqlite.Connection, fn: object, *args: object, **kw: object
+        ) -> object:
+            if self.step is not None:
+                self.hops[self.step] += 1
+            return await hand_over(connection, fn, *args, **kw)  # type: ignore[arg-type]
+
+        async def counted_to_thread(fn: object, *args: object, **kw: object) -> object:
+            if self.step is not None:
+                self.hops[self.step] += 1
+            return await to_thread(fn, *args, **kw)  # type: ignore[arg-type]
+
+        aiosqlite.Connection._execute = counted_hand_over  # type: ignore[method-assign]
+        asyncio.to_thread = counted_to_thread  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            aiosqlite.Connection._execute = hand_over  # type: ignore[method-assign]
+            asyncio.to_thread = to_thread
+
+    @contextlib.contextmanager
+    def at(self, step: str, updates: int = 1) -> Iterator[None]:
+        self.step = step
+        self.updates[step] += updates
+        try:
+            yield
+        finally:
+            self.step = None
+
+    def report(self) -> str:
+        lines = ["per update, by step: SQL statements, thread hops"]
+        for step in (*STEPS, INBOX):
+            n = self.updates[step] or 1
+            lines.append(f"  {step:<22} {self.statements[step] / n:5.2f} statements  {self.hops[step] / n:5.2f} hops")
+        total = sum(self.updates[step] for step in STEPS) or 1
+        lines.append(
+            f"  {'all (one update)':<22} {sum(self.statements.values()) / total:5.2f} statements  "
+            f"{sum(self.hops.values()) / total:5.2f} hops"
+        )
+        return "\n".join(lines)
 
 
 class Side:
@@ -66,17 +136,37 @@ class Side:
         self.feed, self.updates = feed, updates
         self.done = 0
         self.elapsed = 0.0
+        self.cpu = 0.0  # this process's CPU time (aiosqlite's thread included): what a loaded machine cannot blur
 
     async def run(self, count: int) -> None:
         batch = self.updates[self.done : self.done + count]
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         await self.feed(batch)
+        self.elapsed += time.perf_counter() - started
+        self.cpu += time.process_time() - cpu
+        self.done += len(batch)
+
+    async def concurrently(self, users: int, steps: int) -> None:
+        """The next ``users`` × ``steps`` updates as ``users`` people at once, each sending ``steps`` in turn."""
+        batch = self.updates[self.done : self.done + users * steps]
+        started = time.perf_counter()
+
+        async def one_user(updates: list[Update]) -> None:
+            await self.feed(updates)
+
+        cpu = time.process_time()
+        await asyncio.gather(*(one_user(batch[n::users]) for n in range(users)))
+        self.cpu += time.process_time() - cpu
         self.elapsed += time.perf_counter() - started
         self.done += len(batch)
 
     @property
     def per_second(self) -> float:
         return self.done / self.elapsed
+
+    @property
+    def cpu_ms(self) -> float:
+        return 1000 * self.cpu / self.done
 
 
 Close = Callable[[], Awaitable[None]]
@@ -86,7 +176,7 @@ async def no_sleep(_seconds: float) -> None:
     return None
 
 
-async def product_side(db_url: str, reports: int) -> tuple[Side, Side, Close]:
+async def product_side(db_url: str, reports: int, trips: Trips) -> tuple[Side, Side, Close]:
     """The bot as it runs: the sample community, residents bound to a building, whole report wizards.
 
     Two sides on the one bot (a process has one dispatcher): ``reports`` wizards through the inbox, as the
@@ -94,6 +184,7 @@ async def product_side(db_url: str, reports: int) -> tuple[Side, Side, Close]:
     inbox's cost is measured in the same run.
     """
     engine = create_engine(db_url)
+    trips.watch(engine)
     async with engine.begin() as conn:
         await conn.run_sync(Base.metadata.create_all)
     sessions = create_session_factory(engine)
@@ -147,13 +238,19 @@ async def product_side(db_url: str, reports: int) -> tuple[Side, Side, Close]:
 
     async def through_the_inbox(batch: list[Update]) -> None:
         """As the bot takes a getUpdates batch: recorded in one transaction, then each handled and marked."""
-        for update in await recorder.record(batch):
-            await recorder.handle(update)
-        await recorder.write_marks()
+        with trips.at(INBOX, len(batch)):
+            fresh = await recorder.record(batch)
+        for update in fresh:
+            with trips.at(steps[update.update_id]):
+                await recorder.handle(update)
+        with trips.at(INBOX, 0):
+            await recorder.write_marks()
 
     inboxed, direct = residents[:reports], residents[reports:]
+    updates = [step(r) for r in inboxed for step in wizard]
+    steps = {u.update_id: STEPS[n % len(STEPS)] for n, u in enumerate(updates)}
     return (
-        Side(through_the_inbox, [step(r) for r in inboxed for step in wizard]),
+        Side(through_the_inbox, updates),
         Side(one_by_one(app.dispatcher, bot), [step(r) for r in direct for step in wizard]),
         check_and_close,
     )
@@ -167,11 +264,12 @@ def one_by_one(dispatcher: Dispatcher, bot: Bot) -> Feed:
     return feed
 
 
-async def ceiling_side(db_url: str, updates: int) -> tuple[Side, Close]:
+async def ceiling_side(db_url: str, updates: int, create_tables: bool = True) -> tuple[Side, Close]:
     """aiogram + the same fake session + one ORM row committed and one reply per update."""
     engine = create_engine(db_url)
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.create_all)
+    if create_tables:
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
     sessions = create_session_factory(engine)
     router = Router()
 
@@ -189,9 +287,10 @@ async def ceiling_side(db_url: str, updates: int) -> tuple[Side, Close]:
     ), engine.dispose
 
 
-async def measure_round(tmp: str, n: int, reports: int, chunk: int) -> tuple[float, float, float]:
+async def measure_round(tmp: str, n: int, reports: int, chunk: int, trips: Trips) -> tuple[Side, Side, Side]:
     """All sides in alternating chunks of ``chunk`` wizards, so a slow minute slows them alike."""
-    product, direct, close_product = await product_side(f"sqlite+aiosqlite:///{tmp}/product{n}.sqlite3", reports)
+    url = f"sqlite+aiosqlite:///{tmp}/product{n}.sqlite3"
+    product, direct, close_product = await product_side(url, reports, trips)
     ceiling, close_ceiling = await ceiling_side(f"sqlite+aiosqlite:///{tmp}/ceiling{n}.sqlite3", reports * 5)
     while product.done < len(product.updates):
         await ceiling.run(chunk * 5)
@@ -199,7 +298,7 @@ async def measure_round(tmp: str, n: int, reports: int, chunk: int) -> tuple[flo
         await direct.run(chunk * 5)
     await close_product()
     await close_ceiling()
-    return product.per_second, direct.per_second, ceiling.per_second
+    return product, direct, ceiling
 
 
 def load_average() -> str:
@@ -214,22 +313,34 @@ async def main() -> None:
     args = parser.parse_args()
     results = []
     costs = []
+    cpu_ratios: list[float] = []
     print(f"load average at start: {load_average()}")
     with tempfile.TemporaryDirectory() as tmp:
         for n in range(args.rounds):
-            product, direct, ceiling = await measure_round(tmp, n, args.reports, args.chunk)
+            trips = Trips()
+            with trips.counting_hops():
+                sides = await measure_round(tmp, n, args.reports, args.chunk, trips)
+            product, direct, ceiling = (side.per_second for side in sides)
             results.append((product / ceiling, product, ceiling))
             costs.append(product / direct)
+            cpu_ratio = sides[2].cpu_ms / sides[0].cpu_ms
+            cpu_ratios.append(cpu_ratio)
             print(
                 f"round {n + 1}: product {product:,.0f} updates/s, ceiling {ceiling:,.0f} updates/s, "
                 f"ratio {product / ceiling:.3f}; without the inbox {direct:,.0f} updates/s "
-                f"(inbox keeps {product / direct:.2f} of it)"
+                f"(inbox keeps {product / direct:.2f} of it); CPU per update {sides[0].cpu_ms:.2f} ms and "
+                f"{sides[2].cpu_ms:.2f} ms (ratio {cpu_ratio:.3f})"
             )
     print(f"load average at end: {load_average()}")
+    print(trips.report())
     ratio, product, ceiling = sorted(results)[len(results) // 2]
     print(f"wizards: {args.reports} per round ({args.reports * 5} updates), {args.rounds} rounds; the median round:")
     print(f"ratios over the rounds: {min(r[0] for r in results):.3f}–{max(r[0] for r in results):.3f}")
     print(f"inbox: keeps {sorted(costs)[len(costs) // 2]:.2f} of the direct path's speed (median round)")
+    print(
+        f"CPU time per update, ceiling over product: {min(cpu_ratios):.3f}–{max(cpu_ratios):.3f}, "
+        f"median {sorted(cpu_ratios)[len(cpu_ratios) // 2]:.3f} (what the ratio would be with a core to itself)"
+    )
     print(f"intake: updates_per_s={product:.1f} ceiling_per_s={ceiling:.1f} ratio={ratio:.3f}")
 
 

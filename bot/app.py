@@ -22,7 +22,6 @@ from aiogram.enums import ParseMode
 from aiogram.exceptions import TelegramNetworkError, TelegramServerError
 from aiogram.fsm.storage.base import BaseEventIsolation, BaseStorage
 from aiogram.fsm.storage.memory import SimpleEventIsolation
-from aiogram.fsm.storage.redis import RedisStorage
 from aiogram.methods import (
     AnswerCallbackQuery,
     DeleteMyCommands,
@@ -69,6 +68,7 @@ from scheduler.jobs import create_scheduler, every_minute, stop_scheduler
 from storage.db import SessionFactory, create_engine, create_session_factory
 from storage.fsm import FsmFlushMiddleware, SqlStorage
 from storage.migrate import exclusive, upgrade_database
+from storage.redis_fsm import ScopedRedisIsolation, UpdateScopedRedisStorage
 
 log = logging.getLogger(__name__)
 
@@ -237,8 +237,8 @@ def fsm_backend(settings: Settings, session_factory: SessionFactory) -> tuple[Ba
         # A blocking pool: beyond its connections an update waits for one instead of failing (redis-py's
         # default pool raises MaxConnectionsError past 100 at once).
         pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=100, timeout=30)
-        storage = RedisStorage(Redis(connection_pool=pool))
-        return storage, storage.create_isolation()
+        storage = UpdateScopedRedisStorage(Redis(connection_pool=pool))
+        return storage, ScopedRedisIsolation(storage)
     return SqlStorage(session_factory), SimpleEventIsolation()
 
 

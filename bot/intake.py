@@ -15,6 +15,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
@@ -41,7 +42,8 @@ _TABLE = cast(Table, InboundUpdate.__table__)
 _MARK_HANDLED = (
     update(_TABLE).where(_TABLE.c.update_id.in_(bindparam("ids", expanding=True))).values(handled_at=bindparam("now"))
 )
-# An update that was being handled when the process died this many times is set aside, not retried for ever.
+# An update that was being handled when the process died this many times after a restart is set aside, not retried
+# for ever. Only a start of its handling counts: a process killed before it came to the update does not.
 MAX_RECOVERIES = 3
 # Handled rows are kept this long, so that Telegram delivering one again is recognised.
 KEEP_HANDLED = timedelta(days=2)
@@ -53,6 +55,19 @@ class HandledMark:
 
     update_id: int
     written: bool = False
+    # Recorded by a process that died before handling it: its handling is counted before it starts (recover).
+    recovered: bool = False
+    # Called once the update is past its risky part: "handled" committed, or the bot began to answer.
+    on_settled: Callable[[], None] | None = None
+
+    def settled(self) -> None:
+        if self.on_settled is not None:
+            self.on_settled()
+            self.on_settled = None
+
+
+# The update being handled in this task, for bot/outbound/replies.py: the bot beginning to answer settles it.
+handling: ContextVar[HandledMark | None] = ContextVar("inbox_handling", default=None)
 
 
 def recorded_payload(update: Update) -> str:
@@ -117,6 +132,7 @@ class InboxMarkMiddleware(BaseMiddleware):
         def after_commit(_sync_session: Session) -> None:
             if writes["marking"]:
                 mark.written = True
+                mark.settled()
             writes["pending"] = writes["marking"] = False
 
         def after_rollback(_sync_session: Session, _previous: object) -> None:
@@ -131,9 +147,11 @@ class InboxMarkMiddleware(BaseMiddleware):
         ]
         for name, listener in listeners:
             event.listen(session.sync_session, name, listener)
+        token = handling.set(mark)
         try:
             return await handler(event_, data)
         finally:
+            handling.reset(token)
             for name, listener in listeners:
                 event.remove(session.sync_session, name, listener)
 
@@ -161,6 +179,9 @@ class UpdateInbox:
         self.clock = clock
         self.max_backlog = max_backlog
         self._slots = asyncio.Semaphore(concurrency)
+        # Recovered updates start one at a time, each once the one before is settled (HandledMark), so a crash
+        # during recovery counts against the one update that was under way, not against the whole backlog.
+        self._recovery_turn = asyncio.Lock()
         self._queues: dict[int, deque[tuple[Update, HandledMark]]] = {}
         self._workers: set[asyncio.Task[None]] = set()
         self._backlog = 0
@@ -205,25 +226,37 @@ class UpdateInbox:
             if not everyone:
                 live = select(SenderLease.holder).where(SenderLease.expires_at >= self.clock())
                 pending.append(or_(_TABLE.c.received_by.is_(None), _TABLE.c.received_by.not_in(live)))
+            # Taken over, not yet counted: a recovery counts once its handling begins (_count_recovery).
             taken = await session.execute(
                 update(_TABLE)
                 .where(*pending)
-                .values(recoveries=_TABLE.c.recoveries + 1, received_by=self.holder)
+                .values(received_by=self.holder)
                 .returning(_TABLE.c.update_id, _TABLE.c.payload, _TABLE.c.recoveries)
             )
             rows = sorted(taken.all())
-            poison = [row.update_id for row in rows if row.recoveries > MAX_RECOVERIES]
+            poison = [row.update_id for row in rows if row.recoveries >= MAX_RECOVERIES]
             if poison:
-                log.error("updates %s crashed the bot %d times each; set aside unhandled", poison, MAX_RECOVERIES)
+                log.error(
+                    "updates %s were being handled at %d crashes after a restart; set aside", poison, MAX_RECOVERIES
+                )
                 await session.execute(_MARK_HANDLED, {"ids": poison, "now": self.clock()})
         recovered = [
             Update.model_validate_json(row.payload, context={"bot": self.bot})
             for row in rows
-            if row.recoveries <= MAX_RECOVERIES
+            if row.recoveries < MAX_RECOVERIES
         ]
         for recovered_update in recovered:
-            self.submit(recovered_update)
+            self.submit(recovered_update, recovered=True)
         return len(recovered)
+
+    async def _count_recovery(self, update_id: int) -> None:
+        """Counts that handling this recovered update starts: should it kill the process, it counts against it."""
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                update(InboundUpdate)
+                .where(InboundUpdate.update_id == update_id)
+                .values(recoveries=InboundUpdate.recoveries + 1)
+            )
 
     async def forget_old(self) -> None:
         async with self.sessions() as session, session.begin():
@@ -231,14 +264,14 @@ class UpdateInbox:
 
     # --- handling ---------------------------------------------------------------------------------------
 
-    def submit(self, update_: Update) -> None:
+    def submit(self, update_: Update, *, recovered: bool = False) -> None:
         key = order_key(update_)
         queue = self._queues.get(key)
         self._backlog += 1
         self._idle.clear()
         if self._backlog >= self.max_backlog:
             self._room.clear()
-        item = (update_, HandledMark(update_.update_id))
+        item = (update_, HandledMark(update_.update_id, recovered=recovered))
         if queue is not None:
             queue.append(item)
             return
@@ -267,11 +300,17 @@ class UpdateInbox:
         """Handle one recorded update now (the queue calls this in order per user)."""
         mark = mark or HandledMark(update_.update_id)
         try:
+            if mark.recovered:
+                await self._recovery_turn.acquire()
+                mark.on_settled = self._recovery_turn.release
+                await self._count_recovery(mark.update_id)
             await self.dispatcher.feed_update(self.bot, update_, inbox_mark=mark)
         except Exception:
             # The handler's own transaction rolled back; what it did commit stays. Not retried: the same
             # update would fail the same way, and the user's next message starts afresh.
             log.exception("update %s failed", update_.update_id)
+        finally:
+            mark.settled()
         if not mark.written:
             self._unmarked.append(mark.update_id)
             self._marks_due.set()

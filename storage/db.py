@@ -9,6 +9,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from storage import sqlite_driver
+
 SessionFactory = async_sessionmaker[AsyncSession]
 
 
@@ -22,7 +24,9 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         # SQLite has one writer. One pooled connection makes every transaction queue in asyncio instead of
         # spinning in SQLite's busy handler. (An in-memory database has a single connection anyway.)
         kwargs = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 60, **kwargs}
-    engine = create_async_engine(url, **kwargs)
+    if parsed.drivername == "sqlite+aiosqlite":
+        parsed = parsed.set(drivername=sqlite_driver.DRIVER)  # aiosqlite, one thread hop per statement
+    engine = create_async_engine(parsed, **kwargs)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -40,6 +40,20 @@ Record = tuple[str | None, dict[str, Any]]
 
 # The keys the update being handled has changed (see SqlStorage.tracking_update): its commits write these only.
 _changed_by_update: ContextVar[set[str] | None] = ContextVar("fsm_changed_by_update", default=None)
+# Saves the update's unwritten wizard changes (FsmFlushMiddleware); see save_before_speaking.
+_save_pending: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar("fsm_save_pending", default=None)
+
+
+async def save_before_speaking() -> None:
+    """Called before every Bot API call made while an update is handled (bot/outbound/replies.py).
+
+    The update's wizard changes are committed first, with the update's "handled" (bot/intake.py): a reply that
+    Telegram makes the bot retry for long (a 429, an outage), or a crash while the bot speaks, can then not leave
+    the step undone while the person has seen its answer, nor keep the update unfinished for the restart to redo.
+    """
+    save = _save_pending.get()
+    if save is not None:
+        await save()
 
 
 class SqlStorage(BaseStorage):
@@ -233,13 +247,22 @@ class FsmFlushMiddleware(BaseMiddleware):
         data: dict[str, Any],
     ) -> Any:
         state: FSMContext | None = data.get("state")
+        session: AsyncSession = data["session"]
         with self.storage.tracking_update(state.key if state is not None else None) as changes:
-            self.storage.write_along(data["session"], changes)
+            self.storage.write_along(session, changes)
+
+            async def save_pending() -> None:
+                if self.storage._pending(changes):
+                    await session.commit()  # write_along writes them
+
+            token = _save_pending.set(save_pending)
             try:
                 outcome = await handler(event, data)
             except Exception:
                 await self.storage.flush(changes)
                 raise
+            finally:
+                _save_pending.reset(token)
             # Not on cancellation or a crash: these changes belong with a transaction that never committed.
             await self.storage.flush(changes)
             return outcome

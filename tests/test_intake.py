@@ -8,11 +8,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from aiogram.fsm.storage.base import StorageKey
 from aiogram.types import CallbackQuery, Chat, Message, Update, User
 from sqlalchemy import func, select
 
-from bot.intake import UpdateInbox
+from bot.intake import MAX_RECOVERIES, HandledMark, UpdateInbox
 from domain import tickets
+from handlers.report import ReportWizard
 from storage.models import InboundUpdate, Ticket
 from tests.conftest import FakeClock
 from tests.fake_telegram import BOT_ID, ProcessDied, sent_to, text_of
@@ -222,3 +224,87 @@ def press(harness: Harness, user_id: int, data: str) -> Update:
     )
     query = CallbackQuery(id=str(next(_ids)), from_user=user, chat_instance="t", data=data, message=bot_message)
     return Update(update_id=next(_ids), callback_query=query)
+
+
+async def test_restarts_that_die_before_an_update_is_handled_do_not_set_it_aside(
+    harness: Harness, clock: FakeClock
+) -> None:
+    submit = await up_to_submit(harness, 900304, "二楼扶手松动")
+    await inbox_of(harness).record([submit])
+    # The process dies right after recording; so do the next five, each before it came to the update.
+    for _ in range(5):
+        starting = inbox_of(Harness(harness.sessions, clock))
+        starting.handle = _never  # type: ignore[method-assign]
+        assert await starting.recover() == 1
+    restarted = inbox_of(Harness(harness.sessions, clock))
+    assert await restarted.recover() == 1, "still waiting to be handled, not set aside"
+    await restarted.drain(seconds=5)
+    assert await tickets_described(harness, "二楼扶手松动") == 1
+
+
+async def test_an_update_that_keeps_crashing_the_bot_is_set_aside(
+    harness: Harness, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    submit = await up_to_submit(harness, 900305, "楼道灯一直闪")
+
+    async def die(*args: Any, **kwargs: Any) -> Any:
+        raise ProcessDied()
+
+    monkeypatch.setattr(tickets, "file_report", die)
+    await inbox_of(harness).record([submit])
+    crashes = 0
+    while True:
+        restarted = inbox_of(Harness(harness.sessions, clock))
+        restarted.submit = lambda update, **_: None  # type: ignore[method-assign]  # handled by hand below
+        if not await restarted.recover():
+            break
+        with pytest.raises(ProcessDied):
+            await restarted.handle(submit, HandledMark(submit.update_id, recovered=True))
+        crashes += 1
+    assert crashes == MAX_RECOVERIES, "each restart tried it once more, then it was set aside"
+    assert await unhandled(harness) == 0
+
+
+async def _never(*_args: Any, **_kwargs: Any) -> None:
+    await asyncio.Event().wait()
+
+
+async def test_a_step_is_saved_before_the_bot_answers_it(harness: Harness, clock: FakeClock) -> None:
+    resident = harness.person(900306)
+    await bind(resident)
+    report = text_update(resident.id, "/report")
+    inbox = inbox_of(harness)
+    await inbox.record([report])
+    # Telegram takes the wizard's first question; the process dies before it hears back (or while it retries).
+    harness.telegram.die_after_next_request = True
+    with pytest.raises(ProcessDied):
+        await inbox.handle(report)
+
+    restarted = Harness(harness.sessions, clock)
+    assert await inbox_of(restarted).recover() == 0, "saved, and counted handled, before the bot spoke"
+    key = StorageKey(bot_id=BOT_ID, chat_id=resident.id, user_id=resident.id)
+    assert await restarted.app.dispatcher.storage.get_state(key) == ReportWizard.category.state
+    answer = await restarted.person(resident.id).send("楼道杂物")  # the resident answers the question they saw
+    assert any("楼道杂物" in text_of(r) for r in sent_to(answer, resident.id)), "the wizard goes on"
+
+
+async def test_a_crash_during_recovery_counts_only_against_the_update_under_way(
+    harness: Harness, clock: FakeClock
+) -> None:
+    updates = [text_update(900400 + n, "/help") for n in range(5)]  # five people, one message each
+    await inbox_of(harness).record(updates)
+
+    starting = inbox_of(Harness(harness.sessions, clock))
+    started: list[int] = []
+
+    async def stuck(_bot: object, update: Update, **_kwargs: object) -> None:
+        started.append(update.update_id)
+        await asyncio.Event().wait()  # the process is killed while it handles this one
+
+    starting.dispatcher.feed_update = stuck  # type: ignore[method-assign]
+    assert await starting.recover() == 5
+    for _ in range(20):
+        await asyncio.sleep(0)
+    async with harness.sessions() as session:
+        counted = list(await session.scalars(select(InboundUpdate.update_id).where(InboundUpdate.recoveries > 0)))
+    assert started == counted == [updates[0].update_id], "the other four had not begun"

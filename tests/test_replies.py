@@ -11,15 +11,17 @@ from typing import Any
 
 import pytest
 from aiogram.exceptions import TelegramRetryAfter, TelegramServerError
+from aiogram.fsm.storage.base import StorageKey
 from aiogram.methods import AnswerCallbackQuery, GetUpdates, SendMessage, TelegramMethod
 from aiogram.utils.backoff import BackoffConfig
 from sqlalchemy import select
 
 from bot.callbacks import LanguageCb
 from bot.outbound import replies
+from handlers.report import ReportWizard
 from storage.models import OutboxMessage, OutboxStatus, Ticket, TicketStatus
 from tests.conftest import FakeClock
-from tests.fake_telegram import SERVER_ERROR, TOO_MANY_REQUESTS, sent_to, text_of
+from tests.fake_telegram import BOT_ID, SERVER_ERROR, TOO_MANY_REQUESTS, sent_to, text_of
 from tests.harness import Harness, Person
 from tests.test_report_flow import LI_JUAN, bind, file_report
 
@@ -180,3 +182,23 @@ async def test_the_outbox_sender_and_polling_see_telegrams_answers_at_once(harne
     with pytest.raises(TelegramServerError):
         await harness.bot(GetUpdates())
     assert len(harness.telegram.requests) == before + 1, "polling's getUpdates is asked once"
+
+
+async def test_a_press_that_cannot_be_acknowledged_is_still_carried_out(harness: Harness) -> None:
+    resident = harness.person(RESIDENT)
+    await bind(resident)
+    question = await resident.send("/report")
+    record = harness.telegram.make_request
+
+    async def presses_refused(bot, method, **kwargs):  # type: ignore[no-untyped-def]
+        if isinstance(method, AnswerCallbackQuery):  # Telegram cannot take acknowledgements of presses
+            raise TelegramServerError(method=method, message="Bad Gateway")
+        return await record(bot, method, **kwargs)
+
+    harness.telegram.make_request = presses_refused  # type: ignore[method-assign]
+    waited_before = harness.timer.now
+    await resident.tap(question, "楼道杂物")
+    assert harness.timer.now - waited_before <= replies.PRESS_ANSWER_SECONDS, "not half a minute of retries"
+    key = StorageKey(bot_id=BOT_ID, chat_id=resident.id, user_id=resident.id)
+    state = harness.app.dispatcher.storage
+    assert await state.get_state(key) == ReportWizard.description.state, "the category was taken all the same"

@@ -10,6 +10,7 @@ import pytest
 from aiogram.methods import SendMessage
 from sqlalchemy import select
 
+from bench.residents import add_residents
 from bot.outbound.sender import OutboxSender, SenderSettings, TokenBucket
 from domain.broadcasts import progress, start_broadcast
 from domain.outbox import Notice, enqueue
@@ -297,3 +298,87 @@ async def test_a_short_stall_is_made_up_and_a_long_one_is_not() -> None:
     assert now[0] == start
     await bucket.take()
     assert now[0] == pytest.approx(start + 0.01)  # then the rate again, never a second's burst
+
+
+async def test_a_crash_mid_broadcast_leaves_few_rows_in_doubt_and_repeats_none(
+    harness: Harness, clock: FakeClock
+) -> None:
+    async with harness.sessions() as session, session.begin():
+        await add_residents(session, 7_000_000, 40, clock(), english_every=3)
+        jsx = await session.scalar(select(Community.id).where(Community.code == "jsx"))
+    async with harness.sessions() as session:
+        await start_broadcast(session, jsx, BroadcastKind.AGENDA, "2026-11", clock())
+    ahead = 4
+    harness.app.sender = OutboxSender(
+        harness.bot,
+        harness.sessions,
+        harness.app.sender.renderer,
+        clock,
+        SenderSettings(chat_interval=0, rate_per_second=10_000, ahead=ahead),
+    )
+    # Telegram takes the 13th message, and the process dies before it hears back: nothing after that runs.
+    record = harness.telegram.make_request
+
+    async def dies_at_the_thirteenth(bot, method, **kwargs):  # type: ignore[no-untyped-def]
+        if len(harness.telegram.requests) >= 12:
+            harness.telegram.die_after_next_request = True
+        return await record(bot, method, **kwargs)
+
+    harness.telegram.make_request = dies_at_the_thirteenth  # type: ignore[method-assign]
+    with pytest.raises(ProcessDied):
+        await harness.deliver()
+    first_life = [m.chat_id for m in harness.telegram.requests]  # type: ignore[attr-defined]
+
+    restarted = Harness(harness.sessions, clock)
+    await restarted.app.sender.take_back_claims(everyone=True)
+    second_life = [m.chat_id for m in await restarted.deliver()]  # type: ignore[attr-defined]
+    received = first_life + second_life
+    assert len(received) == len(set(received)), "at most once: nobody gets the agenda twice"
+    rows = [r for r in await outbox(harness) if r.broadcast_id is not None]
+    in_doubt = [r.chat_id for r in rows if r.status == OutboxStatus.IN_DOUBT]
+    assert 1 <= len(in_doubt) <= 2 * ahead, "in doubt: what was prepared or on the wire, no more"
+    assert {r.status for r in rows if r.chat_id not in in_doubt} == {OutboxStatus.SENT}
+    assert set(received) >= {r.chat_id for r in rows if r.status == OutboxStatus.SENT}
+
+
+async def test_turns_missed_in_a_stall_do_not_all_go_at_once() -> None:
+    now = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        wake = now[0] + seconds
+        while now[0] < wake:  # noqa: ASYNC110 - the test moves this clock, a millisecond per loop turn
+            await asyncio.sleep(0)
+
+    bucket = TokenBucket(rate=100, monotonic=lambda: now[0], sleep=sleep, catch_up=0.05)
+    sent: list[float] = []
+
+    async def one() -> None:
+        await bucket.take()
+        sent.append(now[0])
+
+    waiting = [asyncio.create_task(one()) for _ in range(30)]  # thirty messages, each with its turn
+    for step in itertools.count():
+        await asyncio.sleep(0)
+        if all(task.done() for task in waiting):
+            break
+        # Time passes a millisecond at a time, but at 0.05 s the machine is busy for half a second.
+        now[0] += 0.5 if step == 50 else 0.001
+    after_stall = [t for t in sent if t > 0.5]
+    at_once = max(after_stall.count(t) for t in after_stall)
+    assert at_once <= 6, f"after a stall only catch_up's worth goes at once, then the rate again: {sent}"
+
+
+async def test_a_429_moves_turns_already_waiting_behind_the_pause() -> None:
+    now = [0.0]
+
+    async def sleep(seconds: float) -> None:
+        await asyncio.sleep(0)
+        now[0] += seconds
+
+    bucket = TokenBucket(rate=10, monotonic=lambda: now[0], sleep=sleep)
+    await bucket.take()  # at 0.0
+    waiting = asyncio.create_task(bucket.take())  # its turn is at 0.1
+    await asyncio.sleep(0)
+    await bucket.pause(3)  # a 429 with retry_after 3 came meanwhile
+    await waiting
+    assert now[0] >= 3, "the waiting turn went after the pause, not into another 429"

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, cast
 
 from aiogram import BaseMiddleware, Bot, Dispatcher
 from aiogram.client.session.middlewares.base import BaseRequestMiddleware, NextRequestMiddlewareType
@@ -28,6 +28,7 @@ from aiogram.exceptions import (
 )
 from aiogram.filters import ExceptionTypeFilter
 from aiogram.methods import (
+    AnswerCallbackQuery,
     CopyMessage,
     EditMessageCaption,
     EditMessageMedia,
@@ -45,6 +46,9 @@ from aiogram.methods import (
 from aiogram.methods.base import Response, TelegramType
 from aiogram.types import ErrorEvent, TelegramObject
 from aiogram.utils.backoff import Backoff, BackoffConfig
+
+from bot.intake import handling as inbox_handling
+from storage.fsm import save_before_speaking
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,10 @@ PACED_METHODS: frozenset[type[TelegramMethod[Any]]] = frozenset(
         EditMessageReplyMarkup,
     }
 )
+
+# A button press is acknowledged within this long, or not at all: the person's app shows a progress bar until
+# then, Telegram refuses to acknowledge old presses, and the change the press asks for must not wait behind it.
+PRESS_ANSWER_SECONDS = 5.0
 
 # Waits between retries after a 5xx or network error: 0.5, 1, 2, 4, then 5 seconds, slightly jittered so
 # replies that failed together do not all come back at the same instant.
@@ -154,7 +162,13 @@ class ReplyPolicy(BaseRequestMiddleware):
     ) -> Response[TelegramType]:
         if not _handling_update.get():
             return await make_request(bot, method)
+        await save_before_speaking()
+        mark = inbox_handling.get()
+        if mark is not None:
+            mark.settled()
         chat_id: int | str | None = getattr(method, "chat_id", None) if type(method) in PACED_METHODS else None
+        press = isinstance(method, AnswerCallbackQuery)
+        budget = min(self.budget, PRESS_ANSWER_SECONDS) if press else self.budget
         backoff = Backoff(BACKOFF)
         await self._turn(chat_id)
         # The budget is for Telegram's faults; waiting for the chat's turn behind earlier replies is not one.
@@ -166,7 +180,12 @@ class ReplyPolicy(BaseRequestMiddleware):
                 raise
             except (TelegramRetryAfter, TelegramServerError, TelegramNetworkError) as error:
                 wait = float(error.retry_after) if isinstance(error, TelegramRetryAfter) else max(0.0, next(backoff))
-                if self._monotonic() - started + wait > self.budget:
+                if self._monotonic() - started + wait > budget:
+                    if press:
+                        # The press still asks for its change (accept the ticket, choose the category): the
+                        # handler goes on, rather than fail here with nothing done.
+                        log.warning("a button press could not be acknowledged (%s); handling it anyway", error)
+                        return cast(Response[TelegramType], Response[bool](ok=True, result=True))
                     raise
                 log.info("%s to chat %s failed (%s); retrying in %.1f s", method.__api_method__, chat_id, error, wait)
                 await self._sleep(wait)

@@ -1,13 +1,20 @@
 """Delivering the outbox: rate-limited, honouring Telegram's answers, and nothing lost in a crash or an outage.
 
-What is promised depends on the kind of row (README, "Delivery semantics"):
+What is promised depends on the kind of row (docs/delivery.md):
 
 * Personal rows (worker cards, reminders, notices to residents) are delivered **at least once**. A row goes
   pending → claimed (a batch, committed) → sent. If the process dies after Telegram took a message but before
   "sent" was written, the row is sent again: a worker may get a card twice after a crash, never zero times.
-* Broadcast rows are delivered **at most once**. They are also marked "sending" in a commit just before their
+* Broadcast rows are delivered **at most once**. They are also marked "sending" in a commit before their
   request; a row its sender died with is "in doubt": perhaps delivered, never repeated, and counted on
-  /broadcasts. At most one row per chat being served is in doubt after a crash.
+  /broadcasts. Only ``ahead`` rows are prepared or on the wire at a time, so a crash leaves at most twice that
+  in doubt (those, and the ones Telegram answered since the sender's last commit), and a chat's rows go one by
+  one, so at most one row per chat.
+
+Database work is shared: a claim takes a batch of rows in one transaction, rows whose turn has come are prepared
+together (recipients read at once, broadcast rows marked "sending" in one UPDATE), and what happened to the rows
+sent or tried rides along with the next commit the sender makes anyway. At a high rate one commit serves dozens
+of messages.
 
 A claim is a lease: each sender renews its :class:`SenderLease` every few seconds, and claims whose holder's
 lease lapsed are taken back by whoever runs next. The only process of a polling bot takes everything back at
@@ -30,7 +37,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiogram import Bot
 from aiogram.exceptions import (
@@ -40,6 +47,7 @@ from aiogram.exceptions import (
     TelegramRetryAfter,
     TelegramServerError,
 )
+from aiogram.methods import TelegramMethod
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -58,6 +66,15 @@ class SendRate(Protocol):
     async def take(self) -> None: ...
 
     async def pause(self, seconds: float) -> None: ...
+
+
+# Rows claimed at a time while Telegram asks us to wait (a 429): what goes out in one pause, no more, so a crash
+# then leaves little waiting for the restart (bench/crash.py's resume figure).
+PAUSED_BATCH = 3
+
+# How late an event loop wakes a sleeper on an ordinary day; a turn woken later than that (and ``catch_up``) was
+# missed by a stall of this process.
+ORDINARY_LATENESS = 0.01
 
 
 class TokenBucket:
@@ -79,15 +96,25 @@ class TokenBucket:
         self._monotonic = monotonic
         self._sleep = sleep
         self._next_slot = monotonic()
+        self._pauses = 0
 
     async def take(self) -> None:
-        now = self._monotonic()
-        slot = max(now - self.catch_up, self._next_slot)
-        self._next_slot = slot + self.interval
-        if slot > now:
+        while True:
+            now = self._monotonic()
+            slot = max(now - self.catch_up, self._next_slot)
+            self._next_slot = slot + self.interval
+            if slot <= now:
+                return
+            pauses = self._pauses
             await self._sleep(slot - now)
+            # A turn is given up, and asked for again, when a 429 came while it waited (it goes behind the pause),
+            # or when this process woke too late for it (a busy machine): the turns of a stall must not all go at
+            # once, only ``catch_up``'s worth.
+            if self._pauses == pauses and self._monotonic() - slot <= self.catch_up + ORDINARY_LATENESS:
+                return
 
     async def pause(self, seconds: float) -> None:
+        self._pauses += 1
         self._next_slot = max(self._next_slot, self._monotonic() + seconds)
 
 
@@ -105,6 +132,9 @@ class SenderSettings:
     # A sender renews its lease every third of this; claims of a holder silent for this long are taken back.
     lease: timedelta = timedelta(seconds=10)
     idle_poll_seconds: float = 1.0
+    # Rows prepared ahead of their sending slot or waiting for Telegram's answer, at most; 0: about a tenth of a
+    # second's sending (16 to 128). Broadcast rows among them are what a crash can leave in doubt.
+    ahead: int = 0
 
 
 class OutboxSender:
@@ -127,6 +157,10 @@ class OutboxSender:
         self.clock = clock
         self.settings = settings or SenderSettings()
         self.batch_size = self.settings.batch_size or max(10, min(500, math.ceil(self.settings.rate_per_second)))
+        ahead = self.settings.ahead or max(16, min(128, math.ceil(self.settings.rate_per_second / 10)))
+        self._ahead = asyncio.Semaphore(ahead)
+        self._monotonic = monotonic
+        self._paused_until = 0.0  # by this sender's last 429
         self.bucket = rate or TokenBucket(self.settings.rate_per_second, monotonic, sleep, self.settings.catch_up)
         # The only sender there is (a polling bot): whatever claims it finds at start belong to the dead.
         self.sole = sole
@@ -135,10 +169,15 @@ class OutboxSender:
         # the same time still gets one message a second.
         self.pacer = pacer or ChatPacer(self.settings.chat_interval, monotonic, sleep)
         self._lease_renewed: datetime | None = None
-        # Rows Telegram accepted whose "sent" is not written yet: it rides along with the next commit the
-        # sender makes anyway, so a message costs one transaction, not two.
+        # Rows Telegram accepted whose "sent" is not written yet, and other outcomes of rows tried (a 429, a
+        # failure): they ride along with the next commit the sender makes anyway (``_write_outcomes``).
         self._delivered: list[int] = []
         self._follow_ups: list[FollowUp] = []  # what the database learns from their answers (cards to keep current…)
+        self._outcomes: list[tuple[list[int], dict[str, object]]] = []
+        self._unreachable: list[int] = []
+        # Rows whose sending turn has come, waiting for the next preparing transaction (``_prepare``).
+        self._to_prepare: list[tuple[OutboxMessage, asyncio.Future[TelegramMethod[Any] | None]]] = []
+        self._preparing: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -224,7 +263,7 @@ class OutboxSender:
         """On a clean stop: give back what is still claimed, at once, to whoever sends next."""
         with contextlib.suppress(Exception):
             async with self.sessions() as session, session.begin():
-                await self._record_delivered(session)
+                await self._write_outcomes(session)
                 await session.execute(
                     update(OutboxMessage)
                     .where(OutboxMessage.status == OutboxStatus.CLAIMED, OutboxMessage.claimed_by == self.holder)
@@ -238,17 +277,30 @@ class OutboxSender:
         by_chat: dict[int, list[OutboxMessage]] = defaultdict(list)
         for row in rows:
             by_chat[row.chat_id].append(row)
+        tasks = [asyncio.ensure_future(self._deliver_chat(chat, chat_rows)) for chat, chat_rows in by_chat.items()]
         try:
-            await asyncio.gather(*(self._deliver_chat(chat_id, chat_rows) for chat_id, chat_rows in by_chat.items()))
-        finally:
-            if self._delivered:
-                async with self.sessions() as session, session.begin():
-                    await self._record_delivered(session)
+            await asyncio.gather(*tasks)
+        except BaseException as error:
+            for task in tasks:  # one chat's failure stops the round
+                task.cancel()
+            self._stop_preparing()
+            if not isinstance(error, Exception):
+                raise  # cancelled, or the process is going away: what is claimed goes back at the restart
+            # A round cut short by an error gives back what it left claimed at once, not at the next restart.
+            self._outcomes.extend(
+                ([row.id], {"status": OutboxStatus.PENDING, "claimed_by": None})
+                for row in rows
+                if row.status == OutboxStatus.CLAIMED
+            )
+            await self._write_now()
+            raise
+        await self._write_now()
         return len(rows)
 
     async def _claim(self) -> list[OutboxMessage]:
         now = self.clock()
         async with self.sessions() as session, session.begin():
+            await self._write_outcomes(session)
             renew_every = self.settings.lease / 3
             if self._lease_renewed is None or now - self._lease_renewed >= renew_every:
                 await self._renew_lease(session, now)
@@ -259,11 +311,19 @@ class OutboxSender:
                     # A worker's card must not wait behind ten thousand agenda messages; within a priority, the
                     # longest due first, so what a dead sender had claimed is not overtaken by later retries.
                     .order_by(OutboxMessage.priority, OutboxMessage.not_before, OutboxMessage.id)
-                    .limit(self.batch_size)
+                    .limit(self.batch_size if self._monotonic() >= self._paused_until else PAUSED_BATCH)
                     .with_for_update(skip_locked=True)
                 )
             )
+            if rows:
+                await session.execute(
+                    update(OutboxMessage)
+                    .where(OutboxMessage.id.in_([row.id for row in rows]))
+                    .values(status=OutboxStatus.CLAIMED, claimed_at=now, claimed_by=self.holder)
+                    .execution_options(synchronize_session=False)
+                )
             for row in rows:
+                session.expunge(row)  # the UPDATE above wrote the claim; the session must not write it again
                 row.status, row.claimed_at, row.claimed_by = OutboxStatus.CLAIMED, now, self.holder
         return rows
 
@@ -273,58 +333,58 @@ class OutboxSender:
             outcome = await self._deliver(row)
             if outcome is not OutboxStatus.SENT and outcome is not None:
                 # The chat is blocked or asked us to wait: the rest of its rows share that fate.
-                await self._finish(rows[index + 1 :], outcome, row.not_before, row.error)
+                self._finish(rows[index + 1 :], outcome, row.not_before, row.error)
                 return
 
     async def _deliver(self, row: OutboxMessage) -> OutboxStatus | None:
-        """Send one row and record the result; returns a status the chat's later rows must share, if any."""
-        await self._pace(row.chat_id)
-        async with self.sessions() as session, session.begin():
-            await self._record_delivered(session)
-            recipient = await session.get(User, row.chat_id)
-            if recipient is not None and recipient.unreachable_at is not None:
-                method = None
-                row.error = "recipient blocked the bot"
-            else:
-                method = await self.renderer.render(session, row)
-            if method is not None and row.broadcast_id is not None:
-                await session.execute(
-                    update(OutboxMessage).where(OutboxMessage.id == row.id).values(status=OutboxStatus.SENDING)
-                )
-        if method is None:
-            await self._finish([row], OutboxStatus.FAILED if row.error else OutboxStatus.SENT, None, row.error)
-            return None
+        """Send one row and note the result; returns a status the chat's later rows must share, if any.
 
+        The row is prepared (rendered; a broadcast row marked "sending") before its sending slot comes, so the
+        request leaves the moment it does: waiting for a commit between slot and request would bunch requests
+        up and run into Telegram's limit. Only ``ahead`` rows are prepared and not yet answered at a time, which
+        bounds what a crash can leave in doubt.
+        """
+        await self.pacer.wait_turn(row.chat_id)
+        async with self._ahead:
+            method = await self._prepare(row)
+            if method is None:
+                self._finish([row], OutboxStatus.FAILED if row.error else OutboxStatus.SENT, None, row.error)
+                return None
+            await self.bucket.take()
+            return await self._send(row, method)
+
+    async def _send(self, row: OutboxMessage, method: TelegramMethod[Any]) -> OutboxStatus | None:
         now = self.clock()
         try:
             sent: object = await self.bot(method)
         except TelegramRetryAfter as error:
+            self._paused_until = max(self._paused_until, self._monotonic() + error.retry_after)
             await self.bucket.pause(error.retry_after)
-            await self._finish([row], OutboxStatus.PENDING, now + timedelta(seconds=error.retry_after), "429")
+            self._finish([row], OutboxStatus.PENDING, now + timedelta(seconds=error.retry_after), "429")
             return OutboxStatus.PENDING
         except TelegramForbiddenError as error:
-            await self._mark_unreachable(row.chat_id)
-            await self._finish([row], OutboxStatus.FAILED, None, f"403: {error.message}")
+            self._unreachable.append(row.chat_id)
+            self._finish([row], OutboxStatus.FAILED, None, f"403: {error.message}")
             return OutboxStatus.FAILED
         except TelegramBadRequest as error:
             if edit_settled(method, error.message):
                 sent = error.message  # the card already reads so, or is gone: nothing left to do
             else:
                 # Telegram's word on this chat or this message ("chat not found"): trying again cannot help.
-                await self._finish([row], OutboxStatus.FAILED, None, f"400: {error.message}")
+                self._finish([row], OutboxStatus.FAILED, None, f"400: {error.message}")
                 return None
         except (TelegramServerError, TelegramNetworkError) as error:
             attempts = row.attempts + 1
             if now - row.created_at >= self.settings.retry_horizon:
                 hours = self.settings.retry_horizon.total_seconds() / 3600
-                await self._finish([row], OutboxStatus.FAILED, None, f"gave up after {hours:g} h: {error}", attempts)
+                self._finish([row], OutboxStatus.FAILED, None, f"gave up after {hours:g} h: {error}", attempts)
                 return None
             retry_at = now + timedelta(seconds=min(self.settings.max_backoff, 2**attempts))
-            await self._finish([row], OutboxStatus.PENDING, retry_at, str(error), attempts)
+            self._finish([row], OutboxStatus.PENDING, retry_at, str(error), attempts)
             return OutboxStatus.PENDING
         except Exception as error:
             log.exception("outbox row %s could not be sent", row.id)
-            await self._finish([row], OutboxStatus.FAILED, None, f"error: {error!r}")
+            self._finish([row], OutboxStatus.FAILED, None, f"error: {error!r}")
             return None
         self._delivered.append(row.id)
         if (learnt := follow_up(row, method, sent, now)) is not None:
@@ -332,28 +392,108 @@ class OutboxSender:
         row.status, row.error = OutboxStatus.SENT, ""
         return OutboxStatus.SENT
 
-    async def _record_delivered(self, session: AsyncSession) -> None:
-        """Write "sent" for the rows Telegram accepted since the last commit, as part of ``session``'s.
+    async def _prepare(self, row: OutboxMessage) -> TelegramMethod[Any] | None:
+        """The call that delivers ``row`` (None: nothing to send), its broadcast row marked "sending".
 
-        Should the process die first, a personal row is sent again and a broadcast row is in doubt.
+        Rows whose turn came while a preparing transaction ran share the next one: at a high rate one commit
+        serves dozens of messages, at a low one each message still goes out as soon as its turn comes.
         """
-        if not self._delivered:
-            return
+        future: asyncio.Future[TelegramMethod[Any] | None] = asyncio.get_running_loop().create_future()
+        self._to_prepare.append((row, future))
+        if self._preparing is None or self._preparing.done():
+            self._preparing = asyncio.create_task(self._prepare_queued())
+        return await future
+
+    def _stop_preparing(self) -> None:
+        if self._preparing is not None:
+            self._preparing.cancel()
+        for _, future in self._to_prepare:
+            future.cancel()
+        self._to_prepare = []
+
+    async def _prepare_queued(self) -> None:
+        while self._to_prepare:
+            batch, self._to_prepare = self._to_prepare, []
+            try:
+                methods = await self._prepare_batch([row for row, _ in batch])
+            except Exception as error:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for (_, future), method in zip(batch, methods, strict=True):
+                if not future.done():
+                    future.set_result(method)
+
+    async def _prepare_batch(self, rows: list[OutboxMessage]) -> list[TelegramMethod[Any] | None]:
+        async with self.sessions() as session, session.begin():
+            await self._write_outcomes(session)
+            # The recipients in one read; rendering finds them in the session (held here: it holds them weakly).
+            recipients = {
+                user.id: user
+                for user in await session.scalars(select(User).where(User.id.in_({row.chat_id for row in rows})))
+            }
+            methods: list[TelegramMethod[Any] | None] = []
+            for row in rows:
+                recipient = recipients.get(row.chat_id)
+                if recipient is not None and recipient.unreachable_at is not None:
+                    row.error = "recipient blocked the bot"
+                    methods.append(None)
+                    continue
+                try:
+                    methods.append(await self.renderer.render(session, row))
+                except Exception as error:
+                    log.exception("outbox row %s could not be rendered", row.id)
+                    row.error = f"error: {error!r}"
+                    methods.append(None)
+            sending = [
+                row.id for row, method in zip(rows, methods, strict=True) if method and row.broadcast_id is not None
+            ]
+            if sending:
+                await session.execute(
+                    update(OutboxMessage)
+                    .where(OutboxMessage.id.in_(sending))
+                    .values(status=OutboxStatus.SENDING)
+                    .execution_options(synchronize_session=False)
+                )
+        return methods
+
+    async def _write_now(self) -> None:
+        if self._delivered or self._outcomes or self._unreachable:
+            async with self.sessions() as session, session.begin():
+                await self._write_outcomes(session)
+
+    async def _write_outcomes(self, session: AsyncSession) -> None:
+        """Write what happened to the rows sent or tried since the last commit, as part of ``session``'s.
+
+        Should the process die first, a personal row is sent again and a broadcast row is in doubt; a row that
+        failed or must wait is simply tried again.
+        """
+        now = self.clock()
         delivered, self._delivered = self._delivered, []
         follow_ups, self._follow_ups = self._follow_ups, []
+        outcomes, self._outcomes = self._outcomes, []
+        unreachable, self._unreachable = self._unreachable, []
         for learnt in sorted(follow_ups, key=lambda f: f.ticket_id):
             await learnt.write(session)
-        await session.execute(
-            update(OutboxMessage)
-            .where(OutboxMessage.id.in_(delivered))
-            .values(status=OutboxStatus.SENT, sent_at=self.clock(), error="")
-        )
+        if delivered:
+            await session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id.in_(delivered))
+                .values(status=OutboxStatus.SENT, sent_at=now, error="")
+                .execution_options(synchronize_session=False)
+            )
+        for ids, values in outcomes:
+            await session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id.in_(ids))
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            )
+        if unreachable:
+            await session.execute(update(User).where(User.id.in_(unreachable)).values(unreachable_at=now))
 
-    async def _pace(self, chat_id: int) -> None:
-        await self.pacer.wait_turn(chat_id)
-        await self.bucket.take()
-
-    async def _finish(
+    def _finish(
         self,
         rows: list[OutboxMessage],
         status: OutboxStatus,
@@ -361,25 +501,18 @@ class OutboxSender:
         error: str,
         attempts: int | None = None,
     ) -> None:
+        """Note how rows ended this round; it is written with the sender's next commit."""
         if not rows:
             return
-        now = self.clock()
         values: dict[str, object] = {"status": status, "error": error, "claimed_by": None}
         if status is OutboxStatus.SENT:
-            values["sent_at"] = now
+            values["sent_at"] = self.clock()
         if not_before is not None and status is OutboxStatus.PENDING:
             values["not_before"] = not_before
         if attempts is not None:
             values["attempts"] = attempts
-        async with self.sessions() as session, session.begin():
-            await session.execute(
-                update(OutboxMessage).where(OutboxMessage.id.in_([r.id for r in rows])).values(**values)
-            )
+        self._outcomes.append(([r.id for r in rows], values))
         for row in rows:
             row.status, row.error = status, error
             if not_before is not None and status is OutboxStatus.PENDING:
                 row.not_before = not_before  # type: ignore[assignment]
-
-    async def _mark_unreachable(self, chat_id: int) -> None:
-        async with self.sessions() as session, session.begin():
-            await session.execute(update(User).where(User.id == chat_id).values(unreachable_at=self.clock()))
