@@ -2,7 +2,3 @@
 
 What people see lives in ``bot.views``; what the bot sends (outbox, notices, direct replies) in ``bot.outbound``.
 """
-
-from bot.aiogram_models import defer_building
-
-defer_building()
