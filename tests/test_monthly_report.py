@@ -83,8 +83,10 @@ async def test_a_crash_while_sending_the_chart_sends_it_again_and_the_spreadshee
     with pytest.raises(ProcessDied):
         await harness.deliver()
     first_life = list(harness.telegram.requests)
-    assert [type(r).__name__ for r in first_life] == ["SendPhoto"], "Telegram got one chart, then the bot died"
-    in_flight = first_life[0].chat_id  # type: ignore[attr-defined]
+    # The sender sends to different chats side by side, so up to one chart per person was in flight.
+    assert first_life and {type(r).__name__ for r in first_life} == {"SendPhoto"}, "charts, no spreadsheet yet"
+    in_flight = [r.chat_id for r in first_life]  # type: ignore[attr-defined]
+    assert len(in_flight) == len(set(in_flight)), "one chart per person at a time"
 
     restarted = Harness(harness.sessions, clock)
     restarted.app.sender.sole = True
@@ -93,7 +95,7 @@ async def test_a_crash_while_sending_the_chart_sends_it_again_and_the_spreadshee
     # At least once: the chart Telegram had is sent again (its "sent" was never written); nobody misses a part.
     for chat_id in OFFICE:
         assert kinds(second_life, chat_id) == ["SendPhoto", "SendDocument"], chat_id
-    assert in_flight in OFFICE
+    assert set(in_flight) <= OFFICE
     assert {r.status for r in await report_rows(harness)} == {OutboxStatus.SENT}
 
 
