@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.processes import run_until_polling
+import pytest
+
+from tests.processes import Finished, run_command_line, run_until_polling
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,23 +53,30 @@ def test_unreachable_telegram_is_one_line_and_the_bot_keeps_trying(tmp_path: Pat
     assert len(warnings) == 1 and "Retrying until it answers" in warnings[0], log
 
 
-def test_the_household_register_is_imported_again_and_again_from_the_command_line(tmp_path: Path) -> None:
+def test_the_household_register_is_imported_again_and_again_from_the_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     register = str(ROOT / "bot" / "communities" / "sample-register.csv")
-    assert run_bot(tmp_path, "import", str(ROOT / "bot" / "communities" / "sample.toml")).returncode == 0
+    database = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'bot.sqlite3'}", "COMMUNITY_FILE": ""}
+    secret = {**database, "HOUSEHOLD_PHONE_SECRET": "a-long-random-secret"}
 
-    unset = run_bot(tmp_path, "register", register, HOUSEHOLD_PHONE_SECRET="")
-    assert unset.returncode == 1 and "HOUSEHOLD_PHONE_SECRET is not set" in last_line(unset)
+    def command(*args: str, **env: str) -> Finished:
+        return run_command_line(monkeypatch, capsys, tmp_path, *args, **env)
 
-    first = run_bot(tmp_path, "register", register, HOUSEHOLD_PHONE_SECRET="a-long-random-secret")
+    assert command("import", str(ROOT / "bot" / "communities" / "sample.toml"), **database).code == 0
+    unset = command("register", register, **database)
+    assert unset.code == 1 and "HOUSEHOLD_PHONE_SECRET is not set" in unset.stderr
+
+    first = run_bot(tmp_path, "register", register, HOUSEHOLD_PHONE_SECRET="a-long-random-secret")  # logs and all
     assert first.returncode == 0, first.stderr
     assert "10 rows, 8 households (8 new, 0 back, 0 changed, 0 unchanged); 0 moved out" in first.stdout
-    again = run_bot(tmp_path, "register", register, HOUSEHOLD_PHONE_SECRET="a-long-random-secret")
+    again = command("register", register, **secret)
     assert "(0 new, 0 back, 0 changed, 8 unchanged)" in again.stdout
 
     wrong = tmp_path / "wrong.csv"
     wrong.write_text("小区,楼号,单元,房号,姓名,联系电话\n银巴小区,99号楼,1,101,甲,13800000001\n", encoding="utf-8")
-    refused = run_bot(tmp_path, "register", str(wrong), HOUSEHOLD_PHONE_SECRET="a-long-random-secret")
-    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    refused = command("register", str(wrong), **secret)
+    assert refused.code == 1 and "Traceback" not in refused.stderr
     assert "line 2: no building of the community file has this code or name ('99号楼')" in refused.stderr
-    for result in (first, again, refused):
-        assert "13895000101" not in result.stdout + result.stderr and "13800000001" not in result.stderr
+    for output in (first.stdout + first.stderr, again.stdout + again.stderr, refused.stderr):
+        assert "13895000101" not in output and "13800000001" not in output
