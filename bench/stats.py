@@ -34,7 +34,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.app import assemble
-from bot.config import Settings
+from bot.config import SAMPLE_COMMUNITY, Settings
 from domain.community_file import import_community, load_community_file
 from domain.stats import Month
 from storage.db import SessionFactory, create_engine, create_session_factory
@@ -42,7 +42,6 @@ from storage.models import Base, Building, Category, Community, Membership, Role
 from storage.models import User as UserRow
 from tests.fake_telegram import fake_bot
 
-ROOT = Path(__file__).resolve().parent.parent
 STAFF = 100001  # 王书记 in the sample community
 RESIDENT = 990001
 BATCH = 20_000
@@ -162,7 +161,7 @@ async def prepare(url: str, tickets: int, months: int, now: datetime, reuse: boo
         await conn.run_sync(Base.metadata.create_all)
     sessions = create_session_factory(engine)
     async with sessions() as session:
-        await import_community(session, load_community_file(ROOT / "communities" / "sample.toml"), now)
+        await import_community(session, load_community_file(SAMPLE_COMMUNITY), now)
     async with sessions() as session:
         community_id = await session.scalar(select(Community.id))
     assert community_id is not None
