@@ -35,7 +35,9 @@ Ranking: by the score, the mean of the three rates (response, resolution, satisf
 while nothing is rated), highest first; rows without tickets are not ranked. The change is against the same
 row's rank and score in the month before.
 
-Queries read only the month's tickets, through ``ix_tickets_community_created``, and aggregate in SQL.
+Queries read only the month's tickets, from ``ix_tickets_community_created`` alone (a covering index: every
+column counted is in it), and aggregate in SQL; the medians come from every ticket's durations, fetched as one
+text per row.
 """
 
 from __future__ import annotations
@@ -48,11 +50,9 @@ from statistics import median
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, Float, Select, and_, case, func, literal, or_, select
+from sqlalchemy import ColumnElement, Select, String, and_, case, cast, func, literal, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import InstrumentedAttribute, aliased, raiseload
-from sqlalchemy.sql.expression import FunctionElement
 from sqlalchemy.sql.util import find_tables
 
 from domain.deadlines import DEFAULT_YELLOW_SHARE, Colour, colour_at
@@ -257,54 +257,38 @@ class MonthlyStats:
 
 # --- SQL ------------------------------------------------------------------------------------------------
 
-
-class seconds_between(FunctionElement[float]):  # an SQL function, named like one
-    """Seconds from the first datetime column to the second, in SQL on SQLite and PostgreSQL alike."""
-
-    type = Float()
-    inherit_cache = True
-    name = "seconds_between"
-
-
-@compiles(seconds_between, "sqlite")
-def _seconds_sqlite(element: seconds_between, compiler: Any, **kw: Any) -> str:
-    start, end = (compiler.process(clause, **kw) for clause in element.clauses)
-    return f"((julianday({end}) - julianday({start})) * 86400.0)"
-
-
-@compiles(seconds_between, "postgresql")
-def _seconds_postgresql(element: seconds_between, compiler: Any, **kw: Any) -> str:
-    start, end = (compiler.process(clause, **kw) for clause in element.clauses)
-    return f"EXTRACT(EPOCH FROM ({end} - {start}))"
-
-
-ACCEPT_SECONDS = seconds_between(Ticket.created_at, Ticket.first_accepted_at)
-RESOLVE_SECONDS = seconds_between(Ticket.created_at, Ticket.resolved_at)
-IS_RESOLVED = Ticket.status.in_(RESOLVED_STATES)
+IS_RESOLVED = Ticket.resolve_seconds.is_not(None)  # resolved_at is set exactly while resolved, closed or unconfirmed
 
 
 def _flag(condition: ColumnElement[bool]) -> ColumnElement[int]:
     return case((condition, 1), else_=0)
 
 
-def _per_ticket(now: datetime) -> list[ColumnElement[Any]]:
-    """What each ticket adds to the counted fields of Figures (after ``received``), in their order."""
-    return [
-        _flag(Category.response_hours * 3600 >= ACCEPT_SECONDS),
-        _flag(and_(IS_RESOLVED, Category.resolve_hours * 3600 >= RESOLVE_SECONDS)),
-        _flag(Ticket.status == TicketStatus.CLOSED),
-        _flag(or_(IS_RESOLVED, Ticket.reopen_count > 0)),
-        _flag(Ticket.reopen_count > 0),
-        _flag(Ticket.rating.is_not(None)),
-        _flag(Ticket.rating >= SATISFIED_FROM),
-        func.coalesce(Ticket.rating, 0),
-        _flag(
+def _per_ticket(now: datetime) -> dict[str, ColumnElement[Any]]:
+    """What each ticket adds to the counted fields of Figures (after ``received``), by field.
+
+    Every column read here is in ``ix_tickets_community_created`` (besides the category's two windows), and the
+    durations are whole seconds the ORM kept: no date arithmetic per ticket."""
+    return {
+        "accepted_in_time": _flag(Ticket.accept_seconds <= Category.response_hours * 3600),
+        "resolved_in_time": _flag(Ticket.resolve_seconds <= Category.resolve_hours * 3600),
+        "closed_confirmed": _flag(Ticket.status == TicketStatus.CLOSED),
+        "resolved_once": _flag(or_(IS_RESOLVED, Ticket.reopen_count > 0)),
+        "reopened": _flag(Ticket.reopen_count > 0),
+        "rated": _flag(Ticket.rating.is_not(None)),
+        "satisfied": _flag(Ticket.rating >= SATISFIED_FROM),
+        "rating_sum": func.coalesce(Ticket.rating, 0),
+        "overdue_now": _flag(
             or_(
                 and_(Ticket.status == TicketStatus.ASSIGNED, Ticket.respond_by < now),
                 and_(Ticket.status == TicketStatus.IN_PROGRESS, Ticket.resolve_by < now),
             )
         ),
-    ]
+    }
+
+
+# What the trend needs: the three rates of the chart.
+TREND_FIELDS = ("accepted_in_time", "closed_confirmed", "rated", "satisfied")
 
 
 def _key(view: View) -> KeyColumn:
@@ -335,33 +319,56 @@ def _with_buildings(query: SelectT, key: KeyColumn) -> SelectT:
     return query
 
 
+def _all_seconds(column: InstrumentedAttribute[int | None]) -> ColumnElement[str]:
+    """Every ticket's value of ``column`` in one text, comma-separated (NULLs left out): a median needs the values
+    themselves, and one string per row costs far less to fetch than a row per ticket."""
+    return func.aggregate_strings(cast(column, String), ",")
+
+
+def _seconds(text: str | None) -> list[int]:
+    return [int(value) for value in text.split(",")] if text else []
+
+
+def _sums(
+    key: KeyColumn,
+    where: Sequence[ColumnElement[bool]],
+    now: datetime,
+    fields: Sequence[str] | None = None,
+    *,
+    medians: bool = False,
+    group: bool = True,
+) -> Select[Any]:
+    """One row per value of ``key`` (or, not grouped, one row in all with ``key`` as it is): the key, received, the
+    ``fields`` (all counted ones by default) summed, and with ``medians`` every ticket's two durations."""
+    per_ticket = _per_ticket(now)
+    columns: list[ColumnElement[Any]] = [func.count()]
+    columns += [func.coalesce(func.sum(per_ticket[name]), 0) for name in fields or per_ticket]
+    if medians:
+        columns += [_all_seconds(Ticket.accept_seconds), _all_seconds(Ticket.resolve_seconds)]
+    query = _with_buildings(select(key, *columns).join(Category, Category.id == Ticket.category_id), key)
+    query = query.where(*where)
+    return query.group_by(key) if group else query
+
+
+def _figures(row: Sequence[Any], fields: Sequence[str] | None, now: datetime) -> Figures:
+    names = fields or list(_per_ticket(now))
+    counted = {name: int(value) for name, value in zip(names, row[2 : 2 + len(names)], strict=True)}
+    return Figures(received=int(row[1]), **counted)  # type: ignore[arg-type]
+
+
 async def _figures_by(
     session: AsyncSession, key: KeyColumn, where: Sequence[ColumnElement[bool]], now: datetime
 ) -> dict[Any, Figures]:
-    """The counted figures per value of ``key`` over the tickets ``where`` selects, summed in SQL (no medians).
-
-    The key is worked out in a subquery and grouped on from outside it, so a key built with parameters (the
-    trend's month of each ticket) is one expression to the database.
-    """
-    flags = [column.label(f"f{i}") for i, column in enumerate(_per_ticket(now))]
-    tickets = (
-        _with_buildings(select(key.label("key"), *flags).join(Category, Category.id == Ticket.category_id), key)
-        .where(*where)
-        .subquery()
-    )
-    sums = [func.coalesce(func.sum(tickets.c[flag.name]), 0) for flag in flags]
-    return {
-        row[0]: Figures(*[int(value) for value in row[1:]])  # type: ignore[arg-type]  # the counted fields come first
-        for row in await session.execute(select(tickets.c.key, func.count(), *sums).group_by(tickets.c.key))
-    }
+    """The counted figures per value of ``key`` over the tickets ``where`` selects, summed in SQL (no medians)."""
+    return {row[0]: _figures(row, None, now) for row in await session.execute(_sums(key, where, now))}
 
 
 @dataclass
 class Durations:
     """Seconds from filing to the first acceptance, and to the latest resolution, of a row's tickets."""
 
-    accept: list[float] = field(default_factory=list)
-    resolve: list[float] = field(default_factory=list)
+    accept: list[int] = field(default_factory=list)
+    resolve: list[int] = field(default_factory=list)
 
     def __iadd__(self, other: Durations) -> Durations:
         self.accept += other.accept
@@ -372,27 +379,20 @@ class Durations:
         return replace(figures, median_accept=_median(self.accept), median_resolve=_median(self.resolve))
 
 
-def _median(seconds: list[float]) -> timedelta | None:
+def _median(seconds: list[int]) -> timedelta | None:
     """The middle value (the mean of the two middle ones for an even count)."""
     return timedelta(seconds=round(median(seconds))) if seconds else None
 
 
-async def _durations(
-    session: AsyncSession, key: KeyColumn, where: Sequence[ColumnElement[bool]]
-) -> dict[Any, Durations]:
-    """Every ticket's two durations, by key. A median needs the values themselves: fetching them in one pass
-    costs less than a sort in the database for each median of each row and of the whole."""
-    query = select(key.label("key"), ACCEPT_SECONDS, case((IS_RESOLVED, RESOLVE_SECONDS)))
-    found: dict[Any, Durations] = {}
-    for value, accept, resolve in await session.execute(_with_buildings(query, key).where(*where)):
-        durations = found.get(value)
-        if durations is None:
-            durations = found[value] = Durations()
-        if accept is not None:
-            durations.accept.append(accept)
-        if resolve is not None:
-            durations.resolve.append(resolve)
-    return found
+async def _figures_and_durations(
+    session: AsyncSession, key: KeyColumn, where: Sequence[ColumnElement[bool]], now: datetime
+) -> tuple[dict[Any, Figures], dict[Any, Durations]]:
+    """The counted figures and every ticket's two durations, per value of ``key``, in one pass over the month."""
+    figures, durations = {}, {}
+    for row in await session.execute(_sums(key, where, now, medians=True)):
+        figures[row[0]] = _figures(row[:-2], None, now)
+        durations[row[0]] = Durations(_seconds(row[-2]), _seconds(row[-1]))
+    return figures, durations
 
 
 class MonthCache:
@@ -435,13 +435,21 @@ async def _trend(
             known[m] = hit
     missing = [m for m in months if m not in known]
     if missing:
-        bounds = [m.bounds(community.timezone) for m in missing]
-        which = case(
-            *((and_(Ticket.created_at >= start, Ticket.created_at < end), i) for i, (start, end) in enumerate(bounds)),
-            else_=literal(-1),
+        # A month at a time (one statement): each reads its own range of the index and nothing is worked out per
+        # ticket to tell which month it is in.
+        query = union_all(
+            *(
+                _sums(
+                    literal(i),
+                    _month_filter(community.id, *m.bounds(community.timezone)),
+                    now,
+                    TREND_FIELDS,
+                    group=False,
+                )
+                for i, m in enumerate(missing)
+            )
         )
-        where = _month_filter(community.id, bounds[0][0], bounds[-1][1])
-        found = await _figures_by(session, which, where, now)
+        found = {row[0]: _figures(row, TREND_FIELDS, now) for row in await session.execute(query)}
         for i, m in enumerate(missing):
             known[m] = found.get(i, Figures())
             if cache is not None and _ended(m, community, now):
@@ -603,9 +611,8 @@ async def _monthly_stats(
     if own_row_only:
         where.append(Ticket.assignee_id == viewer_id)
         previous_where.append(Ticket.assignee_id == viewer_id)
-    current = await _figures_by(session, key, where, now)
-    durations = await _durations(session, key, where)
-    current = {k: durations.get(k, Durations()).medians(f) for k, f in current.items()}
+    current, durations = await _figures_and_durations(session, key, where, now)
+    current = {k: durations[k].medians(f) for k, f in current.items()}
     before = month.shift(-1)
     cached = ("by", community.id, view, before.index, viewer_id if own_row_only else None)
     previous = cache.get(cached, now) if cache else None
