@@ -46,10 +46,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from statistics import median
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy import ColumnElement, Select, String, and_, case, cast, func, literal, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, aliased, raiseload
@@ -325,8 +326,10 @@ def _all_seconds(column: InstrumentedAttribute[int | None]) -> ColumnElement[str
     return func.aggregate_strings(cast(column, String), ",")
 
 
-def _seconds(text: str | None) -> list[int]:
-    return [int(value) for value in text.split(",")] if text else []
+def _seconds(text: str | None) -> Seconds:
+    """The values of :func:`_all_seconds`, parsed in C: a month's tens of thousands cost well under a millisecond,
+    where int() on each cost tens of milliseconds."""
+    return np.fromstring(text, dtype=np.int64, sep=",") if text else NO_SECONDS
 
 
 def _sums(
@@ -363,25 +366,33 @@ async def _figures_by(
     return {row[0]: _figures(row, None, now) for row in await session.execute(_sums(key, where, now))}
 
 
-@dataclass
+Seconds = npt.NDArray[np.int64]
+NO_SECONDS: Seconds = np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
 class Durations:
     """Seconds from filing to the first acceptance, and to the latest resolution, of a row's tickets."""
 
-    accept: list[int] = field(default_factory=list)
-    resolve: list[int] = field(default_factory=list)
+    accept: Seconds
+    resolve: Seconds
 
-    def __iadd__(self, other: Durations) -> Durations:
-        self.accept += other.accept
-        self.resolve += other.resolve
-        return self
+    @classmethod
+    def of(cls, rows: Iterable[Durations]) -> Durations:
+        """All the rows' durations together."""
+        rows = [NO_DURATIONS, *rows]
+        return cls(np.concatenate([r.accept for r in rows]), np.concatenate([r.resolve for r in rows]))
 
     def medians(self, figures: Figures) -> Figures:
         return replace(figures, median_accept=_median(self.accept), median_resolve=_median(self.resolve))
 
 
-def _median(seconds: list[int]) -> timedelta | None:
-    """The middle value (the mean of the two middle ones for an even count)."""
-    return timedelta(seconds=round(median(seconds))) if seconds else None
+NO_DURATIONS = Durations(NO_SECONDS, NO_SECONDS)
+
+
+def _median(seconds: Seconds) -> timedelta | None:
+    """The middle value (the mean of the two middle ones for an even count), found without a full sort."""
+    return timedelta(seconds=round(float(np.median(seconds)))) if len(seconds) else None
 
 
 async def _figures_and_durations(
@@ -628,10 +639,8 @@ async def _monthly_stats(
     rows = _ranked(rows, previous)
     if own_row_only:
         return MonthlyStats(community, month, view, rows, current.get(viewer_id, Figures()), now, own_row_only=True)
-    whole = Durations()
-    for row_durations in durations.values():
-        whole += row_durations
-    total = whole.medians(sum(current.values(), Figures()))  # each ticket is in one row: counts add up
+    # Each ticket is in one row: counts add up.
+    total = Durations.of(durations.values()).medians(sum(current.values(), Figures()))
     grids = rows if view is View.GRID else await _grid_rows(session, community.id, where, now)
     points = await _trend(session, community, month, now, cache) if trend else []
     return MonthlyStats(community, month, view, rows, total, now, grids=grids, trend=points)
