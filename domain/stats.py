@@ -288,8 +288,8 @@ def _per_ticket(now: datetime) -> dict[str, ColumnElement[Any]]:
     }
 
 
-# What the trend needs: the three rates of the chart.
-TREND_FIELDS = ("accepted_in_time", "closed_confirmed", "rated", "satisfied")
+# What the score and the chart need: the three rates. The month before (for the ranking) and the trend count no more.
+SCORE_FIELDS = ("accepted_in_time", "closed_confirmed", "rated", "satisfied")
 
 
 def _key(view: View) -> KeyColumn:
@@ -360,10 +360,15 @@ def _figures(row: Sequence[Any], fields: Sequence[str] | None, now: datetime) ->
 
 
 async def _figures_by(
-    session: AsyncSession, key: KeyColumn, where: Sequence[ColumnElement[bool]], now: datetime
+    session: AsyncSession,
+    key: KeyColumn,
+    where: Sequence[ColumnElement[bool]],
+    now: datetime,
+    fields: Sequence[str] | None = None,
 ) -> dict[Any, Figures]:
-    """The counted figures per value of ``key`` over the tickets ``where`` selects, summed in SQL (no medians)."""
-    return {row[0]: _figures(row, None, now) for row in await session.execute(_sums(key, where, now))}
+    """The counted figures (``fields`` of them, all by default) per value of ``key`` over the tickets ``where``
+    selects, summed in SQL (no medians)."""
+    return {row[0]: _figures(row, fields, now) for row in await session.execute(_sums(key, where, now, fields))}
 
 
 Seconds = npt.NDArray[np.int64]
@@ -435,12 +440,17 @@ def _ended(month: Month, community: CommunityRef, now: datetime) -> bool:
 
 
 async def _trend(
-    session: AsyncSession, community: CommunityRef, month: Month, now: datetime, cache: MonthCache | None
+    session: AsyncSession,
+    community: CommunityRef,
+    month: Month,
+    total: Figures,
+    now: datetime,
+    cache: MonthCache | None,
 ) -> list[TrendPoint]:
-    """The community's figures for the TREND_MONTHS months up to ``month``, in one pass over the tickets of
-    those not in ``cache``."""
+    """The community's figures for the TREND_MONTHS months up to ``month`` (whose ``total`` was just counted), in
+    one statement over the tickets of those not in ``cache``."""
     months = [month.shift(by) for by in range(1 - TREND_MONTHS, 1)]
-    known: dict[Month, Figures] = {}
+    known: dict[Month, Figures] = {month: total}
     for m in months:
         if cache is not None and (hit := cache.get(("trend", community.id, m.index), now)) is not None:
             known[m] = hit
@@ -454,13 +464,13 @@ async def _trend(
                     literal(i),
                     _month_filter(community.id, *m.bounds(community.timezone)),
                     now,
-                    TREND_FIELDS,
+                    SCORE_FIELDS,
                     group=False,
                 )
                 for i, m in enumerate(missing)
             )
         )
-        found = {row[0]: _figures(row, TREND_FIELDS, now) for row in await session.execute(query)}
+        found = {row[0]: _figures(row, SCORE_FIELDS, now) for row in await session.execute(query)}
         for i, m in enumerate(missing):
             known[m] = found.get(i, Figures())
             if cache is not None and _ended(m, community, now):
@@ -628,7 +638,7 @@ async def _monthly_stats(
     cached = ("by", community.id, view, before.index, viewer_id if own_row_only else None)
     previous = cache.get(cached, now) if cache else None
     if previous is None:
-        previous = await _figures_by(session, key, previous_where, now)
+        previous = await _figures_by(session, key, previous_where, now, SCORE_FIELDS)
         if cache is not None and _ended(before, community, now):
             cache.put(cached, previous, now)
     rows = [
@@ -642,7 +652,7 @@ async def _monthly_stats(
     # Each ticket is in one row: counts add up.
     total = Durations.of(durations.values()).medians(sum(current.values(), Figures()))
     grids = rows if view is View.GRID else await _grid_rows(session, community.id, where, now)
-    points = await _trend(session, community, month, now, cache) if trend else []
+    points = await _trend(session, community, month, total, now, cache) if trend else []
     return MonthlyStats(community, month, view, rows, total, now, grids=grids, trend=points)
 
 
