@@ -40,7 +40,7 @@ COLOURS = {Rate.RESPONSE: "#1f77b4", Rate.RESOLUTION: "#2ca02c", Rate.SATISFACTI
 MAX_GRIDS = 20  # a wider chart cannot be read on a phone: the best-ranked grids with tickets
 DPI = 100
 SIZE = (7, 7)  # inches at DPI: 700 × 700 pixels, as wide as a phone shows a photo without zooming
-KEPT = 8  # pictures without data kept (about 2 MB each): one per community, month and language on show
+KEPT = 8  # pictures without data kept (about 4 MB each: canvas and copy): one per community, month and language on show
 
 fontManager.addfont(str(CJK_FONT))
 FONT_NAME = FontProperties(fname=str(CJK_FONT)).get_name()
