@@ -73,3 +73,34 @@ def test_the_font_is_the_packaged_one_not_a_system_font() -> None:
     with rc_context(STYLE):
         assert findfont(FONT_NAME) == str(CJK_FONT)
     assert "site-packages" in str(CJK_FONT) and CJK_FONT.is_file()
+
+
+def test_new_figures_drawn_over_the_kept_picture_look_like_a_chart_drawn_whole() -> None:
+    """The words are drawn once and kept; other figures with the same words are drawn over them. The result must
+    be the very picture matplotlib draws from scratch, pixel for pixel (bars under the frame, legends on top)."""
+    from dataclasses import replace
+    from io import BytesIO
+
+    from matplotlib import rc_context
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image, ImageChops
+
+    first = sample_stats()
+    changed = replace(
+        first,
+        grids=[replace(row, figures=replace(row.figures, closed_confirmed=1)) for row in first.grids],
+        trend=[
+            TrendPoint(p.month, replace(p.figures, satisfied=1, rated=4 if i % 3 else 0))
+            for i, p in enumerate(first.trend)
+        ],
+    )
+    i18n = create_i18n()
+    with i18n.context(), i18n.use_locale("zh_CN"):
+        _png.cache_clear()
+        chart_png(first)  # keeps the picture of these words
+        over_kept = Image.open(BytesIO(chart_png(changed))).convert("RGB")
+        whole = BytesIO()
+        with rc_context(STYLE):
+            FigureCanvasAgg(build_chart(chart_data(changed))).print_png(whole)
+        assert chart_data(changed).words == chart_data(first).words
+    assert ImageChops.difference(over_kept, Image.open(whole).convert("RGB")).getbbox() is None

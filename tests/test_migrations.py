@@ -7,7 +7,7 @@ run ``python -m storage.migrate revision -m "what changed"`` and review the file
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +16,15 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Column, MetaData, String, insert, inspect, select
+from sqlalchemy import Column, MetaData, String, bindparam, column, insert, inspect, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql import table as table_clause
 
 from storage.db import create_engine, create_session_factory
 from storage.migrate import alembic_config, run_alembic, upgrade_database
-from storage.models import Base, Community, Grid, User
+from storage.models import Base, Community, Grid, Ticket, User
 from tests.conftest import BACKENDS, require_postgresql
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
@@ -146,3 +147,54 @@ async def test_downgrade_to_base_and_back(empty_engine: AsyncEngine) -> None:
 
     await upgrade_database(empty_engine)
     assert await current_revision(empty_engine) == HEAD
+
+
+async def test_the_statistics_upgrade_works_out_the_durations_of_earlier_tickets(empty_engine: AsyncEngine) -> None:
+    """0010_stats adds each ticket's durations in whole seconds; tickets filed before it get them from their
+    timestamps, so last months' figures stay right after the upgrade (one not resolved, or reopened, has none)."""
+    await run_alembic(empty_engine, lambda config: command.upgrade(config, "0009_polish"))
+    filed = datetime(2026, 10, 1, 2, 0, tzinfo=UTC)
+    tables = Base.metadata.tables  # their columns as 0009 left them, but for the tickets' two new ones
+    earlier_tickets = table_clause(
+        "tickets",
+        *(column(name) for name in ("id", "community_id", "category_id", "building_id", "grid_id", "reporter_id")),
+        *(column(name) for name in ("description", "status", "level", "created_at", "updated_at")),
+        *(column(name) for name in ("first_accepted_at", "resolved_at")),
+    )
+    at = tables["tickets"].c.created_at.type  # aware datetimes stored as the ORM stores them
+    async with empty_engine.begin() as conn:
+        for name, values in [
+            ("communities", {"id": 1, "code": "jsx", "name": "建设巷社区"}),
+            ("categories", {"id": 1, "community_id": 1, "code": "light", "name": "灯"}),
+            ("compounds", {"id": 1, "community_id": 1, "code": "c1", "name": "小区"}),
+            ("grids", {"id": 1, "community_id": 1, "code": "g1", "name": "第一网格"}),
+            ("buildings", {"id": 1, "compound_id": 1, "grid_id": 1, "code": "b1", "name": "1号楼", "link_key": "k"}),
+            ("users", {"id": 940001, "created_at": filed}),
+        ]:
+            await conn.execute(insert(tables[name]).values(**values))
+        for number, accepted, resolved in [(1, 3620, 36000), (2, 7200, None), (3, None, None)]:
+            await conn.execute(
+                insert(earlier_tickets).values(
+                    id=number,
+                    community_id=1,
+                    category_id=1,
+                    building_id=1,
+                    grid_id=1,
+                    reporter_id=940001,
+                    description="灯不亮",
+                    status="closed" if resolved else "in_progress",
+                    level="grid",
+                    created_at=bindparam(None, filed, type_=at),
+                    updated_at=bindparam(None, filed, type_=at),
+                    first_accepted_at=bindparam(None, accepted and filed + timedelta(seconds=accepted), type_=at),
+                    resolved_at=bindparam(None, resolved and filed + timedelta(seconds=resolved), type_=at),
+                )
+            )
+
+    await upgrade_database(empty_engine)
+
+    async with empty_engine.connect() as conn:
+        durations = (
+            await conn.execute(select(Ticket.id, Ticket.accept_seconds, Ticket.resolve_seconds).order_by(Ticket.id))
+        ).all()
+    assert [tuple(row) for row in durations] == [(1, 3620, 36000), (2, 7200, None), (3, None, None)]

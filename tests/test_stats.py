@@ -329,3 +329,21 @@ async def test_ended_months_are_kept_a_while_the_shown_month_never(
     assert await november_trend() == (6, 2), "October, which has ended, is kept; November is counted afresh"
     clock.advance(minutes=11)
     assert await november_trend() == (7, 2)
+
+
+async def test_the_kept_durations_agree_with_the_timestamps_after_the_story(
+    session_factory: SessionFactory, october: dict[str, int]
+) -> None:
+    """The figures read each ticket's two durations kept as whole seconds, never the timestamps: after acceptance,
+    escalation and send-down, hand-back, reopen (which clears the resolution) and auto-close, they must still be
+    what the timestamps say."""
+    async with session_factory() as session:
+        found = list(await session.scalars(select(Ticket).order_by(Ticket.id)))
+    assert len(found) == 7
+    for ticket in found:
+        accept = ticket.first_accepted_at and round((ticket.first_accepted_at - ticket.created_at).total_seconds())
+        resolve = ticket.resolved_at and round((ticket.resolved_at - ticket.created_at).total_seconds())
+        assert (ticket.accept_seconds, ticket.resolve_seconds) == (accept, resolve), ticket.id
+    t4 = next(t for t in found if t.reopen_count)
+    assert t4.resolve_seconds == 30 * 3600  # the latest resolution, not the one the resident reopened
+    assert sum(t.accept_seconds is None for t in found) == 2  # T6 and T8 were never accepted
