@@ -3,6 +3,7 @@ gets what. The tickets are the hand-computed month of test_stats."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from typing import Any
 
@@ -11,10 +12,18 @@ from aiogram.methods import EditMessageText, SendDocument, SendMessage, SendPhot
 from openpyxl import load_workbook
 
 from bot.callbacks import StatsAction, StatsCb
+from domain import tickets
+from domain.community_file import import_community, load_community_file
 from domain.stats import Month
+from tests.conftest import ROOT
 from tests.fake_telegram import buttons_of, text_of
 from tests.harness import Harness
+from tests.test_routing import report, resident_in
 from tests.test_stats import LI_JUAN, OCTOBER, R1, STAFF_WANG, STREET_CHEN, october
+
+# A second community under the same street office: its staff, its one grid worker and a resident.
+HEPING = ROOT / "tests" / "communities" / "heping.toml"
+HEPING_STAFF, SUN_FANG, HEPING_RESIDENT = 110001, 210001, 940101
 
 # Every test runs on the hand-computed October of test_stats.
 pytestmark = pytest.mark.usefixtures(october.__name__)
@@ -110,3 +119,69 @@ async def test_in_chinese(harness: Harness) -> None:
     text = text_of(of_kind(await wang.send("/stats"), SendMessage)[0])
     assert "2026年10月 · 按网格" in text and "1. <b>第三网格</b> 新上榜 得分 100.0" in text
     assert "受理 3 · 响应 67% · 按时办结 67% · 解决 67% · 满意 50%（均分 3.5）" in text
+
+
+async def second_community(harness: Harness) -> int:
+    """和平里社区 beside the sample, with one ticket of October, accepted after an hour; returns its id."""
+    clock = harness.clock
+    async with harness.sessions() as session:
+        await import_community(session, load_community_file(HEPING), clock())
+    now = clock.now
+    clock.now = datetime(2026, 10, 12, 2, 0, tzinfo=UTC)
+    await resident_in(harness.sessions, clock, HEPING_RESIDENT, "heping/1")
+    filed = await report(harness.sessions, clock, HEPING_RESIDENT, code="lamp")
+    assert filed.decision.assignee is not None and filed.decision.assignee.user_id == SUN_FANG
+    clock.now += timedelta(hours=1)
+    async with harness.sessions() as session:
+        await tickets.accept(session, actor_id=SUN_FANG, ticket_id=filed.ticket.id, now=clock())
+    clock.now = now
+    return filed.ticket.community_id
+
+
+def community_buttons(request: TelegramMethod[Any]) -> list[str]:
+    return [label for label, _ in buttons_of(request) if label.startswith("🏘")]
+
+
+async def test_the_street_office_sees_each_of_its_communities_and_their_staff_only_their_own(
+    harness: Harness,
+) -> None:
+    heping = await second_community(harness)
+    street = harness.person(STREET_CHEN, language="en")
+    message = of_kind(await street.send("/stats"), SendMessage)[0]
+    assert "Jianshexiang" in text_of(message) and "Grid 3" in text_of(message)
+    assert community_buttons(message) == ["🏘 Hepingli Community"]
+    answer = await street.tap([message], "🏘 Hepingli Community")
+    edited = of_kind(answer, EditMessageText)[0]
+    assert "Hepingli" in edited.text and "Hepingli Grid 1" in edited.text and "received 1" in edited.text
+    assert "Grid 3" not in edited.text and community_buttons(edited) == ["🏘 Jianshexiang Community"]
+    document = of_kind(await street.press(stats_button(StatsAction.SPREADSHEET, community=heping)), SendDocument)
+    assert document[0].document.filename == "hpl-2026-10.xlsx"
+    assert of_kind(await street.press(stats_button(StatsAction.CHART, community=heping)), SendPhoto)
+
+    # Each community's staff see their own community, with no way to the other's, forged buttons included.
+    for staff, own, other, other_id in (
+        (STAFF_WANG, "Grid 3", "Hepingli Grid 1", heping),
+        (HEPING_STAFF, "Hepingli Grid 1", "Grid 3", 1),
+    ):
+        person = harness.person(staff, language="en")
+        message = of_kind(await person.send("/stats"), SendMessage)[0]
+        assert own in text_of(message) and other not in text_of(message) and community_buttons(message) == []
+        for action in (StatsAction.SHOW, StatsAction.CHART, StatsAction.SPREADSHEET):
+            answer = await person.press(stats_button(action, community=other_id))
+            assert "only for community staff" in alert(answer)
+            assert not of_kind(answer, EditMessageText) and not of_kind(answer, SendPhoto)
+            assert not of_kind(answer, SendDocument)
+
+
+async def test_a_grid_worker_of_the_second_community_sees_only_their_own_row(harness: Harness) -> None:
+    heping = await second_community(harness)
+    sun_fang = harness.person(SUN_FANG, language="en")
+    message = of_kind(await sun_fang.send("/stats"), SendMessage)[0]
+    text = text_of(message)
+    assert "Your own figures" in text and "孙芳" in text and "received 1 · response 100%" in text
+    assert "Grid 3" not in text and "李娟" not in text and community_buttons(message) == []
+    answer = await sun_fang.press(stats_button(community=1))
+    assert "only for community staff" in alert(answer) and not of_kind(answer, EditMessageText)
+    # And the sample community's worker gets nothing of the second community.
+    answer = await harness.person(LI_JUAN, language="en").press(stats_button(community=heping))
+    assert "only for community staff" in alert(answer) and not of_kind(answer, EditMessageText)
