@@ -12,14 +12,14 @@ from aiogram.methods import EditMessageText, SendDocument, SendMessage, SendPhot
 from openpyxl import load_workbook
 
 from bot.callbacks import StatsAction, StatsCb
-from domain import tickets
+from domain import confirmation, tickets
 from domain.community_file import import_community, load_community_file
 from domain.stats import Month
 from tests.conftest import ROOT
 from tests.fake_telegram import buttons_of, text_of
 from tests.harness import Harness
 from tests.test_routing import report, resident_in
-from tests.test_stats import LI_JUAN, OCTOBER, R1, STAFF_WANG, STREET_CHEN, october
+from tests.test_stats import LI_JUAN, NOVEMBER, OCTOBER, R1, STAFF_WANG, STREET_CHEN, october
 
 # A second community under the same street office: its staff, its one grid worker and a resident.
 HEPING = ROOT / "tests" / "communities" / "heping.toml"
@@ -67,6 +67,35 @@ async def test_staff_get_last_month_ranked_with_the_chart(harness: Harness) -> N
     assert "By worker" in by_worker and "马丽" in by_worker and "张伟" in by_worker
     answer = await wang.press(stats_button(StatsAction.DEFINITIONS))
     assert "Response rate</b>: tickets first accepted within" in text_of(of_kind(answer, SendMessage)[0])
+
+
+async def test_rows_show_places_and_score_moved_since_the_month_before(harness: Harness) -> None:
+    # In November grid 1 does everything right (a light fixed in 2 h, confirmed, rated 5), while grid 3's T8 is
+    # still not accepted: grid 1 climbs from third to first, grid 3 drops from first to second.
+    clock = harness.clock
+    now = clock.now
+    clock.now = datetime(2026, 11, 2, 2, 0, tzinfo=UTC)
+    filed = await report(harness.sessions, clock, R1, code="light")
+    assert filed.decision.assignee is not None and filed.decision.assignee.user_id == LI_JUAN
+    number = filed.ticket.id
+    for step, kwargs, after in (
+        (tickets.accept, {"actor_id": LI_JUAN}, 1),
+        (tickets.resolve, {"actor_id": LI_JUAN, "note": "换了灯泡", "photo": None}, 1),
+        (confirmation.confirm_fixed, {"actor_id": R1}, 0),
+        (confirmation.rate, {"actor_id": R1, "stars": 5}, 0),
+    ):
+        clock.now += timedelta(hours=after)
+        async with harness.sessions() as session:
+            await step(session, ticket_id=number, now=clock(), **kwargs)  # type: ignore[operator]
+    clock.now = now
+
+    wang = harness.person(STAFF_WANG, language="en")
+    answer = await wang.press(stats_button(month=NOVEMBER))
+    text = of_kind(answer, EditMessageText)[0].text
+    # October's scores: grid 1 (2/3 + 2/3 + 1/2) / 3 = 61.1, grid 3 100.0; November's: 100.0 and 0.0.
+    assert "1. <b>Grid 1</b> ↑2 score 100.0 (+38.9)" in text
+    assert "2. <b>Grid 3</b> ↓1 score 0.0 (-100.0)" in text
+    assert text.index("Grid 1") < text.index("Grid 3") < text.index("– <b>Grid 2</b>")
 
 
 async def test_the_spreadsheet_has_the_month_the_ledger_and_the_rates(harness: Harness) -> None:
