@@ -65,6 +65,13 @@ async def test_staff_get_last_month_ranked_with_the_chart(harness: Harness) -> N
     answer = await wang.press(stats_button(view="w"))
     by_worker = of_kind(answer, EditMessageText)[0].text
     assert "By worker" in by_worker and "马丽" in by_worker and "张伟" in by_worker
+    # By category and by compound, with the tap on the view's button (October again).
+    message = of_kind(await wang.send("/stats"), SendMessage)[0]
+    by_category = of_kind(await wang.tap([message], "By category"), EditMessageText)[0]
+    assert "• By category" in str(buttons_of(by_category))
+    assert "Broken street or stairwell light</b>" in by_category.text and "received 5" in by_category.text
+    by_compound = of_kind(await wang.tap([by_category], "By compound"), EditMessageText)[0].text
+    assert "Yinba Compound</b>" in by_compound and "Chaoyang Garden Compound</b>" in by_compound
     answer = await wang.press(stats_button(StatsAction.DEFINITIONS))
     assert "Response rate</b>: tickets first accepted within" in text_of(of_kind(answer, SendMessage)[0])
 
