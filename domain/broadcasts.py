@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import calendar
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -236,6 +236,7 @@ def _recipients(community_id: int, *, public_copy_only: bool = False) -> Select[
 class Started:
     broadcast: Broadcast
     new: bool  # False: it existed already (started by a schedule, another process or staff), nothing queued
+    public_post: bool = False  # new, and also one post in the community's public notice chat
 
 
 # Fills a new broadcast (its content) and queues its messages, inside the transaction that creates it.
@@ -305,7 +306,7 @@ async def start_broadcast(
 
     async def to_residents(session: AsyncSession, community: Community, broadcast: Broadcast, now: datetime) -> None:
         broadcast.content = await broadcast_content(session, community, kind, period, now)
-        public = kind is BroadcastKind.FEEDBACK and community.public_chat_id is not None
+        public = posted_publicly(community, kind)
         await _queue(session, broadcast, _recipients(community_id, public_copy_only=public), now)
         if public:
             await post_publicly(session, community_id, now, broadcast_id=broadcast.id)
@@ -313,6 +314,12 @@ async def start_broadcast(
     return await start_once(
         session, community_id, kind, period, now, to_residents, scheduled_for=scheduled_for, started_by=started_by
     )
+
+
+def posted_publicly(community: Community, kind: BroadcastKind) -> bool:
+    """The execution feedback of a community with a public notice chat is posted there, and goes privately only
+    to the residents who asked for a copy."""
+    return kind is BroadcastKind.FEEDBACK and community.public_chat_id is not None
 
 
 async def queue_survey_invitation(session: AsyncSession, topic: Topic, actor_id: int, now: datetime) -> Broadcast:
@@ -419,9 +426,10 @@ async def preview(session: AsyncSession, viewer_id: int, kind: BroadcastKind, no
 async def send_now(session: AsyncSession, viewer_id: int, kind: BroadcastKind, now: datetime) -> Started:
     """Staff start the current period's broadcast by hand; it is the same broadcast the schedule would send."""
     community = await staff_community(session, viewer_id)
-    return await start_broadcast(
+    started = await start_broadcast(
         session, community.id, kind, period_of(community, kind, now), now, started_by=viewer_id
     )
+    return replace(started, public_post=started.new and posted_publicly(community, kind))
 
 
 @dataclass

@@ -86,9 +86,7 @@ async def staff_action(
             return
         started = await broadcasts.send_now(session, user.id, kind, clock())
         await query.answer()
-        await message.answer(
-            bv.sent_now(started.new, started.broadcast), reply_markup=bv.progress_keyboard(started.broadcast)
-        )
+        await message.answer(bv.sent_now(started), reply_markup=bv.progress_keyboard(started.broadcast))
     except AccessDenied:
         await query.answer(_staff_only(), show_alert=True)
     except DomainError as error:

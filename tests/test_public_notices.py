@@ -11,6 +11,7 @@ from aiogram.methods import GetMe, SendMessage, SendPhoto, TelegramMethod
 from aiogram.types import Chat, ChatMemberLeft, ChatMemberMember, User
 from sqlalchemy import select, update
 
+from bot.callbacks import BroadcastAction, BroadcastCb
 from domain import confirmation, deliberation, tickets
 from domain.broadcasts import start_broadcast
 from domain.community_file import import_community, loads_community
@@ -173,13 +174,17 @@ async def test_with_a_public_chat_only_residents_who_ask_get_a_private_copy_of_t
     assert agenda.broadcast.recipients == 2
     assert to_public_chat(await harness.deliver()) == []
 
-    # Turned off again: no copy.
+    # Turned off again: no copy. Staff sending the feedback by hand are told where it went.
     answer = await copy_asker.tap(await copy_asker.send("/settings"), "No private copy")
     assert "no private copy" in texts(answer)
-    async with harness.sessions() as session:
-        later = await start_broadcast(session, community_id, BroadcastKind.FEEDBACK, "2026-12", clock())
-    assert later.broadcast.recipients == 0
-    assert sent_to(await harness.deliver(), wants_copy) == []
+    clock.advance(days=64)  # 5 January: the feedback about the meeting of 28 December is not out yet
+    staff = harness.person(STAFF_WANG, language="en")
+    queued = await staff.press(BroadcastCb(action=BroadcastAction.SEND_NOW, kind=BroadcastKind.FEEDBACK).pack())
+    assert "Queued for 0 residents" in texts(queued) and "one post in the community's public notice chat" in texts(
+        queued
+    )
+    delivered = await harness.deliver()
+    assert len(to_public_chat(delivered)) == 1 and sent_to(delivered, wants_copy) == []
 
 
 async def test_a_topics_public_notice_is_posted(harness: Harness, clock: FakeClock) -> None:

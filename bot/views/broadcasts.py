@@ -16,7 +16,7 @@ from aiogram.utils.i18n import gettext as _
 from bot import views
 from bot.callbacks import BroadcastAction, BroadcastCb, SettingsAction, SettingsCb, SurveyCb
 from bot.i18n import localized
-from domain.broadcasts import Preview, Progress, ResidentSettings
+from domain.broadcasts import Preview, Progress, ResidentSettings, Started
 from storage.models import Broadcast, BroadcastKind, Community
 
 # Room left under the limit for the closing lines after a cut list.
@@ -227,14 +227,20 @@ def preview_keyboard(preview: Preview) -> InlineKeyboardMarkup:
     return views.inline_keyboard([(_("📨 Send it now"), send)])
 
 
-def sent_now(started_new: bool, broadcast: Broadcast) -> str:
-    if started_new:
-        return _("Queued for {count} residents. It goes out at Telegram's pace; press Progress to follow it.").format(
-            count=broadcast.recipients
+def sent_now(started: Started) -> str:
+    count = started.broadcast.recipients
+    if started.new:
+        text = _("Queued for {count} residents. It goes out at Telegram's pace; press Progress to follow it.").format(
+            count=count
         )
-    return _("This broadcast went out already ({count} residents); it is never sent twice.").format(
-        count=broadcast.recipients
-    )
+    else:
+        text = _("This broadcast went out already ({count} residents); it is never sent twice.").format(count=count)
+    if started.public_post:
+        text += "\n" + _(
+            "It is also one post in the community's public notice chat, so only the residents who asked for a "
+            "private copy get it as a message."
+        )
+    return text
 
 
 def progress_text(progress: Progress) -> str:
