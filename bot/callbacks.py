@@ -126,6 +126,8 @@ class BroadcastCb(CallbackData, prefix="bc"):
 class SettingsAction(StrEnum):
     BROADCASTS_ON = "on"
     BROADCASTS_OFF = "off"
+    PUBLIC_COPY_ON = "pon"  # a private copy of the execution feedback the community posts in its public chat
+    PUBLIC_COPY_OFF = "poff"
 
 
 class SettingsCb(CallbackData, prefix="st"):

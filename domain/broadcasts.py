@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import calendar
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -211,9 +211,10 @@ async def broadcast_content(
 # --- who: recipients ------------------------------------------------------------------------------
 
 
-def _recipients(community_id: int) -> Select[int]:
-    """Residents of the community's buildings who want broadcasts and have not blocked the bot."""
-    return (
+def _recipients(community_id: int, *, public_copy_only: bool = False) -> Select[int]:
+    """Residents of the community's buildings who want broadcasts and have not blocked the bot; with
+    ``public_copy_only``, only those who also asked for a private copy of what the public channel gets."""
+    query = (
         select(User.id)
         .join(Building, Building.id == User.building_id)
         .join(Compound, Compound.id == Building.compound_id)
@@ -225,6 +226,7 @@ def _recipients(community_id: int) -> Select[int]:
         )
         .order_by(User.id)
     )
+    return query.where(User.public_copy.is_(True)) if public_copy_only else query
 
 
 # --- starting one, once ------------------------------------------------------------------------------
@@ -234,6 +236,7 @@ def _recipients(community_id: int) -> Select[int]:
 class Started:
     broadcast: Broadcast
     new: bool  # False: it existed already (started by a schedule, another process or staff), nothing queued
+    public_post: bool = False  # new, and also one post in the community's public notice chat
 
 
 # Fills a new broadcast (its content) and queues its messages, inside the transaction that creates it.
@@ -297,18 +300,26 @@ async def start_broadcast(
 ) -> Started:
     """Queue the monthly broadcast for every recipient, unless it exists for this community, kind and period.
 
-    The execution feedback also goes to the community's public notice chat, when it has one, as one post.
+    A community with a public notice chat gets the execution feedback there as one post, instead of a private
+    message to every resident: only the residents who asked for a private copy too (/settings) get one.
     """
 
     async def to_residents(session: AsyncSession, community: Community, broadcast: Broadcast, now: datetime) -> None:
         broadcast.content = await broadcast_content(session, community, kind, period, now)
-        await _queue(session, broadcast, _recipients(community_id), now)
-        if kind is BroadcastKind.FEEDBACK:
+        public = posted_publicly(community, kind)
+        await _queue(session, broadcast, _recipients(community_id, public_copy_only=public), now)
+        if public:
             await post_publicly(session, community_id, now, broadcast_id=broadcast.id)
 
     return await start_once(
         session, community_id, kind, period, now, to_residents, scheduled_for=scheduled_for, started_by=started_by
     )
+
+
+def posted_publicly(community: Community, kind: BroadcastKind) -> bool:
+    """The execution feedback of a community with a public notice chat is posted there, and goes privately only
+    to the residents who asked for a copy."""
+    return kind is BroadcastKind.FEEDBACK and community.public_chat_id is not None
 
 
 async def queue_survey_invitation(session: AsyncSession, topic: Topic, actor_id: int, now: datetime) -> Broadcast:
@@ -415,9 +426,10 @@ async def preview(session: AsyncSession, viewer_id: int, kind: BroadcastKind, no
 async def send_now(session: AsyncSession, viewer_id: int, kind: BroadcastKind, now: datetime) -> Started:
     """Staff start the current period's broadcast by hand; it is the same broadcast the schedule would send."""
     community = await staff_community(session, viewer_id)
-    return await start_broadcast(
+    started = await start_broadcast(
         session, community.id, kind, period_of(community, kind, now), now, started_by=viewer_id
     )
+    return replace(started, public_post=started.new and posted_publicly(community, kind))
 
 
 @dataclass
@@ -482,21 +494,55 @@ async def latest_broadcasts(session: AsyncSession, viewer_id: int, limit: int = 
         )
 
 
-# --- residents: opting out --------------------------------------------------------------------------
+# --- residents: opting out, and in to a private copy of the public notices ----------------------------------
 
 
-async def broadcasts_wanted(session: AsyncSession, user_id: int) -> bool:
+@dataclass(frozen=True)
+class ResidentSettings:
+    broadcasts: bool  # the monthly agenda and execution feedback (on unless turned off)
+    public_chat: bool  # their community posts the execution feedback in its public notice chat
+    public_copy: bool  # ... and they asked for a private copy of it too
+
+
+async def _settings_of(session: AsyncSession, user_id: int) -> ResidentSettings:
+    user = await session.get(User, user_id)
+    if user is None:
+        raise NotFound(user_id)
+    public_chat = None
+    if user.building_id is not None:
+        public_chat = await session.scalar(
+            select(Community.public_chat_id)
+            .join(Compound, Compound.community_id == Community.id)
+            .join(Building, Building.compound_id == Compound.id)
+            .where(Building.id == user.building_id)
+        )
+    return ResidentSettings(not user.broadcasts_off, public_chat is not None, user.public_copy)
+
+
+async def resident_settings(session: AsyncSession, user_id: int) -> ResidentSettings:
     async with session.begin():
-        user = await session.get(User, user_id)
-        if user is None:
-            raise NotFound(user_id)
-        return not user.broadcasts_off
+        return await _settings_of(session, user_id)
 
 
-async def set_broadcasts(session: AsyncSession, user_id: int, wanted: bool) -> None:
+async def set_broadcasts(session: AsyncSession, user_id: int, wanted: bool) -> ResidentSettings:
     """Turn the monthly broadcasts on or off; notices about one's own reports still come."""
     async with session.begin():
         user = await session.get(User, user_id)
         if user is None:
             raise NotFound(user_id)
         user.broadcasts_off = not wanted
+        return await _settings_of(session, user_id)
+
+
+async def set_public_copy(session: AsyncSession, user_id: int, wanted: bool) -> ResidentSettings:
+    """Ask for (or stop) a private copy of the execution feedback that the community posts publicly.
+
+    Kept whatever the community does: it counts only while the community has a public notice chat (without one,
+    everyone who wants broadcasts gets the feedback privately anyway).
+    """
+    async with session.begin():
+        user = await session.get(User, user_id)
+        if user is None:
+            raise NotFound(user_id)
+        user.public_copy = wanted
+        return await _settings_of(session, user_id)

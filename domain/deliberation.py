@@ -583,8 +583,13 @@ async def survey_results(session: AsyncSession, *, actor_id: int, topic_id: int)
         for option, count in rows:
             if 0 <= option < len(counts):
                 counts[option] = count
+        # Households still on record: one that moved out of the register after voting keeps its vote in the
+        # totals (it was cast by a verified household) but is no longer one of the households in scope.
         voted = await session.scalar(
-            select(func.count()).where(SurveyVote.topic_id == topic_id, SurveyVote.household_id.is_not(None))
+            select(func.count())
+            .select_from(SurveyVote)
+            .join(Household, Household.id == SurveyVote.household_id)
+            .where(SurveyVote.topic_id == topic_id, Household.active.is_(True))
         )
         return SurveyResults(topic, counts, int(voted or 0), await _households_in_scope(session, topic))
 

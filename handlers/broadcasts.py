@@ -27,17 +27,28 @@ def _staff_only() -> str:
 
 @router.message(Command("settings"))
 async def show_settings(message: Message, session: AsyncSession, user: Person) -> None:
-    wanted = await broadcasts.broadcasts_wanted(session, user.id)
-    await message.answer(bv.settings_text(wanted), reply_markup=bv.settings_keyboard(wanted))
+    settings = await broadcasts.resident_settings(session, user.id)
+    await message.answer(bv.settings_text(settings), reply_markup=bv.settings_keyboard(settings))
 
 
 @router.callback_query(SettingsCb.filter())
 async def change_settings(query: CallbackQuery, callback_data: SettingsCb, session: AsyncSession, user: Person) -> None:
-    wanted = callback_data.action is SettingsAction.BROADCASTS_ON
-    await broadcasts.set_broadcasts(session, user.id, wanted)
-    await query.answer(_("Monthly broadcasts turned on.") if wanted else _("Monthly broadcasts turned off."))
+    match callback_data.action:
+        case SettingsAction.BROADCASTS_ON | SettingsAction.BROADCASTS_OFF:
+            wanted = callback_data.action is SettingsAction.BROADCASTS_ON
+            settings = await broadcasts.set_broadcasts(session, user.id, wanted)
+            done = _("Monthly broadcasts turned on.") if wanted else _("Monthly broadcasts turned off.")
+        case SettingsAction.PUBLIC_COPY_ON | SettingsAction.PUBLIC_COPY_OFF:
+            wanted = callback_data.action is SettingsAction.PUBLIC_COPY_ON
+            settings = await broadcasts.set_public_copy(session, user.id, wanted)
+            done = (
+                _("You will get a private copy of the execution feedback.")
+                if wanted
+                else _("The execution feedback stays in the public channel; no private copy.")
+            )
+    await query.answer(done)
     # From a broadcast's own button, the broadcast stays; the settings come as a new message.
-    await chat_of(query).answer(bv.settings_text(wanted), reply_markup=bv.settings_keyboard(wanted))
+    await chat_of(query).answer(bv.settings_text(settings), reply_markup=bv.settings_keyboard(settings))
 
 
 @router.message(Command("broadcasts"))
@@ -75,9 +86,7 @@ async def staff_action(
             return
         started = await broadcasts.send_now(session, user.id, kind, clock())
         await query.answer()
-        await message.answer(
-            bv.sent_now(started.new, started.broadcast), reply_markup=bv.progress_keyboard(started.broadcast)
-        )
+        await message.answer(bv.sent_now(started), reply_markup=bv.progress_keyboard(started.broadcast))
     except AccessDenied:
         await query.answer(_staff_only(), show_alert=True)
     except DomainError as error:

@@ -334,6 +334,9 @@ class User(Base):
     unreachable_at: Mapped[datetime | None] = mapped_column(default=None)
     # The resident turned the monthly agenda and feedback broadcasts off (/settings); personal notices still come.
     broadcasts_off: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Where the community posts the execution feedback in its public channel, residents get it there and not
+    # privately, unless they asked for a private copy too (/settings).
+    public_copy: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # The "/" command menu Telegram shows this person, as the bot last set it for their chat (domain/menus.py);
     # None: the residents' menu that every private chat has.
     command_menu: Mapped[str | None] = mapped_column(String(16), default=None)

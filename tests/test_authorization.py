@@ -393,6 +393,8 @@ OPEN_TO_EVERYONE = {
     "LanguageCb": "one's own language",
     "SettingsCb.BROADCASTS_ON": "one's own broadcast setting",
     "SettingsCb.BROADCASTS_OFF": "one's own broadcast setting",
+    "SettingsCb.PUBLIC_COPY_ON": "one's own broadcast setting",
+    "SettingsCb.PUBLIC_COPY_OFF": "one's own broadcast setting",
     "PlaceCb.COMMUNITY": "lists the compounds anyone may live in",
     "PlaceCb.COMPOUND": "lists the buildings anyone may live in",
     "PlaceCb.BUILDING": "binds the presser to where they live",

@@ -29,7 +29,7 @@ from bot.callbacks import (
     TopicAction,
     TopicCb,
 )
-from domain import deliberation
+from domain import confirmation, deliberation
 from domain.community_file import CommunityFileError, load_community_file, loads_community
 from domain.households import normalise_phone, phone_digest
 from domain.register import Problem, RegisterFileError, import_register
@@ -151,6 +151,69 @@ async def test_register_import_repeated_and_moved_out(harness: Harness, caplog: 
     for digits in ("13895000101", "13895000102", "5012345"):
         assert digits not in "\n".join(dump)
         assert digits not in caplog.text
+
+
+async def test_a_household_that_moved_out_keeps_its_tickets_follow_ups_and_votes(harness: Harness) -> None:
+    """Moved out of the register: no longer verified, and nothing else breaks. Her open ticket is worked and she
+    is told, it closes unconfirmed in time; the ticket she joined still tells her and closes on a verified
+    neighbour's word; her vote stays in the totals but her household leaves the turnout; staff's counts move."""
+    await speak_english(harness, LI_JUAN, MA_LI)
+    await import_sample_register(harness)
+    guilan, neighbour = await resident(harness, MA_GUILAN), await resident(harness, NEIGHBOUR)
+    await share_phone(guilan, GUILAN_PHONE)  # 101
+    await share_phone(neighbour, "13895000103")  # 102, 杨建华's number
+    topic_id = await open_survey(harness)
+    await guilan.press(SurveyCb(topic_id=topic_id, option=0).pack())
+    await neighbour.press(SurveyCb(topic_id=topic_id, option=1).pack())
+    own = await report(guilan, "Drain by the door")
+    joined = await report(neighbour, "Drain in the yard")
+    answer = await guilan.tap(await guilan.tap(await guilan.send("/report"), "Blocked drain"), f"#{joined}")
+    assert "joined ticket" in texts(answer)
+    await harness.deliver()
+
+    staff = harness.person(STAFF_WANG, language="en")
+    await staff.send("/register")
+    without_101 = b"\n".join(line for line in SAMPLE_REGISTER.split(b"\n") if b",101," not in line)
+    assert "1 residents are no longer verified" in texts(await staff.send_document(without_101, "register.csv"))
+    assert await status_of(harness, MA_GUILAN) == [VerificationStatus.MOVED_OUT]
+    assert "Yinba Compound Building 1: 3 · ✅ 1 / ⏳ 0 / ❔ 1" in texts(await staff.send("/households"))
+
+    # Her own ticket goes on: the worker accepts and resolves it, and she is told and asked, as before.
+    async with harness.sessions() as session:
+        holders = {t.id: t.assignee_id for t in await session.scalars(select(Ticket))}
+    for number in (own, joined):
+        worker = harness.person(holders[number] or 0, language="en")
+        await worker.press(TicketCb(action=TicketAction.ACCEPT, ticket_id=number).pack())
+        await worker.press(TicketCb(action=TicketAction.RESOLVE, ticket_id=number).pack())
+        await worker.send("Cleared")
+    told = sent_to(await harness.deliver(), MA_GUILAN)
+    assert f"#{own}" in texts(told) and f"#{joined}" in texts(told) and "Is it fixed" in texts(told)
+    # She no longer speaks for a household: her answer is refused, for both tickets, and nothing changes.
+    for number in (own, joined):
+        refused = await guilan.press(FeedbackCb(action=FeedbackAction.FIXED, ticket_id=number).pack())
+        assert alerted(refused) and "Only a verified household" in texts(refused)
+    listing = texts(await guilan.send("/my"))
+    assert f"#{own}" in listing and f"#{joined}" in listing
+    # The verified neighbour closes the ticket they share; hers closes unconfirmed after the usual wait.
+    answer = await neighbour.press(FeedbackCb(action=FeedbackAction.FIXED, ticket_id=joined).pack())
+    assert "How satisfied" in texts(answer)
+    harness.clock.advance(days=8)
+    async with harness.sessions() as session:
+        await confirmation.close_unconfirmed(session, harness.clock())
+    async with harness.sessions() as session:
+        statuses = {t.id: t.status for t in await session.scalars(select(Ticket))}
+        assert await session.scalar(select(func.count()).select_from(TicketFollower)) == 1  # she still follows
+    assert statuses == {own: TicketStatus.UNCONFIRMED, joined: TicketStatus.CLOSED}
+    assert f"#{own}" in texts(sent_to(await harness.deliver(), MA_GUILAN))
+
+    # Her vote was a verified household's: it stays in the totals, but 101 is no longer a household in scope.
+    results = await staff.press(TopicCb(action=TopicAction.RESULTS, topic_id=topic_id).pack())
+    assert "1. 3号楼东侧: 1" in texts(results) and "2. 小区南门: 1" in texts(results)
+    assert "Turnout: 1 of 6 households on record voted" in texts(results)
+    shown = await guilan.press(SurveyCb(topic_id=topic_id).pack())
+    assert "Only verified households vote" in texts(shown) and not callbacks(shown)
+    assert alerted(await guilan.press(SurveyCb(topic_id=topic_id, option=1).pack()))
+    assert sorted(await votes(harness)) == [(0, MA_GUILAN), (1, NEIGHBOUR)]
 
 
 async def test_a_register_with_mistakes_imports_nothing_and_names_each_line(harness: Harness) -> None:

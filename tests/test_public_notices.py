@@ -3,6 +3,7 @@ and, when switched on, closed tickets, as one post each, never who reported; ret
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from typing import Any
 
@@ -10,6 +11,7 @@ from aiogram.methods import GetMe, SendMessage, SendPhoto, TelegramMethod
 from aiogram.types import Chat, ChatMemberLeft, ChatMemberMember, User
 from sqlalchemy import select, update
 
+from bot.callbacks import BroadcastAction, BroadcastCb
 from domain import confirmation, deliberation, tickets
 from domain.broadcasts import start_broadcast
 from domain.community_file import import_community, loads_community
@@ -17,9 +19,10 @@ from domain.outbox import Notice
 from storage.models import BroadcastKind, Community, OutboxMessage, Topic, TopicSource, TopicStatus, TopicTask
 from storage.models import User as UserRecord
 from tests.conftest import SAMPLE_COMMUNITY, FakeClock
-from tests.fake_telegram import SERVER_ERROR, text_of
+from tests.fake_telegram import SERVER_ERROR, buttons_of, sent_to, text_of
 from tests.harness import Harness
 from tests.households import verify_household
+from tests.test_escalation import texts
 from tests.test_odd_input import membership
 from tests.test_routing import report, resident_in
 
@@ -34,6 +37,10 @@ async def with_public_chat(harness: Harness, clock: FakeClock, closed_tickets: b
     )
     async with harness.sessions() as session:
         await import_community(session, loads_community(text), clock())
+
+
+def buttons(requests: list[TelegramMethod[Any]]) -> list[str]:
+    return [label for request in requests for label, _ in buttons_of(request)]
 
 
 def to_public_chat(requests: list[TelegramMethod[Any]]) -> list[Any]:
@@ -111,6 +118,73 @@ async def test_the_execution_feedback_is_one_post_and_is_retried(harness: Harnes
     async with harness.sessions() as session:
         rows = list(await session.scalars(select(OutboxMessage).where(OutboxMessage.chat_id == PUBLIC_CHAT)))
     assert [(r.kind, r.status, r.attempts) for r in rows] == [(Notice.PUBLIC_POST, "sent", 1)]
+
+
+async def test_with_a_public_chat_only_residents_who_ask_get_a_private_copy_of_the_feedback(
+    harness: Harness, clock: FakeClock
+) -> None:
+    wants_copy, reads_channel, turned_off = 950011, 950012, 950013
+    for user_id in (wants_copy, reads_channel, turned_off):
+        await resident_in(harness.sessions, clock, user_id, "yinba/11")
+    copy_asker = harness.person(wants_copy, language="en")
+    await copy_asker.tap(await copy_asker.send("/settings"), "Turn off")
+    async with harness.sessions() as session:
+        community_id = await session.scalar(select(Community.id))
+    assert community_id is not None
+
+    # Without a public chat there is nothing to copy: no such button, and everyone who wants it gets it privately.
+    settings = await harness.person(reads_channel, language="en").send("/settings")
+    assert "public" not in texts(settings) and "private copy" not in str(buttons(settings))
+    await copy_asker.tap(await copy_asker.send("/settings"), "Turn on")
+    async with harness.sessions() as session:
+        await start_broadcast(session, community_id, BroadcastKind.FEEDBACK, "2026-10", clock())
+    delivered = await harness.deliver()
+    assert to_public_chat(delivered) == []
+    for user_id in (wants_copy, reads_channel, turned_off):
+        assert re.search("Execution feedback|执行反馈", texts(sent_to(delivered, user_id)))
+
+    # With one: the feedback is one public post; a resident asks for a private copy in /settings, another
+    # does not, a third turned the broadcasts off and asked for a copy before (off wins).
+    await with_public_chat(harness, clock)
+    off = harness.person(turned_off, language="en")
+    await off.tap(await off.send("/settings"), "Send me a private copy")
+    await off.tap(await off.send("/settings"), "Turn off")
+    settings = await copy_asker.send("/settings")
+    assert "public notice channel" in texts(settings) and "A private copy: <b>off</b>" in texts(settings)
+    answer = await copy_asker.tap(settings, "Send me a private copy")
+    assert "You will get a private copy" in texts(answer) and "A private copy: <b>on</b>" in texts(answer)
+    async with harness.sessions() as session:
+        stored = await session.get(UserRecord, wants_copy)
+        assert stored is not None and stored.public_copy and not stored.broadcasts_off
+    channel = harness.person(reads_channel)  # Chinese
+    assert "私下" in texts(await channel.send("/settings"))
+
+    async with harness.sessions() as session:
+        started = await start_broadcast(session, community_id, BroadcastKind.FEEDBACK, "2026-11", clock())
+    assert started.broadcast.recipients == 1
+    delivered = await harness.deliver()
+    [post] = to_public_chat(delivered)
+    assert "执行反馈" in post.text and "/settings" in post.text and post.reply_markup is None
+    assert "Execution feedback" in texts(sent_to(delivered, wants_copy))
+    assert sent_to(delivered, reads_channel) == [] and sent_to(delivered, turned_off) == []
+
+    # The agenda is not posted publicly: it still goes to everyone who wants broadcasts.
+    async with harness.sessions() as session:
+        agenda = await start_broadcast(session, community_id, BroadcastKind.AGENDA, "2026-12", clock())
+    assert agenda.broadcast.recipients == 2
+    assert to_public_chat(await harness.deliver()) == []
+
+    # Turned off again: no copy. Staff sending the feedback by hand are told where it went.
+    answer = await copy_asker.tap(await copy_asker.send("/settings"), "No private copy")
+    assert "no private copy" in texts(answer)
+    clock.advance(days=64)  # 5 January: the feedback about the meeting of 28 December is not out yet
+    staff = harness.person(STAFF_WANG, language="en")
+    queued = await staff.press(BroadcastCb(action=BroadcastAction.SEND_NOW, kind=BroadcastKind.FEEDBACK).pack())
+    assert "Queued for 0 residents" in texts(queued) and "one post in the community's public notice chat" in texts(
+        queued
+    )
+    delivered = await harness.deliver()
+    assert len(to_public_chat(delivered)) == 1 and sent_to(delivered, wants_copy) == []
 
 
 async def test_a_topics_public_notice_is_posted(harness: Harness, clock: FakeClock) -> None:

@@ -3,6 +3,7 @@ gets what. The tickets are the hand-computed month of test_stats."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from typing import Any
 
@@ -11,10 +12,18 @@ from aiogram.methods import EditMessageText, SendDocument, SendMessage, SendPhot
 from openpyxl import load_workbook
 
 from bot.callbacks import StatsAction, StatsCb
+from domain import confirmation, tickets
+from domain.community_file import import_community, load_community_file
 from domain.stats import Month
+from tests.conftest import ROOT
 from tests.fake_telegram import buttons_of, text_of
 from tests.harness import Harness
-from tests.test_stats import LI_JUAN, OCTOBER, R1, STAFF_WANG, STREET_CHEN, october
+from tests.test_routing import report, resident_in
+from tests.test_stats import LI_JUAN, NOVEMBER, OCTOBER, R1, STAFF_WANG, STREET_CHEN, october
+
+# A second community under the same street office: its staff, its one grid worker and a resident.
+HEPING = ROOT / "tests" / "communities" / "heping.toml"
+HEPING_STAFF, SUN_FANG, HEPING_RESIDENT = 110001, 210001, 940101
 
 # Every test runs on the hand-computed October of test_stats.
 pytestmark = pytest.mark.usefixtures(october.__name__)
@@ -56,8 +65,44 @@ async def test_staff_get_last_month_ranked_with_the_chart(harness: Harness) -> N
     answer = await wang.press(stats_button(view="w"))
     by_worker = of_kind(answer, EditMessageText)[0].text
     assert "By worker" in by_worker and "马丽" in by_worker and "张伟" in by_worker
+    # By category and by compound, with the tap on the view's button (October again).
+    message = of_kind(await wang.send("/stats"), SendMessage)[0]
+    by_category = of_kind(await wang.tap([message], "By category"), EditMessageText)[0]
+    assert "• By category" in str(buttons_of(by_category))
+    assert "Broken street or stairwell light</b>" in by_category.text and "received 5" in by_category.text
+    by_compound = of_kind(await wang.tap([by_category], "By compound"), EditMessageText)[0].text
+    assert "Yinba Compound</b>" in by_compound and "Chaoyang Garden Compound</b>" in by_compound
     answer = await wang.press(stats_button(StatsAction.DEFINITIONS))
     assert "Response rate</b>: tickets first accepted within" in text_of(of_kind(answer, SendMessage)[0])
+
+
+async def test_rows_show_places_and_score_moved_since_the_month_before(harness: Harness) -> None:
+    # In November grid 1 does everything right (a light fixed in 2 h, confirmed, rated 5), while grid 3's T8 is
+    # still not accepted: grid 1 climbs from third to first, grid 3 drops from first to second.
+    clock = harness.clock
+    now = clock.now
+    clock.now = datetime(2026, 11, 2, 2, 0, tzinfo=UTC)
+    filed = await report(harness.sessions, clock, R1, code="light")
+    assert filed.decision.assignee is not None and filed.decision.assignee.user_id == LI_JUAN
+    number = filed.ticket.id
+    for step, kwargs, after in (
+        (tickets.accept, {"actor_id": LI_JUAN}, 1),
+        (tickets.resolve, {"actor_id": LI_JUAN, "note": "换了灯泡", "photo": None}, 1),
+        (confirmation.confirm_fixed, {"actor_id": R1}, 0),
+        (confirmation.rate, {"actor_id": R1, "stars": 5}, 0),
+    ):
+        clock.now += timedelta(hours=after)
+        async with harness.sessions() as session:
+            await step(session, ticket_id=number, now=clock(), **kwargs)  # type: ignore[operator]
+    clock.now = now
+
+    wang = harness.person(STAFF_WANG, language="en")
+    answer = await wang.press(stats_button(month=NOVEMBER))
+    text = of_kind(answer, EditMessageText)[0].text
+    # October's scores: grid 1 (2/3 + 2/3 + 1/2) / 3 = 61.1, grid 3 100.0; November's: 100.0 and 0.0.
+    assert "1. <b>Grid 1</b> ↑2 score 100.0 (+38.9)" in text
+    assert "2. <b>Grid 3</b> ↓1 score 0.0 (-100.0)" in text
+    assert text.index("Grid 1") < text.index("Grid 3") < text.index("– <b>Grid 2</b>")
 
 
 async def test_the_spreadsheet_has_the_month_the_ledger_and_the_rates(harness: Harness) -> None:
@@ -110,3 +155,69 @@ async def test_in_chinese(harness: Harness) -> None:
     text = text_of(of_kind(await wang.send("/stats"), SendMessage)[0])
     assert "2026年10月 · 按网格" in text and "1. <b>第三网格</b> 新上榜 得分 100.0" in text
     assert "受理 3 · 响应 67% · 按时办结 67% · 解决 67% · 满意 50%（均分 3.5）" in text
+
+
+async def second_community(harness: Harness) -> int:
+    """和平里社区 beside the sample, with one ticket of October, accepted after an hour; returns its id."""
+    clock = harness.clock
+    async with harness.sessions() as session:
+        await import_community(session, load_community_file(HEPING), clock())
+    now = clock.now
+    clock.now = datetime(2026, 10, 12, 2, 0, tzinfo=UTC)
+    await resident_in(harness.sessions, clock, HEPING_RESIDENT, "heping/1")
+    filed = await report(harness.sessions, clock, HEPING_RESIDENT, code="lamp")
+    assert filed.decision.assignee is not None and filed.decision.assignee.user_id == SUN_FANG
+    clock.now += timedelta(hours=1)
+    async with harness.sessions() as session:
+        await tickets.accept(session, actor_id=SUN_FANG, ticket_id=filed.ticket.id, now=clock())
+    clock.now = now
+    return filed.ticket.community_id
+
+
+def community_buttons(request: TelegramMethod[Any]) -> list[str]:
+    return [label for label, _ in buttons_of(request) if label.startswith("🏘")]
+
+
+async def test_the_street_office_sees_each_of_its_communities_and_their_staff_only_their_own(
+    harness: Harness,
+) -> None:
+    heping = await second_community(harness)
+    street = harness.person(STREET_CHEN, language="en")
+    message = of_kind(await street.send("/stats"), SendMessage)[0]
+    assert "Jianshexiang" in text_of(message) and "Grid 3" in text_of(message)
+    assert community_buttons(message) == ["🏘 Hepingli Community"]
+    answer = await street.tap([message], "🏘 Hepingli Community")
+    edited = of_kind(answer, EditMessageText)[0]
+    assert "Hepingli" in edited.text and "Hepingli Grid 1" in edited.text and "received 1" in edited.text
+    assert "Grid 3" not in edited.text and community_buttons(edited) == ["🏘 Jianshexiang Community"]
+    document = of_kind(await street.press(stats_button(StatsAction.SPREADSHEET, community=heping)), SendDocument)
+    assert document[0].document.filename == "hpl-2026-10.xlsx"
+    assert of_kind(await street.press(stats_button(StatsAction.CHART, community=heping)), SendPhoto)
+
+    # Each community's staff see their own community, with no way to the other's, forged buttons included.
+    for staff, own, other, other_id in (
+        (STAFF_WANG, "Grid 3", "Hepingli Grid 1", heping),
+        (HEPING_STAFF, "Hepingli Grid 1", "Grid 3", 1),
+    ):
+        person = harness.person(staff, language="en")
+        message = of_kind(await person.send("/stats"), SendMessage)[0]
+        assert own in text_of(message) and other not in text_of(message) and community_buttons(message) == []
+        for action in (StatsAction.SHOW, StatsAction.CHART, StatsAction.SPREADSHEET):
+            answer = await person.press(stats_button(action, community=other_id))
+            assert "only for community staff" in alert(answer)
+            assert not of_kind(answer, EditMessageText) and not of_kind(answer, SendPhoto)
+            assert not of_kind(answer, SendDocument)
+
+
+async def test_a_grid_worker_of_the_second_community_sees_only_their_own_row(harness: Harness) -> None:
+    heping = await second_community(harness)
+    sun_fang = harness.person(SUN_FANG, language="en")
+    message = of_kind(await sun_fang.send("/stats"), SendMessage)[0]
+    text = text_of(message)
+    assert "Your own figures" in text and "孙芳" in text and "received 1 · response 100%" in text
+    assert "Grid 3" not in text and "李娟" not in text and community_buttons(message) == []
+    answer = await sun_fang.press(stats_button(community=1))
+    assert "only for community staff" in alert(answer) and not of_kind(answer, EditMessageText)
+    # And the sample community's worker gets nothing of the second community.
+    answer = await harness.person(LI_JUAN, language="en").press(stats_button(community=heping))
+    assert "only for community staff" in alert(answer) and not of_kind(answer, EditMessageText)

@@ -225,7 +225,7 @@ class Renderer:
             community = await session.get(Community, broadcast.community_id) if broadcast else None
             if broadcast is None or community is None:
                 return None
-            text = broadcast_views.broadcast_text(community, broadcast.kind, broadcast.period, broadcast.content)
+            text = broadcast_views.feedback_text(community, broadcast.period, broadcast.content, public=True)
             return SendMessage(chat_id=row.chat_id, text=text)
         if "topic_id" in row.payload:
             topic = await session.get(Topic, row.payload["topic_id"])

@@ -16,7 +16,7 @@ from aiogram.utils.i18n import gettext as _
 from bot import views
 from bot.callbacks import BroadcastAction, BroadcastCb, SettingsAction, SettingsCb, SurveyCb
 from bot.i18n import localized
-from domain.broadcasts import Preview, Progress
+from domain.broadcasts import Preview, Progress, ResidentSettings, Started
 from storage.models import Broadcast, BroadcastKind, Community
 
 # Room left under the limit for the closing lines after a cut list.
@@ -74,7 +74,8 @@ def agenda_text(community: Community, content: dict[str, Any]) -> str:
     return _fit(head, items, tail)
 
 
-def feedback_text(community: Community, period: str, content: dict[str, Any]) -> str:
+def feedback_text(community: Community, period: str, content: dict[str, Any], *, public: bool = False) -> str:
+    """The execution feedback; ``public``: the post in the community's public notice chat."""
     head = [
         _("📣 <b>Execution feedback · {community}</b>").format(community=escape(localized(community))),
         _("About the meeting of {when}").format(when=_meeting(content)),
@@ -117,8 +118,12 @@ def feedback_text(community: Community, period: str, content: dict[str, Any]) ->
                 score=tickets["satisfaction"], count=tickets["rated"]
             )
         )
-    tail.append(_settings_hint())
+    tail.append(_public_copy_hint() if public else _settings_hint())
     return _fit(head, items, tail)
+
+
+def _public_copy_hint() -> str:
+    return _("<i>Residents who want a private copy: /settings in a private chat with the bot.</i>")
 
 
 def _settings_hint() -> str:
@@ -222,14 +227,20 @@ def preview_keyboard(preview: Preview) -> InlineKeyboardMarkup:
     return views.inline_keyboard([(_("📨 Send it now"), send)])
 
 
-def sent_now(started_new: bool, broadcast: Broadcast) -> str:
-    if started_new:
-        return _("Queued for {count} residents. It goes out at Telegram's pace; press Progress to follow it.").format(
-            count=broadcast.recipients
+def sent_now(started: Started) -> str:
+    count = started.broadcast.recipients
+    if started.new:
+        text = _("Queued for {count} residents. It goes out at Telegram's pace; press Progress to follow it.").format(
+            count=count
         )
-    return _("This broadcast went out already ({count} residents); it is never sent twice.").format(
-        count=broadcast.recipients
-    )
+    else:
+        text = _("This broadcast went out already ({count} residents); it is never sent twice.").format(count=count)
+    if started.public_post:
+        text += "\n" + _(
+            "It is also one post in the community's public notice chat, so only the residents who asked for a "
+            "private copy get it as a message."
+        )
+    return text
 
 
 def progress_text(progress: Progress) -> str:
@@ -268,15 +279,31 @@ def progress_keyboard(broadcast: Broadcast) -> InlineKeyboardMarkup:
 # --- residents: /settings ----------------------------------------------------------------------------
 
 
-def settings_text(wanted: bool) -> str:
-    state = _("on") if wanted else _("off")
-    return _(
-        "⚙️ <b>Settings</b>\nMonthly agenda and execution feedback: <b>{state}</b>.\n"
-        "News about your own reports always comes."
-    ).format(state=state)
+def settings_text(settings: ResidentSettings) -> str:
+    state = _("on") if settings.broadcasts else _("off")
+    lines = [
+        _(
+            "⚙️ <b>Settings</b>\nMonthly agenda and execution feedback: <b>{state}</b>.\n"
+            "News about your own reports always comes."
+        ).format(state=state)
+    ]
+    if settings.public_chat and settings.broadcasts:
+        copy = _("on") if settings.public_copy else _("off")
+        lines.append(
+            _(
+                "Your community posts the execution feedback in its public notice channel, so it does not come "
+                "here as well. A private copy: <b>{state}</b>."
+            ).format(state=copy)
+        )
+    return "\n\n".join(lines)
 
 
-def settings_keyboard(wanted: bool) -> InlineKeyboardMarkup:
-    if wanted:
-        return views.inline_keyboard([(_("🔕 Turn off"), SettingsCb(action=SettingsAction.BROADCASTS_OFF))])
-    return views.inline_keyboard([(_("🔔 Turn on"), SettingsCb(action=SettingsAction.BROADCASTS_ON))])
+def settings_keyboard(settings: ResidentSettings) -> InlineKeyboardMarkup:
+    if not settings.broadcasts:
+        return views.inline_keyboard([(_("🔔 Turn on"), SettingsCb(action=SettingsAction.BROADCASTS_ON))])
+    buttons = [(_("🔕 Turn off"), SettingsCb(action=SettingsAction.BROADCASTS_OFF))]
+    if settings.public_chat and settings.public_copy:
+        buttons.append((_("📭 No private copy"), SettingsCb(action=SettingsAction.PUBLIC_COPY_OFF)))
+    elif settings.public_chat:
+        buttons.append((_("📬 Send me a private copy"), SettingsCb(action=SettingsAction.PUBLIC_COPY_ON)))
+    return views.inline_keyboard(buttons, width=1)
