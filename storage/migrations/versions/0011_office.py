@@ -1,7 +1,7 @@
 """Residents may ask for a private copy of the execution feedback their community posts in its public channel.
 
-Revision ID: 0010_office
-Revises: 0009_polish
+Revision ID: 0011_office
+Revises: 0010_stats
 Create Date: 2026-12-06 22:30:00
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0010_office"
-down_revision: str | None = "0009_polish"
+revision: str = "0011_office"
+down_revision: str | None = "0010_stats"
 branch_labels: str | tuple[str, ...] | None = None
 depends_on: str | tuple[str, ...] | None = None
 
