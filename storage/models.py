@@ -25,6 +25,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    text,
     true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -340,6 +341,18 @@ class User(Base):
 
     building: Mapped[Building | None] = relationship(lazy="raise")
 
+    __table_args__ = (
+        # A broadcast's recipients are read building by building (domain/broadcasts.py), never the whole table.
+        Index("ix_users_building", "building_id"),
+        # /ledger counts the residents Telegram cannot reach: few, so a partial index holds just them.
+        Index(
+            "ix_users_unreachable",
+            "building_id",
+            sqlite_where=text("unreachable_at IS NOT NULL"),
+            postgresql_where=text("unreachable_at IS NOT NULL"),
+        ),
+    )
+
 
 class Membership(Base):
     """A person's duty in a community: grid worker of a grid, or community staff."""
@@ -457,6 +470,18 @@ class Ticket(Base):
         Index("ix_tickets_status_resolved", "status", "resolved_at"),
         # Monthly statistics (domain/stats.py) read one community's tickets received in one month.
         Index("ix_tickets_community_created", "community_id", "created_at"),
+        # The topic-candidates job counts this month's tickets by category and compound from the index alone.
+        Index("ix_tickets_month_groups", "community_id", "created_at", "category_id", "building_id"),
+        # The periodic jobs read only the tickets due now (see ``wake_at``).
+        Index("ix_tickets_wake", "status", "wake_at"),
+        # Tickets of a topic. Partial: most tickets have none, and a full index on topic_id made SQLite read
+        # every ticket without a topic through it when asked for "this month's tickets with topic_id IS NULL".
+        Index(
+            "ix_tickets_on_topic",
+            "topic_id",
+            sqlite_where=text("topic_id IS NOT NULL"),
+            postgresql_where=text("topic_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -491,7 +516,12 @@ class Ticket(Base):
     rating_comment: Mapped[str] = mapped_column(Text, default="", server_default="")
     closed_at: Mapped[datetime | None] = mapped_column(default=None)
     # The deliberation topic this ticket was taken to ("needs deliberation", or an accepted candidate).
-    topic_id: Mapped[int | None] = mapped_column(ForeignKey("topics.id"), default=None, index=True)
+    topic_id: Mapped[int | None] = mapped_column(ForeignKey("topics.id"), default=None)
+    # When a periodic job must look at the ticket next (the deadline sweep while it is open, the confirmation
+    # sweep while it is resolved); None: no job needs to. A change of status or deadline sets it to the
+    # change's time (domain/deadlines.py), and the sweep that looks then sets the exact moment, so a run reads
+    # only the tickets due, never the history.
+    wake_at: Mapped[datetime | None] = mapped_column(default=None)
     # Whether the reporter spoke for a verified household when filing (the card marks it when not). Tickets
     # filed before households existed count as verified, so the upgrade does not mark them all.
     reporter_verified: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
@@ -770,6 +800,10 @@ class Broadcast(Base):
     content: Mapped[dict[str, Any]] = mapped_column(default=dict)
     recipients: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime]
+    # Recipients are queued building by building, each batch in its own short transaction: the last building
+    # whose residents are queued, and when the last batch was (None: still being queued, resumed after a crash).
+    queued_through: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    queued_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class FsmRecord(Base):
