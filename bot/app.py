@@ -57,7 +57,7 @@ from bot.webhook import Health, HealthServer, WebhookServer, register_webhook
 from domain.clock import Clock, system_clock
 from domain.community_file import import_community, load_community_file
 from domain.confirmation import close_unconfirmed
-from domain.deliberation import propose_candidates
+from domain.deliberation import CandidateWatch
 from domain.directory import Directory
 from domain.menus import Menu, queue_menus
 from domain.stats import MonthCache
@@ -334,7 +334,7 @@ async def run_bot(settings: Settings) -> None:
         unanswered = partial(close_unconfirmed, within=timedelta(days=settings.confirm_within_days))
         every_minute(scheduler, "deadline-sweep", deadlines, session_factory, system_clock, app.sender.wake)
         every_minute(scheduler, "confirmation-sweep", unanswered, session_factory, system_clock, app.sender.wake)
-        every_minute(scheduler, "topic-candidates", propose_candidates, session_factory, system_clock, app.sender.wake)
+        every_minute(scheduler, "topic-candidates", CandidateWatch(), session_factory, system_clock, app.sender.wake)
         grace = timedelta(hours=settings.broadcast_grace_hours)
         await schedule_broadcasts(scheduler, session_factory, system_clock, grace, app.sender.wake)
         scheduler.start()

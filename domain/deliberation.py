@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select, update
@@ -372,32 +372,80 @@ async def raise_by_staff(session: AsyncSession, *, actor_id: int, text: str, now
     return topic
 
 
-async def propose_candidates(session: AsyncSession, now: datetime) -> CandidateReport:
+# Tickets are committed a moment after they are created: a run after the last one also looks this far back.
+CANDIDATE_OVERLAP = timedelta(minutes=2)
+
+
+class CandidateWatch:
+    """The topic-candidates job of one process: after its first run, it counts only the categories that were
+    reported since its last run, since only those can have reached the threshold since.
+
+    Every run still counts this month's tickets from scratch (no counter to keep right), so a run missed, a
+    second process or a restart can only make a run look at more, never at less.
+    """
+
+    def __init__(self) -> None:
+        self.looked_at: datetime | None = None
+
+    async def __call__(self, session: AsyncSession, now: datetime) -> CandidateReport:
+        since = None if self.looked_at is None else self.looked_at - CANDIDATE_OVERLAP
+        report = await propose_candidates(session, now, since=since)
+        self.looked_at = now
+        return report
+
+
+async def propose_candidates(session: AsyncSession, now: datetime, *, since: datetime | None = None) -> CandidateReport:
     """Propose a topic for every category reported ``candidate_threshold`` times in one compound this month.
 
     The candidate's key (category, compound, month) is unique per community, so whatever runs twice, in two
     processes or after a restart, proposes it once; a dismissed candidate is not proposed again that month.
-    The month's tickets not on a topic yet are linked to it, and staff are told.
+    The month's tickets not on a topic yet are linked to it, and staff are told. With ``since``, only the
+    categories reported since then are counted.
     """
     report = CandidateReport()
     async with session.begin():
         communities = list(await session.scalars(select(Community).order_by(Community.id)))
         groups: list[tuple[int, str, datetime, int, int]] = []
         for community in communities:
-            key, start = month_key(now, community.timezone)
-            rows = await session.execute(
-                select(Ticket.category_id, Building.compound_id)
-                .join(Building, Building.id == Ticket.building_id)
-                .where(Ticket.community_id == community.id, Ticket.created_at >= start)
-                .group_by(Ticket.category_id, Building.compound_id)
-                .having(func.count() >= community.candidate_threshold)
+            month, start = month_key(now, community.timezone)
+            this_month = (Ticket.community_id == community.id, Ticket.created_at >= start)
+            categories = None
+            if since is not None:
+                categories = list(
+                    await session.scalars(
+                        select(Ticket.category_id)
+                        .distinct()
+                        .where(Ticket.community_id == community.id, Ticket.created_at >= max(since, start))
+                    )
+                )
+                if not categories:
+                    continue
+            # This month's tickets only, counted from ix_tickets_month_groups alone (no ticket row is read),
+            # by building first; buildings are few, so their compounds are joined to the counts, not the tickets.
+            by_building = (
+                select(Ticket.category_id, Ticket.building_id, func.count().label("tickets"))
+                .where(*this_month, *(() if categories is None else (Ticket.category_id.in_(categories),)))
+                .group_by(Ticket.category_id, Ticket.building_id)
+                .subquery()
             )
-            groups += [(community.id, key, start, category_id, compound_id) for category_id, compound_id in rows]
-        known = set(await session.scalars(select(Topic.candidate_key).where(Topic.candidate_key.is_not(None))))
-    for community_id, month, start, category_id, compound_id in groups:
-        key = f"{category_id}:{compound_id}:{month}"
-        if key in known:
-            continue
+            rows = await session.execute(
+                select(by_building.c.category_id, Building.compound_id)
+                .join(Building, Building.id == by_building.c.building_id)
+                .group_by(by_building.c.category_id, Building.compound_id)
+                .having(func.sum(by_building.c.tickets) >= community.candidate_threshold)
+            )
+            found = {
+                f"{category_id}:{compound_id}:{month}": (category_id, compound_id) for category_id, compound_id in rows
+            }
+            known = set(
+                await session.scalars(
+                    select(Topic.candidate_key).where(
+                        Topic.community_id == community.id, Topic.candidate_key.in_(list(found))
+                    )
+                )
+            )
+            groups += [(community.id, key, start, *group) for key, group in found.items() if key not in known]
+    for community_id, key, start, category_id, compound_id in groups:
         async with session.begin():
             topic = await _propose(session, community_id, key, start, category_id, compound_id, now)
         if topic is not None:
