@@ -21,7 +21,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from domain.broadcasts import queue_survey_invitation
+from domain.broadcasts import create_survey_invitation, queue_recipients
 from domain.cards import refresh_copies
 from domain.errors import AccessDenied, DomainError, HandledElsewhere, InvalidTransition, NotBound, NotFound
 from domain.followers import household_ids
@@ -562,8 +562,9 @@ async def open_survey(session: AsyncSession, *, actor_id: int, topic_id: int, no
     async with session.begin():
         topic = await _staff_topic(session, actor_id, topic_id, TopicStatus.DRAFTED)
         topic.status = TopicStatus.SURVEYED
-        invitation = await queue_survey_invitation(session, topic, actor_id, now)
-        await _record(session, topic, TopicEventKind.SURVEY_OPENED, actor_id, now, residents=invitation.recipients)
+        invitation = await create_survey_invitation(session, topic, actor_id, now)
+        await _record(session, topic, TopicEventKind.SURVEY_OPENED, actor_id, now, broadcast_id=invitation.id)
+    await queue_recipients(session, invitation.id, now)
     return topic
 
 

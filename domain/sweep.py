@@ -20,8 +20,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import cast
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.cards import refresh_copies
@@ -142,9 +143,10 @@ async def _reschedule(
         )
 
 
+_TICKETS = cast(Table, Ticket.__table__)
 _RESCHEDULE = (
-    update(Ticket.__table__)
-    .where(Ticket.__table__.c.id == bindparam("tid"), Ticket.__table__.c.wake_at == bindparam("old"))
+    update(_TICKETS)
+    .where(_TICKETS.c.id == bindparam("tid"), _TICKETS.c.wake_at == bindparam("old"))
     .values(wake_at=bindparam("new"))
 )
 
