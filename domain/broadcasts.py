@@ -10,6 +10,7 @@ the unique key and the sender's per-row states keep anyone from getting the same
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -216,6 +217,10 @@ async def broadcast_content(
 # --- who: recipients ------------------------------------------------------------------------------
 
 
+# Residents who did not turn broadcasts off and have not blocked the bot: the condition of ix_users_recipients.
+_WANTS_BROADCASTS = (User.broadcasts_off.is_(False), User.unreachable_at.is_(None))
+
+
 async def _scope(session: AsyncSession, broadcast: Broadcast) -> Select[int]:
     """The buildings whose residents get the broadcast: the community's, a survey's narrowed to its topic's."""
     buildings = (
@@ -235,7 +240,11 @@ async def _batches(session: AsyncSession, broadcast: Broadcast, size: int) -> li
     """The scope's buildings not queued yet, in runs of about ``size`` residents (a bigger building alone)."""
     counts = await session.execute(
         select(User.building_id, func.count())
-        .where(User.building_id.in_(await _scope(session, broadcast)), User.building_id > broadcast.queued_through)
+        .where(
+            User.building_id.in_(await _scope(session, broadcast)),
+            User.building_id > broadcast.queued_through,
+            *_WANTS_BROADCASTS,
+        )
         .group_by(User.building_id)
         .order_by(User.building_id)
     )
@@ -274,7 +283,7 @@ def _recipient_rows(dialect: str, broadcast_id: int, buildings: list[int], now: 
     }
     rows = select(
         User.id, *(literal(constant[name], _OUTBOX[name].type) for name in (*_ROW_COLUMNS[1:], *_ROW_TIMES))
-    ).where(User.building_id.in_(buildings), User.broadcasts_off.is_(False), User.unreachable_at.is_(None))
+    ).where(User.building_id.in_(buildings), *_WANTS_BROADCASTS)
     insert = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(OutboxMessage)
     return insert.from_select([*_ROW_COLUMNS, *_ROW_TIMES], rows).on_conflict_do_nothing()
 
@@ -308,6 +317,9 @@ async def queue_recipients(
             broadcast.recipients += max(getattr(queued, "rowcount", 0), 0)
             broadcast.queued_through = todo[-1]
             mark_queued(session)
+        # Let a transaction that waited for the connection (an update being recorded) have it before the next
+        # batch: without this, the next batch would take it back before the waiter wakes.
+        await asyncio.sleep(0)
     async with session.begin():
         broadcast = await session.get(Broadcast, broadcast_id, with_for_update=True, populate_existing=True)
         assert broadcast is not None

@@ -28,7 +28,7 @@ def upgrade() -> None:
     op.create_index("ix_tickets_on_topic", "tickets", ["topic_id"], sqlite_where=TOPIC, postgresql_where=TOPIC)
     op.create_index("ix_tickets_month_groups", "tickets", ["community_id", "created_at", "category_id", "building_id"])
     op.create_index("ix_tickets_wake", "tickets", ["status", "wake_at"])
-    op.create_index("ix_users_building", "users", ["building_id"])
+    op.create_index("ix_users_recipients", "users", ["building_id", "broadcasts_off", "unreachable_at", "id"])
     op.create_index(
         "ix_users_unreachable", "users", ["building_id"], sqlite_where=UNREACHABLE, postgresql_where=UNREACHABLE
     )
@@ -44,7 +44,7 @@ def downgrade() -> None:
         batch_op.drop_column("queued_at")
         batch_op.drop_column("queued_through")
     op.drop_index("ix_users_unreachable", table_name="users")
-    op.drop_index("ix_users_building", table_name="users")
+    op.drop_index("ix_users_recipients", table_name="users")
     op.drop_index("ix_tickets_wake", table_name="tickets")
     op.drop_index("ix_tickets_month_groups", table_name="tickets")
     op.drop_index("ix_tickets_on_topic", table_name="tickets")
