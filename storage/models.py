@@ -338,6 +338,9 @@ class User(Base):
     # None: the residents' menu that every private chat has.
     command_menu: Mapped[str | None] = mapped_column(String(16), default=None)
     created_at: Mapped[datetime]
+    # Open tickets assigned to this person: routing's load, kept in the ticket's own transaction
+    # (domain/routing.py), so routing reads one row per candidate instead of counting their tickets.
+    open_tickets: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     building: Mapped[Building | None] = relationship(lazy="raise")
 

@@ -32,6 +32,13 @@ def upgrade() -> None:
     op.create_index(
         "ix_users_unreachable", "users", ["building_id"], sqlite_where=UNREACHABLE, postgresql_where=UNREACHABLE
     )
+    with op.batch_alter_table("users", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("open_tickets", sa.Integer(), server_default="0", nullable=False))
+    op.execute(
+        "UPDATE users SET open_tickets = (SELECT count(*) FROM tickets WHERE tickets.assignee_id = users.id"
+        " AND tickets.status IN ('assigned', 'in_progress')) WHERE id IN (SELECT assignee_id FROM tickets"
+        " WHERE status IN ('assigned', 'in_progress'))"
+    )
     with op.batch_alter_table("broadcasts", schema=None) as batch_op:
         batch_op.add_column(sa.Column("queued_through", sa.Integer(), server_default="0", nullable=False))
         batch_op.add_column(sa.Column("queued_at", sa.DateTime(), nullable=True))
@@ -43,6 +50,8 @@ def downgrade() -> None:
     with op.batch_alter_table("broadcasts", schema=None) as batch_op:
         batch_op.drop_column("queued_at")
         batch_op.drop_column("queued_through")
+    with op.batch_alter_table("users", schema=None) as batch_op:
+        batch_op.drop_column("open_tickets")
     op.drop_index("ix_users_unreachable", table_name="users")
     op.drop_index("ix_users_recipients", table_name="users")
     op.drop_index("ix_tickets_wake", table_name="tickets")
