@@ -420,19 +420,16 @@ async def propose_candidates(session: AsyncSession, now: datetime, *, since: dat
                 )
                 if not categories:
                     continue
-            # This month's tickets only, counted from ix_tickets_month_groups alone (no ticket row is read),
-            # by building first; buildings are few, so their compounds are joined to the counts, not the tickets.
-            by_building = (
-                select(Ticket.category_id, Ticket.building_id, func.count().label("tickets"))
-                .where(*this_month, *(() if categories is None else (Ticket.category_id.in_(categories),)))
-                .group_by(Ticket.category_id, Ticket.building_id)
-                .subquery()
-            )
+            # This month's tickets only, through ix_tickets_month_groups (no ticket row is read). SQLite cannot
+            # tell how few of a community's tickets one month holds (its statistics count per community, not per
+            # month), and left to itself it went from each building to all of its tickets: "+ 0" keeps it from
+            # joining through a tickets index, so it reads the month's range and looks each building up.
             rows = await session.execute(
-                select(by_building.c.category_id, Building.compound_id)
-                .join(Building, Building.id == by_building.c.building_id)
-                .group_by(by_building.c.category_id, Building.compound_id)
-                .having(func.sum(by_building.c.tickets) >= community.candidate_threshold)
+                select(Ticket.category_id, Building.compound_id)
+                .join(Building, Building.id == Ticket.building_id + 0)
+                .where(*this_month, *(() if categories is None else (Ticket.category_id.in_(categories),)))
+                .group_by(Ticket.category_id, Building.compound_id)
+                .having(func.count() >= community.candidate_threshold)
             )
             found = {
                 f"{category_id}:{compound_id}:{month}": (category_id, compound_id) for category_id, compound_id in rows
