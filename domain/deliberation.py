@@ -377,10 +377,10 @@ CANDIDATE_OVERLAP = timedelta(minutes=2)
 
 
 class CandidateWatch:
-    """The topic-candidates job of one process: after its first run, it counts only the categories that were
-    reported since its last run, since only those can have reached the threshold since.
+    """The topic-candidates job of one process: after its first run, it counts a community's month again only
+    when a ticket was reported there since its last run, since only then can a count have reached the threshold.
 
-    Every run still counts this month's tickets from scratch (no counter to keep right), so a run missed, a
+    A run that counts, counts this month's tickets from scratch (no counter to keep right), so a run missed, a
     second process or a restart can only make a run look at more, never at less.
     """
 
@@ -399,8 +399,8 @@ async def propose_candidates(session: AsyncSession, now: datetime, *, since: dat
 
     The candidate's key (category, compound, month) is unique per community, so whatever runs twice, in two
     processes or after a restart, proposes it once; a dismissed candidate is not proposed again that month.
-    The month's tickets not on a topic yet are linked to it, and staff are told. With ``since``, only the
-    categories reported since then are counted.
+    The month's tickets not on a topic yet are linked to it, and staff are told. With ``since``, a community
+    where nothing was reported since then is left alone.
     """
     report = CandidateReport()
     async with session.begin():
@@ -408,18 +408,13 @@ async def propose_candidates(session: AsyncSession, now: datetime, *, since: dat
         groups: list[tuple[int, str, datetime, int, int]] = []
         for community in communities:
             month, start = month_key(now, community.timezone)
-            this_month = (Ticket.community_id == community.id, Ticket.created_at >= start)
-            categories = None
             if since is not None:
-                categories = list(
-                    await session.scalars(
-                        select(Ticket.category_id)
-                        .distinct()
-                        .where(Ticket.community_id == community.id, Ticket.created_at >= max(since, start))
-                    )
+                # The community's newest ticket: one step down ix_tickets_month_groups.
+                newest = await session.scalar(
+                    select(func.max(Ticket.created_at)).where(Ticket.community_id == community.id)
                 )
-                if not categories:
-                    continue
+                if newest is None or newest < max(since, start):
+                    continue  # nothing new: no count can have reached the threshold since
             # This month's tickets only, through ix_tickets_month_groups (no ticket row is read). SQLite cannot
             # tell how few of a community's tickets one month holds (its statistics count per community, not per
             # month), and left to itself it went from each building to all of its tickets: "+ 0" keeps it from
@@ -427,7 +422,7 @@ async def propose_candidates(session: AsyncSession, now: datetime, *, since: dat
             rows = await session.execute(
                 select(Ticket.category_id, Building.compound_id)
                 .join(Building, Building.id == Ticket.building_id + 0)
-                .where(*this_month, *(() if categories is None else (Ticket.category_id.in_(categories),)))
+                .where(Ticket.community_id == community.id, Ticket.created_at >= start)
                 .group_by(Ticket.category_id, Building.compound_id)
                 .having(func.count() >= community.candidate_threshold)
             )
