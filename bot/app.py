@@ -57,7 +57,7 @@ from bot.webhook import Health, HealthServer, WebhookServer, register_webhook
 from domain.clock import Clock, system_clock
 from domain.community_file import import_community, load_community_file
 from domain.confirmation import close_unconfirmed
-from domain.deliberation import propose_candidates
+from domain.deliberation import CandidateWatch
 from domain.directory import Directory
 from domain.menus import Menu, queue_menus
 from domain.stats import MonthCache
@@ -65,7 +65,7 @@ from domain.sweep import sweep
 from handlers import build_router
 from scheduler.broadcasts import schedule_broadcasts
 from scheduler.jobs import create_scheduler, every_minute, stop_scheduler
-from storage.db import SessionFactory, create_engine, create_session_factory
+from storage.db import SessionFactory, create_engine, create_session_factory, refresh_statistics
 from storage.fsm import FsmFlushMiddleware, SqlStorage
 from storage.migrate import exclusive, upgrade_database
 from storage.redis_fsm import ScopedRedisIsolation, UpdateScopedRedisStorage
@@ -73,6 +73,8 @@ from storage.redis_fsm import ScopedRedisIsolation, UpdateScopedRedisStorage
 log = logging.getLogger(__name__)
 
 DEFAULT_STEP_TIMEOUT = timedelta(minutes=Settings.model_fields["text_step_timeout_minutes"].default)
+# How often SQLite's planner statistics are refreshed (``PRAGMA optimize``; usually a no-op).
+STATISTICS_SECONDS = 3600
 
 # pydantic keeps parametrised generic models in a weak cache, so under load aiogram keeps rebuilding
 # Response[Message] and friends (about 4 ms each, measured by bench/intake.py). Holding the ones this bot
@@ -264,6 +266,7 @@ async def prepare_database(settings: Settings) -> AsyncEngine:
     engine = create_engine(settings.database_url)
     try:
         await upgrade_database(engine)
+        await refresh_statistics(engine, at_start=True)
         async with exclusive(engine), create_session_factory(engine)() as session:
             if spec is not None:
                 report = await import_community(session, spec, system_clock())
@@ -334,7 +337,17 @@ async def run_bot(settings: Settings) -> None:
         unanswered = partial(close_unconfirmed, within=timedelta(days=settings.confirm_within_days))
         every_minute(scheduler, "deadline-sweep", deadlines, session_factory, system_clock, app.sender.wake)
         every_minute(scheduler, "confirmation-sweep", unanswered, session_factory, system_clock, app.sender.wake)
-        every_minute(scheduler, "topic-candidates", propose_candidates, session_factory, system_clock, app.sender.wake)
+        every_minute(scheduler, "topic-candidates", CandidateWatch(), session_factory, system_clock, app.sender.wake)
+        scheduler.add_job(
+            refresh_statistics,
+            "interval",
+            seconds=STATISTICS_SECONDS,
+            args=(engine,),
+            id="statistics",
+            replace_existing=True,
+            max_instances=1,
+            coalesce=True,
+        )
         grace = timedelta(hours=settings.broadcast_grace_hours)
         await schedule_broadcasts(scheduler, session_factory, system_clock, grace, app.sender.wake)
         scheduler.start()

@@ -240,7 +240,8 @@ async def close_unconfirmed(
         due_to_close = await session.scalars(
             select(Ticket.id)
             .where(Ticket.status == TicketStatus.RESOLVED, Ticket.resolved_at <= close_before)
-            .order_by(Ticket.id)
+            # The order of ix_tickets_status_resolved: the longest waiting first, read from the index alone.
+            .order_by(Ticket.resolved_at, Ticket.id)
             .limit(batch)
             .with_for_update(skip_locked=True)
         )
@@ -263,22 +264,25 @@ async def close_unconfirmed(
             TicketEvent.kind == EventKind.CONFIRM_REMINDED,
             TicketEvent.at >= Ticket.resolved_at,
         )
-        due_to_remind = await session.scalars(
-            select(Ticket.id)
-            .where(
-                Ticket.status == TicketStatus.RESOLVED,
-                Ticket.resolved_at <= remind_before,
-                Ticket.resolved_at > close_before,
-                ~reminded_already,
-            )
-            .order_by(Ticket.id)
+        # Only the resolved tickets whose wake_at has come: just resolved (to learn when their reminder is due),
+        # or due for it. Reminded ones sleep (wake_at None); closing them goes by resolved_at, above.
+        woken = await session.execute(
+            select(Ticket.id, Ticket.resolved_at, reminded_already)
+            .where(Ticket.status == TicketStatus.RESOLVED, Ticket.wake_at <= now)
+            .order_by(Ticket.wake_at, Ticket.id)
             .limit(batch)
             .with_for_update(skip_locked=True)
         )
-        for ticket_id in list(due_to_remind):
+        for ticket_id, resolved_at, reminded in list(woken):
             ticket = await session.get(Ticket, ticket_id)
-            assert ticket is not None and ticket.resolved_at is not None
-            close_at = ticket.resolved_at + within
+            assert ticket is not None and resolved_at is not None
+            if resolved_at > remind_before:
+                ticket.wake_at = resolved_at + remind_after
+                continue
+            ticket.wake_at = None
+            if reminded or resolved_at <= close_before:
+                continue
+            close_at = resolved_at + within
             session.add(
                 TicketEvent(
                     ticket_id=ticket.id,

@@ -15,10 +15,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import event, inspect
+from sqlalchemy.orm import Session
 
 from storage.models import Category, Ticket, TicketStatus
 
 DEFAULT_YELLOW_SHARE = 0.25
+# The colour changes just after these moments (``colour_at`` compares strictly): a sweep woken then sees it.
+JUST_AFTER = timedelta(microseconds=1)
+# A periodic job has something to do with tickets in these states: the deadline sweep, the confirmation sweep.
+SWEPT = (TicketStatus.ASSIGNED, TicketStatus.IN_PROGRESS, TicketStatus.RESOLVED)
 
 
 class Colour(StrEnum):
@@ -76,3 +84,42 @@ def restart_response(ticket: Ticket, category: Category, now: datetime) -> None:
     ticket.respond_by = now + timedelta(hours=category.response_hours)
     if ticket.resolve_by is None or ticket.resolve_by < ticket.respond_by:
         ticket.resolve_by = ticket.respond_by
+
+
+def next_wake(
+    ticket: Ticket, now: datetime, yellow_share: float, reminded: bool, marked_overdue: bool
+) -> datetime | None:
+    """When the deadline sweep must look at an open ticket again: when its colour next changes, or never (None)
+    once it is red and marked. ``reminded`` and ``marked_overdue`` say what its history holds for the current
+    deadline. Always later than ``now`` or None, so a sweep that reschedules never finds the ticket again."""
+    due = current_due(ticket)
+    if due is None:
+        return None
+    colour = colour_at(due.at, due.window, now, yellow_share)
+    if colour == Colour.GREEN:
+        return due.at - due.window * yellow_share + JUST_AFTER
+    if colour == Colour.YELLOW:
+        return due.at + JUST_AFTER if reminded or ticket.assignee_id is None else now
+    return None if marked_overdue else now
+
+
+_WAKING = ("status", "respond_by", "resolve_by")
+
+
+@event.listens_for(Session, "before_flush")
+def _wake_on_change(session: Session, flush_context: Any, instances: Any) -> None:
+    """Whatever changes a ticket's status or deadlines wakes the periodic jobs for it, in the same transaction.
+
+    Any path that writes a ticket (filing, accepting, escalating, a test moving a deadline) goes through here,
+    so no path can forget it. The change's time is early enough for any yellow share: the sweep that looks
+    then writes the exact moment (``next_wake``). A sweep that sets ``wake_at`` itself is left alone.
+    """
+    for ticket in (*session.new, *session.dirty):
+        if not isinstance(ticket, Ticket):
+            continue
+        state = inspect(ticket)
+        if state.attrs.wake_at.history.has_changes():
+            continue
+        if state.pending or any(state.attrs[name].history.has_changes() for name in _WAKING):
+            # A new ticket's status may still be the column default (assigned).
+            ticket.wake_at = ticket.updated_at if (ticket.status or TicketStatus.ASSIGNED) in SWEPT else None

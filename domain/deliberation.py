@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from domain.broadcasts import queue_survey_invitation
+from domain.broadcasts import create_survey_invitation, queue_recipients
 from domain.cards import refresh_copies
 from domain.errors import AccessDenied, DomainError, HandledElsewhere, InvalidTransition, NotBound, NotFound
 from domain.followers import household_ids
@@ -372,32 +372,72 @@ async def raise_by_staff(session: AsyncSession, *, actor_id: int, text: str, now
     return topic
 
 
-async def propose_candidates(session: AsyncSession, now: datetime) -> CandidateReport:
+# Tickets are committed a moment after they are created: a run after the last one also looks this far back.
+CANDIDATE_OVERLAP = timedelta(minutes=2)
+
+
+class CandidateWatch:
+    """The topic-candidates job of one process: after its first run, it counts a community's month again only
+    when a ticket was reported there since its last run, since only then can a count have reached the threshold.
+
+    A run that counts, counts this month's tickets from scratch (no counter to keep right), so a run missed, a
+    second process or a restart can only make a run look at more, never at less.
+    """
+
+    def __init__(self) -> None:
+        self.looked_at: datetime | None = None
+
+    async def __call__(self, session: AsyncSession, now: datetime) -> CandidateReport:
+        since = None if self.looked_at is None else self.looked_at - CANDIDATE_OVERLAP
+        report = await propose_candidates(session, now, since=since)
+        self.looked_at = now
+        return report
+
+
+async def propose_candidates(session: AsyncSession, now: datetime, *, since: datetime | None = None) -> CandidateReport:
     """Propose a topic for every category reported ``candidate_threshold`` times in one compound this month.
 
     The candidate's key (category, compound, month) is unique per community, so whatever runs twice, in two
     processes or after a restart, proposes it once; a dismissed candidate is not proposed again that month.
-    The month's tickets not on a topic yet are linked to it, and staff are told.
+    The month's tickets not on a topic yet are linked to it, and staff are told. With ``since``, a community
+    where nothing was reported since then is left alone.
     """
     report = CandidateReport()
     async with session.begin():
         communities = list(await session.scalars(select(Community).order_by(Community.id)))
         groups: list[tuple[int, str, datetime, int, int]] = []
         for community in communities:
-            key, start = month_key(now, community.timezone)
+            month, start = month_key(now, community.timezone)
+            if since is not None:
+                # The community's newest ticket: one step down ix_tickets_community_created.
+                newest = await session.scalar(
+                    select(func.max(Ticket.created_at)).where(Ticket.community_id == community.id)
+                )
+                if newest is None or newest < max(since, start):
+                    continue  # nothing new: no count can have reached the threshold since
+            # This month's tickets only, through ix_tickets_community_created (no ticket row is read). SQLite cannot
+            # tell how few of a community's tickets one month holds (its statistics count per community, not per
+            # month), and left to itself it went from each building to all of its tickets: "+ 0" keeps it from
+            # joining through a tickets index, so it reads the month's range and looks each building up.
             rows = await session.execute(
                 select(Ticket.category_id, Building.compound_id)
-                .join(Building, Building.id == Ticket.building_id)
+                .join(Building, Building.id == Ticket.building_id + 0)
                 .where(Ticket.community_id == community.id, Ticket.created_at >= start)
                 .group_by(Ticket.category_id, Building.compound_id)
                 .having(func.count() >= community.candidate_threshold)
             )
-            groups += [(community.id, key, start, category_id, compound_id) for category_id, compound_id in rows]
-        known = set(await session.scalars(select(Topic.candidate_key).where(Topic.candidate_key.is_not(None))))
-    for community_id, month, start, category_id, compound_id in groups:
-        key = f"{category_id}:{compound_id}:{month}"
-        if key in known:
-            continue
+            found = {
+                f"{category_id}:{compound_id}:{month}": (category_id, compound_id) for category_id, compound_id in rows
+            }
+            known = set(
+                await session.scalars(
+                    select(Topic.candidate_key).where(
+                        Topic.community_id == community.id, Topic.candidate_key.in_(list(found))
+                    )
+                )
+            )
+            groups += [(community.id, key, start, *group) for key, group in found.items() if key not in known]
+    for community_id, key, start, category_id, compound_id in groups:
         async with session.begin():
             topic = await _propose(session, community_id, key, start, category_id, compound_id, now)
         if topic is not None:
@@ -514,8 +554,9 @@ async def open_survey(session: AsyncSession, *, actor_id: int, topic_id: int, no
     async with session.begin():
         topic = await _staff_topic(session, actor_id, topic_id, TopicStatus.DRAFTED)
         topic.status = TopicStatus.SURVEYED
-        invitation = await queue_survey_invitation(session, topic, actor_id, now)
-        await _record(session, topic, TopicEventKind.SURVEY_OPENED, actor_id, now, residents=invitation.recipients)
+        invitation = await create_survey_invitation(session, topic, actor_id, now)
+        await _record(session, topic, TopicEventKind.SURVEY_OPENED, actor_id, now, broadcast_id=invitation.id)
+    await queue_recipients(session, invitation.id, now)
     return topic
 
 

@@ -48,6 +48,7 @@ async def _to_office(session: AsyncSession, community: Community, report: Broadc
     recipients = await office(session, community.id)
     report.content = {"month": report.period}
     report.recipients = len(recipients)
+    report.queued_at = now  # a few rows, queued here whole
     for chat_id in recipients:
         for part in ReportPart:
             enqueue(session, chat_id, Notice.MONTHLY_REPORT, now, broadcast_id=report.id, part=part)

@@ -7,14 +7,16 @@ written to the ticket's history.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, bindparam, func, select, update
+from sqlalchemy import Table, bindparam, event, func, inspect, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from storage.models import Level, Membership, Rank, Role, Ticket, TicketStatus, User
 
@@ -76,20 +78,16 @@ _COMMUNITY_CANDIDATES = (
         Membership.user_id,
         Membership.rank,
         func.max(Membership.last_assigned_at).label("last_assigned_at"),
-        func.count(Ticket.id).label("open_tickets"),
+        User.open_tickets,
         User.unreachable_at.is_(None).label("reachable"),
     )
     .join(User, User.id == Membership.user_id)
-    .outerjoin(
-        Ticket,
-        and_(Ticket.assignee_id == Membership.user_id, Ticket.status.in_(TicketStatus.open_statuses())),
-    )
     .where(
         Membership.community_id == bindparam("community_id"),
         Membership.role == bindparam("role"),
         Membership.active.is_(True),
     )
-    .group_by(Membership.user_id, Membership.rank, User.unreachable_at)
+    .group_by(Membership.user_id, Membership.rank, User.unreachable_at, User.open_tickets)
 )
 _GRID_CANDIDATES = _COMMUNITY_CANDIDATES.where(Membership.grid_id == bindparam("grid_id"))
 _SCOPED_CANDIDATES = _COMMUNITY_CANDIDATES.where(Membership.scope == bindparam("scope"))
@@ -180,3 +178,48 @@ async def choose_at_level(
         return RoutingDecision(None, reason, level)
     people.sort(key=_least_loaded_first)
     return RoutingDecision(people[0], reason, level, people)
+
+
+# --- the load: each person's open tickets, counted as tickets change -------------------------------------
+
+_USERS = cast(Table, User.__table__)
+_ADD_LOAD = (
+    update(_USERS)
+    .where(_USERS.c.id == bindparam("person"))
+    .values(open_tickets=_USERS.c.open_tickets + bindparam("by"))
+)
+
+
+def _before(ticket: Ticket, name: str) -> Any:
+    """An attribute's value before this flush."""
+    history = inspect(ticket).attrs[name].history
+    return (history.deleted or history.unchanged or (None,))[0]
+
+
+@event.listens_for(Session, "after_flush")
+def _count_load(session: Session, flush_context: Any) -> None:
+    """Keep ``User.open_tickets`` right in the transaction that files, hands on, accepts, resolves or reopens
+    a ticket: one open ticket less for who had it, one more for who has it now. Any path that writes a ticket
+    through the session comes here, so none can forget it. People are updated in id order, so two
+    transactions never wait on each other's rows in a cycle."""
+    load: Counter[int] = Counter()
+    for ticket in (*session.new, *session.dirty, *session.deleted):
+        if not isinstance(ticket, Ticket):
+            continue
+        status = ticket.status or TicketStatus.ASSIGNED  # a new ticket's status may be the column default
+        open_now = ticket not in session.deleted and status in TicketStatus.open_statuses()
+        now_with = ticket.assignee_id if open_now else None
+        if ticket in session.new:
+            before_with = None
+        else:
+            before_with = (
+                _before(ticket, "assignee_id") if _before(ticket, "status") in TicketStatus.open_statuses() else None
+            )
+        if before_with != now_with:
+            if before_with is not None:
+                load[before_with] -= 1
+            if now_with is not None:
+                load[now_with] += 1
+    changes = [{"person": person, "by": by} for person, by in sorted(load.items()) if by]
+    if changes:
+        session.connection().execute(_ADD_LOAD, changes)

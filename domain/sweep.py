@@ -19,19 +19,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from typing import cast
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.cards import refresh_copies
-from domain.deadlines import DEFAULT_YELLOW_SHARE, Colour, Deadline, Due, colour_at, current_due, restart_response
+from domain.deadlines import (
+    DEFAULT_YELLOW_SHARE,
+    Colour,
+    Deadline,
+    Due,
+    colour_at,
+    current_due,
+    next_wake,
+    restart_response,
+)
 from domain.escalation import escalate_overdue
 from domain.outbox import Notice, enqueue
 from domain.routing import RouteReason, RoutingDecision, choose_assignee, choose_at_level
 from domain.tickets import _apply_decision, _record_routing
 from storage.models import (
-    Category,
     EventKind,
     Level,
     Membership,
@@ -88,39 +97,61 @@ def _needs_action(ticket: Ticket, now: datetime, share: float, markers: set[tupl
 
 
 async def sweep(session: AsyncSession, now: datetime, *, yellow_share: float = DEFAULT_YELLOW_SHARE) -> SweepReport:
-    """Remind, pass on and escalate open tickets by their deadlines at ``now``."""
+    """Remind, pass on and escalate open tickets by their deadlines at ``now``.
+
+    Reads only the open tickets whose ``wake_at`` has come (``ix_tickets_wake``): those whose colour may have
+    changed, or that changed since the last look. A ticket that needs nothing now is woken next when its colour
+    changes; one that is red and marked is not read again until something changes it.
+    """
     report = SweepReport()
-    async with session.begin():
-        longest = (
-            await session.execute(select(func.max(Category.response_hours), func.max(Category.resolve_hours)))
-        ).one()
-        if longest[0] is None:
-            return report
-        # Only tickets that can be yellow or red now: those within the longest window's yellow share.
-        candidates = list(
-            await session.scalars(
-                select(Ticket)
-                .where(
-                    or_(
-                        and_(
-                            Ticket.status == TicketStatus.ASSIGNED,
-                            Ticket.respond_by <= now + timedelta(hours=longest[0] * yellow_share),
-                        ),
-                        and_(
-                            Ticket.status == TicketStatus.IN_PROGRESS,
-                            Ticket.resolve_by <= now + timedelta(hours=longest[1] * yellow_share),
-                        ),
-                    )
-                )
-                .order_by(Ticket.id)
-            )
-        )
-        markers = await _markers(session, [t.id for t in candidates])
-        due_now = [t.id for t in candidates if _needs_action(t, now, yellow_share, markers)]
-    for ticket_id in due_now:
+    while True:
         async with session.begin():
-            await _sweep_one(session, ticket_id, now, yellow_share, report)
-    return report
+            # The ids from ix_tickets_wake first: with the tickets' eager joins in the same query, SQLite may
+            # start from the buildings and read every open ticket of each.
+            ids = list(
+                await session.scalars(
+                    select(Ticket.id)
+                    .where(Ticket.status.in_(TicketStatus.open_statuses()), Ticket.wake_at <= now)
+                    .order_by(Ticket.wake_at, Ticket.id)
+                    .limit(CHUNK)
+                )
+            )
+            woken = list(await session.scalars(select(Ticket).where(Ticket.id.in_(ids)).order_by(Ticket.id)))
+            markers = await _markers(session, [t.id for t in woken])
+            due_now = [t.id for t in woken if _needs_action(t, now, yellow_share, markers)]
+            await _reschedule(session, [t for t in woken if t.id not in due_now], now, yellow_share, markers)
+        for ticket_id in due_now:
+            async with session.begin():
+                await _sweep_one(session, ticket_id, now, yellow_share, report)
+        if len(ids) < CHUNK:
+            return report
+
+
+def _wake(ticket: Ticket, now: datetime, share: float, markers: set[tuple[int, str, str]]) -> datetime | None:
+    due = current_due(ticket)
+    key = "" if due is None else due_key(due.at)
+    reminded = (ticket.id, EventKind.REMINDED, key) in markers
+    return next_wake(ticket, now, share, reminded, (ticket.id, EventKind.OVERDUE, key) in markers)
+
+
+async def _reschedule(
+    session: AsyncSession, tickets: Sequence[Ticket], now: datetime, share: float, markers: set[tuple[int, str, str]]
+) -> None:
+    """Wake each ticket next when its colour changes. Only if nothing moved it since it was read: a change made
+    meanwhile (an accept on PostgreSQL) has woken it afresh, and that stands."""
+    if tickets:
+        await session.execute(
+            _RESCHEDULE,
+            [{"tid": t.id, "old": t.wake_at, "new": _wake(t, now, share, markers)} for t in tickets],
+        )
+
+
+_TICKETS = cast(Table, Ticket.__table__)
+_RESCHEDULE = (
+    update(_TICKETS)
+    .where(_TICKETS.c.id == bindparam("tid"), _TICKETS.c.wake_at == bindparam("old"))
+    .values(wake_at=bindparam("new"))
+)
 
 
 async def _sweep_one(session: AsyncSession, ticket_id: int, now: datetime, share: float, report: SweepReport) -> None:
@@ -128,7 +159,9 @@ async def _sweep_one(session: AsyncSession, ticket_id: int, now: datetime, share
     ticket = await session.get(Ticket, ticket_id, with_for_update=True, populate_existing=True)
     if ticket is None or not ticket.is_open:
         return
-    if not _needs_action(ticket, now, share, await _markers(session, [ticket.id])):
+    markers = await _markers(session, [ticket.id])
+    if not _needs_action(ticket, now, share, markers):
+        ticket.wake_at = _wake(ticket, now, share, markers)
         return
     due = current_due(ticket)
     assert due is not None
@@ -142,6 +175,8 @@ async def _sweep_one(session: AsyncSession, ticket_id: int, now: datetime, share
     else:
         await _mark(session, ticket, EventKind.OVERDUE, due, now, stuck=True)
         report.overdue.append(ticket.id)
+    await session.flush()
+    ticket.wake_at = _wake(ticket, now, share, await _markers(session, [ticket.id]))
 
 
 async def _mark(

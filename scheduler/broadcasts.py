@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from domain.broadcasts import Started, start_scheduled
+from domain.broadcasts import Started, resume_queueing, start_scheduled
 from domain.clock import Clock
 from domain.people import list_communities
 from domain.reports import start_monthly_report
@@ -59,6 +59,8 @@ async def send_due_broadcasts(
     started = []
     try:
         async with session_factory() as session:
+            for resumed in await resume_queueing(session, now):
+                log.info("broadcast %d: queued the rest after a restart (%d in all)", resumed.id, resumed.recipients)
             for community in await list_communities(session):
                 for kind in BroadcastKind.scheduled():
                     fired = latest_fire_time(schedule_of(community, kind), community.timezone, now - grace, now)

@@ -26,6 +26,7 @@ from sqlalchemy import (
     UniqueConstraint,
     event,
     false,
+    text,
     true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -341,8 +342,24 @@ class User(Base):
     # None: the residents' menu that every private chat has.
     command_menu: Mapped[str | None] = mapped_column(String(16), default=None)
     created_at: Mapped[datetime]
+    # Open tickets assigned to this person: routing's load, kept in the ticket's own transaction
+    # (domain/routing.py), so routing reads one row per candidate instead of counting their tickets.
+    open_tickets: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     building: Mapped[Building | None] = relationship(lazy="raise")
+
+    __table_args__ = (
+        # A broadcast's recipients, read building by building (domain/broadcasts.py) from the index alone. Not
+        # a partial index: SQLite (3.40) would still read every row to check the partial index's condition.
+        Index("ix_users_recipients", "building_id", "broadcasts_off", "unreachable_at", "id"),
+        # /ledger counts the residents Telegram cannot reach: few, so a partial index holds just them.
+        Index(
+            "ix_users_unreachable",
+            "building_id",
+            sqlite_where=text("unreachable_at IS NOT NULL"),
+            postgresql_where=text("unreachable_at IS NOT NULL"),
+        ),
+    )
 
 
 class Membership(Base):
@@ -478,6 +495,16 @@ class Ticket(Base):
             "respond_by",
             "resolve_by",
         ),
+        # The periodic jobs read only the tickets due now (see ``wake_at``).
+        Index("ix_tickets_wake", "status", "wake_at"),
+        # Tickets of a topic. Partial: most tickets have none, and a full index on topic_id made SQLite read
+        # every ticket without a topic through it when asked for "this month's tickets with topic_id IS NULL".
+        Index(
+            "ix_tickets_on_topic",
+            "topic_id",
+            sqlite_where=text("topic_id IS NOT NULL"),
+            postgresql_where=text("topic_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -517,7 +544,12 @@ class Ticket(Base):
     rating_comment: Mapped[str] = mapped_column(Text, default="", server_default="")
     closed_at: Mapped[datetime | None] = mapped_column(default=None)
     # The deliberation topic this ticket was taken to ("needs deliberation", or an accepted candidate).
-    topic_id: Mapped[int | None] = mapped_column(ForeignKey("topics.id"), default=None, index=True)
+    topic_id: Mapped[int | None] = mapped_column(ForeignKey("topics.id"), default=None)
+    # When a periodic job must look at the ticket next (the deadline sweep while it is open, the confirmation
+    # sweep while it is resolved); None: no job needs to. A change of status or deadline sets it to the
+    # change's time (domain/deadlines.py), and the sweep that looks then sets the exact moment, so a run reads
+    # only the tickets due, never the history.
+    wake_at: Mapped[datetime | None] = mapped_column(default=None)
     # Whether the reporter spoke for a verified household when filing (the card marks it when not). Tickets
     # filed before households existed count as verified, so the upgrade does not mark them all.
     reporter_verified: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
@@ -809,6 +841,10 @@ class Broadcast(Base):
     content: Mapped[dict[str, Any]] = mapped_column(default=dict)
     recipients: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime]
+    # Recipients are queued building by building, each batch in its own short transaction: the last building
+    # whose residents are queued, and when the last batch was (None: still being queued, resumed after a crash).
+    queued_through: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    queued_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class FsmRecord(Base):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 
 from bot.callbacks import BroadcastAction, BroadcastCb, SurveyCb
 from domain.broadcasts import period_of, start_broadcast
@@ -128,6 +128,44 @@ async def test_a_broadcast_is_queued_once_for_the_residents_who_want_it(
     assert len(await recipients(session_factory)) == 4
     async with session_factory() as session:
         assert await session.scalar(select(func.count()).select_from(Broadcast)) == 2
+
+
+async def test_a_broadcast_a_crash_left_half_queued_is_finished_once(
+    session_factory: SessionFactory, clock: FakeClock, community: None
+) -> None:
+    await residents(session_factory, clock)
+    for user_id, building in ((900505, "yinba/1"), (900506, "yinba/10")):
+        await resident_in(session_factory, clock, user_id, building)
+    jsx = await community_id(session_factory)
+    async with session_factory() as session:
+        started = await start_broadcast(session, jsx, BroadcastKind.AGENDA, "2026-11", clock())
+    assert started.broadcast.recipients == 3 and started.broadcast.queued_at is not None
+    # Recipients are queued building by building, each batch committed with how far it got. A crash after the
+    # first building's batch leaves this behind:
+    queued = await recipients(session_factory)
+    async with session_factory() as session, session.begin():
+        homes = {user_id: home for user_id, home in await session.execute(select(User.id, User.building_id))}
+        first = min(homes[chat_id] or 0 for chat_id in queued)
+        later = [chat_id for chat_id, home in homes.items() if home != first]
+        await session.execute(delete(OutboxMessage).where(OutboxMessage.chat_id.in_(later)))
+        await session.execute(
+            update(Broadcast).values(
+                queued_through=first,
+                queued_at=None,
+                recipients=func.count().select().where(OutboxMessage.broadcast_id == Broadcast.id).scalar_subquery(),
+            )
+        )
+    assert len(await recipients(session_factory)) < 3
+    # At start-up (and every hour) the catch-up finishes it; staff pressing "send now" meanwhile neither
+    # starts it again nor queues anyone twice.
+    async with session_factory() as session:
+        again = await start_broadcast(session, jsx, BroadcastKind.AGENDA, "2026-11", clock())
+    assert not again.new and again.broadcast.recipients == 3
+    await send_due_broadcasts(session_factory, clock, timedelta(hours=12), lambda: None)
+    assert sorted(await recipients(session_factory)) == sorted([NEIGHBOUR, 900505, 900506])
+    async with session_factory() as session:
+        [broadcast] = list(await session.scalars(select(Broadcast)))
+    assert broadcast.recipients == 3 and broadcast.queued_at is not None
 
 
 async def test_the_schedule_sends_on_time_catches_up_within_grace_and_never_twice(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from domain import tickets
 from domain.categories import list_categories, suggest_category
@@ -15,7 +15,7 @@ from domain.people import touch_user
 from domain.routing import RouteReason
 from domain.text import TextTooLong
 from storage.db import SessionFactory
-from storage.models import Building, Category, Compound, Membership, TicketStatus, User
+from storage.models import Building, Category, Compound, Membership, Ticket, TicketStatus, User
 from tests.conftest import FakeClock
 
 LI_JUAN, MA_LI, ZHANG_WEI = 200001, 200002, 200003
@@ -157,6 +157,40 @@ async def test_lifecycle_rules_and_access(session_factory: SessionFactory, clock
             session, actor_id=STAFF_WANG, ticket_id=ticket_id, note="已修好", photo=None, now=clock()
         )
         assert resolved.status == TicketStatus.RESOLVED
+
+
+async def test_each_persons_load_follows_their_tickets(
+    session_factory: SessionFactory, clock: FakeClock, community: None
+) -> None:
+    """Routing reads each person's open tickets from a counter kept as tickets change: it must equal the count."""
+
+    async def loads() -> dict[int, tuple[int, int]]:
+        async with session_factory() as session:
+            counted = dict(
+                (
+                    await session.execute(
+                        select(Ticket.assignee_id, func.count())
+                        .where(Ticket.status.in_(TicketStatus.open_statuses()))
+                        .group_by(Ticket.assignee_id)
+                    )
+                ).all()
+            )
+            kept = dict((await session.execute(select(User.id, User.open_tickets))).all())
+        return {person: (kept[person], counted.get(person, 0)) for person in kept if kept[person] or person in counted}
+
+    await resident_in(session_factory, clock, 1, "yinba/1")
+    filed = [await report(session_factory, clock, 1) for _ in range(4)]
+    first, second, third = (f.ticket.id for f in filed[:3])
+    async with session_factory() as session:
+        await tickets.accept(session, actor_id=filed[0].ticket.assignee_id or 0, ticket_id=first, now=clock())
+        await tickets.resolve(session, actor_id=STAFF_WANG, ticket_id=first, note="已修好", photo=None, now=clock())
+        await tickets.hand_back(
+            session, actor_id=filed[1].ticket.assignee_id or 0, ticket_id=second, reason="不归我", now=clock()
+        )
+        await tickets.accept(session, actor_id=filed[2].ticket.assignee_id or 0, ticket_id=third, now=clock())
+    found = await loads()
+    assert found and all(kept == counted for kept, counted in found.values()), found
+    assert sum(kept for kept, _ in found.values()) == 3  # one resolved, three still open
 
 
 async def test_category_suggestion_from_keywords(session_factory: SessionFactory, community: None) -> None:
