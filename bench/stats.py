@@ -34,7 +34,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.app import assemble
-from bot.config import Settings
+from bot.config import SAMPLE_COMMUNITY, Settings
 from domain.community_file import import_community, load_community_file
 from domain.stats import Month
 from storage.db import SessionFactory, create_engine, create_session_factory
@@ -42,7 +42,6 @@ from storage.models import Base, Building, Category, Community, Membership, Role
 from storage.models import User as UserRow
 from tests.fake_telegram import fake_bot
 
-ROOT = Path(__file__).resolve().parent.parent
 STAFF = 100001  # 王书记 in the sample community
 RESIDENT = 990001
 BATCH = 20_000
@@ -54,12 +53,23 @@ OUTCOMES = [
     (TicketStatus.IN_PROGRESS, 0.08),
     (TicketStatus.ASSIGNED, 0.06),
 ]
+SETTLED = (TicketStatus.CLOSED, TicketStatus.UNCONFIRMED)
 
 
 async def build_tickets(
-    sessions: SessionFactory, community_id: int, count: int, first_month: Month, months: int, seed: int = 14
+    sessions: SessionFactory,
+    community_id: int,
+    count: int,
+    first_month: Month,
+    months: int,
+    seed: int = 14,
+    settled_before: datetime | None = None,
 ) -> None:
-    """Insert ``count`` tickets of the community, spread evenly over ``months`` months from ``first_month``."""
+    """Insert ``count`` tickets of the community, spread evenly over ``months`` months from ``first_month``.
+
+    With ``settled_before``, tickets created before it all ended closed or unconfirmed, as in a district that
+    works its tickets: what is open, or waits for the resident's answer, is recent.
+    """
     rng = random.Random(seed)
     async with sessions() as session, session.begin():
         community = await session.get(Community, community_id)
@@ -101,6 +111,8 @@ async def build_tickets(
         building_id, grid_id = rng.choice(buildings)
         category_id, response_hours, resolve_hours = rng.choice(categories)
         status = rng.choices(statuses, weights)[0]
+        if settled_before is not None and created < settled_before and status not in SETTLED:
+            status = rng.choices(SETTLED, [0.85, 0.15])[0]
         accepted = None if status == TicketStatus.ASSIGNED else created + timedelta(hours=rng.uniform(0.1, 30))
         resolved = None
         if status in (TicketStatus.RESOLVED, TicketStatus.CLOSED, TicketStatus.UNCONFIRMED):
@@ -162,7 +174,7 @@ async def prepare(url: str, tickets: int, months: int, now: datetime, reuse: boo
         await conn.run_sync(Base.metadata.create_all)
     sessions = create_session_factory(engine)
     async with sessions() as session:
-        await import_community(session, load_community_file(ROOT / "communities" / "sample.toml"), now)
+        await import_community(session, load_community_file(SAMPLE_COMMUNITY), now)
     async with sessions() as session:
         community_id = await session.scalar(select(Community.id))
     assert community_id is not None
