@@ -677,12 +677,17 @@ def final_line(report: Report, sizes: Sizes, one: District, pg: District | None)
 
 
 async def run(
-    sizes: Sizes, data: Path, postgres_url: str | None, redis_url: str | None, rebuild: bool = False
+    sizes: Sizes,
+    data: Path,
+    postgres_url: str | None,
+    redis_url: str | None,
+    rebuild: bool = False,
+    sqlite: bool = True,
 ) -> tuple[Report, str]:
     report = Report()
     one, spread, pg = districts(sizes, data, postgres_url)
     for district, is_spread in ((one, False), (spread, True), (pg, False)):
-        if district is None:
+        if district is None or (district is not pg and not sqlite):
             continue
         engine = await ready(district, rebuild, report)
         try:
@@ -707,6 +712,7 @@ async def main() -> None:
     parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES)
     parser.add_argument("--redis-url", default=DEFAULT_REDIS)
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--no-sqlite", action="store_true")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     print(f"load average at start: {load()}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", flush=True)
@@ -717,6 +723,7 @@ async def main() -> None:
         None if args.no_postgres else args.postgres_url,
         None if args.no_postgres else args.redis_url,
         args.rebuild,
+        not args.no_sqlite,
     )
     print(f"load average at end: {load()}; {time.perf_counter() - began:.0f} s in all")
     print(line)
