@@ -60,7 +60,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bench import wizards
 from bench.intake import text_update
 from bench.residents import add_residents
-from bench.stats import build_tickets, stats_update
+from bench.stats import RESIDENT, build_tickets, stats_update
 from bot.app import assemble
 from bot.config import SAMPLE_COMMUNITY, Settings
 from bot.i18n import create_i18n
@@ -314,12 +314,10 @@ async def put_back(sessions: SessionFactory) -> None:
         # Cards "shown" by an earlier run's fake Telegram, whose message ids start again in every run.
         await session.execute(delete(TicketCardCopy))
         await session.execute(delete(FsmRecord).where(FsmRecord.key.like("ceiling:%")))
-        filed_here = (Ticket.created_at >= NOW) | Ticket.reporter_id.between(
-            wizards.FIRST_RESIDENT, wizards.LAST_RESIDENT
-        )
+        # Every ticket the generator made has the one reporter; the others were filed by a run.
         await session.execute(
             update(Ticket)
-            .where(filed_here, Ticket.status.in_(TicketStatus.open_statuses()))
+            .where(Ticket.reporter_id != RESIDENT, Ticket.status.in_(TicketStatus.open_statuses()))
             .values(status=TicketStatus.CLOSED, resolved_at=NOW, closed_at=NOW)
         )
 
