@@ -24,8 +24,8 @@ the range, beside a baseline measured in the same run where one means something:
 - on PostgreSQL with Redis: 50 report wizards in flight through the dispatcher (bench/wizards.py) against
   the same-run ceiling, inside the district.
 
-    .venv/bin/python -m bench.scale              # build (minutes, once) and measure: about 15 minutes
-    .venv/bin/python -m bench.scale --quick      # 50k tickets, 5k residents: under a minute after its build
+    .venv/bin/python -m bench.scale              # 31 minutes with the builds, 6 reusing them (at load 5-7)
+    .venv/bin/python -m bench.scale --quick      # 50k tickets, 5k residents
     .venv/bin/python -m bench.scale --no-postgres
 
 The PostgreSQL database (``--postgres-url``) and Redis database (``--redis-url``) are the benchmark's own: the
