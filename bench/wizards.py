@@ -20,26 +20,25 @@ import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 from aiogram.fsm.storage.base import StorageKey
 from aiogram.types import Update
 from redis.asyncio import Redis
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from bench.intake import button_update, ceiling_side, load_average, no_sleep, text_update
 from bot.app import assemble
 from bot.callbacks import CategoryCb
-from bot.config import Settings
+from bot.config import SAMPLE_COMMUNITY, Settings
 from domain.clock import system_clock
 from domain.community_file import import_community, load_community_file
 from storage.db import create_engine, create_session_factory
-from storage.models import Base, Building, Category, Ticket
+from storage.models import Base, Building, Category, FsmRecord, Ticket
 from storage.models import User as UserRow
 from tests.fake_telegram import fake_bot
 
-ROOT = Path(__file__).resolve().parent.parent
 FIRST_RESIDENT = 5_100_000
+LAST_RESIDENT = 6_000_000  # the ceiling's users start here (bench/intake.py)
 
 
 @dataclass
@@ -57,20 +56,31 @@ class Figures:
         return self.product_per_s / self.ceiling_per_s
 
 
-async def measure(database_url: str, redis_url: str | None, wizards: int = 50, rounds: int = 5) -> Figures:
-    """``rounds`` times: ``wizards`` whole report wizards at once, then the ceiling with as many users at once."""
+async def measure(
+    database_url: str, redis_url: str | None, wizards: int = 50, rounds: int = 5, fresh: bool = True
+) -> Figures:
+    """``rounds`` times: ``wizards`` whole report wizards at once, then the ceiling with as many users at once.
+
+    ``fresh``: on a new sample community (every table dropped first); otherwise in the database as it is (its
+    first building's residents, new ones each run), as bench/scale.py runs it inside a district.
+    """
     engine = create_engine(database_url)
-    async with engine.begin() as conn:
-        await conn.run_sync(Base.metadata.drop_all)
-        await conn.run_sync(Base.metadata.create_all)
     sessions = create_session_factory(engine)
-    async with sessions() as session:
-        await import_community(session, load_community_file(ROOT / "communities" / "sample.toml"), system_clock())
-    residents = list(range(FIRST_RESIDENT, FIRST_RESIDENT + wizards * rounds))
+    if fresh:
+        async with engine.begin() as conn:
+            await conn.run_sync(Base.metadata.drop_all)
+            await conn.run_sync(Base.metadata.create_all)
+        async with sessions() as session:
+            await import_community(session, load_community_file(SAMPLE_COMMUNITY), system_clock())
     async with sessions() as session, session.begin():
         building = await session.scalar(select(Building).order_by(Building.id).limit(1))
-        category = await session.scalar(select(Category).where(Category.code == "light"))
+        category = await session.scalar(select(Category).where(Category.code == "light").order_by(Category.id).limit(1))
         assert building is not None and category is not None
+        last = await session.scalar(
+            select(func.max(UserRow.id)).where(UserRow.id >= FIRST_RESIDENT, UserRow.id < LAST_RESIDENT)
+        )
+        first = (last or FIRST_RESIDENT - 1) + 1
+        residents = list(range(first, first + wizards * rounds))
         now = system_clock()
         session.add_all(
             UserRow(
@@ -78,6 +88,8 @@ async def measure(database_url: str, redis_url: str | None, wizards: int = 50, r
             )
             for r in residents
         )
+        # The ceiling's rows of an earlier run in this database (its keys start again in every process).
+        await session.execute(delete(FsmRecord).where(FsmRecord.key.like("ceiling:%")))
     if redis_url:
         redis = Redis.from_url(redis_url)
         await redis.flushdb()
@@ -118,7 +130,9 @@ async def measure(database_url: str, redis_url: str | None, wizards: int = 50, r
         ceiling_cpu += time.process_time() - cpu
 
     async with sessions() as session:
-        tickets = await session.scalar(select(func.count()).select_from(Ticket))
+        tickets = await session.scalar(
+            select(func.count()).select_from(Ticket).where(Ticket.reporter_id.in_(residents))
+        )
     storage = app.dispatcher.storage
     left_open = 0
     for r in residents:
