@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from aiogram import Bot, Dispatcher
@@ -39,7 +39,6 @@ from aiogram.methods.base import Response, TelegramMethod, TelegramType
 from aiogram.types import BotCommandScopeAllPrivateChats
 from aiogram.utils.i18n import I18n
 from aiohttp_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
-from redis.asyncio import BlockingConnectionPool, Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.config import Settings, hide_password
@@ -50,7 +49,6 @@ from bot.middlewares import SessionMiddleware, UserMiddleware
 from bot.outbound import replies
 from bot.outbound.notices import Renderer
 from bot.outbound.sender import OutboxSender, SenderSettings
-from bot.outbound.shared_rate import RedisTokenBucket
 from bot.steps import ExpiringSteps, StepExits
 from bot.views import commands as command_views
 from bot.webhook import Health, HealthServer, WebhookServer, register_webhook
@@ -68,7 +66,9 @@ from scheduler.jobs import create_scheduler, every_minute, stop_scheduler
 from storage.db import SessionFactory, create_engine, create_session_factory
 from storage.fsm import FsmFlushMiddleware, SqlStorage
 from storage.migrate import exclusive, upgrade_database
-from storage.redis_fsm import ScopedRedisIsolation, UpdateScopedRedisStorage
+
+if TYPE_CHECKING:
+    from bot.outbound.shared_rate import RedisTokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -188,14 +188,16 @@ def assemble(
     build_dispatcher."""
     i18n = create_i18n(settings.default_locale)
     tz = ZoneInfo(settings.timezone)
-    # Telegram's send limit is per bot: processes sharing one bot share one rate through Redis.
-    shared_rate = (
-        RedisTokenBucket(
-            Redis.from_url(settings.redis_url), f"feedback-bot:send-slot:{bot.id}", settings.send_rate_per_second
-        )
-        if settings.redis_url
-        else None
-    )
+    # Telegram's send limit is per bot: processes sharing one bot share one rate through Redis. redis-py is
+    # imported only when Redis is configured: it is half a second of a restarted bot's start (docs/delivery.md).
+    shared_rate: RedisTokenBucket | None = None
+    if settings.redis_url:
+        from redis.asyncio import Redis
+
+        from bot.outbound.shared_rate import RedisTokenBucket
+
+        redis = Redis.from_url(settings.redis_url)
+        shared_rate = RedisTokenBucket(redis, f"feedback-bot:send-slot:{bot.id}", settings.send_rate_per_second)
     # One per-chat pace for the direct replies and the outbox sender: they write into the same chats.
     pacer = replies.ChatPacer(settings.send_rate_per_chat_seconds, monotonic, sleep)
     sender = OutboxSender(
@@ -234,6 +236,10 @@ def assemble(
 def fsm_backend(settings: Settings, session_factory: SessionFactory) -> tuple[BaseStorage, BaseEventIsolation]:
     """Wizard state in Redis when several processes share the load, else in the bot's own database."""
     if settings.redis_url:
+        from redis.asyncio import BlockingConnectionPool, Redis
+
+        from storage.redis_fsm import ScopedRedisIsolation, UpdateScopedRedisStorage
+
         # A blocking pool: beyond its connections an update waits for one instead of failing (redis-py's
         # default pool raises MaxConnectionsError past 100 at once).
         pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=100, timeout=30)

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from aiogram import Bot, Dispatcher
@@ -25,7 +25,6 @@ from aiogram.types import Update
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 from pydantic import ValidationError
-from redis.asyncio import Redis
 from sqlalchemy import func, select, text
 
 from bot.config import Settings
@@ -33,6 +32,9 @@ from bot.intake import UpdateInbox
 from domain.clock import Clock
 from storage.db import SessionFactory
 from storage.models import OutboxMessage, OutboxStatus
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
 
