@@ -317,6 +317,10 @@ async def run_bot(settings: Settings) -> None:
     await app.dispatcher.emit_startup(bot=bot, **workflow)
     scheduler = create_scheduler()
     try:
+        # Before the recovery, whose updates start at once: one of them handled meanwhile is no dead one's.
+        resumed = await inbox.resume(everyone=not webhook)
+        if resumed:
+            log.info("showing %d people where they stand: the previous run did not finish answering them", resumed)
         recovered = await inbox.recover(everyone=not webhook)
         if recovered:
             log.info("handling %d updates the previous run had recorded but not finished", recovered)
