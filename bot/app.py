@@ -72,6 +72,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# At most this long after start, polling waits for the answers to what the dead predecessor left (recovered and
+# resumed updates) to be on their way: they must come before anything new. Usually a matter of milliseconds.
+RECOVERY_BEFORE_POLLING = 5.0
 DEFAULT_STEP_TIMEOUT = timedelta(minutes=Settings.model_fields["text_step_timeout_minutes"].default)
 
 # pydantic keeps parametrised generic models in a weak cache, so under load aiogram keeps rebuilding
@@ -336,6 +339,7 @@ async def run_bot(settings: Settings) -> None:
             if settings.health_port is not None:
                 server = HealthServer(settings, health)
                 await server.start()
+            await inbox.recovery_settled(seconds=RECOVERY_BEFORE_POLLING)
             log.info("polling for updates")
             polling = asyncio.create_task(inbox.poll(stop))
             # A webhook left from webhook mode would make every getUpdates fail (409).

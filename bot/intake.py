@@ -194,6 +194,10 @@ class UpdateInbox:
         # Recovered updates start one at a time, each once the one before is settled (HandledMark), so a crash
         # during recovery counts against the one update that was under way, not against the whole backlog.
         self._recovery_turn = asyncio.Lock()
+        # Recovered and resumed updates not yet settled: polling waits for them (see recovery_settled).
+        self._unsettled = 0
+        self._settled = asyncio.Event()
+        self._settled.set()
         self._queues: dict[int, deque[tuple[Update, HandledMark]]] = {}
         self._workers: set[asyncio.Task[None]] = set()
         self._backlog = 0
@@ -315,6 +319,22 @@ class UpdateInbox:
             self.submit(resumed_update, resume=True)
         return len(resumed)
 
+    def _recovery_settled(self) -> None:
+        self._recovery_turn.release()
+        self._unsettled -= 1
+        if not self._unsettled:
+            self._settled.set()
+
+    async def recovery_settled(self, seconds: float) -> None:
+        """Wait (at most this long) until every recovered and resumed update has been answered or committed.
+
+        Polling starts after that, so the answer to what the dead process left comes before any new update is
+        taken from Telegram: someone who sent the step again meanwhile is answered in order, the first answer
+        for the first message.
+        """
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._settled.wait(), seconds)
+
     async def _count_recovery(self, update_id: int) -> None:
         """Counts that handling this recovered update starts: should it kill the process, it counts against it."""
         async with self.sessions() as session, session.begin():
@@ -338,6 +358,9 @@ class UpdateInbox:
         if self._backlog >= self.max_backlog:
             self._room.clear()
         mark = HandledMark(update_.update_id, written=resume, recovered=recovered or resume, resume=resume)
+        if mark.recovered:
+            self._unsettled += 1
+            self._settled.clear()
         item = (update_, mark)
         if queue is not None:
             queue.append(item)
@@ -369,7 +392,7 @@ class UpdateInbox:
         try:
             if mark.recovered:
                 await self._recovery_turn.acquire()
-                mark.on_settled = self._recovery_turn.release
+                mark.on_settled = self._recovery_settled
                 await self._count_recovery(mark.update_id)
             await self.dispatcher.feed_update(self.bot, update_, inbox_mark=mark, resume=mark.resume)
         except Exception:

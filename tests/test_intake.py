@@ -405,3 +405,25 @@ async def test_only_a_persons_last_unanswered_update_is_resumed(harness: Harness
     assert "取消" in "".join(text_of(r) for r in sent_to(restarted.telegram.requests, later))
     await again.write_marks()
     assert await inbox_of(restarted).resume() == 0, "the others were marked done at once"
+
+
+async def test_polling_waits_until_the_dead_process_updates_are_being_answered(
+    harness: Harness, clock: FakeClock
+) -> None:
+    await bind(harness.person(900510))
+    left = [text_update(900510, "/help"), text_update(900511, "/help")]  # recorded by a process that died
+    await inbox_of(harness).record(left)
+
+    restarted = Harness(harness.sessions, clock)
+    inbox = inbox_of(restarted)
+    assert await inbox.recover() == 2
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await inbox.recovery_settled(seconds=5)
+    assert loop.time() - began < 4, "settled as soon as the answers were on their way, not at the timeout"
+    for _ in range(100):
+        if {900510, 900511} <= {getattr(r, "chat_id", None) for r in restarted.telegram.requests}:
+            break
+        await asyncio.sleep(0.01)
+    assert {900510, 900511} <= {getattr(r, "chat_id", None) for r in restarted.telegram.requests}
+    await inbox.drain(seconds=5)
