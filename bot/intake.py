@@ -302,19 +302,18 @@ class UpdateInbox:
                 last = {
                     key: update_id for key, update_id in (await session.execute(latest.group_by(_TABLE.c.user_key)))
                 }
-            due = {
-                row.update_id
-                for row in rows
-                if row.user_key and last.get(row.user_key) == row.update_id and row.recoveries < MAX_RECOVERIES
-            }
-            done = [row.update_id for row in rows if row.update_id not in due]
-            if done:
-                await session.execute(_MARK_FINISHED, {"ids": done, "now": self.clock()})
-            resumed = [
+            due = [
                 Update.model_validate_json(row.payload, context={"bot": self.bot})
                 for row in sorted(rows)
-                if row.update_id in due
+                if row.user_key and last.get(row.user_key) == row.update_id and row.recoveries < MAX_RECOVERIES
             ]
+            # Only a person's message or button press is answered; other kinds (a membership change) have nothing
+            # to show again.
+            resumed = [u for u in due if u.message is not None or u.callback_query is not None]
+            kept = {u.update_id for u in resumed}
+            done = [row.update_id for row in rows if row.update_id not in kept]
+            if done:
+                await session.execute(_MARK_FINISHED, {"ids": done, "now": self.clock()})
         for resumed_update in resumed:
             self.submit(resumed_update, resume=True)
         return len(resumed)
