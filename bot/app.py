@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from aiogram import Bot, Dispatcher
@@ -39,7 +39,6 @@ from aiogram.methods.base import Response, TelegramMethod, TelegramType
 from aiogram.types import BotCommandScopeAllPrivateChats
 from aiogram.utils.i18n import I18n
 from aiohttp_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
-from redis.asyncio import BlockingConnectionPool, Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.config import Settings, hide_password
@@ -50,7 +49,6 @@ from bot.middlewares import SessionMiddleware, UserMiddleware
 from bot.outbound import replies
 from bot.outbound.notices import Renderer
 from bot.outbound.sender import OutboxSender, SenderSettings
-from bot.outbound.shared_rate import RedisTokenBucket
 from bot.steps import ExpiringSteps, StepExits
 from bot.views import commands as command_views
 from bot.webhook import Health, HealthServer, WebhookServer, register_webhook
@@ -68,10 +66,15 @@ from scheduler.jobs import create_scheduler, every_minute, stop_scheduler
 from storage.db import SessionFactory, create_engine, create_session_factory, refresh_statistics
 from storage.fsm import FsmFlushMiddleware, SqlStorage
 from storage.migrate import exclusive, upgrade_database
-from storage.redis_fsm import ScopedRedisIsolation, UpdateScopedRedisStorage
+
+if TYPE_CHECKING:
+    from bot.outbound.shared_rate import RedisTokenBucket
 
 log = logging.getLogger(__name__)
 
+# At most this long after start, polling waits for the answers to what the dead predecessor left (recovered and
+# resumed updates) to be on their way: they must come before anything new. Usually a matter of milliseconds.
+RECOVERY_BEFORE_POLLING = 5.0
 DEFAULT_STEP_TIMEOUT = timedelta(minutes=Settings.model_fields["text_step_timeout_minutes"].default)
 # How often SQLite's planner statistics are refreshed (``PRAGMA optimize``; usually a no-op).
 STATISTICS_SECONDS = 3600
@@ -190,14 +193,16 @@ def assemble(
     build_dispatcher."""
     i18n = create_i18n(settings.default_locale)
     tz = ZoneInfo(settings.timezone)
-    # Telegram's send limit is per bot: processes sharing one bot share one rate through Redis.
-    shared_rate = (
-        RedisTokenBucket(
-            Redis.from_url(settings.redis_url), f"feedback-bot:send-slot:{bot.id}", settings.send_rate_per_second
-        )
-        if settings.redis_url
-        else None
-    )
+    # Telegram's send limit is per bot: processes sharing one bot share one rate through Redis. redis-py is
+    # imported only when Redis is configured: it is half a second of a restarted bot's start (docs/delivery.md).
+    shared_rate: RedisTokenBucket | None = None
+    if settings.redis_url:
+        from redis.asyncio import Redis
+
+        from bot.outbound.shared_rate import RedisTokenBucket
+
+        redis = Redis.from_url(settings.redis_url)
+        shared_rate = RedisTokenBucket(redis, f"feedback-bot:send-slot:{bot.id}", settings.send_rate_per_second)
     # One per-chat pace for the direct replies and the outbox sender: they write into the same chats.
     pacer = replies.ChatPacer(settings.send_rate_per_chat_seconds, monotonic, sleep)
     sender = OutboxSender(
@@ -236,6 +241,10 @@ def assemble(
 def fsm_backend(settings: Settings, session_factory: SessionFactory) -> tuple[BaseStorage, BaseEventIsolation]:
     """Wizard state in Redis when several processes share the load, else in the bot's own database."""
     if settings.redis_url:
+        from redis.asyncio import BlockingConnectionPool, Redis
+
+        from storage.redis_fsm import ScopedRedisIsolation, UpdateScopedRedisStorage
+
         # A blocking pool: beyond its connections an update waits for one instead of failing (redis-py's
         # default pool raises MaxConnectionsError past 100 at once).
         pool = BlockingConnectionPool.from_url(settings.redis_url, max_connections=100, timeout=30)
@@ -314,6 +323,10 @@ async def run_bot(settings: Settings) -> None:
     await app.dispatcher.emit_startup(bot=bot, **workflow)
     scheduler = create_scheduler()
     try:
+        # Before the recovery, whose updates start at once: one of them handled meanwhile is no dead one's.
+        resumed = await inbox.resume(everyone=not webhook)
+        if resumed:
+            log.info("showing %d people where they stand: the previous run did not finish answering them", resumed)
         recovered = await inbox.recover(everyone=not webhook)
         if recovered:
             log.info("handling %d updates the previous run had recorded but not finished", recovered)
@@ -329,6 +342,7 @@ async def run_bot(settings: Settings) -> None:
             if settings.health_port is not None:
                 server = HealthServer(settings, health)
                 await server.start()
+            await inbox.recovery_settled(seconds=RECOVERY_BEFORE_POLLING)
             log.info("polling for updates")
             polling = asyncio.create_task(inbox.poll(stop))
             # A webhook left from webhook mode would make every getUpdates fail (409).

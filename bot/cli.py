@@ -23,7 +23,7 @@ import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from aiogram.exceptions import TelegramNetworkError, TelegramUnauthorizedError
 from sqlalchemy.engine import make_url
@@ -34,9 +34,6 @@ from bot.app import create_bot, run_bot
 from bot.config import SAMPLE_COMMUNITY, Settings, hide_password, load_settings
 from bot.i18n import LANGUAGES, create_i18n
 from bot.logs import setup_logging
-from bot.qr import write_qr_codes
-from bot.reports.posters import A4, A5, PaperSize, write_posters
-from bot.reports.spreadsheet import month_workbook
 from domain.clock import system_clock
 from domain.community_file import CommunityFileError, building_links, import_community, load_community_file
 from domain.errors import NotFound
@@ -53,6 +50,12 @@ from domain.register import (
 from domain.stats import Month, MonthReport, community_by_code, month_report
 from storage.db import create_engine, create_session_factory
 from storage.migrate import upgrade_database
+
+if TYPE_CHECKING:
+    from bot.reports.posters import PaperSize
+
+# QR codes (segno), posters (fpdf2), spreadsheets (openpyxl) are imported by the commands that make them: the bot's
+# own start (the default command) must not wait for them (docs/delivery.md, "Start-up").
 
 STARTER_ENV = Path(__file__).resolve().parent / "starter.env"
 T = TypeVar("T")
@@ -127,6 +130,8 @@ async def print_qr_codes(settings: Settings, out: Path, community: str | None, u
     links = await read_database(settings, lambda session: building_links(session, community))
     if not links:
         raise SystemExit(NO_BUILDINGS)
+    from bot.qr import write_qr_codes
+
     files = write_qr_codes(links, username, out)
     print(f"{len(files)} QR codes written to {out} (index.csv lists them)")
 
@@ -204,6 +209,8 @@ async def export_month(settings: Settings, community: str, month: Month, locale:
             yellow_share=settings.ledger_yellow_share,
         )
 
+    from bot.reports.spreadsheet import month_workbook
+
     report = await read_database(settings, read)
     i18n = create_i18n(settings.default_locale)
     with i18n.context(), i18n.use_locale(locale or settings.default_locale):
@@ -224,6 +231,8 @@ async def print_posters(
     posters = await read_database(settings, lambda session: poster_buildings(session, community))
     if not posters:
         raise SystemExit(NO_BUILDINGS)
+    from bot.reports.posters import write_posters
+
     files = await asyncio.to_thread(write_posters, posters, username, out, create_i18n(), paper)
     print(f"{len(posters)} {paper.name} posters in {len(files)} files (one per compound) written to {out}")
 
@@ -274,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "import":
             asyncio.run(import_file(settings, args.file))
         elif args.command == "posters":
+            from bot.reports.posters import A4, A5
+
             paper = A5 if args.a5 else A4
             asyncio.run(print_posters(settings, args.out, args.community, args.bot_username, paper))
         elif args.command == "export":

@@ -8,12 +8,30 @@ bare ``State``, whose ``__call__`` is synchronous.
 
 from __future__ import annotations
 
+from functools import cache
+
 from aiogram.enums import ChatType, ContentType
 from aiogram.filters import Filter
 from aiogram.types import ChatMemberUpdated, Message
+from aiogram.utils.i18n import I18n, get_i18n
 from aiogram.utils.i18n.lazy_proxy import LazyProxy
 
+from bot import views
+from bot.views import households as household_views
 from domain.people import Person
+
+# Every reply-keyboard button the bot shows. Such a keyboard stays on the person's screen until another replaces it,
+# so after a lost answer or a step left another way, its buttons may be pressed at any step.
+REPLY_BUTTONS = (
+    *views.MAIN_MENU_BUTTONS,
+    views.WIZARD_DONE,
+    views.WIZARD_LOCATION,
+    views.WIZARD_SUBMIT,
+    views.WIZARD_CANCEL,
+    household_views.SHARE_PHONE,
+    household_views.ASK_WORKER,
+    household_views.NO_PHOTO,
+)
 
 
 class Content(Filter):
@@ -34,6 +52,34 @@ class Button(Filter):
 
     async def __call__(self, message: Message) -> bool:
         return message.text is not None and message.text == str(self.label)
+
+
+@cache
+def button_labels(i18n: I18n) -> frozenset[str]:
+    """The reply-keyboard buttons' texts in every language: a keyboard shown before a change of language stays."""
+    labels: set[str] = set()
+    for locale in i18n.available_locales:
+        with i18n.use_locale(locale):
+            labels.update(str(label) for label in REPLY_BUTTONS)
+    return frozenset(labels)
+
+
+class Typed(Filter):
+    """Words the person wrote: a text message that is not a reply-keyboard button's text (in any language), or a
+    message of one of ``also`` kinds (Typed(ContentType.PHOTO): text or a photo).
+
+    A step that waits for a description, a note or a reason takes its words through this filter, so an old
+    keyboard's "📨 Submit" pressed there is never filed as them: it falls through to the step's own handler for
+    anything else, which asks again.
+    """
+
+    def __init__(self, *also: ContentType) -> None:
+        self.also = frozenset(also)
+
+    async def __call__(self, message: Message) -> bool:
+        if message.content_type in self.also:
+            return True
+        return message.text is not None and message.text not in button_labels(get_i18n())
 
 
 class AnyCommand(Filter):

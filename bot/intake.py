@@ -6,6 +6,10 @@ was confirmed. Each recorded update is then handled through the dispatcher; the 
 written in the same transaction as the update's own changes (:class:`InboxMarkMiddleware`), so an update that
 arrives twice, or that a restarted process finds unhandled, changes things once. Updates of one user run one
 after another in the order Telegram sent them; different users run concurrently.
+
+Once an update's handling has ended, answers included, its row's ``answered_at`` is written (in one transaction
+per burst). A row handled and not answered is one whose answer a crash may have cut off: the change was saved,
+the person never heard. After a restart, :meth:`UpdateInbox.resume` shows each such person where they stand.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from aiogram.exceptions import TelegramNetworkError, TelegramServerError
 from aiogram.methods import GetUpdates
 from aiogram.types import TelegramObject, Update
 from aiogram.utils.backoff import Backoff, BackoffConfig
-from sqlalchemy import Table, bindparam, delete, event, or_, select, update
+from sqlalchemy import Table, bindparam, delete, event, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -42,6 +46,12 @@ _TABLE = cast(Table, InboundUpdate.__table__)
 _MARK_HANDLED = (
     update(_TABLE).where(_TABLE.c.update_id.in_(bindparam("ids", expanding=True))).values(handled_at=bindparam("now"))
 )
+# Its handling ended, answers included. An update that made no commit of its own is "handled" by the same write.
+_MARK_FINISHED = (
+    update(_TABLE)
+    .where(_TABLE.c.update_id.in_(bindparam("ids", expanding=True)))
+    .values(handled_at=func.coalesce(_TABLE.c.handled_at, bindparam("now")), answered_at=bindparam("now"))
+)
 # An update that was being handled when the process died this many times after a restart is set aside, not retried
 # for ever. Only a start of its handling counts: a process killed before it came to the update does not.
 MAX_RECOVERIES = 3
@@ -57,6 +67,8 @@ class HandledMark:
     written: bool = False
     # Recorded by a process that died before handling it: its handling is counted before it starts (recover).
     recovered: bool = False
+    # Handled by a process that died before it answered: fed again only to show where its person stands (resume).
+    resume: bool = False
     # Called once the update is past its risky part: "handled" committed, or the bot began to answer.
     on_settled: Callable[[], None] | None = None
 
@@ -182,6 +194,10 @@ class UpdateInbox:
         # Recovered updates start one at a time, each once the one before is settled (HandledMark), so a crash
         # during recovery counts against the one update that was under way, not against the whole backlog.
         self._recovery_turn = asyncio.Lock()
+        # Recovered and resumed updates not yet settled: polling waits for them (see recovery_settled).
+        self._unsettled = 0
+        self._settled = asyncio.Event()
+        self._settled.set()
         self._queues: dict[int, deque[tuple[Update, HandledMark]]] = {}
         self._workers: set[asyncio.Task[None]] = set()
         self._backlog = 0
@@ -189,8 +205,9 @@ class UpdateInbox:
         self._room.set()
         self._idle = asyncio.Event()
         self._idle.set()
-        # Updates handled without a commit of their own: "handled" is written for them in one go, shortly after.
-        self._unmarked: list[int] = []
+        # Updates whose handling ended: "answered" (and "handled", for those without a commit of their own) is
+        # written for them in one go, shortly after.
+        self._finished: list[int] = []
         self._marks_due = asyncio.Event()
 
     # --- recording --------------------------------------------------------------------------------------
@@ -202,7 +219,13 @@ class UpdateInbox:
             return []
         now = self.clock()
         rows = [
-            {"update_id": i, "payload": recorded_payload(u), "received_at": now, "received_by": self.holder}
+            {
+                "update_id": i,
+                "payload": recorded_payload(u),
+                "received_at": now,
+                "received_by": self.holder,
+                "user_key": order_key(u),
+            }
             for i, u in batch.items()
         ]
         async with self.sessions() as session, session.begin():
@@ -222,10 +245,7 @@ class UpdateInbox:
         over is one UPDATE, so two processes never take the same one.
         """
         async with self.sessions() as session, session.begin():
-            pending: list[ColumnElement[bool]] = [_TABLE.c.handled_at.is_(None)]
-            if not everyone:
-                live = select(SenderLease.holder).where(SenderLease.expires_at >= self.clock())
-                pending.append(or_(_TABLE.c.received_by.is_(None), _TABLE.c.received_by.not_in(live)))
+            pending = [_TABLE.c.handled_at.is_(None), *self._left_by_the_dead(everyone)]
             # Taken over, not yet counted: a recovery counts once its handling begins (_count_recovery).
             taken = await session.execute(
                 update(_TABLE)
@@ -249,6 +269,71 @@ class UpdateInbox:
             self.submit(recovered_update, recovered=True)
         return len(recovered)
 
+    def _left_by_the_dead(self, everyone: bool) -> list[ColumnElement[bool]]:
+        if everyone:
+            return []
+        live = select(SenderLease.holder).where(SenderLease.expires_at >= self.clock())
+        return [or_(_TABLE.c.received_by.is_(None), _TABLE.c.received_by.not_in(live))]
+
+    async def resume(self, *, everyone: bool = True) -> int:
+        """Show where they stand the people whose last update a dead predecessor handled but did not finish
+        answering; returns how many. ``everyone`` as for :meth:`recover`.
+
+        Only a person's last recorded update counts: after a later one, recovered or answered, the person has
+        an answer that is current. Each is fed through the dispatcher again with ``resume=True``
+        (handlers/resume.py), which changes nothing and asks the question the person is at; it is marked
+        answered once that is said, so a crash meanwhile resumes it again (a resume that crashes the bot
+        ``MAX_RECOVERIES`` times is given up, as a recovered update is).
+        """
+        async with self.sessions() as session, session.begin():
+            taken = await session.execute(
+                update(_TABLE)
+                .where(
+                    _TABLE.c.handled_at.is_not(None), _TABLE.c.answered_at.is_(None), *self._left_by_the_dead(everyone)
+                )
+                .values(received_by=self.holder)
+                .returning(_TABLE.c.update_id, _TABLE.c.payload, _TABLE.c.user_key, _TABLE.c.recoveries)
+            )
+            rows = taken.all()
+            keys = {row.user_key for row in rows if row.user_key}
+            last: dict[int, int] = {}
+            if keys:
+                latest = select(_TABLE.c.user_key, func.max(_TABLE.c.update_id)).where(_TABLE.c.user_key.in_(keys))
+                last = {
+                    key: update_id for key, update_id in (await session.execute(latest.group_by(_TABLE.c.user_key)))
+                }
+            due = [
+                Update.model_validate_json(row.payload, context={"bot": self.bot})
+                for row in sorted(rows)
+                if row.user_key and last.get(row.user_key) == row.update_id and row.recoveries < MAX_RECOVERIES
+            ]
+            # Only a person's message or button press is answered; other kinds (a membership change) have nothing
+            # to show again.
+            resumed = [u for u in due if u.message is not None or u.callback_query is not None]
+            kept = {u.update_id for u in resumed}
+            done = [row.update_id for row in rows if row.update_id not in kept]
+            if done:
+                await session.execute(_MARK_FINISHED, {"ids": done, "now": self.clock()})
+        for resumed_update in resumed:
+            self.submit(resumed_update, resume=True)
+        return len(resumed)
+
+    def _recovery_settled(self) -> None:
+        self._recovery_turn.release()
+        self._unsettled -= 1
+        if not self._unsettled:
+            self._settled.set()
+
+    async def recovery_settled(self, seconds: float) -> None:
+        """Wait (at most this long) until every recovered and resumed update has been answered or committed.
+
+        Polling starts after that, so the answer to what the dead process left comes before any new update is
+        taken from Telegram: someone who sent the step again meanwhile is answered in order, the first answer
+        for the first message.
+        """
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._settled.wait(), seconds)
+
     async def _count_recovery(self, update_id: int) -> None:
         """Counts that handling this recovered update starts: should it kill the process, it counts against it."""
         async with self.sessions() as session, session.begin():
@@ -264,14 +349,18 @@ class UpdateInbox:
 
     # --- handling ---------------------------------------------------------------------------------------
 
-    def submit(self, update_: Update, *, recovered: bool = False) -> None:
+    def submit(self, update_: Update, *, recovered: bool = False, resume: bool = False) -> None:
         key = order_key(update_)
         queue = self._queues.get(key)
         self._backlog += 1
         self._idle.clear()
         if self._backlog >= self.max_backlog:
             self._room.clear()
-        item = (update_, HandledMark(update_.update_id, recovered=recovered))
+        mark = HandledMark(update_.update_id, written=resume, recovered=recovered or resume, resume=resume)
+        if mark.recovered:
+            self._unsettled += 1
+            self._settled.clear()
+        item = (update_, mark)
         if queue is not None:
             queue.append(item)
             return
@@ -302,26 +391,26 @@ class UpdateInbox:
         try:
             if mark.recovered:
                 await self._recovery_turn.acquire()
-                mark.on_settled = self._recovery_turn.release
+                mark.on_settled = self._recovery_settled
                 await self._count_recovery(mark.update_id)
-            await self.dispatcher.feed_update(self.bot, update_, inbox_mark=mark)
+            await self.dispatcher.feed_update(self.bot, update_, inbox_mark=mark, resume=mark.resume)
         except Exception:
             # The handler's own transaction rolled back; what it did commit stays. Not retried: the same
             # update would fail the same way, and the user's next message starts afresh.
             log.exception("update %s failed", update_.update_id)
         finally:
             mark.settled()
-        if not mark.written:
-            self._unmarked.append(mark.update_id)
-            self._marks_due.set()
+        self._finished.append(mark.update_id)
+        self._marks_due.set()
 
     async def _write_marks(self, session: AsyncSession) -> None:
-        if self._unmarked:
-            ids, self._unmarked = self._unmarked, []
-            await session.execute(_MARK_HANDLED, {"ids": ids, "now": self.clock()})
+        if self._finished:
+            ids, self._finished = self._finished, []
+            await session.execute(_MARK_FINISHED, {"ids": ids, "now": self.clock()})
 
     async def write_marks(self) -> None:
-        """Write "handled" for updates that made no commit of their own (a reply, a read)."""
+        """Write "answered" for updates whose handling ended, and "handled" for those that made no commit of their
+        own (a reply, a read)."""
         async with self.sessions() as session, session.begin():
             await self._write_marks(session)
 

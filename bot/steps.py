@@ -82,7 +82,9 @@ class StepExits(BaseMiddleware):
         data: dict[str, Any],
     ) -> Any:
         state: FSMContext | None = data.get("state")
-        if state is not None and data.get("raw_state") is not None and _leaves_the_step(event):
+        # An update fed again after a crash (handlers/resume.py) already left its step, if it did, the first time.
+        resumed = data.get("resume", False)
+        if state is not None and not resumed and data.get("raw_state") is not None and _leaves_the_step(event):
             await state.clear()
             data["raw_state"] = None  # what StateFilter reads: the handlers see no step
         return await handler(event, data)

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from aiogram import Bot, Dispatcher
@@ -25,7 +25,6 @@ from aiogram.types import Update
 from aiogram.webhook.aiohttp_server import SimpleRequestHandler
 from aiohttp import web
 from pydantic import ValidationError
-from redis.asyncio import Redis
 from sqlalchemy import func, select, text
 
 from bot.config import Settings
@@ -33,6 +32,9 @@ from bot.intake import UpdateInbox
 from domain.clock import Clock
 from storage.db import SessionFactory
 from storage.models import OutboxMessage, OutboxStatus
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +202,8 @@ async def register_webhook(settings: Settings, bot: Bot, dispatcher: Dispatcher)
 
 
 async def keep_recovering(inbox: UpdateInbox, stop: asyncio.Event) -> None:
-    """Take over the updates of processes that died (their lease lapsed), and forget old handled ones."""
+    """Take over the updates of processes that died (their lease lapsed): those they did not handle, and those they
+    did not finish answering; and forget old handled ones."""
     loop = asyncio.get_running_loop()
     last_forget = 0.0
     while not stop.is_set():
@@ -209,6 +212,9 @@ async def keep_recovering(inbox: UpdateInbox, stop: asyncio.Event) -> None:
         if stop.is_set():
             return
         try:
+            resumed = await inbox.resume(everyone=False)
+            if resumed:
+                log.info("showing %d people where they stand: a stopped process did not finish answering", resumed)
             taken = await inbox.recover(everyone=False)
             if taken:
                 log.info("took over %d updates a stopped process had recorded but not handled", taken)

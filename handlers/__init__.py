@@ -14,15 +14,18 @@ from handlers import (
     membership,
     report,
     resident,
+    resume,
     staff,
     start,
     stats,
     worker,
 )
 
-# common first among the message handlers: /cancel must win in every state (membership has none); fallback
-# last: it answers whatever is left.
+# resume first: an update fed again after a crash only shows where its person stands (handlers/resume.py);
+# common first among the others' message handlers: /cancel must win in every state (membership has none);
+# fallback last: it answers whatever is left.
 ROUTERS = (
+    resume.router,
     membership.router,
     common.router,
     start.router,

@@ -6,7 +6,6 @@ The rules (who may answer, in which state) are in domain/confirmation.py; this o
 from __future__ import annotations
 
 from aiogram import F, Router
-from aiogram.enums import ContentType
 from aiogram.filters import StateFilter
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
@@ -16,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import views
 from bot.callbacks import FeedbackAction, FeedbackCb
-from bot.filters import Content
+from bot.filters import Typed
 from bot.views import feedback as feedback_views
 from domain import confirmation
 from domain.clock import Clock
@@ -68,7 +67,7 @@ async def not_fixed(
     await chat_of(query).answer(feedback_views.reason_prompt(callback_data.ticket_id))
 
 
-@router.message(StateFilter(FeedbackInput.reason), Content(ContentType.TEXT))
+@router.message(StateFilter(FeedbackInput.reason), Typed())
 async def reason_given(message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock) -> None:
     ticket_id = int((await state.get_data())["ticket_id"])
     step = confirmation.reopen(session, actor_id=user.id, ticket_id=ticket_id, reason=message.text or "", now=clock())
@@ -116,7 +115,7 @@ async def add_comment(
     await start_text_step(query, state, FeedbackInput.comment, prompt, ticket_id=callback_data.ticket_id)
 
 
-@router.message(StateFilter(FeedbackInput.comment), Content(ContentType.TEXT))
+@router.message(StateFilter(FeedbackInput.comment), Typed())
 async def commented(message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock) -> None:
     ticket_id = int((await state.get_data())["ticket_id"])
     step = confirmation.comment_on_rating(

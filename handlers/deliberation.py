@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable
 from datetime import date, tzinfo
 
 from aiogram import F, Router
-from aiogram.enums import ContentType
 from aiogram.filters import Command, StateFilter
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
@@ -16,7 +15,7 @@ from aiogram.utils.i18n import gettext as _
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.callbacks import SurveyCb, TicketAction, TicketCb, TopicAction, TopicCb
-from bot.filters import Content
+from bot.filters import Typed
 from bot.views import deliberation as dv
 from domain import deliberation
 from domain.clock import Clock
@@ -193,7 +192,7 @@ async def _checked(message: Message, limit: int) -> str | None:
         return None
 
 
-@router.message(StateFilter(TopicInput.dismiss_reason), Content(ContentType.TEXT))
+@router.message(StateFilter(TopicInput.dismiss_reason), Typed())
 async def dismiss_reason(
     message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock
 ) -> None:
@@ -202,7 +201,7 @@ async def dismiss_reason(
     await _finish(message, state, user, step, _("Topic #{number} is set aside.").format(number=topic_id))
 
 
-@router.message(StateFilter(TopicInput.title), Content(ContentType.TEXT))
+@router.message(StateFilter(TopicInput.title), Typed())
 async def draft_title(message: Message, state: FSMContext) -> None:
     if (title := await _checked(message, deliberation.MAX_TITLE)) is None:
         return
@@ -211,7 +210,7 @@ async def draft_title(message: Message, state: FSMContext) -> None:
     )
 
 
-@router.message(StateFilter(TopicInput.background), Content(ContentType.TEXT))
+@router.message(StateFilter(TopicInput.background), Typed())
 async def draft_background(message: Message, state: FSMContext) -> None:
     if (background := await _checked(message, deliberation.MAX_BACKGROUND)) is None:
         return
@@ -221,7 +220,7 @@ async def draft_background(message: Message, state: FSMContext) -> None:
     await _next(message, state, TopicInput.options, prompt, background=background)
 
 
-@router.message(StateFilter(TopicInput.options), Content(ContentType.TEXT))
+@router.message(StateFilter(TopicInput.options), Typed())
 async def draft_options(message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock) -> None:
     data = await state.get_data()
     step = deliberation.draft(
@@ -237,7 +236,7 @@ async def draft_options(message: Message, state: FSMContext, session: AsyncSessi
     await _finish(message, state, user, step, done)
 
 
-@router.message(StateFilter(TopicInput.decision), Content(ContentType.TEXT))
+@router.message(StateFilter(TopicInput.decision), Typed())
 async def decision(message: Message, state: FSMContext) -> None:
     if (text := await _checked(message, MAX_NOTE)) is None:
         return
@@ -252,7 +251,7 @@ def _numbers(text: str, count: int) -> list[int] | None:
     return [int(p) for p in parts]
 
 
-@router.message(StateFilter(TopicInput.votes), Content(ContentType.TEXT))
+@router.message(StateFilter(TopicInput.votes), Typed())
 async def votes(message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock) -> None:
     numbers = _numbers(message.text or "", 3)
     if numbers is None:
@@ -273,7 +272,7 @@ async def votes(message: Message, state: FSMContext, session: AsyncSession, user
     await _finish(message, state, user, step, done)
 
 
-@router.message(StateFilter(TopicInput.task_title), Content(ContentType.TEXT))
+@router.message(StateFilter(TopicInput.task_title), Typed())
 async def task_title(message: Message, state: FSMContext) -> None:
     if (title := await _checked(message, deliberation.MAX_TITLE)) is None:
         return
@@ -281,7 +280,7 @@ async def task_title(message: Message, state: FSMContext) -> None:
     await _next(message, state, TopicInput.task_responsible, prompt, task_title=title)
 
 
-@router.message(StateFilter(TopicInput.task_responsible), Content(ContentType.TEXT))
+@router.message(StateFilter(TopicInput.task_responsible), Typed())
 async def task_responsible(message: Message, state: FSMContext) -> None:
     if (responsible := await _checked(message, deliberation.MAX_RESPONSIBLE)) is None:
         return
@@ -289,7 +288,7 @@ async def task_responsible(message: Message, state: FSMContext) -> None:
     await _next(message, state, TopicInput.task_due, prompt, responsible=responsible)
 
 
-@router.message(StateFilter(TopicInput.task_due), Content(ContentType.TEXT))
+@router.message(StateFilter(TopicInput.task_due), Typed())
 async def task_due(message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock) -> None:
     try:
         due_on = date.fromisoformat((message.text or "").strip())
@@ -310,7 +309,7 @@ async def task_due(message: Message, state: FSMContext, session: AsyncSession, u
     await _finish(message, state, user, step, done)
 
 
-@router.message(StateFilter(TopicInput.percent), Content(ContentType.TEXT))
+@router.message(StateFilter(TopicInput.percent), Typed())
 async def percent(message: Message, state: FSMContext) -> None:
     numbers = _numbers((message.text or "").rstrip("%"), 1)
     try:
@@ -321,7 +320,7 @@ async def percent(message: Message, state: FSMContext) -> None:
     await _next(message, state, TopicInput.progress_note, _("What was done? A short note."), percent=value)
 
 
-@router.message(StateFilter(TopicInput.progress_note), Content(ContentType.TEXT))
+@router.message(StateFilter(TopicInput.progress_note), Typed())
 async def progress_note(message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock) -> None:
     data = await state.get_data()
     step = deliberation.task_progress(
@@ -351,7 +350,7 @@ async def new_topic(message: Message, state: FSMContext, session: AsyncSession, 
     await _prompt(message, _("What should the community deliberate? Describe the matter."))
 
 
-@router.message(StateFilter(TopicInput.new_topic), Content(ContentType.TEXT))
+@router.message(StateFilter(TopicInput.new_topic), Typed())
 async def new_topic_text(
     message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock
 ) -> None:
@@ -371,7 +370,7 @@ async def suggest(message: Message, state: FSMContext, user: Person) -> None:
     )
 
 
-@router.message(StateFilter(TopicInput.suggestion), Content(ContentType.TEXT))
+@router.message(StateFilter(TopicInput.suggestion), Typed())
 async def suggestion_text(
     message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock
 ) -> None:
@@ -395,7 +394,7 @@ async def deliberate_pressed(
     await start_text_step(query, state, TopicInput.ticket_reason, prompt, ticket_id=callback_data.ticket_id)
 
 
-@router.message(StateFilter(TopicInput.ticket_reason), Content(ContentType.TEXT))
+@router.message(StateFilter(TopicInput.ticket_reason), Typed())
 async def ticket_reason(message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock) -> None:
     ticket_id = (await state.get_data())["ticket_id"]
     step = deliberation.raise_from_ticket(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from aiogram import F, Router
-from aiogram.enums import ContentType
 from aiogram.filters import StateFilter
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
@@ -13,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import views
 from bot.callbacks import EscalateCb, TicketAction, TicketCb
-from bot.filters import Content
+from bot.filters import Typed
 from bot.views import ladder as ladder_views
 from domain import escalation
 from domain.clock import Clock
@@ -93,7 +92,7 @@ async def send_down_pressed(
     await start_text_step(query, state, EscalationInput.instruction, prompt, ticket_id=callback_data.ticket_id)
 
 
-@router.message(StateFilter(EscalationInput.reason), Content(ContentType.TEXT))
+@router.message(StateFilter(EscalationInput.reason), Typed())
 async def escalation_reason(
     message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock
 ) -> None:
@@ -111,7 +110,7 @@ async def escalation_reason(
     await finish_text_step(message, state, user, step, done)
 
 
-@router.message(StateFilter(EscalationInput.instruction), Content(ContentType.TEXT))
+@router.message(StateFilter(EscalationInput.instruction), Typed())
 async def send_down_instruction(
     message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock
 ) -> None:

@@ -15,10 +15,11 @@ from aiogram.types import CallbackQuery, InlineQuery, Message
 from aiogram.utils.i18n import gettext as _
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.filters import AnyCommand, Content
+from bot.filters import AnyCommand, Content, Typed
 from domain.directory import Directory
 from domain.people import Person
 from handlers import report
+from handlers.common import show_menu
 
 router = Router(name="fallback")
 
@@ -28,12 +29,18 @@ async def unknown_command(message: Message) -> None:
     await message.answer(_("I do not know that command. /help lists what I can do."))
 
 
-@router.message(StateFilter(None), Content(ContentType.TEXT, ContentType.PHOTO))
+@router.message(StateFilter(None), Typed(ContentType.PHOTO))
 async def stray_text(
     message: Message, state: FSMContext, session: AsyncSession, user: Person, directory: Directory
 ) -> None:
     # Residents often just type what is wrong, or send a photo of it; treat that as the start of a report.
     await report.start_wizard(message, state, session, user, directory, first=message)
+
+
+@router.message(StateFilter(None), Content(ContentType.TEXT))
+async def stale_button(message: Message, user: Person) -> None:
+    # What stray_text left: the text of a reply-keyboard button whose step has ended, never a report.
+    await show_menu(message, user, _("That button belongs to a step that has ended. The menu below has the rest."))
 
 
 @router.message()

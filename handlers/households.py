@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import views
 from bot.callbacks import HouseholdAction, HouseholdCb
-from bot.filters import Button, Content
+from bot.filters import Button, Content, Typed
 from bot.views import households as hv
 from domain import verification
 from domain.clock import Clock
@@ -126,7 +126,7 @@ async def contact_other(message: Message) -> None:
     await message.answer(hv.contact_only(), reply_markup=hv.contact_keyboard())
 
 
-@router.message(StateFilter(VerifyFlow.room), Content(ContentType.TEXT))
+@router.message(StateFilter(VerifyFlow.room), Typed())
 async def room_given(message: Message, state: FSMContext) -> None:
     try:
         room = verification.check_room(message.text or "")
@@ -227,7 +227,7 @@ async def decline(
     )
 
 
-@router.message(StateFilter(HouseholdInput.decline_reason), Content(ContentType.TEXT))
+@router.message(StateFilter(HouseholdInput.decline_reason), Typed())
 async def decline_reason(
     message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock
 ) -> None:
@@ -278,7 +278,7 @@ async def revoke(
     )
 
 
-@router.message(StateFilter(HouseholdInput.revoke_reason), Content(ContentType.TEXT))
+@router.message(StateFilter(HouseholdInput.revoke_reason), Typed())
 async def revoke_reason(message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock) -> None:
     verification_id = int((await state.get_data())["verification_id"])
     step = verification.revoke(

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import views
 from bot.callbacks import CategoryCb
-from bot.filters import Button, Content
+from bot.filters import Button, Content, Typed
 from bot.i18n import localized
 from bot.views import feedback as feedback_views
 from domain import followers, tickets
@@ -81,7 +81,7 @@ async def start_wizard(
     await _ask_for_category(message, session, directory, community_id)
 
 
-async def _ask_for_category(message: Message, session: AsyncSession, directory: Directory, community_id: int) -> None:
+async def _ask_for_category(message: Screen, session: AsyncSession, directory: Directory, community_id: int) -> None:
     await message.answer(
         _("What is wrong? Choose a category below, or simply describe the problem in your own words."),
         reply_markup=views.categories_keyboard(await directory.categories(session, community_id)),
@@ -97,14 +97,14 @@ async def _description(message: Message, text: str) -> str | None:
         return None
 
 
-@router.message(StateFilter(ReportWizard.category), Content(ContentType.TEXT))
+@router.message(StateFilter(ReportWizard.category), Typed())
 async def described_first(message: Message, state: FSMContext, session: AsyncSession, directory: Directory) -> None:
     if (description := await _description(message, message.text or "")) is not None:
         await _suggest_category(message, state, session, directory, description)
 
 
 async def _suggest_category(
-    message: Message, state: FSMContext, session: AsyncSession, directory: Directory, description: str
+    message: Screen, state: FSMContext, session: AsyncSession, directory: Directory, description: str
 ) -> None:
     data = await state.update_data(description=description)
     categories = await directory.categories(session, data["community_id"])
@@ -117,6 +117,14 @@ async def _suggest_category(
         else _("Thank you. Which category fits best?")
     )
     await message.answer(prompt, reply_markup=views.categories_keyboard(categories, suggested))
+
+
+async def _ask_category_again(screen: Screen, state: FSMContext, session: AsyncSession, directory: Directory) -> None:
+    data = await state.get_data()
+    if data.get("description"):
+        await _suggest_category(screen, state, session, directory, data["description"])
+    else:
+        await _ask_for_category(screen, session, directory, data["community_id"])
 
 
 @router.callback_query(StateFilter(ReportWizard.category), CategoryCb.filter())
@@ -155,14 +163,14 @@ async def category_chosen(
         await replace(screen, chosen, markup)
         await _ask_for_photos(screen, state)
     else:
-        await replace(
-            screen,
-            chosen + "\n\n" + _("Please describe the problem in a few words: what, where exactly, since when."),
-            markup,
-        )
+        await replace(screen, chosen + "\n\n" + _describe_prompt(), markup)
 
 
-@router.message(StateFilter(ReportWizard.description), Content(ContentType.TEXT))
+def _describe_prompt() -> str:
+    return _("Please describe the problem in a few words: what, where exactly, since when.")
+
+
+@router.message(StateFilter(ReportWizard.description), Typed())
 async def described(message: Message, state: FSMContext) -> None:
     if (description := await _description(message, message.text or "")) is None:
         return
@@ -193,6 +201,12 @@ async def photo_before_description(
     else:
         await message.answer(_("Photo added."))
         await _ask_for_category(message, session, directory, data["community_id"])
+
+
+@router.message(StateFilter(ReportWizard.category))
+async def category_other(message: Message, state: FSMContext, session: AsyncSession, directory: Directory) -> None:
+    """Anything but words, a photo or a category (an old keyboard's "📨 Submit", say): the question again."""
+    await _ask_category_again(message, state, session, directory)
 
 
 @router.message(StateFilter(ReportWizard.description))
@@ -254,6 +268,12 @@ async def location_added(message: Message, state: FSMContext) -> None:
 @router.message(StateFilter(ReportWizard.photos), Button(views.WIZARD_DONE))
 async def photos_done(
     message: Message, state: FSMContext, session: AsyncSession, user: Person, directory: Directory
+) -> None:
+    await _show_summary(message, state, session, user, directory)
+
+
+async def _show_summary(
+    message: Screen, state: FSMContext, session: AsyncSession, user: Person, directory: Directory
 ) -> None:
     data = await state.get_data()
     home = await directory.home(session, user)
@@ -333,6 +353,25 @@ async def cancel_report(message: Message, state: FSMContext, user: Person) -> No
 @router.message(StateFilter(ReportWizard.confirm))
 async def confirm_other(message: Message) -> None:
     await message.answer(_("Please press “📨 Submit” or “✖️ Cancel” below."))
+
+
+async def ask_again(
+    screen: Screen, state: FSMContext, session: AsyncSession, user: Person, directory: Directory
+) -> bool:
+    """Ask the wizard's current question again, with its buttons (after a restart, when the answer that asked it
+    may have been lost: handlers/resume.py). False when no report is open."""
+    match await state.get_state():
+        case ReportWizard.category.state:
+            await _ask_category_again(screen, state, session, directory)
+        case ReportWizard.description.state:
+            await screen.answer(_describe_prompt())
+        case ReportWizard.photos.state:
+            await _ask_for_photos(screen, state)
+        case ReportWizard.confirm.state:
+            await _show_summary(screen, state, session, user, directory)
+        case _:
+            return False
+    return True
 
 
 # The wizard's own buttons, typed (or pressed on an old keyboard) when no report is open: not a description.

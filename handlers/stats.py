@@ -13,8 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot import views
 from bot.callbacks import StatsAction, StatsCb
 from bot.i18n import localized
-from bot.reports.chart import chart_png
-from bot.reports.spreadsheet import month_workbook, spreadsheet_name
 from bot.views import stats as sv
 from domain.clock import Clock
 from domain.errors import AccessDenied, DomainError
@@ -39,6 +37,9 @@ async def _render(
 
 
 async def _send_chart(screen: Screen, stats: MonthlyStats) -> None:
+    # Imported when first drawn, not at start-up: matplotlib alone is most of a second (docs/delivery.md).
+    from bot.reports.chart import chart_png
+
     await screen.answer_photo(BufferedInputFile(chart_png(stats), filename=f"stats-{stats.month}.png"))
 
 
@@ -111,6 +112,8 @@ async def stats_button(
                     now=clock(),
                     yellow_share=yellow_share,
                 )
+                from bot.reports.spreadsheet import month_workbook, spreadsheet_name  # openpyxl: see _send_chart
+
                 workbook = month_workbook(report)
                 await screen.answer_document(BufferedInputFile(workbook, filename=spreadsheet_name(stats)))
     except AccessDenied:

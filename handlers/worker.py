@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import views
 from bot.callbacks import TicketAction, TicketCb
-from bot.filters import Button, Content
+from bot.filters import Button, Typed
 from domain import cards, tickets
 from domain.clock import Clock
 from domain.errors import DomainError
@@ -126,7 +126,7 @@ def _text_and_photo(message: Message) -> tuple[str, str | None]:
     return message.text or "", None
 
 
-@router.message(StateFilter(WorkerInput.hand_back_reason), Content(ContentType.TEXT))
+@router.message(StateFilter(WorkerInput.hand_back_reason), Typed())
 async def hand_back_reason(
     message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock
 ) -> None:
@@ -137,7 +137,7 @@ async def hand_back_reason(
     )
 
 
-@router.message(StateFilter(WorkerInput.note), Content(ContentType.TEXT, ContentType.PHOTO))
+@router.message(StateFilter(WorkerInput.note), Typed(ContentType.PHOTO))
 async def progress_note(message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock) -> None:
     text, photo = _text_and_photo(message)
     ticket_id = (await state.get_data())["ticket_id"]
@@ -146,7 +146,7 @@ async def progress_note(message: Message, state: FSMContext, session: AsyncSessi
     await finish_text_step(message, state, user, step, done)
 
 
-@router.message(StateFilter(WorkerInput.resolution), Content(ContentType.TEXT, ContentType.PHOTO))
+@router.message(StateFilter(WorkerInput.resolution), Typed(ContentType.PHOTO))
 async def resolution(message: Message, state: FSMContext, session: AsyncSession, user: Person, clock: Clock) -> None:
     text, photo = _text_and_photo(message)
     ticket_id = (await state.get_data())["ticket_id"]

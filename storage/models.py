@@ -701,11 +701,16 @@ class InboundUpdate(Base):
     """An update from Telegram, recorded before Telegram is told it arrived, so a crash cannot lose it.
 
     ``handled_at`` is written in the same transaction as the update's own changes, so an update that is
-    delivered again, or recovered after a crash, is handled exactly once.
+    delivered again, or recovered after a crash, is handled exactly once. ``answered_at`` is written once its
+    handling has ended, answers included: a row handled and not answered is one whose answer a crash may have
+    cut off, and the person is shown where they stand after the restart (bot/intake.py, ``resume``).
     """
 
     __tablename__ = "inbound_updates"
-    __table_args__ = (Index("ix_inbound_updates_handled_at", "handled_at"),)
+    __table_args__ = (
+        Index("ix_inbound_updates_handled_at", "handled_at"),
+        Index("ix_inbound_updates_user_key", "user_key", "update_id"),
+    )
 
     update_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     payload: Mapped[str] = mapped_column(Text)  # the update as Telegram sent it (JSON)
@@ -716,6 +721,9 @@ class InboundUpdate(Base):
     # The process handling it (its :class:`SenderLease` holder): with several processes, only an update whose
     # process is gone is taken over by another.
     received_by: Mapped[str | None] = mapped_column(String(32), default=None)
+    # Whose updates these are (the user's id, else the chat's): their latest one is the one to resume.
+    user_key: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    answered_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class ScheduledRun(Base):

@@ -17,7 +17,7 @@ from domain import tickets
 from handlers.report import ReportWizard
 from storage.models import InboundUpdate, Ticket
 from tests.conftest import FakeClock
-from tests.fake_telegram import BOT_ID, ProcessDied, sent_to, text_of
+from tests.fake_telegram import BOT_ID, ProcessDied, buttons_of, reply_buttons_of, sent_to, text_of
 from tests.harness import Harness
 from tests.test_report_flow import bind
 
@@ -303,8 +303,127 @@ async def test_a_crash_during_recovery_counts_only_against_the_update_under_way(
 
     starting.dispatcher.feed_update = stuck  # type: ignore[method-assign]
     assert await starting.recover() == 5
+    for _ in range(500):  # until the first has begun (a round trip to PostgreSQL on a busy machine), then a while
+        if started:
+            break
+        await asyncio.sleep(0.01)
     for _ in range(20):
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.01)
     async with harness.sessions() as session:
         counted = list(await session.scalars(select(InboundUpdate.update_id).where(InboundUpdate.recoveries > 0)))
     assert started == counted == [updates[0].update_id], "the other four had not begun"
+
+
+def lose_the_next_answer(harness: Harness) -> None:
+    """The process dies as it begins to answer: the update's change is committed, Telegram gets nothing."""
+
+    async def dies(*_args: Any, **_kwargs: Any) -> Any:
+        raise ProcessDied()
+
+    harness.telegram.make_request = dies  # type: ignore[method-assign]
+
+
+async def test_an_answer_lost_in_a_crash_is_given_after_the_restart(harness: Harness, clock: FakeClock) -> None:
+    resident = harness.person(900500)
+    await bind(resident)
+    report = text_update(resident.id, "/report")
+    inbox = inbox_of(harness)
+    await inbox.record([report])
+    lose_the_next_answer(harness)
+    with pytest.raises(ProcessDied):
+        await inbox.handle(report)
+
+    restarted = Harness(harness.sessions, clock)
+    again = inbox_of(restarted)
+    assert await again.resume() == 1, "handled (the wizard is open), never answered"
+    assert await again.recover() == 0
+    await again.drain(seconds=5)
+    await again.write_marks()
+    asked = sent_to(restarted.telegram.requests, resident.id)
+    assert any("楼道杂物" in text for r in asked for text, _ in buttons_of(r)), "the category question, with buttons"
+    assert await inbox_of(restarted).resume() == 0, "said once"
+
+    # The resident answers the question they now see; the wizard goes on from where it was saved.
+    answer = await restarted.person(resident.id).tap(asked, "楼道杂物")
+    assert "描述" in "".join(text_of(r) for r in answer)
+
+
+async def test_a_lost_sent_ticket_n_leaves_the_resident_with_the_menu_not_the_old_submit(
+    harness: Harness, clock: FakeClock
+) -> None:
+    submit = await up_to_submit(harness, 900501, "五楼窗户玻璃碎了")
+    inbox = inbox_of(harness)
+    await inbox.record([submit])
+    lose_the_next_answer(harness)
+    with pytest.raises(ProcessDied):
+        await inbox.handle(submit)
+    assert await tickets_described(harness, "五楼窗户玻璃碎了") == 1
+
+    restarted = Harness(harness.sessions, clock)
+    again = inbox_of(restarted)
+    assert await again.resume() == 1
+    await again.drain(seconds=5)
+    said = sent_to(restarted.telegram.requests, 900501)
+    assert len(said) == 1 and "收到" in text_of(said[0]), [text_of(r) for r in said]
+    keyboard = reply_buttons_of(said[0])
+    assert keyboard and "📨 提交" not in keyboard, "the main menu replaces the old Submit"
+    # Submit pressed anyway on an old screen: no second ticket.
+    await restarted.person(900501).send("📨 提交")
+    assert await tickets_described(harness, "五楼窗户玻璃碎了") == 1
+
+
+async def test_only_a_persons_last_unanswered_update_is_resumed(harness: Harness, clock: FakeClock) -> None:
+    answered, cut_off, later = (900502, 900503, 900504)
+    for user_id in (answered, cut_off, later):
+        await bind(harness.person(user_id))
+    inbox = inbox_of(harness)
+    # Answered in full: nothing to resume.
+    first = text_update(answered, "/report")
+    await inbox.record([first])
+    await inbox.handle(first)
+    await inbox.write_marks()
+    # Cut off twice in a row: one resume, for the last.
+    lose_the_next_answer(harness)
+    for _ in range(2):
+        cut = text_update(cut_off, "/report")
+        await inbox.record([cut])
+        with pytest.raises(ProcessDied):
+            await inbox.handle(cut)
+    # Cut off, but a later update is still to be handled: that one answers.
+    lost = text_update(later, "/report")
+    await inbox.record([lost, text_update(later, "/cancel")])
+    with pytest.raises(ProcessDied):
+        await inbox.handle(lost)
+
+    restarted = Harness(harness.sessions, clock)
+    again = inbox_of(restarted)
+    assert await again.resume() == 1
+    assert await again.recover() == 1
+    await again.drain(seconds=5)
+    assert not sent_to(restarted.telegram.requests, answered)
+    assert len(sent_to(restarted.telegram.requests, cut_off)) == 1
+    assert "取消" in "".join(text_of(r) for r in sent_to(restarted.telegram.requests, later))
+    await again.write_marks()
+    assert await inbox_of(restarted).resume() == 0, "the others were marked done at once"
+
+
+async def test_polling_waits_until_the_dead_process_updates_are_being_answered(
+    harness: Harness, clock: FakeClock
+) -> None:
+    await bind(harness.person(900510))
+    left = [text_update(900510, "/help"), text_update(900511, "/help")]  # recorded by a process that died
+    await inbox_of(harness).record(left)
+
+    restarted = Harness(harness.sessions, clock)
+    inbox = inbox_of(restarted)
+    assert await inbox.recover() == 2
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await inbox.recovery_settled(seconds=5)
+    assert loop.time() - began < 4, "settled as soon as the answers were on their way, not at the timeout"
+    for _ in range(100):
+        if {900510, 900511} <= {getattr(r, "chat_id", None) for r in restarted.telegram.requests}:
+            break
+        await asyncio.sleep(0.01)
+    assert {900510, 900511} <= {getattr(r, "chat_id", None) for r in restarted.telegram.requests}
+    await inbox.drain(seconds=5)

@@ -11,6 +11,7 @@ from aiogram.methods import SendMessage
 from sqlalchemy import select
 
 from bench.residents import add_residents
+from bot.outbound import sender as sender_module
 from bot.outbound.sender import OutboxSender, SenderSettings, TokenBucket
 from domain.broadcasts import progress, start_broadcast
 from domain.outbox import Notice, enqueue
@@ -173,6 +174,36 @@ async def test_a_ten_minute_outage_delays_the_card_and_never_gives_it_up(harness
     assert [type(r).__name__ for r in delivered] == ["SendMessage", "SendPhoto"]
     assert f"#{number}" in text_of(delivered[0])
     assert {r.status for r in await outbox(harness)} == {OutboxStatus.SENT}
+
+
+async def test_once_telegram_answers_again_a_card_waiting_out_its_backoff_goes_at_once(
+    harness: Harness, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    number = await filed_with_photo(harness)
+    harness.telegram.fail_next(LI_JUAN, *[SERVER_ERROR] * 6)
+    for _ in range(200):  # six failures: the card now waits a minute (2, 4 … 32, then 60 s apart)
+        await harness.deliver()
+        if not harness.telegram.errors[LI_JUAN]:
+            break
+        clock.advance(seconds=1)
+    [card] = [r for r in await outbox(harness) if r.kind == "ticket_card"]
+    assert card.status == OutboxStatus.PENDING and card.not_before - clock() == timedelta(seconds=60)
+
+    # Telegram answers again (the errors are used up). The sender asks it (getMe) and sends at once, with the
+    # clock standing still: not a minute later.
+    monkeypatch.setattr(sender_module, "PROBE_SECONDS", 0.01)
+    stop = asyncio.Event()
+    running = asyncio.create_task(harness.app.sender.run(stop))
+    for _ in range(300):
+        if {r.status for r in await outbox(harness)} == {OutboxStatus.SENT}:
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    harness.app.sender.wake()
+    await running
+    delivered = sent_to(harness.telegram.accepted, LI_JUAN)
+    assert [type(r).__name__ for r in delivered] == ["SendMessage", "SendPhoto"]
+    assert f"#{number}" in text_of(delivered[0])
 
 
 async def test_after_the_retry_horizon_the_card_fails_and_staff_see_it_in_the_ledger(

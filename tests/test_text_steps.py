@@ -17,7 +17,7 @@ from bot.callbacks import FeedbackAction, FeedbackCb, TicketAction, TicketCb
 from bot.steps import ExpiringSteps
 from storage.models import EventKind, Ticket, TicketEvent, TicketStatus
 from tests.conftest import FakeClock, require_redis
-from tests.fake_telegram import BOT_ID, reply_buttons_of
+from tests.fake_telegram import BOT_ID, buttons_of, reply_buttons_of
 from tests.harness import Harness, Person
 from tests.households import verify
 from tests.test_report_flow import LI_JUAN, bind, file_report, texts, ticket
@@ -147,3 +147,42 @@ async def test_steps_expire_in_memory_and_in_redis() -> None:
     finally:
         await redis.flushdb()
         await redis.aclose()
+
+
+async def test_a_keyboards_button_is_never_taken_as_the_words_a_step_waits_for(harness: Harness) -> None:
+    """An old keyboard stays on the screen (an answer lost in a crash, a step left another way): its buttons,
+    in either language, pressed where the bot waits for a description or a note, get that step's question again."""
+    resident = harness.person(RESIDENT)
+    await bind(resident)
+    answer = await resident.send("/report")
+    for pressed in ("📨 提交", "✅ Done"):  # at the category question: asked again, with the categories
+        again = await resident.send(pressed)
+        assert "类别" in texts(again) and any("楼顶" in text for text, _ in buttons_of(again[-1])), pressed
+    await resident.tap(answer, "楼顶")
+    for pressed in ("📨 提交", "📍 发送我的位置", "✖️ Cancel", "➡️ 不加照片，直接提交"):
+        again = await resident.send(pressed)
+        assert "描述" in texts(again), f"{pressed}: asked for the description again, {texts(again)}"
+    assert await state_of(harness, resident) is not None, "still in the wizard"
+    await resident.send("楼顶堆满了建筑垃圾")
+    await resident.send("📨 提交")  # at the photos step: not a photo, not Done
+    done = await resident.tap(await resident.send("✅ 完成"), "提交")
+    assert "#" in texts(done)
+    assert [t.description for t in await tickets(harness)] == ["楼顶堆满了建筑垃圾"]
+
+    # A worker's progress note: the reply-keyboard buttons are not a note either.
+    await harness.deliver()
+    number = (await tickets(harness))[0].id
+    worker = harness.person(LI_JUAN)
+    await worker.press(TicketCb(action=TicketAction.ACCEPT, ticket_id=number).pack())
+    await worker.press(TicketCb(action=TicketAction.NOTE, ticket_id=number).pack())
+    answer = await worker.send("✅ 完成")
+    assert "添加进展" not in texts(answer) and await state_of(harness, worker) is not None, texts(answer)
+    async with harness.sessions() as session:
+        notes = await session.scalars(select(TicketEvent).where(TicketEvent.kind == EventKind.NOTE))
+        assert list(notes) == []
+    assert "添加进展" in texts(await worker.send("已联系物业"))
+
+    # Outside any step, a household step's button starts no report.
+    answer = await resident.send("✍️ 改由网格员核验")
+    assert await state_of(harness, resident) is None and reply_buttons_of(answer[-1]), texts(answer)
+    assert len(await tickets(harness)) == 1

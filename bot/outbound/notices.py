@@ -29,8 +29,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot import views
 from bot.callbacks import FeedbackAction, FeedbackCb
 from bot.i18n import locale_of
-from bot.reports.chart import chart_png
-from bot.reports.spreadsheet import month_workbook, spreadsheet_name
 from bot.views import broadcasts as broadcast_views
 from bot.views import commands as command_views
 from bot.views import deliberation as deliberation_views
@@ -211,9 +209,15 @@ class Renderer:
                 text = stats_views.stats_text(stats, self.tz, footer=stats_views.monthly_report_footer())
                 return SendMessage(chat_id=row.chat_id, text=text)
             case ReportPart.CHART:
+                # matplotlib and openpyxl cost most of a second to import: only a report's part loads them, so
+                # a restarted bot polls that much sooner (docs/delivery.md, "Start-up").
+                from bot.reports.chart import chart_png
+
                 chart = BufferedInputFile(chart_png(stats), filename=f"stats-{stats.month}.png")
                 return SendPhoto(chat_id=row.chat_id, photo=chart)
             case ReportPart.SPREADSHEET:
+                from bot.reports.spreadsheet import month_workbook, spreadsheet_name
+
                 workbook = BufferedInputFile(month_workbook(report), filename=spreadsheet_name(stats))
                 return SendDocument(chat_id=row.chat_id, document=workbook)
 

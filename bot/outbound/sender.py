@@ -22,7 +22,9 @@ once when it starts, since its predecessor is dead.
 
 Passing faults (5xx, timeouts, connection errors) are retried with capped backoff until ``retry_horizon`` after
 the row was queued; only Telegram's word on the chat (403 blocked, 400) ends a row early. Rows that end failed
-are listed for community staff in /ledger.
+are listed for community staff in /ledger. Once Telegram answers again (a message goes through, or a ``getMe``
+asked every ``PROBE_SECONDS`` while faults were seen), the rows waiting out their backoff are due at once: the
+end of an outage is not followed by up to ``max_backoff`` of silence.
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ class SendRate(Protocol):
 # Rows claimed at a time while Telegram asks us to wait (a 429): what goes out in one pause, no more, so a crash
 # then leaves little waiting for the restart (bench/crash.py's resume figure).
 PAUSED_BATCH = 3
+
+# While sends fail with passing faults, Telegram is asked this often whether it answers again.
+PROBE_SECONDS = 5.0
 
 # How late an event loop wakes a sleeper on an ordinary day; a turn woken later than that (and ``catch_up``) was
 # missed by a stall of this process.
@@ -179,6 +184,10 @@ class OutboxSender:
         self._to_prepare: list[tuple[OutboxMessage, asyncio.Future[TelegramMethod[Any] | None]]] = []
         self._preparing: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        # Whether a passing fault was seen and Telegram has not answered since. A new sender cannot know what its
+        # predecessor saw (rows it left waiting out a backoff), so it asks once.
+        self._faulted = True
+        self._answers_again = False  # rows waiting out a backoff are made due with the next commit
 
     def wake(self) -> None:
         self._wake.set()
@@ -186,6 +195,7 @@ class OutboxSender:
     async def run(self, stop: asyncio.Event) -> None:
         await self.take_back_claims(everyone=self.sole)
         upkeep = asyncio.create_task(self._keep_lease(stop))
+        probe = asyncio.create_task(self._probe(stop))
         try:
             while not stop.is_set():
                 try:
@@ -199,10 +209,32 @@ class OutboxSender:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.settings.idle_poll_seconds)
         finally:
-            upkeep.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await upkeep
+            for task in (upkeep, probe):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await self._release_lease()
+
+    async def _probe(self, stop: asyncio.Event) -> None:
+        """While passing faults were seen, ask Telegram every ``PROBE_SECONDS`` whether it answers again."""
+        while not stop.is_set():
+            await asyncio.sleep(PROBE_SECONDS)
+            if not self._faulted:
+                continue
+            try:
+                await self.bot.get_me()
+            except (TelegramServerError, TelegramNetworkError):
+                continue
+            except Exception:
+                log.exception("could not ask Telegram whether it answers again")
+                continue
+            self._telegram_answers()
+            self.wake()
+
+    def _telegram_answers(self) -> None:
+        if self._faulted:
+            self._faulted = False
+            self._answers_again = True
 
     async def _keep_lease(self, stop: asyncio.Event) -> None:
         """Renew this sender's lease, and take back claims of senders that stopped renewing theirs."""
@@ -374,6 +406,7 @@ class OutboxSender:
                 self._finish([row], OutboxStatus.FAILED, None, f"400: {error.message}")
                 return None
         except (TelegramServerError, TelegramNetworkError) as error:
+            self._faulted = True
             attempts = row.attempts + 1
             if now - row.created_at >= self.settings.retry_horizon:
                 hours = self.settings.retry_horizon.total_seconds() / 3600
@@ -386,6 +419,7 @@ class OutboxSender:
             log.exception("outbox row %s could not be sent", row.id)
             self._finish([row], OutboxStatus.FAILED, None, f"error: {error!r}")
             return None
+        self._telegram_answers()
         self._delivered.append(row.id)
         if (learnt := follow_up(row, method, sent, now)) is not None:
             self._follow_ups.append(learnt)
@@ -492,6 +526,21 @@ class OutboxSender:
             )
         if unreachable:
             await session.execute(update(User).where(User.id.in_(unreachable)).values(unreachable_at=now))
+        if self._answers_again:
+            self._answers_again = False
+            # Rows waiting out a backoff after a passing fault (their error is Telegram's, not a 429's pause, and
+            # not empty as a row scheduled for later is).
+            await session.execute(
+                update(OutboxMessage)
+                .where(
+                    OutboxMessage.status == OutboxStatus.PENDING,
+                    OutboxMessage.not_before > now,
+                    OutboxMessage.error != "",
+                    OutboxMessage.error != "429",
+                )
+                .values(not_before=now)
+                .execution_options(synchronize_session=False)
+            )
 
     def _finish(
         self,
