@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import event, inspect
 from sqlalchemy.orm import Session
@@ -58,7 +58,20 @@ def colour_at(due: datetime, window: timedelta, now: datetime, yellow_share: flo
     return Colour.GREEN
 
 
-def current_due(ticket: Ticket) -> Due | None:
+class Timed(Protocol):
+    """What a ticket's colour depends on: a Ticket, or the few columns of one that the ledger reads."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def respond_by(self) -> datetime | None: ...
+    @property
+    def resolve_by(self) -> datetime | None: ...
+    @property
+    def category(self) -> Category: ...
+
+
+def current_due(ticket: Timed) -> Due | None:
     """What an open ticket is measured against; None for a closed ticket or one without deadlines."""
     category = ticket.category
     if ticket.status == TicketStatus.ASSIGNED and ticket.respond_by is not None:
@@ -68,7 +81,7 @@ def current_due(ticket: Ticket) -> Due | None:
     return None
 
 
-def ticket_colour(ticket: Ticket, now: datetime, yellow_share: float = DEFAULT_YELLOW_SHARE) -> Colour | None:
+def ticket_colour(ticket: Timed, now: datetime, yellow_share: float = DEFAULT_YELLOW_SHARE) -> Colour | None:
     due = current_due(ticket)
     return None if due is None else colour_at(due.at, due.window, now, yellow_share)
 

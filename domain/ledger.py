@@ -13,6 +13,7 @@ from domain.errors import AccessDenied
 from domain.people import load_duties
 from storage.models import (
     Building,
+    Category,
     Compound,
     Grid,
     Membership,
@@ -40,6 +41,14 @@ class Undelivered:
     topic_id: int | None
     error: str
     queued_at: datetime
+
+
+@dataclass(frozen=True)
+class OpenTicket:
+    status: str
+    respond_by: datetime | None
+    resolve_by: datetime | None
+    category: Category
 
 
 @dataclass
@@ -78,18 +87,30 @@ async def ledger(
             )
         )
         lines = {grid.id: GridLine(grid) for grid in grids}
-        open_tickets = await session.scalars(
-            select(Ticket).where(Ticket.community_id.in_(communities), Ticket.status.in_(TicketStatus.open_statuses()))
+        categories = {
+            category.id: category
+            for category in await session.scalars(select(Category).where(Category.community_id.in_(communities)))
+        }
+        # Only the columns a colour needs: a district's ledger colours tens of thousands of open tickets, and
+        # only the red ones shown are loaded whole.
+        open_tickets = await session.execute(
+            select(
+                Ticket.id, Ticket.grid_id, Ticket.status, Ticket.respond_by, Ticket.resolve_by, Ticket.category_id
+            ).where(Ticket.community_id.in_(communities), Ticket.status.in_(TicketStatus.open_statuses()))
         )
-        red: list[tuple[datetime, Ticket]] = []
-        for ticket in open_tickets:
-            colour = ticket_colour(ticket, now, yellow_share) or Colour.GREEN
-            line = lines.get(ticket.grid_id)
+        red: list[tuple[datetime, int]] = []
+        for ticket_id, grid_id, status, respond_by, resolve_by, category_id in open_tickets:
+            timed = OpenTicket(status, respond_by, resolve_by, categories[category_id])
+            colour = ticket_colour(timed, now, yellow_share) or Colour.GREEN
+            line = lines.get(grid_id)
             if line is not None:
                 line.counts[colour] += 1
             if colour == Colour.RED:
-                due = ticket.respond_by if ticket.status == TicketStatus.ASSIGNED else ticket.resolve_by
-                red.append((due or now, ticket))
+                due = respond_by if status == TicketStatus.ASSIGNED else resolve_by
+                red.append((due or now, ticket_id))
+        red.sort()
+        shown_red = [ticket_id for _, ticket_id in red[:MAX_RED_ITEMS]]
+        loaded = {ticket.id: ticket for ticket in await session.scalars(select(Ticket).where(Ticket.id.in_(shown_red)))}
         unreachable_staff = sorted(
             set(
                 await session.scalars(
@@ -110,11 +131,10 @@ async def ledger(
             .where(Compound.community_id.in_(communities), User.unreachable_at.is_not(None))
         )
         undelivered = await undelivered_messages(session, communities, now)
-    red.sort(key=lambda item: (item[0], item[1].id))
     shown = [line for line in lines.values() if line.grid.active or any(line.counts.values())]
     return Ledger(
         shown,
-        [ticket for _, ticket in red[:MAX_RED_ITEMS]],
+        [loaded[ticket_id] for ticket_id in shown_red],
         len(red),
         unreachable_staff,
         unreachable_residents or 0,
