@@ -60,7 +60,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from bench import wizards
 from bench.intake import text_update
 from bench.residents import add_residents
-from bench.stats import RESIDENT, build_tickets, stats_update
+from bench.stats import RESIDENT, analyse, build_tickets, stats_update
 from bot.app import assemble
 from bot.config import SAMPLE_COMMUNITY, Settings
 from bot.i18n import create_i18n
@@ -234,13 +234,7 @@ async def build(district: District, report: Report) -> None:
     route_open = await open_routing_grid(sessions, sizes.route_open)
     async with sessions() as session, session.begin():
         await keep_as_the_orm_would(session)
-    if district.dialect == "postgresql":
-        async with engine.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.exec_driver_sql("VACUUM ANALYZE")
-    else:
-        async with engine.begin() as conn:
-            await conn.exec_driver_sql("ANALYZE")
+    await analyse(engine)
     loaded = time.perf_counter() - started
     for name, job in JOBS.items():
         runs, seconds = 0, 0.0

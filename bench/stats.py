@@ -164,6 +164,18 @@ async def build_tickets(
         await _insert(sessions, rows)
 
 
+async def analyse(engine: AsyncEngine) -> None:
+    """The planner's statistics after a bulk load, as autovacuum (PostgreSQL) or ``PRAGMA optimize`` would have
+    them soon after: without them a plan depends on luck."""
+    if engine.dialect.name == "postgresql":
+        async with engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.exec_driver_sql("VACUUM ANALYZE")
+    else:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql("ANALYZE")
+
+
 async def _insert(sessions: SessionFactory, rows: list[dict[str, Any]]) -> None:
     # Core, not the ORM's bulk insert: the ORM leaves out a row's None values and so splits the batch into a
     # statement per run of rows with the same columns set (about two rows each here), 15 times slower.
@@ -197,13 +209,7 @@ async def prepare(url: str, tickets: int, months: int, now: datetime, reuse: boo
     last = Month.of(now, "Asia/Shanghai")
     started = time.perf_counter()
     await build_tickets(sessions, community_id, tickets, last.shift(1 - months), months)
-    if engine.dialect.name == "postgresql":
-        async with engine.connect() as conn:
-            await conn.execution_options(isolation_level="AUTOCOMMIT")
-            await conn.exec_driver_sql("VACUUM ANALYZE tickets")
-    else:
-        async with engine.begin() as conn:
-            await conn.exec_driver_sql("ANALYZE")
+    await analyse(engine)
     print(f"built {tickets:,} tickets over {months} months in {time.perf_counter() - started:.0f} s")
     return engine
 
