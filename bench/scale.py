@@ -69,6 +69,7 @@ from bot.outbound.sender import OutboxSender, SenderSettings
 from domain.broadcasts import start_broadcast
 from domain.community_file import import_community, parse_community
 from domain.confirmation import close_unconfirmed
+from domain.deadlines import SWEPT
 from domain.deliberation import propose_candidates
 from domain.directory import Directory
 from domain.followers import similar_open_tickets
@@ -293,9 +294,7 @@ async def keep_as_the_orm_would(session: AsyncSession) -> None:
     time (as migration 0012_scale sets it for an upgraded database: each open ticket looked at once) and each
     person's open load, which routing reads."""
     await session.execute(
-        update(Ticket)
-        .where(Ticket.status.in_((*TicketStatus.open_statuses(), TicketStatus.RESOLVED)), Ticket.wake_at.is_(None))
-        .values(wake_at=Ticket.updated_at)
+        update(Ticket).where(Ticket.status.in_(SWEPT), Ticket.wake_at.is_(None)).values(wake_at=Ticket.updated_at)
     )
     working = TicketStatus.open_statuses()
     load = (
