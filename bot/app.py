@@ -58,7 +58,7 @@ from domain.confirmation import close_unconfirmed
 from domain.deliberation import CandidateWatch
 from domain.directory import Directory
 from domain.menus import Menu, queue_menus
-from domain.stats import MonthCache
+from domain.stats import MonthCache, summarise_months
 from domain.sweep import sweep
 from handlers import build_router
 from scheduler.broadcasts import schedule_broadcasts
@@ -352,6 +352,7 @@ async def run_bot(settings: Settings) -> None:
         every_minute(scheduler, "deadline-sweep", deadlines, session_factory, system_clock, app.sender.wake)
         every_minute(scheduler, "confirmation-sweep", unanswered, session_factory, system_clock, app.sender.wake)
         every_minute(scheduler, "topic-candidates", CandidateWatch(), session_factory, system_clock, app.sender.wake)
+        every_minute(scheduler, "month-summaries", summarise_months, session_factory, system_clock, app.sender.wake)
         scheduler.add_job(
             refresh_statistics,
             "interval",

@@ -24,6 +24,7 @@ from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from domain.month_summary import forget_summaries
 from storage.models import (
     Building,
     Category,
@@ -946,6 +947,11 @@ async def import_community(session: AsyncSession, spec: CommunitySpec, now: date
             spec.departments,
             lambda department, position: {**_names(department, position), "sort_order": position},
         )
+
+        if report["community"].updated or report["categories"].updated:
+            # A new time zone moves the months' bounds, new windows what is "in time": the ended months are
+            # summed again from scratch by the statistics job.
+            await forget_summaries(session, community.id)
 
         # People: a user record for everyone named in the file, never overwriting one that exists.
         duties: list[tuple[PersonSpec, Role, str, Grid | None]] = [

@@ -51,7 +51,21 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import ColumnElement, Select, String, and_, case, cast, func, literal, or_, select, union_all
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    String,
+    and_,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute, aliased, raiseload
 from sqlalchemy.sql.util import find_tables
@@ -67,6 +81,8 @@ from storage.models import (
     EventKind,
     Grid,
     Membership,
+    MonthFigures,
+    MonthSummary,
     Role,
     Ticket,
     TicketEvent,
@@ -290,6 +306,17 @@ def _per_ticket(now: datetime) -> dict[str, ColumnElement[Any]]:
 
 # What the score and the chart need: the three rates. The month before (for the ranking) and the trend count no more.
 SCORE_FIELDS = ("accepted_in_time", "closed_confirmed", "rated", "satisfied")
+# What the summary of an ended month keeps: every count but ``overdue_now``, which moves with the clock.
+SUMMED_FIELDS = (
+    "accepted_in_time",
+    "resolved_in_time",
+    "closed_confirmed",
+    "resolved_once",
+    "reopened",
+    "rated",
+    "satisfied",
+    "rating_sum",
+)
 
 
 def _key(view: View) -> KeyColumn:
@@ -456,6 +483,9 @@ async def _trend(
             known[m] = hit
     missing = [m for m in months if m not in known]
     if missing:
+        known |= await _summed_totals(session, community, missing)
+        missing = [m for m in missing if m not in known]
+    if missing:
         # A month at a time (one statement): each reads its own range of the index and nothing is worked out per
         # ticket to tell which month it is in.
         query = union_all(
@@ -476,6 +506,167 @@ async def _trend(
             if cache is not None and _ended(m, community, now):
                 cache.put(("trend", community.id, m.index), known[m], now)
     return [TrendPoint(m, known[m]) for m in months]
+
+
+# --- the summary of ended months ------------------------------------------------------------------------
+#
+# A month that has ended is summed once into ``month_figures`` (a row per grid, assignee, category and compound),
+# so the month before the one on show and the trend read a few hundred rows instead of a month's tickets each.
+# Its tickets' writes count changes on its ``month_summaries`` row (domain/month_summary.py), and the job sums
+# it again within the minute. The month on show is always counted from its tickets: its medians need every
+# duration, and overdue tickets change with the clock.
+
+# A month's row is summed only from the job's run after the one that made it: a ticket's write already under
+# way when the row was made could not count a change on it, and is committed by then.
+SETTLE = timedelta(seconds=30)
+
+_SUMMARY_KEYS = (Ticket.grid_id, Ticket.assignee_id, Ticket.category_id, Building.compound_id)
+_SUMMARY_KEY_OF_VIEW = {
+    View.GRID: MonthFigures.grid_id,
+    View.WORKER: MonthFigures.assignee_id,
+    View.CATEGORY: MonthFigures.category_id,
+    View.COMPOUND: MonthFigures.compound_id,
+}
+_SUMMED_COLUMNS = [func.sum(getattr(MonthFigures, name)) for name in ("received", *SUMMED_FIELDS)]
+
+
+@dataclass
+class SummaryReport:
+    """What one run of the statistics job did."""
+
+    marked: int = 0  # months that ended, given their row
+    summed: int = 0  # months summed (again)
+
+    @property
+    def changed(self) -> bool:
+        return False  # it queues no message
+
+
+def _summed_figures(row: Sequence[Any]) -> Figures:
+    received, *counts = (int(value or 0) for value in row)
+    return Figures(received, **dict(zip(SUMMED_FIELDS, counts, strict=True)))  # type: ignore[arg-type]
+
+
+def _summarised(community_id: int) -> Select[Any]:
+    """The community's months that have been summed at least once."""
+    return select(MonthSummary.month).where(
+        MonthSummary.community_id == community_id, MonthSummary.summarised_changes.is_not(None)
+    )
+
+
+async def _summed_totals(
+    session: AsyncSession, community: CommunityRef, months: Sequence[Month]
+) -> dict[Month, Figures]:
+    """The community's whole figures of those ``months`` that have a summary, in one statement."""
+    indexes = {m.index: m for m in months}
+    found = await session.execute(
+        select(MonthFigures.month, *_SUMMED_COLUMNS)
+        .where(
+            MonthFigures.community_id == community.id,
+            MonthFigures.month.in_(indexes),
+            MonthFigures.month.in_(_summarised(community.id)),
+        )
+        .group_by(MonthFigures.month)
+    )
+    totals = {indexes[row[0]]: _summed_figures(row[1:]) for row in found}
+    # A summed month without tickets has no rows at all.
+    empty = await session.scalars(_summarised(community.id).where(MonthSummary.month.in_(indexes)))
+    return {indexes[index]: Figures() for index in empty} | totals
+
+
+async def _summed_by(
+    session: AsyncSession, community: CommunityRef, month: Month, view: View, assignee_id: int | None
+) -> dict[Any, Figures] | None:
+    """The month's figures per row of ``view`` (of one assignee only, if given) from its summary; None if it has
+    none yet."""
+    if await session.scalar(_summarised(community.id).where(MonthSummary.month == month.index)) is None:
+        return None
+    key = _SUMMARY_KEY_OF_VIEW[view]
+    query = select(key, *_SUMMED_COLUMNS).where(
+        MonthFigures.community_id == community.id, MonthFigures.month == month.index
+    )
+    if assignee_id is not None:
+        query = query.where(MonthFigures.assignee_id == assignee_id)
+    return {row[0]: _summed_figures(row[1:]) for row in await session.execute(query.group_by(key))}
+
+
+async def summarise_months(session: AsyncSession, now: datetime) -> SummaryReport:
+    """The statistics job (every minute): give each month that has ended its row, and sum each month whose
+    tickets changed since it was last summed, one month per transaction. Its cost follows what changed: a month
+    is summed when it ends, and again only after its tickets were written."""
+    report = SummaryReport()
+    async with session.begin():
+        for community_id, timezone in (await session.execute(select(Community.id, Community.timezone))).all():
+            report.marked += await _mark_ended_months(session, community_id, timezone, now)
+    async with session.begin():
+        due = (
+            await session.execute(
+                select(MonthSummary.community_id, MonthSummary.month, MonthSummary.starts_at, MonthSummary.ends_at)
+                .where(
+                    MonthSummary.marked_at <= now - SETTLE,
+                    or_(
+                        MonthSummary.summarised_changes.is_(None),
+                        MonthSummary.summarised_changes != MonthSummary.changes,
+                    ),
+                )
+                .order_by(MonthSummary.community_id, MonthSummary.month)
+            )
+        ).all()
+    for community_id, month, starts_at, ends_at in due:
+        async with session.begin():
+            await _sum_month(session, community_id, month, starts_at, ends_at, now)
+        report.summed += 1
+    return report
+
+
+async def _mark_ended_months(session: AsyncSession, community_id: int, timezone: str, now: datetime) -> int:
+    """Rows for the community's ended months that have none, from the month of its first ticket on."""
+    first = await session.scalar(select(func.min(Ticket.created_at)).where(Ticket.community_id == community_id))
+    if first is None:
+        return 0
+    have = set(await session.scalars(select(MonthSummary.month).where(MonthSummary.community_id == community_id)))
+    month, current, marked = Month.of(first, timezone), Month.of(now, timezone), 0
+    while month < current:
+        if month.index not in have:
+            starts_at, ends_at = month.bounds(timezone)
+            session.add(
+                MonthSummary(
+                    community_id=community_id, month=month.index, starts_at=starts_at, ends_at=ends_at, marked_at=now
+                )
+            )
+            marked += 1
+        month = month.shift(1)
+    return marked
+
+
+async def _sum_month(
+    session: AsyncSession, community_id: int, month: int, starts_at: datetime, ends_at: datetime, now: datetime
+) -> None:
+    """Sum one month's tickets into its rows afresh. The change count is read first: a write that comes after
+    it, even one the sums below already see, leaves the month due again, never summed short."""
+    summary = await session.get(MonthSummary, (community_id, month), populate_existing=True)
+    assert summary is not None
+    seen = summary.changes
+    per_ticket = _per_ticket(now)
+    sums = await session.execute(
+        select(
+            *_SUMMARY_KEYS,
+            func.count(),
+            *(func.coalesce(func.sum(per_ticket[name]), 0) for name in SUMMED_FIELDS),
+        )
+        .join(Category, Category.id == Ticket.category_id)
+        .join(Building, Building.id == Ticket.building_id)
+        .where(*_month_filter(community_id, starts_at, ends_at))
+        .group_by(*_SUMMARY_KEYS)
+    )
+    await session.execute(
+        delete(MonthFigures).where(MonthFigures.community_id == community_id, MonthFigures.month == month)
+    )
+    fields = ("grid_id", "assignee_id", "category_id", "compound_id", "received", *SUMMED_FIELDS)
+    rows = [dict(zip(fields, row, strict=True), community_id=community_id, month=month) for row in sums]
+    if rows:
+        await session.execute(insert(MonthFigures), rows)
+    summary.summarised_changes, summary.summarised_at = seen, now
 
 
 # --- access ---------------------------------------------------------------------------------------------
@@ -637,6 +828,8 @@ async def _monthly_stats(
     before = month.shift(-1)
     cached = ("by", community.id, view, before.index, viewer_id if own_row_only else None)
     previous = cache.get(cached, now) if cache else None
+    if previous is None:
+        previous = await _summed_by(session, community, before, view, viewer_id if own_row_only else None)
     if previous is None:
         previous = await _figures_by(session, key, previous_where, now, SCORE_FIELDS)
         if cache is not None and _ended(before, community, now):

@@ -13,6 +13,7 @@ from datetime import datetime
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from domain import month_summary  # noqa: F401  (its session hook marks the ended months a write changes)
 from domain.cards import refresh_copies
 from domain.deadlines import start_window
 from domain.errors import AccessDenied, DomainError, HandledElsewhere, InvalidTransition, NotBound, NotFound

@@ -578,6 +578,50 @@ def _durations(mapper: Any, connection: Any, ticket: Ticket) -> None:
     ticket.resolve_seconds = seconds_between(ticket.created_at, ticket.resolved_at)
 
 
+class MonthSummary(Base):
+    """A community's month that has ended, whose counts are kept summed in ``month_figures`` for the office's
+    figures (domain/month_summary.py says how they stay right). ``changes`` counts writes to the month's tickets
+    since the row was made; the summary is current while ``summarised_changes`` equals it."""
+
+    __tablename__ = "month_summaries"
+
+    community_id: Mapped[int] = mapped_column(ForeignKey("communities.id"), primary_key=True)
+    month: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)  # months since year 0 (Month.index)
+    # The month in the community's time zone, as UTC instants [starts_at, ends_at): a ticket's write finds its
+    # month's row by its created_at alone.
+    starts_at: Mapped[datetime]
+    ends_at: Mapped[datetime]
+    marked_at: Mapped[datetime]
+    changes: Mapped[int] = mapped_column(default=0)
+    summarised_changes: Mapped[int | None] = mapped_column(default=None)
+    summarised_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class MonthFigures(Base):
+    """The counts of one ended month's tickets that share a grid, an assignee, a category and a compound: every
+    view of /stats (by grid, worker, category, compound, or the whole community) is a sum of these rows."""
+
+    __tablename__ = "month_figures"
+    __table_args__ = (Index("ix_month_figures_month", "community_id", "month"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    community_id: Mapped[int] = mapped_column(ForeignKey("communities.id"))
+    month: Mapped[int]
+    grid_id: Mapped[int]
+    assignee_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    category_id: Mapped[int]
+    compound_id: Mapped[int]
+    received: Mapped[int]
+    accepted_in_time: Mapped[int]
+    resolved_in_time: Mapped[int]
+    closed_confirmed: Mapped[int]
+    resolved_once: Mapped[int]
+    reopened: Mapped[int]
+    rated: Mapped[int]
+    satisfied: Mapped[int]
+    rating_sum: Mapped[int]
+
+
 class TicketPhoto(Base):
     __tablename__ = "ticket_photos"
 

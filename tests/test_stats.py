@@ -31,16 +31,36 @@ ranks g3, g2, g1.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo, available_timezones
 
 import pytest
-from sqlalchemy import select
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, select
 
 from domain import confirmation, escalation, tickets
 from domain.community_file import import_community, loads_community
 from domain.errors import AccessDenied
-from domain.stats import Month, MonthCache, Rate, View, community_stats, last_complete_month, monthly_stats
+from domain.month_summary import may_have_ended
+from domain.stats import (
+    SETTLE,
+    SUMMED_FIELDS,
+    CommunityRef,
+    Month,
+    MonthCache,
+    Rate,
+    View,
+    _figures_by,
+    _key,
+    _month_filter,
+    _summed_by,
+    community_stats,
+    last_complete_month,
+    monthly_stats,
+    summarise_months,
+)
 from storage.db import SessionFactory
-from storage.models import Grid, Level, Ticket
+from storage.models import Grid, Level, MonthFigures, MonthSummary, Ticket
 from tests.conftest import SAMPLE_COMMUNITY, FakeClock
 from tests.households import verify_household
 from tests.test_routing import report, resident_in
@@ -347,3 +367,147 @@ async def test_the_kept_durations_agree_with_the_timestamps_after_the_story(
     t4 = next(t for t in found if t.reopen_count)
     assert t4.resolve_seconds == 30 * 3600  # the latest resolution, not the one the resident reopened
     assert sum(t.accept_seconds is None for t in found) == 2  # T6 and T8 were never accepted
+
+
+# --- the summary of ended months ----------------------------------------------------------------------------
+# The month before the one on show and the trend read it (domain/month_summary.py, ``summarise_months``), so it
+# must always agree with the tickets it sums, also after a late change to one of them.
+
+SAMPLE = CommunityRef(1, "jsx", "", "", "Asia/Shanghai")
+
+
+async def summarise(sessions: SessionFactory, now: datetime) -> tuple[int, int]:
+    async with sessions() as session:
+        report = await summarise_months(session, now)
+    return report.marked, report.summed
+
+
+async def from_summary(sessions: SessionFactory, month: Month, view: View) -> dict[object, tuple[int, ...]] | None:
+    async with sessions() as session, session.begin():
+        found = await _summed_by(session, SAMPLE, month, view, None)
+    if found is None:
+        return None
+    return {key: counts(figures) for key, figures in found.items()}
+
+
+async def from_tickets(sessions: SessionFactory, month: Month, view: View) -> dict[object, tuple[int, ...]]:
+    where = _month_filter(1, *month.bounds(SAMPLE.timezone))
+    async with sessions() as session, session.begin():
+        found = await _figures_by(session, _key(view), where, NOW)
+    return {key: counts(figures) for key, figures in found.items()}
+
+
+def counts(figures: object) -> tuple[int, ...]:
+    return tuple(getattr(figures, name) for name in ("received", *SUMMED_FIELDS))
+
+
+async def test_an_ended_month_is_summed_once_settled_and_agrees_with_its_tickets(
+    session_factory: SessionFactory, october: dict[str, int]
+) -> None:
+    assert await summarise(session_factory, NOW) == (1, 0), "October gets its row; summed from the next run on"
+    assert await from_summary(session_factory, OCTOBER, View.GRID) is None
+    assert await summarise(session_factory, NOW + SETTLE) == (0, 1)
+    assert await summarise(session_factory, NOW + 2 * SETTLE) == (0, 0), "nothing changed: nothing summed again"
+    for view in View:
+        assert await from_summary(session_factory, OCTOBER, view) == await from_tickets(session_factory, OCTOBER, view)
+    async with session_factory() as session:
+        assert await session.scalar(select(func.count()).select_from(MonthFigures)) > 0
+        # November is still running: no row for it.
+        assert await session.scalar(select(MonthSummary.month).where(MonthSummary.month == NOVEMBER.index)) is None
+
+
+async def test_a_late_change_to_an_ended_month_is_summed_again(
+    session_factory: SessionFactory, clock: FakeClock, october: dict[str, int]
+) -> None:
+    await summarise(session_factory, NOW)
+    await summarise(session_factory, NOW + SETTLE)
+    before = await from_summary(session_factory, OCTOBER, View.WORKER)
+    assert before is not None and before[MA_LI][SUMMED_FIELDS.index("resolved_once") + 1] == 2
+
+    # 马丽 finally takes on and resolves T6 (filed 20 October) on 6 November.
+    clock.now = NOW + timedelta(days=1)
+    async with session_factory() as session:
+        await tickets.accept(session, actor_id=MA_LI, ticket_id=october["t6"], now=clock.now)
+    async with session_factory() as session:
+        await tickets.resolve(
+            session, actor_id=MA_LI, ticket_id=october["t6"], now=clock.now, note="修好了", photo=None
+        )
+    async with session_factory() as session:
+        summary = await session.get(MonthSummary, (1, OCTOBER.index))
+        assert summary is not None and (summary.changes, summary.summarised_changes) == (2, 0)
+    assert await from_summary(session_factory, OCTOBER, View.WORKER) == before, "the summary lags until the job"
+
+    assert await summarise(session_factory, clock.now) == (0, 1)
+    after = await from_summary(session_factory, OCTOBER, View.WORKER)
+    assert after == await from_tickets(session_factory, OCTOBER, View.WORKER)
+    assert after is not None and after[MA_LI][SUMMED_FIELDS.index("resolved_once") + 1] == 3
+
+    # What the office sees: November ranked against October as summed, and the trend's October point.
+    async with session_factory() as session:
+        stats = await monthly_stats(
+            session, viewer_id=STAFF_WANG, community_id=1, month=NOVEMBER, view=View.WORKER, now=clock.now
+        )
+    assert {point.month: point.figures.received for point in stats.trend}[OCTOBER] == 6
+    # Every October ticket is resolved now, T6 too. Only the summary holds this count for a month not on show
+    # (counted from the tickets, the trend reads just the score's fields).
+    assert stats.trend[-2].figures.resolved_once == 6
+
+
+async def test_a_change_of_windows_in_the_community_file_sums_every_month_again(
+    session_factory: SessionFactory, clock: FakeClock, october: dict[str, int]
+) -> None:
+    await summarise(session_factory, NOW)
+    await summarise(session_factory, NOW + SETTLE)
+    text = SAMPLE_COMMUNITY.read_text(encoding="utf-8")
+    assert "response_hours = 2\n" in text
+    async with session_factory() as session:
+        await import_community(
+            session, loads_community(text.replace("response_hours = 2\n", "response_hours = 3\n", 1)), NOW
+        )
+    async with session_factory() as session:
+        assert await session.scalar(select(func.count()).select_from(MonthSummary)) == 0
+    assert await summarise(session_factory, NOW + 2 * SETTLE) == (1, 0)
+    assert await summarise(session_factory, NOW + 3 * SETTLE) == (0, 1)
+    assert await from_summary(session_factory, OCTOBER, View.CATEGORY) == await from_tickets(
+        session_factory, OCTOBER, View.CATEGORY
+    )
+
+
+# Every time zone this machine knows, the furthest ahead (UTC+14) and behind (UTC-12) among them.
+ZONES = sorted(available_timezones())
+INSTANTS = st.datetimes(min_value=datetime(2020, 1, 1), max_value=datetime(2030, 12, 31)).map(
+    lambda moment: moment.replace(tzinfo=UTC)
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    created=INSTANTS,
+    later=st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=70)),
+    zone=st.sampled_from(ZONES),
+)
+def test_a_write_to_a_ticket_of_an_ended_month_is_never_left_unmarked(
+    created: datetime, later: timedelta, zone: str
+) -> None:
+    """The hook skips the mark only when ``may_have_ended`` says no: that must never happen for a ticket whose
+    month, in its community's time zone, has ended at the moment of the write."""
+    moment = created + later
+    tz = ZoneInfo(zone)
+    ended = Month.of(created, zone) < Month.of(moment, zone)
+    if ended:
+        assert may_have_ended(created, moment), (created.astimezone(tz), moment.astimezone(tz))
+
+
+@pytest.mark.parametrize(
+    ("created", "moment", "expected"),
+    [
+        # Filed and written in the middle of the same month: nothing to mark anywhere on earth.
+        (datetime(2026, 11, 10, tzinfo=UTC), datetime(2026, 11, 20, tzinfo=UTC), False),
+        # 30 November 12:00 UTC is already 1 December in Kiritimati (UTC+14): the month may have ended.
+        (datetime(2026, 11, 29, tzinfo=UTC), datetime(2026, 11, 30, 12, tzinfo=UTC), True),
+        # Filed 1 November 06:00 UTC, still 31 October at UTC-12.
+        (datetime(2026, 11, 1, 6, tzinfo=UTC), datetime(2026, 11, 20, tzinfo=UTC), True),
+    ],
+)
+def test_which_writes_may_touch_an_ended_month(created: datetime, moment: datetime, expected: bool) -> None:
+    assert may_have_ended(created, moment) is expected
