@@ -1,6 +1,6 @@
 """The hot queries' plans at district size: none reads the whole of ``tickets``, ``users`` or ``outbox``.
 
-The product's own functions run (filing and routing, the "me too" list, /tickets, /ledger, the three periodic
+The product's own functions run (filing and routing, the "me too" list, /tickets, /ledger, the four periodic
 jobs, queueing a broadcast, the sender's claim) and every statement they send is recorded. The planner is then
 given the statistics of a district (a million tickets in one community, 300,000 residents, two million outbox
 rows) and each statement is EXPLAINed: a full scan of one of the three tables fails the test. On SQLite the
@@ -24,6 +24,7 @@ from domain.confirmation import close_unconfirmed
 from domain.deliberation import CandidateWatch
 from domain.followers import similar_open_tickets
 from domain.ledger import ledger
+from domain.stats import summarise_months
 from domain.sweep import sweep
 from domain.tickets import open_tickets_for_worker
 from storage.db import SessionFactory, refresh_statistics
@@ -106,6 +107,7 @@ async def hot_paths(harness: Harness, sessions: SessionFactory, clock: FakeClock
                 await sweep(session, clock())
                 await close_unconfirmed(session, clock())
                 await job(session, clock())
+                await summarise_months(session, clock())
             clock.advance(minutes=1)
         async with sessions() as session:
             await start_broadcast(session, light.community_id, BroadcastKind.AGENDA, "2026-12", clock())
