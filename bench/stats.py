@@ -239,11 +239,13 @@ def _forget_pictures() -> None:
 
 
 async def measure(engine: AsyncEngine, rounds: int, now: datetime) -> None:
-    """Three kinds of rounds, each timed end to end through the dispatcher and, apart, in its two parts
+    """Four kinds of rounds, each timed end to end through the dispatcher and, apart, in its two parts
     (``monthly_stats`` as the handler calls it, ``chart_png``):
 
-    - cold: nothing cached in the process (no ended month, no picture), as after a start or ten quiet minutes;
-      the first of them is also the process's first chart;
+    - cold: nothing cached in the process (no ended month, no picture): a community, month or language whose
+      chart was not drawn ahead; the first of them is also the process's first chart;
+    - after a start: as cold, but with the chart's words drawn ahead, as the bot does a while after it starts
+      (``draw_ahead``), and figures that moved since;
     - warm: the ended months cached, and the chart drawn anew over its kept picture, as when the month's figures
       moved since the last /stats (the usual case for last month, whose late tickets are still being finished);
     - unchanged: as warm, but the figures did not move, so the chart is the one already drawn.
@@ -268,9 +270,12 @@ async def measure(engine: AsyncEngine, rounds: int, now: datetime) -> None:
     updates = iter(range(1, 10 * rounds))
 
     async def round_trip(kind: str) -> tuple[float, float, float, float]:
-        if kind == "cold":
+        if kind in ("cold", "after a start"):
             app.dispatcher.workflow_data["stats_cache"] = MonthCache()
             _forget_pictures()
+        if kind == "after a start":
+            await chart.draw_ahead(sessions, now, i18n, "zh_CN")
+            chart._png.cache_clear()  # the figures moved since they were drawn ahead
         elif kind == "warm":
             chart._png.cache_clear()
         began = time.perf_counter()
@@ -284,7 +289,7 @@ async def measure(engine: AsyncEngine, rounds: int, now: datetime) -> None:
         answer = telegram.requests[before:]
         assert [type(r) for r in answer] == [SendMessage, SendPhoto], answer
         # The two parts again, alone, in the same state of the caches.
-        cache = MonthCache() if kind == "cold" else app.dispatcher.workflow_data["stats_cache"]
+        cache = MonthCache() if kind in ("cold", "after a start") else app.dispatcher.workflow_data["stats_cache"]
         began = time.perf_counter()
         async with sessions() as session:
             figures = await monthly_stats(
@@ -293,7 +298,7 @@ async def measure(engine: AsyncEngine, rounds: int, now: datetime) -> None:
         function = time.perf_counter() - began
         if kind == "cold":
             _forget_pictures()
-        elif kind == "warm":
+        elif kind in ("warm", "after a start"):
             chart._png.cache_clear()
         with i18n.context(), i18n.use_locale("zh_CN"):
             began = time.perf_counter()
@@ -301,7 +306,7 @@ async def measure(engine: AsyncEngine, rounds: int, now: datetime) -> None:
             drawing = time.perf_counter() - began
         return total, function, drawing, baseline
 
-    for kind in ("cold", "warm", "unchanged"):
+    for kind in ("cold", "after a start", "warm", "unchanged"):
         measured = [await round_trip(kind) for _ in range(rounds)]
         totals, functions, drawings, baselines = (list(column) for column in zip(*measured, strict=True))
         print(f"{kind}: /stats, chart included: {_ms(totals)}")

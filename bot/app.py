@@ -78,6 +78,8 @@ RECOVERY_BEFORE_POLLING = 5.0
 DEFAULT_STEP_TIMEOUT = timedelta(minutes=Settings.model_fields["text_step_timeout_minutes"].default)
 # How often SQLite's planner statistics are refreshed (``PRAGMA optimize``; usually a no-op).
 STATISTICS_SECONDS = 3600
+# Long enough after a start for whatever a crash left to be resumed first (docs/delivery.md).
+DRAW_AHEAD_AFTER = timedelta(seconds=90)
 
 # pydantic keeps parametrised generic models in a weak cache, so under load aiogram keeps rebuilding
 # Response[Message] and friends (about 4 ms each, measured by bench/intake.py). Holding the ones this bot
@@ -367,6 +369,13 @@ async def run_bot(settings: Settings) -> None:
         await schedule_broadcasts(scheduler, session_factory, system_clock, grace, app.sender.wake)
         scheduler.start()
         i18n = create_i18n(settings.default_locale)
+        scheduler.add_job(
+            draw_charts_ahead,
+            "date",
+            run_date=system_clock() + DRAW_AHEAD_AFTER,
+            args=(session_factory, system_clock, i18n, settings.default_locale),
+            id="draw-charts-ahead",
+        )
         menu = asyncio.create_task(
             when_possible(stop, "set the webhook and command menu", to_telegram, partial(set_commands, bot, i18n))
         )
@@ -390,6 +399,18 @@ async def run_bot(settings: Settings) -> None:
             await app.shared_rate.redis.aclose()
         await bot.session.close()
         await engine.dispose()
+
+
+async def draw_charts_ahead(sessions: SessionFactory, clock: Clock, i18n: I18n, locale: str) -> None:
+    """The office's charts of last month, drawn once a while after the start (bot/reports/chart.py)."""
+    from bot.reports.chart import draw_ahead  # matplotlib: imported now, not at start-up (docs/delivery.md)
+
+    try:
+        drawn = await draw_ahead(sessions, clock(), i18n, locale)
+    except Exception:
+        log.exception("drawing the office's charts ahead failed; /stats draws them when asked")
+        return
+    log.info("drew the charts of last month for %d communities ahead of /stats", drawn)
 
 
 async def check_telegram(bot: Bot, where: str) -> None:

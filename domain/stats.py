@@ -691,6 +691,13 @@ async def _stats_communities(session: AsyncSession, viewer_id: int) -> dict[int,
     return allowed
 
 
+async def all_communities(session: AsyncSession) -> list[CommunityRef]:
+    """Every community, by id: for the bot itself (drawing charts ahead), never for a person."""
+    async with session.begin():
+        found = await session.scalars(select(Community).order_by(Community.id))
+        return [CommunityRef(c.id, c.code, c.name, c.name_en, c.timezone) for c in found]
+
+
 async def community_by_code(session: AsyncSession, code: str) -> CommunityRef:
     """For the command line: the community with this code (``jsx``); NotFound otherwise."""
     async with session.begin():

@@ -10,9 +10,12 @@ from matplotlib.font_manager import findfont
 from matplotlib.text import Text
 
 from bot.i18n import create_i18n
+from bot.reports import chart
 from bot.reports.chart import FONT_NAME, STYLE, _png, build_chart, chart_data, chart_png
 from bot.reports.fonts import CJK_FONT, missing_glyphs
-from domain.stats import CommunityRef, Figures, Month, MonthlyStats, Row, TrendPoint, View
+from domain.stats import CommunityRef, Figures, Month, MonthlyStats, Row, TrendPoint, View, monthly_stats
+from storage.db import SessionFactory
+from tests.test_stats import NOW, STAFF_WANG, october  # noqa: F401  (the story, a fixture)
 
 OCTOBER = Month(2026, 10)
 
@@ -104,3 +107,23 @@ def test_new_figures_drawn_over_the_kept_picture_look_like_a_chart_drawn_whole()
             FigureCanvasAgg(build_chart(chart_data(changed))).print_png(whole)
         assert chart_data(changed).words == chart_data(first).words
     assert ImageChops.difference(over_kept, Image.open(whole).convert("RGB")).getbbox() is None
+
+
+@pytest.mark.usefixtures("october")
+async def test_last_months_charts_are_drawn_ahead_for_the_first_stats_after_a_start(
+    session_factory: SessionFactory,
+) -> None:
+    """A while after a start the bot draws each community's chart of last month: staff's first /stats then finds
+    its words drawn (most of a new chart's cost) and only draws the figures over them."""
+    chart._kept.clear()
+    i18n = create_i18n("zh_CN")
+    assert await chart.draw_ahead(session_factory, NOW, i18n, "zh_CN") == 1
+    async with session_factory() as session:
+        stats = await monthly_stats(
+            session, viewer_id=STAFF_WANG, community_id=None, month=None, view=View.GRID, now=NOW
+        )
+    assert stats.month == OCTOBER and stats.total.received == 6
+    with i18n.context(), i18n.use_locale("zh_CN"):
+        assert list(chart._kept) == [chart_data(stats).words]
+        chart_png(stats)
+    assert len(chart._kept) == 1, "nothing new was drawn for staff's /stats"
