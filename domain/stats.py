@@ -428,12 +428,17 @@ def _median(seconds: Seconds) -> timedelta | None:
 
 
 async def _figures_and_durations(
-    session: AsyncSession, key: KeyColumn, where: Sequence[ColumnElement[bool]], now: datetime
+    session: AsyncSession,
+    key: KeyColumn,
+    where: Sequence[ColumnElement[bool]],
+    now: datetime,
+    fields: Sequence[str] | None = None,
 ) -> tuple[dict[Any, Figures], dict[Any, Durations]]:
-    """The counted figures and every ticket's two durations, per value of ``key``, in one pass over the month."""
+    """The counted figures (``fields`` of them, all by default) and every ticket's two durations, per value of
+    ``key``, in one pass over the month."""
     figures, durations = {}, {}
-    for row in await session.execute(_sums(key, where, now, medians=True)):
-        figures[row[0]] = _figures(row[:-2], None, now)
+    for row in await session.execute(_sums(key, where, now, fields, medians=True)):
+        figures[row[0]] = _figures(row[:-2], fields, now)
         durations[row[0]] = Durations(_seconds(row[-2]), _seconds(row[-1]))
     return figures, durations
 
@@ -830,8 +835,8 @@ async def _monthly_stats(
     if own_row_only:
         where.append(Ticket.assignee_id == viewer_id)
         previous_where.append(Ticket.assignee_id == viewer_id)
-    current, durations = await _figures_and_durations(session, key, where, now)
-    current = {k: durations[k].medians(f) for k, f in current.items()}
+    current, durations = await _month_on_show(session, community, month, view, where, now, own_row_only, viewer_id)
+    current = {k: durations.get(k, NO_DURATIONS).medians(f) for k, f in current.items()}
     before = month.shift(-1)
     cached = ("by", community.id, view, before.index, viewer_id if own_row_only else None)
     previous = cache.get(cached, now) if cache else None
@@ -851,20 +856,48 @@ async def _monthly_stats(
         return MonthlyStats(community, month, view, rows, current.get(viewer_id, Figures()), now, own_row_only=True)
     # Each ticket is in one row: counts add up.
     total = Durations.of(durations.values()).medians(sum(current.values(), Figures()))
-    grids = rows if view is View.GRID else await _grid_rows(session, community.id, where, now)
+    grids = rows if view is View.GRID else await _grid_rows(session, community, month, where, now)
     points = await _trend(session, community, month, total, now, cache) if trend else []
     return MonthlyStats(community, month, view, rows, total, now, grids=grids, trend=points)
 
 
+async def _month_on_show(
+    session: AsyncSession,
+    community: CommunityRef,
+    month: Month,
+    view: View,
+    where: Sequence[ColumnElement[bool]],
+    now: datetime,
+    own_row_only: bool,
+    viewer_id: int | None,
+) -> tuple[dict[Any, Figures], dict[Any, Durations]]:
+    """The month's figures per row of ``view``, and the durations for the medians. A month with a summary (it
+    has ended) takes its counts from there, and only its durations and overdue tickets from one lighter pass
+    over its tickets; any other month is counted from its tickets alone."""
+    key = _key(view)
+    summed = await _summed_by(session, community, month, view, viewer_id if own_row_only else None)
+    if summed is None:
+        return await _figures_and_durations(session, key, where, now)
+    fresh, durations = await _figures_and_durations(session, key, where, now, ("overdue_now",))
+    moving = {k: replace(summed.get(k, Figures()), overdue_now=f.overdue_now) for k, f in fresh.items()}
+    return summed | moving, durations
+
+
 async def _grid_rows(
-    session: AsyncSession, community_id: int, where: Sequence[ColumnElement[bool]], now: datetime
+    session: AsyncSession,
+    community: CommunityRef,
+    month: Month,
+    where: Sequence[ColumnElement[bool]],
+    now: datetime,
 ) -> list[Row]:
-    by_grid = await _figures_by(session, Ticket.grid_id, where, now)
-    rows = [
+    """The month by grid, for the chart (its three rates only)."""
+    by_grid = await _summed_by(session, community, month, View.GRID, None)
+    if by_grid is None:
+        by_grid = await _figures_by(session, Ticket.grid_id, where, now, SCORE_FIELDS)
+    return [
         replace(r, figures=by_grid.get(r.key, Figures()))
-        for r in await _names(session, community_id, View.GRID, by_grid)
+        for r in await _names(session, community.id, View.GRID, by_grid)
     ]
-    return rows
 
 
 # --- the month's tickets, for the spreadsheet ---------------------------------------------------------
