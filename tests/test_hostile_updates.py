@@ -57,7 +57,7 @@ from aiogram.types import (
     VideoNote,
     Voice,
 )
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
@@ -684,6 +684,9 @@ def test_random_and_forged_updates_are_answered_safely(backend: str, tmp_path: P
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         )
         @given(examples)
+        # Random steps do not always include a whole report: this one always files a ticket, so the check after
+        # the run (the real flows still work among the hostile updates) cannot depend on luck.
+        @example([ResidentReports("三单元楼道灯坏了，晚上很黑", photos=1, location=False)])
         def nothing_goes_wrong(example: list[Any]) -> None:
             assert runner.run(world.run(example)) == []
 
