@@ -261,7 +261,7 @@ async def heping_lamp_in_november(harness: Harness) -> None:
 
 
 async def test_the_street_office_ranks_its_communities_month_by_month(harness: Harness) -> None:
-    heping = await second_community(harness)
+    await second_community(harness)
     await heping_lamp_in_november(harness)
     street = harness.person(STREET_CHEN, language="en")
     message = of_kind(await street.send("/stats"), SendMessage)[0]
