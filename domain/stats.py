@@ -35,6 +35,9 @@ Ranking: by the score, the mean of the three rates (response, resolution, satisf
 while nothing is rated), highest first; rows without tickets are not ranked. The change is against the same
 row's rank and score in the month before.
 
+The street office also ranks its communities against each other (:func:`street_stats`): one row per community,
+counted by the same query as the community's own figures, over the month in that community's time zone.
+
 Queries read only the month's tickets, from ``ix_tickets_community_created`` alone (a covering index: every
 column counted is in it), and aggregate in SQL; the medians come from every ticket's durations, fetched as one
 text per row.
