@@ -139,6 +139,7 @@ class StatsAction(StrEnum):
     DEFINITIONS = "d"  # how each figure is counted
     CHART = "c"  # the rates per grid and the twelve months' trend, as a picture
     SPREADSHEET = "x"  # the month's tickets, the ledger and the rate tables, as an .xlsx file
+    STREET = "r"  # the street office's communities ranked for ``month`` (``community_id`` and ``view`` unused)
 
 
 class StatsCb(CallbackData, prefix="ss"):

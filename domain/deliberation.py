@@ -28,7 +28,7 @@ from domain.followers import household_ids
 from domain.households import require_verified, verified_household
 from domain.outbox import Notice, enqueue
 from domain.people import display_names, load_duties
-from domain.public_notices import post_publicly
+from domain.public_notices import post_publicly, private_copies
 from domain.text import clean, is_blank, required_text
 from domain.tickets import MAX_NOTE, ticket_access
 from storage.models import (
@@ -253,8 +253,11 @@ async def residents_behind(session: AsyncSession, topic: Topic) -> list[int]:
     return list(dict.fromkeys(found))
 
 
-async def _tell_residents(session: AsyncSession, topic: Topic, event: TopicEvent, now: datetime) -> None:
-    for user_id in await residents_behind(session, topic):
+async def _tell_residents(
+    session: AsyncSession, topic: Topic, event: TopicEvent, now: datetime, also: Iterable[int] = ()
+) -> None:
+    """The residents behind the topic, and ``also`` these, each once."""
+    for user_id in dict.fromkeys([*await residents_behind(session, topic), *also]):
         enqueue(session, user_id, Notice.TOPIC_UPDATE, now, topic_id=topic.id, event_id=event.id)
 
 
@@ -740,14 +743,20 @@ async def start_feedback(session: AsyncSession, *, actor_id: int, topic_id: int,
 
 
 async def publish_notice(session: AsyncSession, *, actor_id: int, topic_id: int, now: datetime) -> Topic:
-    """The last step: the outcome is publicly noticed (公示反馈) and the topic is finished; residents are told,
-    and it is posted in the community's public notice chat if it has one."""
+    """The last step: the outcome is publicly noticed (公示反馈) and the topic is finished.
+
+    The residents behind the topic are told privately, as of every step before: it is their own matter. If the
+    community has a public notice chat, the notice is posted there as one post, and goes privately also to the
+    residents who asked for a private copy of the public notices (/settings), like the execution feedback;
+    nobody else gets a private message for it.
+    """
     async with session.begin():
         topic = await _staff_topic(session, actor_id, topic_id, TopicStatus.FEEDBACK)
         topic.status, topic.noticed_at = TopicStatus.NOTICED, now
         event = await _record(session, topic, TopicEventKind.NOTICED, actor_id, now)
-        await _tell_residents(session, topic, event, now)
-        await post_publicly(session, topic.community_id, now, topic_id=topic.id, event_id=event.id)
+        posted = await post_publicly(session, topic.community_id, now, topic_id=topic.id, event_id=event.id)
+        copies = await private_copies(session, topic.community_id) if posted else []
+        await _tell_residents(session, topic, event, now, also=copies)
     return topic
 
 

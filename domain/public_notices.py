@@ -4,6 +4,10 @@ It is the one place the bot posts outside private chats, and only what is meant 
 execution feedback, each topic's public notice, and, when the office switches it on, a short notice of each
 closed ticket (category, building, what was done, the "after" photo), never who reported it. Each post is an
 outbox row written in the transaction of the change it announces, so it is retried like every other message.
+
+What is posted there reaches residents privately only when it is their own matter or they asked for a copy:
+the execution feedback goes privately only to those who asked (``users.public_copy``, in /settings); a topic's
+public notice goes to the residents behind the topic, as every step of it did, and to those who asked.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.outbox import Notice, enqueue
-from storage.models import Community, Ticket
+from storage.models import Building, Community, Compound, Ticket, User
 
 
 async def post_publicly(session: AsyncSession, community_id: int, now: datetime, **payload: Any) -> bool:
@@ -25,6 +29,26 @@ async def post_publicly(session: AsyncSession, community_id: int, now: datetime,
         return False
     enqueue(session, chat_id, Notice.PUBLIC_POST, now, **payload)
     return True
+
+
+async def private_copies(session: AsyncSession, community_id: int) -> list[int]:
+    """The residents of the community who asked for a private copy of what it posts publicly (/settings,
+    ``users.public_copy``), want broadcasts and have not blocked the bot; by id. Inside the caller's transaction."""
+    return list(
+        await session.scalars(
+            select(User.id)
+            .join(Building, Building.id == User.building_id)
+            .join(Compound, Compound.id == Building.compound_id)
+            .where(
+                Compound.community_id == community_id,
+                Building.active.is_(True),
+                User.public_copy.is_(True),
+                User.broadcasts_off.is_(False),
+                User.unreachable_at.is_(None),
+            )
+            .order_by(User.id)
+        )
+    )
 
 
 async def post_closed_ticket(session: AsyncSession, ticket: Ticket, now: datetime) -> bool:

@@ -35,6 +35,9 @@ Ranking: by the score, the mean of the three rates (response, resolution, satisf
 while nothing is rated), highest first; rows without tickets are not ranked. The change is against the same
 row's rank and score in the month before.
 
+The street office also ranks its communities against each other (:func:`street_stats`): one row per community,
+counted by the same query as the community's own figures, over the month in that community's time zone.
+
 Queries read only the month's tickets, from ``ix_tickets_community_created`` alone (a covering index: every
 column counted is in it), and aggregate in SQL; the medians come from every ticket's durations, fetched as one
 text per row.
@@ -898,6 +901,95 @@ async def _grid_rows(
         replace(r, figures=by_grid.get(r.key, Figures()))
         for r in await _names(session, community.id, View.GRID, by_grid)
     ]
+
+
+# --- the street office: its communities ranked against each other ------------------------------------
+
+
+@dataclass(frozen=True)
+class StreetStats:
+    """One row per community a street office serves (``Row.key`` the community's id), ranked like any other view.
+
+    Each community's month is the calendar month in its own time zone; ``total`` adds them up.
+    """
+
+    month: Month
+    communities: list[CommunityRef]  # by id
+    rows: list[Row]
+    total: Figures
+    as_of: datetime
+
+
+async def street_communities(session: AsyncSession, *, viewer_id: int) -> list[CommunityRef]:
+    """The communities whose street office ``viewer_id`` is part of, by id; empty for everyone else."""
+    async with session.begin():
+        duties = await load_duties(session, viewer_id)
+        return [await _community(session, community_id) for community_id in sorted(duties.street_community_ids)]
+
+
+def street_month(communities: Sequence[CommunityRef], now: datetime) -> Month:
+    """The last month complete in every one of the communities (time zones differ)."""
+    return min(last_complete_month(now, c.timezone) for c in communities)
+
+
+async def street_stats(
+    session: AsyncSession,
+    *,
+    viewer_id: int,
+    month: Month | None,
+    now: datetime,
+    cache: MonthCache | None = None,
+) -> StreetStats:
+    """The street office's communities ranked for ``month`` (default: the last one complete in all of them),
+    against the month before. Refused to anyone who is not in a street office, community staff included: they
+    see their own community's figures, never their neighbours'."""
+    async with session.begin():
+        duties = await load_duties(session, viewer_id)
+        if not duties.street_community_ids:
+            raise AccessDenied("street ranking")
+        communities = [await _community(session, c) for c in sorted(duties.street_community_ids)]
+        return await _street_stats(session, communities, month or street_month(communities, now), now, cache)
+
+
+async def _street_stats(
+    session: AsyncSession,
+    communities: Sequence[CommunityRef],
+    month: Month,
+    now: datetime,
+    cache: MonthCache | None = None,
+) -> StreetStats:
+    """Each community's month as its own /stats counts it (the same query, keyed by the community), then ranked."""
+    current: dict[Any, Figures] = {}
+    durations: dict[Any, Durations] = {}
+    for community in communities:
+        where = _month_filter(community.id, *month.bounds(community.timezone))
+        figures, spans = await _figures_and_durations(session, Ticket.community_id, where, now)
+        current |= {k: spans[k].medians(f) for k, f in figures.items()}
+        durations |= spans
+    previous = await _community_months(session, communities, month.shift(-1), now, cache)
+    rows = [Row(c.id, c.name, c.name_en or c.name, current.get(c.id, Figures())) for c in communities]
+    total = Durations.of(durations.values()).medians(sum(current.values(), Figures()))
+    return StreetStats(month, list(communities), _ranked(rows, previous), total, now)
+
+
+async def _community_months(
+    session: AsyncSession, communities: Sequence[CommunityRef], month: Month, now: datetime, cache: MonthCache | None
+) -> dict[Any, Figures]:
+    """Each community's score figures for ``month`` (the month before, for the change): what its trend holds for
+    that month, from the same cache entries when the trend has counted them already."""
+    found: dict[Any, Figures] = {}
+    for community in communities:
+        cached = ("trend", community.id, month.index)
+        figures = cache.get(cached, now) if cache else None
+        if figures is None:
+            where = _month_filter(community.id, *month.bounds(community.timezone))
+            figures = (await _figures_by(session, Ticket.community_id, where, now, SCORE_FIELDS)).get(
+                community.id, Figures()
+            )
+            if cache is not None and _ended(month, community, now):
+                cache.put(cached, figures, now)
+        found[community.id] = figures
+    return found
 
 
 # --- the month's tickets, for the spreadsheet ---------------------------------------------------------

@@ -42,9 +42,9 @@ async def change_settings(query: CallbackQuery, callback_data: SettingsCb, sessi
             wanted = callback_data.action is SettingsAction.PUBLIC_COPY_ON
             settings = await broadcasts.set_public_copy(session, user.id, wanted)
             done = (
-                _("You will get a private copy of the execution feedback.")
+                _("You will get a private copy of the execution feedback and of the public notices.")
                 if wanted
-                else _("The execution feedback stays in the public channel; no private copy.")
+                else _("The execution feedback and the public notices stay in the public channel; no private copy.")
             )
     await query.answer(done)
     # From a broadcast's own button, the broadcast stays; the settings come as a new message.

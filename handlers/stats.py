@@ -17,7 +17,17 @@ from bot.views import stats as sv
 from domain.clock import Clock
 from domain.errors import AccessDenied, DomainError
 from domain.people import Person
-from domain.stats import Month, MonthCache, MonthlyStats, View, month_report, monthly_stats, stats_communities
+from domain.stats import (
+    Month,
+    MonthCache,
+    MonthlyStats,
+    View,
+    month_report,
+    monthly_stats,
+    stats_communities,
+    street_communities,
+    street_stats,
+)
 from handlers.common import Screen, chat_of, replace
 
 router = Router(name="stats")
@@ -31,9 +41,21 @@ async def _render(
     session: AsyncSession, user: Person, stats: MonthlyStats, clock: Clock
 ) -> tuple[str, InlineKeyboardMarkup]:
     communities = [(c.id, localized(c)) for c in await stats_communities(session, viewer_id=user.id)]
+    # The ranking of communities against each other: for a street office serving more than one.
+    ranking = len(await street_communities(session, viewer_id=user.id)) > 1
     latest = Month.of(clock(), stats.community.timezone)
     tz = ZoneInfo(stats.community.timezone)
-    return sv.stats_text(stats, tz), sv.stats_keyboard(stats, latest, communities)
+    return sv.stats_text(stats, tz), sv.stats_keyboard(stats, latest, communities, ranking)
+
+
+async def _street(
+    session: AsyncSession, user: Person, month: Month, clock: Clock, cache: MonthCache
+) -> tuple[str, InlineKeyboardMarkup]:
+    """The street office's communities ranked (refused in the domain to everyone else)."""
+    stats = await street_stats(session, viewer_id=user.id, month=month, now=clock(), cache=cache)
+    latest = max(Month.of(clock(), c.timezone) for c in stats.communities)
+    tz = ZoneInfo(stats.communities[0].timezone)
+    return sv.street_text(stats, tz), sv.street_keyboard(stats, latest)
 
 
 async def _send_chart(screen: Screen, stats: MonthlyStats) -> None:
@@ -83,6 +105,11 @@ async def stats_button(
         await screen.answer(sv.definitions())
         return
     try:
+        if callback_data.action is StatsAction.STREET:
+            text, keyboard = await _street(session, user, Month.from_index(callback_data.month), clock, stats_cache)
+            await query.answer()
+            await replace(screen, text, keyboard)
+            return
         if view is None:
             raise AccessDenied(callback_data.view)
         stats = await monthly_stats(

@@ -248,10 +248,10 @@ def broadcast(action: BroadcastAction) -> Action:
     )
 
 
-def stats_button(action: StatsAction) -> Action:
+def stats_button(action: StatsAction, by: int = STAFF_WANG) -> Action:
     """The sample community's figures for November, the month the seeded tickets were filed in."""
     month = Month(2026, 11).index
-    return Action(lambda w, t: StatsCb(action=action, community_id=w.community, month=month).pack(), by=STAFF_WANG)
+    return Action(lambda w, t: StatsCb(action=action, community_id=w.community, month=month).pack(), by=by)
 
 
 def household(action: HouseholdAction, target: str, *typed: str, by: int = STAFF_WANG) -> Action:
@@ -378,6 +378,8 @@ FORBIDDEN: dict[str, tuple[Action, frozenset[Role]]] = {
     "StatsCb.SHOW": (stats_button(StatsAction.SHOW), NO_FIGURES),
     "StatsCb.CHART": (stats_button(StatsAction.CHART), NO_FIGURES | GRID_WORKERS),
     "StatsCb.SPREADSHEET": (stats_button(StatsAction.SPREADSHEET), NO_FIGURES | GRID_WORKERS),
+    # The street office's communities ranked against each other: only the street office, never a community's staff.
+    "StatsCb.STREET": (stats_button(StatsAction.STREET, by=STREET_CHEN), EVERYONE - {Role.STREET}),
     # Another community's staff write topics for their own community.
     "/newtopic": (command("/newtopic", "probe: a topic"), NOT_STAFF - {Role.OTHER_STAFF}),
     "/suggest": (command("/suggest", "probe: a suggestion", by=REPORTER), UNBOUND),

@@ -16,9 +16,18 @@ from domain import confirmation, deliberation, tickets
 from domain.broadcasts import start_broadcast
 from domain.community_file import import_community, loads_community
 from domain.outbox import Notice
-from storage.models import BroadcastKind, Community, OutboxMessage, Topic, TopicSource, TopicStatus, TopicTask
+from storage.models import (
+    BroadcastKind,
+    Community,
+    OutboxMessage,
+    Ticket,
+    Topic,
+    TopicSource,
+    TopicStatus,
+    TopicTask,
+)
 from storage.models import User as UserRecord
-from tests.conftest import SAMPLE_COMMUNITY, FakeClock
+from tests.conftest import ROOT, SAMPLE_COMMUNITY, FakeClock
 from tests.fake_telegram import SERVER_ERROR, buttons_of, sent_to, text_of
 from tests.harness import Harness
 from tests.households import verify_household
@@ -27,6 +36,7 @@ from tests.test_odd_input import membership
 from tests.test_routing import report, resident_in
 
 PUBLIC_CHAT = -1001234567890
+HEPING = ROOT / "tests" / "communities" / "heping.toml"
 STAFF_WANG, RESIDENT = 100001, 950001
 
 
@@ -223,6 +233,94 @@ async def test_a_topics_public_notice_is_posted(harness: Harness, clock: FakeClo
     [post] = to_public_chat(await harness.deliver())
     assert "公示" in post.text and "银巴小区充电棚选址" in post.text and "在小区南门建充电棚" in post.text
     assert "建充电棚 — 鑫盛物业" in post.text and "100%" in post.text
+
+
+async def topic_in_feedback(harness: Harness, title: str, suggester: int, reporter: int) -> int:
+    """A topic at its last step but one, suggested by ``suggester`` and taking in a ticket ``reporter`` filed: both
+    are behind it (and were told of its decision and progress privately)."""
+    clock = harness.clock
+    filed = await report(harness.sessions, clock, reporter, code="light")
+    now = clock()
+    async with harness.sessions() as session, session.begin():
+        community_id = await session.scalar(select(Community.id).where(Community.code == "jsx"))
+        topic = Topic(
+            community_id=community_id,
+            status=TopicStatus.FEEDBACK,
+            source=TopicSource.SUGGESTION,
+            raised_by=suggester,
+            title=title,
+            decision="在小区南门建充电棚",
+            votes_for=23,
+            votes_against=2,
+            votes_abstain=1,
+            decided_at=now,
+            created_at=now,
+            updated_at=now,
+        )
+        session.add(topic)
+        await session.flush()
+        await session.execute(update(Ticket).where(Ticket.id == filed.ticket.id).values(topic_id=topic.id))
+        return topic.id
+
+
+async def test_a_topics_public_notice_goes_privately_to_those_behind_it_and_to_who_asked_for_a_copy(
+    harness: Harness, clock: FakeClock
+) -> None:
+    # Who is who: two residents behind the topics (the suggester, who also asked for copies, and the reporter
+    # of its ticket, who turned the monthly broadcasts off); one who asked for copies; one who asked but then
+    # turned the broadcasts off (off wins, as for the feedback); one who asked nothing; and one who asked for
+    # copies in another community.
+    suggester, reporter, asker, asked_then_off, plain, elsewhere = 950021, 950022, 950023, 950024, 950025, 950026
+    for user_id in (suggester, reporter, asker, asked_then_off, plain):
+        await resident_in(harness.sessions, clock, user_id, "yinba/11")
+    async with harness.sessions() as session:
+        await import_community(session, loads_community(HEPING.read_text(encoding="utf-8")), clock())
+    await resident_in(harness.sessions, clock, elsewhere, "heping/1")
+    async with harness.sessions() as session, session.begin():
+        await session.execute(
+            update(UserRecord)
+            .where(UserRecord.id.in_([suggester, asker, asked_then_off, elsewhere]))
+            .values(public_copy=True)
+        )
+        await session.execute(
+            update(UserRecord).where(UserRecord.id.in_([reporter, asked_then_off])).values(broadcasts_off=True)
+        )
+    everyone = (suggester, reporter, asker, asked_then_off, plain, elsewhere)
+
+    async def notice(topic_id: int) -> tuple[list[TelegramMethod[Any]], dict[int, int]]:
+        async with harness.sessions() as session:
+            await deliberation.publish_notice(session, actor_id=STAFF_WANG, topic_id=topic_id, now=clock())
+        delivered = await harness.deliver()
+        return delivered, {user_id: len(sent_to(delivered, user_id)) for user_id in everyone}
+
+    # Without a public chat nothing changes: the two behind the topic are told, nobody else, nothing is posted.
+    first = await topic_in_feedback(harness, "南门充电棚", suggester, reporter)
+    delivered, received = await notice(first)
+    assert to_public_chat(delivered) == []
+    assert received == {suggester: 1, reporter: 1, asker: 0, asked_then_off: 0, plain: 0, elsewhere: 0}
+    assert "南门充电棚" in texts(sent_to(delivered, reporter))
+
+    # With one: one post; privately, those behind the topic (their own matter, whatever their settings) and the
+    # community's residents who asked for a private copy, each once.
+    await with_public_chat(harness, clock)
+    second = await topic_in_feedback(harness, "北门车棚", suggester, reporter)
+    delivered, received = await notice(second)
+    [post] = to_public_chat(delivered)
+    assert "北门车棚" in post.text and "/settings" in post.text and post.reply_markup is None
+    assert received == {suggester: 1, reporter: 1, asker: 1, asked_then_off: 0, plain: 0, elsewhere: 0}
+    for user_id in (suggester, reporter, asker):
+        assert "北门车棚" in texts(sent_to(delivered, user_id))
+    async with harness.sessions() as session:
+        rows = await session.scalars(
+            select(OutboxMessage.chat_id).where(
+                OutboxMessage.kind == Notice.TOPIC_UPDATE, OutboxMessage.payload["topic_id"].as_integer() == second
+            )
+        )
+        assert sorted(rows) == [suggester, reporter, asker]
+
+    # /settings says so.
+    settings = texts(await harness.person(plain, language="en").send("/settings"))
+    assert "the public notices of its decisions" in settings and "A private copy: <b>off</b>" in settings
 
 
 async def test_added_to_its_public_group_the_bot_says_what_it_will_post(harness: Harness, clock: FakeClock) -> None:

@@ -13,13 +13,14 @@ from openpyxl import load_workbook
 
 from bot.callbacks import StatsAction, StatsCb
 from domain import confirmation, tickets
-from domain.community_file import import_community, load_community_file
-from domain.stats import Month
+from domain.community_file import import_community, loads_community
+from domain.errors import AccessDenied
+from domain.stats import Month, street_stats
 from tests.conftest import ROOT
 from tests.fake_telegram import buttons_of, text_of
 from tests.harness import Harness
 from tests.test_routing import report, resident_in
-from tests.test_stats import LI_JUAN, NOVEMBER, OCTOBER, R1, STAFF_WANG, STREET_CHEN, october
+from tests.test_stats import LI_JUAN, NOVEMBER, NOW, OCTOBER, R1, STAFF_WANG, STREET_CHEN, october
 
 # A second community under the same street office: its staff, its one grid worker and a resident.
 HEPING = ROOT / "tests" / "communities" / "heping.toml"
@@ -157,11 +158,16 @@ async def test_in_chinese(harness: Harness) -> None:
     assert "受理 3 · 响应 67% · 按时办结 67% · 解决 67% · 满意 50%（均分 3.5）" in text
 
 
-async def second_community(harness: Harness) -> int:
-    """和平里社区 beside the sample, with one ticket of October, accepted after an hour; returns its id."""
+async def second_community(harness: Harness, timezone: str | None = None) -> int:
+    """和平里社区 beside the sample (in ``timezone`` instead of Beijing time if given), with one ticket of
+    October, accepted after an hour; returns its id."""
     clock = harness.clock
+    text = HEPING.read_text(encoding="utf-8")
+    if timezone is not None:
+        assert 'timezone = "Asia/Shanghai"' in text
+        text = text.replace('timezone = "Asia/Shanghai"', f'timezone = "{timezone}"')
     async with harness.sessions() as session:
-        await import_community(session, load_community_file(HEPING), clock())
+        await import_community(session, loads_community(text), clock())
     now = clock.now
     clock.now = datetime(2026, 10, 12, 2, 0, tzinfo=UTC)
     await resident_in(harness.sessions, clock, HEPING_RESIDENT, "heping/1")
@@ -221,3 +227,118 @@ async def test_a_grid_worker_of_the_second_community_sees_only_their_own_row(har
     # And the sample community's worker gets nothing of the second community.
     answer = await harness.person(LI_JUAN, language="en").press(stats_button(community=heping))
     assert "only for community staff" in alert(answer) and not of_kind(answer, EditMessageText)
+
+
+# --- the street office ranks its communities --------------------------------------------------------------------
+#
+# October, hand-computed (now = 5 November):
+# - 建设巷 (the sample's T1-T6, see test_stats): received 6, accepted in time 4, resolved in time 4, closed
+#   confirmed 4, resolved once 5, reopened 1, rated 3 (5, 2, 4), overdue 1 (T6); to accept 1, 2, 5, 1, 11 h
+#   (median 2 h), to resolve 10, 80, 20, 30, 36 h (median 30 h). Score (4/6 + 4/6 + 2/3) / 3 = 66.7.
+# - 和平里: one lamp accepted after 1 h (of 4), never resolved (48 h are long over): received 1, accepted in time
+#   1, overdue 1, nothing rated. Score (1 + 0) / 2 = 50.0.
+# Both: received 7, accepted in time 5, resolved in time 4, closed 4, reopened 1 of 5, to accept 1, 1, 1, 2, 5,
+# 11 h (median 1.5 h).
+# In November 建设巷 has only T8, never accepted (score 0.0), and 和平里 one more lamp accepted in time (50.0):
+# 和平里 climbs to first (↑1, +0.0), 建设巷 drops to second (↓1, -66.7).
+
+RANKING = "🏆 Communities ranked"
+
+
+def ranking_button(month: Month = OCTOBER) -> str:
+    return stats_button(StatsAction.STREET, month=month, community=0)
+
+
+async def heping_lamp_in_november(harness: Harness) -> None:
+    clock = harness.clock
+    now = clock.now
+    clock.now = datetime(2026, 11, 3, 2, 0, tzinfo=UTC)
+    filed = await report(harness.sessions, clock, HEPING_RESIDENT, code="lamp")
+    clock.now += timedelta(hours=2)
+    async with harness.sessions() as session:
+        await tickets.accept(session, actor_id=SUN_FANG, ticket_id=filed.ticket.id, now=clock())
+    clock.now = now
+
+
+async def test_the_street_office_ranks_its_communities_month_by_month(harness: Harness) -> None:
+    await second_community(harness)
+    await heping_lamp_in_november(harness)
+    street = harness.person(STREET_CHEN, language="en")
+    message = of_kind(await street.send("/stats"), SendMessage)[0]
+    assert RANKING in [label for label, _ in buttons_of(message)]
+
+    answer = await street.tap([message], RANKING)
+    ranked = of_kind(answer, EditMessageText)[0]
+    text = ranked.text
+    assert "Communities ranked</b> · 10/2026" in text and "As of 2026-11-05 10:00." in text
+    assert (
+        "<b>All your communities</b>\nreceived 7 · response 71% · in time 57% · resolved 57% · satisfied 67% "
+        "(avg 3.7) · reopened 20% · to accept 1.5 h · to resolve 30 h · overdue 2"
+    ) in text
+    # Nothing was ranked in September: both are new.
+    assert (
+        "1. <b>Jianshexiang Community</b> new score 66.7\nreceived 6 · response 67% · in time 67% · resolved 67% "
+        "· satisfied 67% (avg 3.7) · reopened 20% · to accept 2 h · to resolve 30 h · overdue 1"
+    ) in text
+    assert (
+        "2. <b>Hepingli Community</b> new score 50.0\nreceived 1 · response 100% · in time 0% · resolved 0% "
+        "· satisfied — (avg —) · reopened — · to accept 1 h · to resolve — · overdue 1"
+    ) in text
+    labels = [label for label, _ in buttons_of(ranked)]
+    assert labels[:2] == ["◀ 9/2026", "11/2026 ▶"]
+    assert "🏘 Jianshexiang Community" in labels and "🏘 Hepingli Community" in labels
+
+    # A month on: the places and the score moved since October.
+    november = of_kind(await street.tap([ranked], "11/2026 ▶"), EditMessageText)[0]
+    assert "1. <b>Hepingli Community</b> ↑1 score 50.0 (+0.0)" in november.text
+    assert "2. <b>Jianshexiang Community</b> ↓1 score 0.0 (-66.7)" in november.text
+    assert "11/2026 ▶" not in str(buttons_of(november))  # the month still running is the last one
+
+    # From the ranking to one community's own figures, for the same month, and back.
+    answer = await street.tap([ranked], "🏘 Hepingli Community")
+    own = of_kind(answer, EditMessageText)[0]
+    assert "Hepingli Community" in own.text and "10/2026 · By grid" in own.text and "Hepingli Grid 1" in own.text
+    assert RANKING in [label for label, _ in buttons_of(own)]
+
+    # In Chinese.
+    chen = harness.person(STREET_CHEN)
+    text = of_kind(await chen.press(ranking_button()), EditMessageText)[0].text
+    assert "社区排名" in text and "1. <b>建设巷社区</b> 新上榜 得分 66.7" in text and "2. <b>和平里社区</b>" in text
+
+
+async def test_only_the_street_office_gets_the_ranking(harness: Harness) -> None:
+    await second_community(harness)
+    for user_id in (STAFF_WANG, HEPING_STAFF, LI_JUAN, SUN_FANG, R1):
+        person = harness.person(user_id, language="en")
+        answer = await person.send("/stats")
+        assert RANKING not in [label for r in answer for label, _ in buttons_of(r)]
+        answer = await person.press(ranking_button())
+        assert "only for community staff" in alert(answer)
+        assert not of_kind(answer, EditMessageText) and not of_kind(answer, SendMessage)
+    # Refused in the domain, whatever calls it.
+    async with harness.sessions() as session:
+        with pytest.raises(AccessDenied):
+            await street_stats(session, viewer_id=STAFF_WANG, month=OCTOBER, now=NOW)
+
+
+async def test_each_community_counts_its_month_in_its_own_time_zone(harness: Harness) -> None:
+    # 和平里 in London: a lamp reported at 20:00 UTC on 31 October is October's there (it is 1 November in
+    # Beijing, where 建设巷 would count it in November).
+    await second_community(harness, timezone="Europe/London")
+    clock = harness.clock
+    now = clock.now
+    clock.now = datetime(2026, 10, 31, 20, 0, tzinfo=UTC)
+    await report(harness.sessions, clock, HEPING_RESIDENT, code="lamp")
+    clock.now = now
+    async with harness.sessions() as session:
+        october_ = await street_stats(session, viewer_id=STREET_CHEN, month=None, now=NOW)
+    assert october_.month == OCTOBER  # the last month complete in both
+    received = {row.name_en: row.figures.received for row in october_.rows}
+    assert received == {"Jianshexiang Community": 6, "Hepingli Community": 2}
+    async with harness.sessions() as session:
+        november = await street_stats(session, viewer_id=STREET_CHEN, month=NOVEMBER, now=NOW)
+    assert {row.name_en: row.figures.received for row in november.rows} == {
+        "Jianshexiang Community": 1,
+        "Hepingli Community": 0,
+    }
+    assert [row.rank for row in november.rows] == [1, None]  # without tickets, not ranked

@@ -291,8 +291,9 @@ def settings_text(settings: ResidentSettings) -> str:
         copy = _("on") if settings.public_copy else _("off")
         lines.append(
             _(
-                "Your community posts the execution feedback in its public notice channel, so it does not come "
-                "here as well. A private copy: <b>{state}</b>."
+                "Your community posts the execution feedback and the public notices of its decisions in its public "
+                "notice channel, so they do not come here as well (news of topics your own reports or suggestions "
+                "led to still does). A private copy: <b>{state}</b>."
             ).format(state=copy)
         )
     return "\n\n".join(lines)

@@ -21,6 +21,7 @@ def topic_notice(community: Community, topic: Topic, event: TopicEvent, tasks: l
     ]
     if tasks:
         lines += [_("How the decision was carried out:"), *(task_line(task) for task in tasks)]
+    lines.append(_("<i>Residents who want a private copy: /settings in a private chat with the bot.</i>"))
     return _cut("\n".join(lines))
 
 

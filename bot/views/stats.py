@@ -15,7 +15,7 @@ from aiogram.utils.i18n import lazy_gettext as __
 from bot.callbacks import StatsAction, StatsCb
 from bot.i18n import localized
 from bot.views import MESSAGE_LIMIT, local_time, visible_length
-from domain.stats import Figures, Month, MonthlyStats, Rate, Row, View
+from domain.stats import Figures, Month, MonthlyStats, Rate, Row, StreetStats, View
 
 RATE_NAMES = {
     Rate.RESPONSE: __("Response rate"),
@@ -123,8 +123,13 @@ def stats_text(stats: MonthlyStats, tz: tzinfo, footer: str | None = None) -> st
         head.append(_("Your own figures: tickets you hold or held when they were resolved."))
     else:
         head += ["", _("<b>Whole community</b>"), figures_line(stats.total)]
+    return _with_rows(head, stats.rows, footer or _("ℹ️ How each figure is counted: the button below."))
+
+
+def _with_rows(head: list[str], ranked: list[Row], footer: str) -> str:
+    """``head``, then the ranked rows, as many as one message holds, then ``footer``."""
     lines = [*head, ""]
-    rows = [f"{row_title(row)}\n{figures_line(row.figures)}" for row in stats.rows]
+    rows = [f"{row_title(row)}\n{figures_line(row.figures)}" for row in ranked]
     if not rows:
         lines.append(_("No tickets this month."))
     budget = MESSAGE_LIMIT - visible_length("\n".join(lines)) - 40
@@ -137,16 +142,54 @@ def stats_text(stats: MonthlyStats, tz: tzinfo, footer: str | None = None) -> st
         shown += 1
     if shown < len(rows):
         lines.append(_("… and {count} more").format(count=len(rows) - shown))
-    lines.append(footer or _("ℹ️ How each figure is counted: the button below."))
+    lines.append(footer)
     return "\n".join(lines).rstrip()
+
+
+def street_text(stats: StreetStats, tz: tzinfo) -> str:
+    """The street office's communities, one row each, ranked like the rows of a community's view."""
+    head = [
+        _("📊 <b>Communities ranked</b> · {month}").format(month=month_name(stats.month)),
+        _("As of {time}.").format(time=local_time(stats.as_of, tz)),
+        _("Each community's month in its own time zone; the change is against the month before."),
+        "",
+        _("<b>All your communities</b>"),
+        figures_line(stats.total),
+    ]
+    return _with_rows(head, stats.rows, _("ℹ️ How each figure is counted: the button below."))
+
+
+def street_button(month: Month) -> InlineKeyboardButton:
+    """From a community's figures to the street office's ranking of all its communities, for the same month."""
+    data = StatsCb(action=StatsAction.STREET, community_id=0, month=month.index)
+    return InlineKeyboardButton(text=_("🏆 Communities ranked"), callback_data=data.pack())
+
+
+def street_keyboard(stats: StreetStats, latest: Month) -> InlineKeyboardMarkup:
+    """Month back and forth, definitions, and each community's own figures for the month."""
+
+    def button(text: str, action: StatsAction, month: Month = stats.month, community: int = 0) -> InlineKeyboardButton:
+        data = StatsCb(action=action, community_id=community, month=month.index)
+        return InlineKeyboardButton(text=text, callback_data=data.pack())
+
+    before, after = stats.month.shift(-1), stats.month.shift(1)
+    months = [button("◀ " + month_name(before), StatsAction.STREET, before)]
+    if stats.month < latest:
+        months.append(button(month_name(after) + " ▶", StatsAction.STREET, after))
+    rows = [months, [button(_("ℹ️ Definitions"), StatsAction.DEFINITIONS)]]
+    rows += [[button("🏘 " + localized(c), StatsAction.SHOW, community=c.id)] for c in stats.communities]
+    return InlineKeyboardMarkup(inline_keyboard=rows)
 
 
 def monthly_report_footer() -> str:
     return _("📎 The chart and the spreadsheet follow. /stats shows other views, months and how figures are counted.")
 
 
-def stats_keyboard(stats: MonthlyStats, latest: Month, communities: list[tuple[int, str]]) -> InlineKeyboardMarkup:
-    """Month back and forth, the four views, definitions, chart, spreadsheet; other communities for the street."""
+def stats_keyboard(
+    stats: MonthlyStats, latest: Month, communities: list[tuple[int, str]], ranking: bool = False
+) -> InlineKeyboardMarkup:
+    """Month back and forth, the four views, definitions, chart, spreadsheet; other communities for the street,
+    and with ``ranking`` the button to all of them ranked."""
 
     def button(
         text: str,
@@ -175,6 +218,8 @@ def stats_keyboard(stats: MonthlyStats, latest: Month, communities: list[tuple[i
     rows.append(extras)
     others = [(cid, name) for cid, name in communities if cid != stats.community.id]
     rows += [[button("🏘 " + name, community=cid)] for cid, name in others]
+    if ranking:
+        rows.append([street_button(stats.month)])
     return InlineKeyboardMarkup(inline_keyboard=rows)
 
 
@@ -210,6 +255,10 @@ def definitions() -> str:
             _(
                 "<b>Rank and score</b>: the score is the mean of the response, resolution and satisfaction rates; "
                 "↑ ↓ show places moved since last month, the number in brackets the change of the score."
+            ),
+            _(
+                "<b>Communities ranked</b> (the street office): each community's month, counted as its own figures "
+                "are, in its own time zone, ranked by the same score."
             ),
         ]
     )
