@@ -838,7 +838,8 @@ async def _monthly_stats(
     if own_row_only:
         where.append(Ticket.assignee_id == viewer_id)
         previous_where.append(Ticket.assignee_id == viewer_id)
-    current, durations = await _month_on_show(session, community, month, view, where, now, own_row_only, viewer_id)
+    summed = await _summed_by(session, community, month, view, viewer_id if own_row_only else None)
+    current, durations = await _month_on_show(session, key, where, now, summed)
     current = {k: durations.get(k, NO_DURATIONS).medians(f) for k, f in current.items()}
     before = month.shift(-1)
     cached = ("by", community.id, view, before.index, viewer_id if own_row_only else None)
@@ -866,19 +867,14 @@ async def _monthly_stats(
 
 async def _month_on_show(
     session: AsyncSession,
-    community: CommunityRef,
-    month: Month,
-    view: View,
+    key: KeyColumn,
     where: Sequence[ColumnElement[bool]],
     now: datetime,
-    own_row_only: bool,
-    viewer_id: int | None,
+    summed: dict[Any, Figures] | None,
 ) -> tuple[dict[Any, Figures], dict[Any, Durations]]:
-    """The month's figures per row of ``view``, and the durations for the medians. A month with a summary (it
-    has ended) takes its counts from there, and only its durations and overdue tickets from one lighter pass
-    over its tickets; any other month is counted from its tickets alone."""
-    key = _key(view)
-    summed = await _summed_by(session, community, month, view, viewer_id if own_row_only else None)
+    """The month's figures per value of ``key``, and the durations for the medians. A month with a summary
+    (``summed``: it has ended) takes its counts from there, and only its durations and overdue tickets from one
+    lighter pass over its tickets; any other month is counted from its tickets alone."""
     if summed is None:
         return await _figures_and_durations(session, key, where, now)
     fresh, durations = await _figures_and_durations(session, key, where, now, ("overdue_now",))
@@ -963,8 +959,10 @@ async def _street_stats(
     durations: dict[Any, Durations] = {}
     for community in communities:
         where = _month_filter(community.id, *month.bounds(community.timezone))
-        figures, spans = await _figures_and_durations(session, Ticket.community_id, where, now)
-        current |= {k: spans[k].medians(f) for k, f in figures.items()}
+        totals = await _summed_totals(session, community, [month])
+        summed = {community.id: totals[month]} if month in totals else None
+        figures, spans = await _month_on_show(session, Ticket.community_id, where, now, summed)
+        current |= {k: spans.get(k, NO_DURATIONS).medians(f) for k, f in figures.items()}
         durations |= spans
     previous = await _community_months(session, communities, month.shift(-1), now, cache)
     rows = [Row(c.id, c.name, c.name_en or c.name, current.get(c.id, Figures())) for c in communities]
@@ -981,6 +979,8 @@ async def _community_months(
     for community in communities:
         cached = ("trend", community.id, month.index)
         figures = cache.get(cached, now) if cache else None
+        if figures is None:
+            figures = (await _summed_totals(session, community, [month])).get(month)
         if figures is None:
             where = _month_filter(community.id, *month.bounds(community.timezone))
             figures = (await _figures_by(session, Ticket.community_id, where, now, SCORE_FIELDS)).get(

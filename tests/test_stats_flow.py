@@ -15,7 +15,7 @@ from bot.callbacks import StatsAction, StatsCb
 from domain import confirmation, tickets
 from domain.community_file import import_community, loads_community
 from domain.errors import AccessDenied
-from domain.stats import Month, street_stats
+from domain.stats import SETTLE, Month, street_stats, summarise_months
 from tests.conftest import ROOT
 from tests.fake_telegram import buttons_of, text_of
 from tests.harness import Harness
@@ -260,9 +260,14 @@ async def heping_lamp_in_november(harness: Harness) -> None:
     clock.now = now
 
 
-async def test_the_street_office_ranks_its_communities_month_by_month(harness: Harness) -> None:
+@pytest.mark.parametrize("summed", [False, True], ids=["counted from the tickets", "summed"])
+async def test_the_street_office_ranks_its_communities_month_by_month(harness: Harness, summed: bool) -> None:
     await second_community(harness)
     await heping_lamp_in_november(harness)
+    if summed:  # the statistics job has summed October in both communities: the same figures must show
+        for at in (harness.clock(), harness.clock() + SETTLE):
+            async with harness.sessions() as session:
+                await summarise_months(session, at)
     street = harness.person(STREET_CHEN, language="en")
     message = of_kind(await street.send("/stats"), SendMessage)[0]
     assert RANKING in [label for label, _ in buttons_of(message)]
