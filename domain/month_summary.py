@@ -22,19 +22,13 @@ from sqlalchemy.orm import Session
 
 from storage.models import MonthFigures, MonthSummary, Ticket
 
-# What a ticket contributes to its month's counts and where it is counted (see domain/stats.py).
-COUNTED = (
-    "community_id",
-    "created_at",
-    "grid_id",
-    "assignee_id",
-    "category_id",
-    "building_id",
-    "status",
-    "first_accepted_at",
-    "resolved_at",
-    "rating",
-    "reopen_count",
+# What a ticket contributes to its month's counts, and where it is counted: the columns of the statistics'
+# covering index, which holds everything the figures read (storage/models.py).
+COUNTED = tuple(
+    column.name
+    for index in cast(Table, Ticket.__table__).indexes
+    if index.name == "ix_tickets_community_created"
+    for column in index.columns
 )
 
 # No time zone is further than this ahead of UTC (UTC+14) or behind it (UTC-12).

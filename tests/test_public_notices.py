@@ -4,7 +4,7 @@ and, when switched on, closed tickets, as one post each, never who reported; ret
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from aiogram.methods import GetMe, SendMessage, SendPhoto, TelegramMethod
@@ -197,24 +197,28 @@ async def test_with_a_public_chat_only_residents_who_ask_get_a_private_copy_of_t
     assert len(to_public_chat(delivered)) == 1 and sent_to(delivered, wants_copy) == []
 
 
+def decided_topic(community_id: int, now: datetime, **what: Any) -> Topic:
+    """A topic voted on and decided, at its last step but one (feedback), for its public notice."""
+    return Topic(
+        community_id=community_id,
+        status=TopicStatus.FEEDBACK,
+        decision="在小区南门建充电棚",
+        votes_for=23,
+        votes_against=2,
+        votes_abstain=1,
+        decided_at=now,
+        created_at=now,
+        updated_at=now,
+        **what,
+    )
+
+
 async def test_a_topics_public_notice_is_posted(harness: Harness, clock: FakeClock) -> None:
     await with_public_chat(harness, clock)
     now = clock()
     async with harness.sessions() as session, session.begin():
         community_id = await session.scalar(select(Community.id))
-        topic = Topic(
-            community_id=community_id,
-            status=TopicStatus.FEEDBACK,
-            source=TopicSource.STAFF,
-            title="银巴小区充电棚选址",
-            decision="在小区南门建充电棚",
-            votes_for=23,
-            votes_against=2,
-            votes_abstain=1,
-            decided_at=now,
-            created_at=now,
-            updated_at=now,
-        )
+        topic = decided_topic(community_id, now, source=TopicSource.STAFF, title="银巴小区充电棚选址")
         session.add(topic)
         await session.flush()
         session.add(
@@ -243,20 +247,7 @@ async def topic_in_feedback(harness: Harness, title: str, suggester: int, report
     now = clock()
     async with harness.sessions() as session, session.begin():
         community_id = await session.scalar(select(Community.id).where(Community.code == "jsx"))
-        topic = Topic(
-            community_id=community_id,
-            status=TopicStatus.FEEDBACK,
-            source=TopicSource.SUGGESTION,
-            raised_by=suggester,
-            title=title,
-            decision="在小区南门建充电棚",
-            votes_for=23,
-            votes_against=2,
-            votes_abstain=1,
-            decided_at=now,
-            created_at=now,
-            updated_at=now,
-        )
+        topic = decided_topic(community_id, now, source=TopicSource.SUGGESTION, raised_by=suggester, title=title)
         session.add(topic)
         await session.flush()
         await session.execute(update(Ticket).where(Ticket.id == filed.ticket.id).values(topic_id=topic.id))
