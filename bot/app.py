@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import signal
 import time
@@ -403,10 +404,11 @@ async def run_bot(settings: Settings) -> None:
 
 async def draw_charts_ahead(sessions: SessionFactory, clock: Clock, i18n: I18n, locale: str) -> None:
     """The office's charts of last month, drawn once a while after the start (bot/reports/chart.py)."""
-    from bot.reports.chart import draw_ahead  # matplotlib: imported now, not at start-up (docs/delivery.md)
-
     try:
-        drawn = await draw_ahead(sessions, clock(), i18n, locale)
+        # matplotlib, imported now and not at start-up (docs/delivery.md), in a thread: on a new machine its first
+        # import builds a font cache for many seconds, and updates must not wait for that.
+        chart = await asyncio.to_thread(importlib.import_module, "bot.reports.chart")
+        drawn = await chart.draw_ahead(sessions, clock(), i18n, locale)
     except Exception:
         log.exception("drawing the office's charts ahead failed; /stats draws them when asked")
         return
