@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import ORMExecuteState, Session
 
 from storage import sqlite_driver
 
@@ -88,3 +89,69 @@ async def _unanalysed(conn: AsyncConnection) -> bool:
 def create_session_factory(engine: AsyncEngine) -> SessionFactory:
     # Objects stay readable after commit: handlers render what the domain just changed.
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+# --- per-update hooks on a session ------------------------------------------------------------------------
+
+_HOOKS = "update_hooks"
+
+
+class SessionHooks:
+    """What one update's middleware does at its session's commits (the wizard state's write-along, the inbox's
+    "handled"). Added to a session's ``info`` (:func:`add_hooks`); the listeners below, registered once for
+    every session, call them in the order they were added. Listening on each update's session instead cost
+    more than the rest of a wizard step's bookkeeping (bench/intake.py)."""
+
+    def wrote(self) -> None:
+        """The session flushed, or executed an INSERT, UPDATE or DELETE."""
+
+    def before_commit(self, session: Session) -> None:
+        pass
+
+    def after_commit(self) -> None:
+        pass
+
+    def after_rollback(self) -> None:
+        pass
+
+
+def add_hooks(session: AsyncSession, hooks: SessionHooks) -> None:
+    session.sync_session.info.setdefault(_HOOKS, []).append(hooks)
+
+
+def remove_hooks(session: AsyncSession, hooks: SessionHooks) -> None:
+    listed: list[SessionHooks] = session.sync_session.info.get(_HOOKS, [])
+    if hooks in listed:
+        listed.remove(hooks)
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _executed(state: ORMExecuteState) -> None:
+    listed = state.session.info.get(_HOOKS)
+    if listed and (state.is_insert or state.is_update or state.is_delete):
+        for hooks in listed:
+            hooks.wrote()
+
+
+@event.listens_for(Session, "after_flush")
+def _flushed(session: Session, _context: object) -> None:
+    for hooks in session.info.get(_HOOKS, ()):
+        hooks.wrote()
+
+
+@event.listens_for(Session, "before_commit")
+def _before_commit(session: Session) -> None:
+    for hooks in session.info.get(_HOOKS, ()):
+        hooks.before_commit(session)
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    for hooks in session.info.get(_HOOKS, ()):
+        hooks.after_commit()
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _after_rollback(session: Session, _previous_transaction: object) -> None:
+    for hooks in session.info.get(_HOOKS, ()):
+        hooks.after_rollback()
