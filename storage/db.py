@@ -125,6 +125,20 @@ def remove_hooks(session: AsyncSession, hooks: SessionHooks) -> None:
         listed.remove(hooks)
 
 
+def execute_at_commit(session: Session, statement: Any, params: Any) -> None:
+    """For a commit hook: a write nobody reads back in the transaction, executed now, or on SQLite in the
+    COMMIT's own trip to aiosqlite's thread (storage/sqlite_driver.py). Counts as a change for the hooks."""
+    connection = session.connection()
+    dbapi_connection = connection.connection.dbapi_connection
+    if isinstance(dbapi_connection, sqlite_driver.OneTripConnection):
+        with dbapi_connection.at_commit():
+            connection.execute(statement, params)
+    else:
+        connection.execute(statement, params)
+    for hooks in session.info.get(_HOOKS, ()):
+        hooks.wrote()
+
+
 @event.listens_for(Session, "do_orm_execute")
 def _executed(state: ORMExecuteState) -> None:
     listed = state.session.info.get(_HOOKS)

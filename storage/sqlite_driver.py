@@ -6,12 +6,18 @@ between threads that costs more than a short statement itself (bench/intake.py c
 does all four in one trip, and keeps what SQLAlchemy reads afterwards (the rows, ``description``,
 ``rowcount``, ``lastrowid``). Everything else is SQLAlchemy's own aiosqlite dialect; storage/db.py uses this
 one for every ``sqlite+aiosqlite`` URL.
+
+Statements whose outcome nobody reads and that must be written only if the transaction commits (what a commit
+hook adds: the wizard state, the inbox's "handled") can also ride in the COMMIT's own trip
+(:func:`storage.db.execute_at_commit`): two trips fewer for most updates.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy.dialects import registry
@@ -44,6 +50,17 @@ def _run(connection: sqlite3.Connection, operation: str, parameters: Any, many: 
         return description, cursor.rowcount, cursor.lastrowid, rows
     finally:
         cursor.close()
+
+
+Deferred = tuple[str, Any, bool]
+
+
+def _run_and_commit(connection: sqlite3.Connection, deferred: list[Deferred]) -> None:
+    """In aiosqlite's thread: the statements kept for the commit, then the commit. A failure leaves the
+    transaction open, for SQLAlchemy to roll back."""
+    for operation, parameters, many in deferred:
+        _run(connection, operation, parameters, many)
+    connection.commit()
 
 
 class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
@@ -88,16 +105,26 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         self._rows.clear()
 
     def execute(self, operation: Any, parameters: Any = None) -> Any:
+        if self._adapt_connection._deferring:  # type: ignore[attr-defined]
+            return self._defer(operation, parameters, many=False)
         try:
             return await_(self._in_thread(operation, parameters, many=False))
         except Exception as error:
             self._adapt_connection._handle_exception(error)
 
     def executemany(self, operation: Any, seq_of_parameters: Any) -> Any:
+        if self._adapt_connection._deferring:  # type: ignore[attr-defined]
+            return self._defer(operation, seq_of_parameters, many=True)
         try:
             return await_(self._in_thread(operation, seq_of_parameters, many=True))
         except Exception as error:
             self._adapt_connection._handle_exception(error)
+
+    def _defer(self, operation: Any, parameters: Any, many: bool) -> None:
+        """Kept for the commit's trip (OneTripConnection.at_commit): no rows, no row count."""
+        self._adapt_connection._deferred.append((operation, parameters, many))  # type: ignore[attr-defined]
+        self._description, self._rowcount, self._lastrowid = None, -1, None
+        self._rows = collections.deque()
 
     async def _in_thread(self, operation: Any, parameters: Any, many: bool) -> None:
         async with self._adapt_connection._execute_mutex:
@@ -108,8 +135,36 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
 
 
 class OneTripConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ()
+    __slots__ = ("_deferred", "_deferring")
     _cursor_cls = OneTripCursor  # type: ignore[assignment]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deferred: list[Deferred] = []
+        self._deferring = False
+
+    @contextlib.contextmanager
+    def at_commit(self) -> Iterator[None]:
+        """Statements executed inside run in the commit's trip, just before COMMIT; a rollback drops them."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+
+    def commit(self) -> None:
+        if not self._deferred:
+            super().commit()
+            return
+        deferred, self._deferred = self._deferred, []
+        try:
+            await_(self._connection._execute(_run_and_commit, self._connection._conn, deferred))
+        except Exception as error:
+            self._handle_exception(error)
+
+    def rollback(self) -> None:
+        self._deferred = []
+        super().rollback()
 
 
 class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
