@@ -32,7 +32,7 @@ from sqlalchemy.util.concurrency import await_
 
 DRIVER = "sqlite+aiosqlite_onetrip"
 
-Outcome = tuple[Any, int, int | None, list[Any]]
+Outcome = tuple[Any, int, int | None, list[Any], bool]
 
 
 def _run(connection: sqlite3.Connection, operation: str, parameters: Any, many: bool) -> Outcome:
@@ -47,7 +47,7 @@ def _run(connection: sqlite3.Connection, operation: str, parameters: Any, many: 
             cursor.execute(operation, parameters)
         description = cursor.description
         rows = cursor.fetchall() if description else []
-        return description, cursor.rowcount, cursor.lastrowid, rows
+        return description, cursor.rowcount, cursor.lastrowid, rows, connection.in_transaction
     finally:
         cursor.close()
 
@@ -127,21 +127,29 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         self._rows = collections.deque()
 
     async def _in_thread(self, operation: Any, parameters: Any, many: bool) -> None:
-        async with self._adapt_connection._execute_mutex:
+        adapt_connection: OneTripConnection = self._adapt_connection  # type: ignore[assignment]
+        async with adapt_connection._execute_mutex:
             connection = self._connection._conn
+            adapt_connection._in_transaction = True  # until the statement says otherwise (it may fail)
             outcome: Outcome = await self._connection._execute(_run, connection, operation, parameters, many)
-        self._description, self._rowcount, self._lastrowid, rows = outcome
+        self._description, self._rowcount, self._lastrowid, rows, adapt_connection._in_transaction = outcome
         self._rows = collections.deque(rows)
 
 
 class OneTripConnection(AsyncAdapt_aiosqlite_connection):
-    __slots__ = ("_deferred", "_deferring")
+    """Also skips the trip of a COMMIT or ROLLBACK when no transaction is open, which sqlite3 would skip in the
+    thread anyway: the pool's rollback of every connection it takes back after a commit, the commit of a read
+    made without BEGIN (storage.db.AUTOCOMMIT_READ)."""
+
+    __slots__ = ("_deferred", "_deferring", "_in_transaction")
     _cursor_cls = OneTripCursor  # type: ignore[assignment]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deferred: list[Deferred] = []
         self._deferring = False
+        # Whether sqlite3 has a transaction open, as the last statement left it; True when not known.
+        self._in_transaction = True
 
     @contextlib.contextmanager
     def at_commit(self) -> Iterator[None]:
@@ -154,17 +162,22 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
 
     def commit(self) -> None:
         if not self._deferred:
-            super().commit()
+            if self._in_transaction:
+                super().commit()
+                self._in_transaction = False
             return
         deferred, self._deferred = self._deferred, []
         try:
             await_(self._connection._execute(_run_and_commit, self._connection._conn, deferred))
         except Exception as error:
-            self._handle_exception(error)
+            self._handle_exception(error)  # the transaction stays open, for the rollback
+        self._in_transaction = False
 
     def rollback(self) -> None:
         self._deferred = []
-        super().rollback()
+        if self._in_transaction:
+            super().rollback()
+            self._in_transaction = False
 
 
 class OneTripDBAPI(AsyncAdapt_aiosqlite_dbapi):
