@@ -7,7 +7,8 @@ does all four in one trip, and keeps what SQLAlchemy reads afterwards (the rows,
 ``rowcount``, ``lastrowid``). Everything else is SQLAlchemy's own aiosqlite dialect; storage/db.py uses this
 one for every ``sqlite+aiosqlite`` URL.
 
-Statements whose outcome nobody reads and that must be written only if the transaction commits (what a commit
+A transaction's BEGIN IMMEDIATE goes with its first statement, in the same trip. Statements whose outcome nobody
+reads and that must be written only if the transaction commits (what a commit
 hook adds: the wizard state, the inbox's "handled") can also ride in the COMMIT's own trip
 (:func:`storage.db.execute_at_commit`): two trips fewer for most updates.
 """
@@ -35,8 +36,13 @@ DRIVER = "sqlite+aiosqlite_onetrip"
 Outcome = tuple[Any, int, int | None, list[Any], bool]
 
 
-def _run(connection: sqlite3.Connection, operation: str, parameters: Any, many: bool) -> Outcome:
-    """In aiosqlite's thread: the whole statement, from cursor to rows."""
+def _run(
+    connection: sqlite3.Connection, operation: str, parameters: Any, many: bool, begin: str | None = None
+) -> Outcome:
+    """In aiosqlite's thread: the whole statement, from cursor to rows; ``begin`` first, when the transaction's
+    BEGIN is still to be sent (OneTripCursor)."""
+    if begin is not None:
+        connection.execute(begin)
     cursor = connection.cursor()
     try:
         if many:
@@ -53,11 +59,15 @@ def _run(connection: sqlite3.Connection, operation: str, parameters: Any, many: 
 
 
 Deferred = tuple[str, Any, bool]
+# What storage/db.py opens each transaction with.
+BEGINS = frozenset({"BEGIN IMMEDIATE", "BEGIN"})
 
 
-def _run_and_commit(connection: sqlite3.Connection, deferred: list[Deferred]) -> None:
+def _run_and_commit(connection: sqlite3.Connection, deferred: list[Deferred], begin: str | None) -> None:
     """In aiosqlite's thread: the statements kept for the commit, then the commit. A failure leaves the
     transaction open, for SQLAlchemy to roll back."""
+    if begin is not None:
+        connection.execute(begin)
     for operation, parameters, many in deferred:
         _run(connection, operation, parameters, many)
     connection.commit()
@@ -107,6 +117,12 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
     def execute(self, operation: Any, parameters: Any = None) -> Any:
         if self._adapt_connection._deferring:  # type: ignore[attr-defined]
             return self._defer(operation, parameters, many=False)
+        if operation in BEGINS and not parameters:
+            # Sent with the transaction's first statement, in its trip (or never, should none follow).
+            self._adapt_connection._begin = operation  # type: ignore[attr-defined]
+            self._description, self._rowcount, self._lastrowid = None, -1, None
+            self._rows = collections.deque()
+            return None
         try:
             return await_(self._in_thread(operation, parameters, many=False))
         except Exception as error:
@@ -131,7 +147,8 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         async with adapt_connection._execute_mutex:
             connection = self._connection._conn
             adapt_connection._in_transaction = True  # until the statement says otherwise (it may fail)
-            outcome: Outcome = await self._connection._execute(_run, connection, operation, parameters, many)
+            begin, adapt_connection._begin = adapt_connection._begin, None
+            outcome: Outcome = await self._connection._execute(_run, connection, operation, parameters, many, begin)
         self._description, self._rowcount, self._lastrowid, rows, adapt_connection._in_transaction = outcome
         self._rows = collections.deque(rows)
 
@@ -141,7 +158,7 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
     thread anyway: the pool's rollback of every connection it takes back after a commit, the commit of a read
     made without BEGIN (storage.db.AUTOCOMMIT_READ)."""
 
-    __slots__ = ("_deferred", "_deferring", "_in_transaction")
+    __slots__ = ("_begin", "_deferred", "_deferring", "_in_transaction")
     _cursor_cls = OneTripCursor  # type: ignore[assignment]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -150,6 +167,7 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
         self._deferring = False
         # Whether sqlite3 has a transaction open, as the last statement left it; True when not known.
         self._in_transaction = True
+        self._begin: str | None = None  # the BEGIN to send with the next trip
 
     @contextlib.contextmanager
     def at_commit(self) -> Iterator[None]:
@@ -162,19 +180,23 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
 
     def commit(self) -> None:
         if not self._deferred:
+            self._begin = None  # nothing was done: no BEGIN, no COMMIT
             if self._in_transaction:
                 super().commit()
                 self._in_transaction = False
             return
         deferred, self._deferred = self._deferred, []
+        begin, self._begin = self._begin, None
+        self._in_transaction = True  # until the commit has succeeded
         try:
-            await_(self._connection._execute(_run_and_commit, self._connection._conn, deferred))
+            await_(self._connection._execute(_run_and_commit, self._connection._conn, deferred, begin))
         except Exception as error:
             self._handle_exception(error)  # the transaction stays open, for the rollback
         self._in_transaction = False
 
     def rollback(self) -> None:
         self._deferred = []
+        self._begin = None
         if self._in_transaction:
             super().rollback()
             self._in_transaction = False

@@ -4,6 +4,7 @@ who changed nothing is read without the write lock."""
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime
 
 import pytest
@@ -109,3 +110,21 @@ async def test_a_person_who_changed_nothing_is_read_without_the_write_lock(
         user = await session.get(User, 77)
         assert user is not None
         assert (user.full_name, user.telegram_language, user.unreachable_at) == ("新名字", "en", None)
+
+
+async def test_a_transaction_holds_the_write_lock_from_its_first_statement(
+    session_factory: SessionFactory, engine: AsyncEngine
+) -> None:
+    """BEGIN IMMEDIATE travels with the first statement, and still takes the write lock before it runs."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's write lock")
+    other = sqlite3.connect(str(engine.url.database), timeout=0, isolation_level=None)
+    try:
+        async with session_factory() as session, session.begin():
+            await session.execute(select(FsmRecord.key))  # a read, first
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+        other.execute("BEGIN IMMEDIATE")  # released at the commit
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
