@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from domain.clock import Clock
-from storage.db import SessionFactory, SessionHooks, add_hooks, execute_at_commit, remove_hooks
+from storage.db import SessionFactory, SessionHooks, add_hooks, execute_pipelined, remove_hooks
 from storage.models import InboundUpdate, SenderLease
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class _MarkAtCommit(SessionHooks):
         if self.mark.written:
             return
         if self.pending or session.new or session.deleted or any(session.is_modified(o) for o in session.dirty):
-            execute_at_commit(session, _MARK_HANDLED, {"ids": [self.mark.update_id], "now": self.clock()})
+            execute_pipelined(session, _MARK_HANDLED, {"ids": [self.mark.update_id], "now": self.clock()})
             self.marking = True
 
     def after_commit(self) -> None:

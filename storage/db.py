@@ -133,13 +133,14 @@ def remove_hooks(session: AsyncSession, hooks: SessionHooks) -> None:
         listed.remove(hooks)
 
 
-def execute_at_commit(session: Session, statement: Any, params: Any) -> None:
-    """For a commit hook: a write nobody reads back in the transaction, executed now, or on SQLite in the
-    COMMIT's own trip to aiosqlite's thread (storage/sqlite_driver.py). Counts as a change for the hooks."""
+def execute_pipelined(session: Session, statement: Any, params: Any) -> None:
+    """A write whose outcome (rows, row count) nobody reads, executed now, or on SQLite sent with the next trip to
+    aiosqlite's thread, in order (storage/sqlite_driver.py): with the next statement, or the COMMIT when it is a
+    commit hook's. What goes wrong in it is raised there. Counts as a change for the hooks."""
     connection = session.connection()
     dbapi_connection = connection.connection.dbapi_connection
     if isinstance(dbapi_connection, sqlite_driver.OneTripConnection):
-        with dbapi_connection.at_commit():
+        with dbapi_connection.pipelined():
             connection.execute(statement, params)
     else:
         connection.execute(statement, params)

@@ -33,7 +33,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from storage.db import SessionFactory, SessionHooks, add_hooks, execute_at_commit, remove_hooks
+from storage.db import SessionFactory, SessionHooks, add_hooks, execute_pipelined, remove_hooks
 from storage.models import FsmRecord
 
 Record = tuple[str | None, dict[str, Any]]
@@ -191,7 +191,7 @@ class _WriteAlong(SessionHooks):
         if not records:
             return
         for statement, params in _writes(records, session.get_bind().dialect.name):
-            execute_at_commit(session, statement, params)
+            execute_pipelined(session, statement, params)
         self.written.update(records)
 
     def after_commit(self) -> None:

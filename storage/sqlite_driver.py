@@ -7,10 +7,9 @@ does all four in one trip, and keeps what SQLAlchemy reads afterwards (the rows,
 ``rowcount``, ``lastrowid``). Everything else is SQLAlchemy's own aiosqlite dialect; storage/db.py uses this
 one for every ``sqlite+aiosqlite`` URL.
 
-A transaction's BEGIN IMMEDIATE goes with its first statement, in the same trip. Statements whose outcome nobody
-reads and that must be written only if the transaction commits (what a commit
-hook adds: the wizard state, the inbox's "handled") can also ride in the COMMIT's own trip
-(:func:`storage.db.execute_at_commit`): two trips fewer for most updates.
+A transaction's BEGIN IMMEDIATE goes with its first statement, in the same trip. Writes whose outcome nobody reads
+(what a commit hook adds: the wizard state, the inbox's "handled"; the routing's load counter) can go the same way,
+with whatever trip comes next (:func:`storage.db.execute_pipelined`).
 """
 
 from __future__ import annotations
@@ -36,21 +35,30 @@ DRIVER = "sqlite+aiosqlite_onetrip"
 Outcome = tuple[Any, int, int | None, list[Any], bool]
 
 
+Pending = tuple[str, Any, bool]
+# What storage/db.py opens each transaction with.
+BEGINS = frozenset({"BEGIN IMMEDIATE", "BEGIN"})
+
+
+def _statement(cursor: sqlite3.Cursor, operation: str, parameters: Any, many: bool) -> None:
+    if many:
+        cursor.executemany(operation, parameters)
+    elif parameters is None:
+        cursor.execute(operation)
+    else:
+        cursor.execute(operation, parameters)
+
+
 def _run(
-    connection: sqlite3.Connection, operation: str, parameters: Any, many: bool, begin: str | None = None
+    connection: sqlite3.Connection, operation: str, parameters: Any, many: bool, pending: list[Pending]
 ) -> Outcome:
-    """In aiosqlite's thread: the whole statement, from cursor to rows; ``begin`` first, when the transaction's
-    BEGIN is still to be sent (OneTripCursor)."""
-    if begin is not None:
-        connection.execute(begin)
+    """In aiosqlite's thread: the statements still pending (OneTripConnection.pipelined), in order, then the whole
+    statement, from cursor to rows."""
     cursor = connection.cursor()
     try:
-        if many:
-            cursor.executemany(operation, parameters)
-        elif parameters is None:
-            cursor.execute(operation)
-        else:
-            cursor.execute(operation, parameters)
+        for earlier in pending:
+            _statement(cursor, *earlier)
+        _statement(cursor, operation, parameters, many)
         description = cursor.description
         rows = cursor.fetchall() if description else []
         return description, cursor.rowcount, cursor.lastrowid, rows, connection.in_transaction
@@ -58,18 +66,15 @@ def _run(
         cursor.close()
 
 
-Deferred = tuple[str, Any, bool]
-# What storage/db.py opens each transaction with.
-BEGINS = frozenset({"BEGIN IMMEDIATE", "BEGIN"})
-
-
-def _run_and_commit(connection: sqlite3.Connection, deferred: list[Deferred], begin: str | None) -> None:
-    """In aiosqlite's thread: the statements kept for the commit, then the commit. A failure leaves the
-    transaction open, for SQLAlchemy to roll back."""
-    if begin is not None:
-        connection.execute(begin)
-    for operation, parameters, many in deferred:
-        _run(connection, operation, parameters, many)
+def _run_and_commit(connection: sqlite3.Connection, pending: list[Pending]) -> None:
+    """In aiosqlite's thread: the statements still pending, then the commit. A failure leaves the transaction
+    open, for SQLAlchemy to roll back."""
+    cursor = connection.cursor()
+    try:
+        for earlier in pending:
+            _statement(cursor, *earlier)
+    finally:
+        cursor.close()
     connection.commit()
 
 
@@ -115,21 +120,16 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         self._rows.clear()
 
     def execute(self, operation: Any, parameters: Any = None) -> Any:
-        if self._adapt_connection._deferring:  # type: ignore[attr-defined]
+        # A BEGIN is sent with the transaction's first statement, in its trip (or never, should none follow).
+        if self._adapt_connection._pipelining or (operation in BEGINS and not parameters):  # type: ignore[attr-defined]
             return self._defer(operation, parameters, many=False)
-        if operation in BEGINS and not parameters:
-            # Sent with the transaction's first statement, in its trip (or never, should none follow).
-            self._adapt_connection._begin = operation  # type: ignore[attr-defined]
-            self._description, self._rowcount, self._lastrowid = None, -1, None
-            self._rows = collections.deque()
-            return None
         try:
             return await_(self._in_thread(operation, parameters, many=False))
         except Exception as error:
             self._adapt_connection._handle_exception(error)
 
     def executemany(self, operation: Any, seq_of_parameters: Any) -> Any:
-        if self._adapt_connection._deferring:  # type: ignore[attr-defined]
+        if self._adapt_connection._pipelining:  # type: ignore[attr-defined]
             return self._defer(operation, seq_of_parameters, many=True)
         try:
             return await_(self._in_thread(operation, seq_of_parameters, many=True))
@@ -137,8 +137,8 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
             self._adapt_connection._handle_exception(error)
 
     def _defer(self, operation: Any, parameters: Any, many: bool) -> None:
-        """Kept for the commit's trip (OneTripConnection.at_commit): no rows, no row count."""
-        self._adapt_connection._deferred.append((operation, parameters, many))  # type: ignore[attr-defined]
+        """Sent with the next trip (OneTripConnection.pipelined): no rows, no row count."""
+        self._adapt_connection._pending.append((operation, parameters, many))  # type: ignore[attr-defined]
         self._description, self._rowcount, self._lastrowid = None, -1, None
         self._rows = collections.deque()
 
@@ -147,8 +147,8 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
         async with adapt_connection._execute_mutex:
             connection = self._connection._conn
             adapt_connection._in_transaction = True  # until the statement says otherwise (it may fail)
-            begin, adapt_connection._begin = adapt_connection._begin, None
-            outcome: Outcome = await self._connection._execute(_run, connection, operation, parameters, many, begin)
+            pending, adapt_connection._pending = adapt_connection._pending, []
+            outcome: Outcome = await self._connection._execute(_run, connection, operation, parameters, many, pending)
         self._description, self._rowcount, self._lastrowid, rows, adapt_connection._in_transaction = outcome
         self._rows = collections.deque(rows)
 
@@ -158,45 +158,44 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
     thread anyway: the pool's rollback of every connection it takes back after a commit, the commit of a read
     made without BEGIN (storage.db.AUTOCOMMIT_READ)."""
 
-    __slots__ = ("_begin", "_deferred", "_deferring", "_in_transaction")
+    __slots__ = ("_in_transaction", "_pending", "_pipelining")
     _cursor_cls = OneTripCursor  # type: ignore[assignment]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._deferred: list[Deferred] = []
-        self._deferring = False
+        self._pending: list[Pending] = []  # to send with the next trip, before its own statement
+        self._pipelining = False
         # Whether sqlite3 has a transaction open, as the last statement left it; True when not known.
         self._in_transaction = True
-        self._begin: str | None = None  # the BEGIN to send with the next trip
 
     @contextlib.contextmanager
-    def at_commit(self) -> Iterator[None]:
-        """Statements executed inside run in the commit's trip, just before COMMIT; a rollback drops them."""
-        self._deferring = True
+    def pipelined(self) -> Iterator[None]:
+        """Statements executed inside are sent with the next trip (a statement's, or the COMMIT's), in order and
+        before it; a rollback drops them. They return no rows and no row count, and what goes wrong in one is
+        raised by the statement or commit that carried it."""
+        self._pipelining = True
         try:
             yield
         finally:
-            self._deferring = False
+            self._pipelining = False
 
     def commit(self) -> None:
-        if not self._deferred:
-            self._begin = None  # nothing was done: no BEGIN, no COMMIT
+        pending, self._pending = self._pending, []
+        if all(operation in BEGINS for operation, _, _ in pending):
+            # Nothing was done but a BEGIN not yet sent: no BEGIN, no COMMIT.
             if self._in_transaction:
                 super().commit()
                 self._in_transaction = False
             return
-        deferred, self._deferred = self._deferred, []
-        begin, self._begin = self._begin, None
         self._in_transaction = True  # until the commit has succeeded
         try:
-            await_(self._connection._execute(_run_and_commit, self._connection._conn, deferred, begin))
+            await_(self._connection._execute(_run_and_commit, self._connection._conn, pending))
         except Exception as error:
             self._handle_exception(error)  # the transaction stays open, for the rollback
         self._in_transaction = False
 
     def rollback(self) -> None:
-        self._deferred = []
-        self._begin = None
+        self._pending = []
         if self._in_transaction:
             super().rollback()
             self._in_transaction = False

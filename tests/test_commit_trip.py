@@ -1,4 +1,4 @@
-"""Fewer trips per update, same outcome: writes a commit hook adds ride in the commit (storage.db.execute_at_commit),
+"""Fewer trips per update, same outcome: writes a commit hook adds ride in the commit (storage.db.execute_pipelined),
 written exactly when the transaction commits; COMMIT and ROLLBACK with no transaction open cost nothing; a person
 who changed nothing is read without the write lock."""
 
@@ -8,12 +8,12 @@ import sqlite3
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import Table, event, exc, insert, select
+from sqlalchemy import Table, event, exc, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
 from domain.people import touch_user
-from storage.db import SessionFactory, SessionHooks, add_hooks, execute_at_commit
+from storage.db import SessionFactory, SessionHooks, add_hooks, execute_pipelined
 from storage.models import FsmRecord, User
 
 _TABLE = FsmRecord.__table__
@@ -29,7 +29,7 @@ class Writes(SessionHooks):
         self.wrote_seen = True
 
     def before_commit(self, session: Session) -> None:
-        execute_at_commit(session, insert(_TABLE), [{"key": self.key, "state": "s", "data": {}}])
+        execute_pipelined(session, insert(_TABLE), [{"key": self.key, "state": "s", "data": {}}])
 
 
 async def keys(session_factory: SessionFactory) -> list[str]:
@@ -68,7 +68,7 @@ async def test_a_rolled_back_transaction_drops_its_writes_at_commit(session_fact
                 session.add(FsmRecord(key="own", state="x", data={}))
                 await session.flush()
                 held = [{"key": "held", "state": "s", "data": {}}]
-                await session.run_sync(lambda sync: execute_at_commit(sync, insert(_TABLE), held))
+                await session.run_sync(lambda sync: execute_pipelined(sync, insert(_TABLE), held))
                 raise RuntimeError("the domain refused")
         async with session.begin():
             session.add(FsmRecord(key="next", state="x", data={}))
@@ -128,3 +128,19 @@ async def test_a_transaction_holds_the_write_lock_from_its_first_statement(
         other.execute("ROLLBACK")
     finally:
         other.close()
+
+
+async def test_a_pipelined_write_is_seen_by_the_next_statement(session_factory: SessionFactory) -> None:
+    """Sent with the next trip, in order: the transaction reads its own write (routing's load counter)."""
+    async with session_factory() as session, session.begin():
+        session.add(FsmRecord(key="k", state="before", data={}))
+    async with session_factory() as session, session.begin():
+        change = update(_TABLE).where(_TABLE.c.key == "k").values(state="after")
+        await session.run_sync(execute_pipelined, change, {})
+        assert await session.scalar(select(FsmRecord.state).where(FsmRecord.key == "k")) == "after"
+    async with session_factory() as session, session.begin():
+        duplicate = insert(_TABLE).values(key="k", state="x", data={})
+        with pytest.raises(exc.IntegrityError):  # on SQLite raised by the statement that carries it
+            await session.run_sync(execute_pipelined, duplicate, {})
+            await session.execute(select(FsmRecord.key))
+        await session.rollback()
