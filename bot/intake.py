@@ -29,15 +29,15 @@ from aiogram.exceptions import TelegramNetworkError, TelegramServerError
 from aiogram.methods import GetUpdates
 from aiogram.types import TelegramObject, Update
 from aiogram.utils.backoff import Backoff, BackoffConfig
-from sqlalchemy import Table, bindparam, delete, event, func, or_, select, update
+from sqlalchemy import Table, bindparam, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from domain.clock import Clock
-from storage.db import SessionFactory
+from storage.db import SessionFactory, SessionHooks, add_hooks, execute_pipelined, remove_hooks
 from storage.models import InboundUpdate, SenderLease
 
 log = logging.getLogger(__name__)
@@ -125,47 +125,43 @@ class InboxMarkMiddleware(BaseMiddleware):
         if mark is None:  # fed directly (tests, benchmarks), not through the inbox
             return await handler(event_, data)
         session: AsyncSession = data["session"]
-        clock: Clock = data["clock"]
-        writes = {"pending": False, "marking": False}
-
-        def on_execute(state: ORMExecuteState) -> None:
-            if state.is_insert or state.is_update or state.is_delete:
-                writes["pending"] = True
-
-        def after_flush(_sync_session: Session, _context: object) -> None:
-            writes["pending"] = True
-
-        def before_commit(sync_session: Session) -> None:
-            # Runs after the wizard state's write-along (registered earlier), which counts as a change.
-            if writes["pending"] and not mark.written:
-                sync_session.execute(_MARK_HANDLED, {"ids": [mark.update_id], "now": clock()})
-                writes["marking"] = True
-
-        def after_commit(_sync_session: Session) -> None:
-            if writes["marking"]:
-                mark.written = True
-                mark.settled()
-            writes["pending"] = writes["marking"] = False
-
-        def after_rollback(_sync_session: Session, _previous: object) -> None:
-            writes["pending"] = writes["marking"] = False
-
-        listeners: list[tuple[str, Callable[..., None]]] = [
-            ("do_orm_execute", on_execute),
-            ("after_flush", after_flush),
-            ("before_commit", before_commit),
-            ("after_commit", after_commit),
-            ("after_soft_rollback", after_rollback),
-        ]
-        for name, listener in listeners:
-            event.listen(session.sync_session, name, listener)
+        hooks = _MarkAtCommit(mark, data["clock"])
+        add_hooks(session, hooks)
         token = handling.set(mark)
         try:
             return await handler(event_, data)
         finally:
             handling.reset(token)
-            for name, listener in listeners:
-                event.remove(session.sync_session, name, listener)
+            remove_hooks(session, hooks)
+
+
+class _MarkAtCommit(SessionHooks):
+    """Carries the update's "handled" in the first commit that changes something (InboxMarkMiddleware)."""
+
+    def __init__(self, mark: HandledMark, clock: Clock) -> None:
+        self.mark, self.clock = mark, clock
+        self.pending = self.marking = False
+
+    def wrote(self) -> None:
+        self.pending = True
+
+    def before_commit(self, session: Session) -> None:
+        # Runs after the wizard state's write-along (added earlier), which counts as a change. Objects added and
+        # not yet flushed count too: the commit flushes them after this hook.
+        if self.mark.written:
+            return
+        if self.pending or session.new or session.deleted or any(session.is_modified(o) for o in session.dirty):
+            execute_pipelined(session, _MARK_HANDLED, {"ids": [self.mark.update_id], "now": self.clock()})
+            self.marking = True
+
+    def after_commit(self) -> None:
+        if self.marking:
+            self.mark.written = True
+            self.mark.settled()
+        self.pending = self.marking = False
+
+    def after_rollback(self) -> None:
+        self.pending = self.marking = False
 
 
 class UpdateInbox:

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from domain.errors import NotFound
 from domain.households import end_on_move
 from domain.text import clean
+from storage.db import AUTOCOMMIT_READ
 from storage.models import Building, Community, Compound, Level, Membership, Role, Ticket, User
 
 
@@ -108,10 +109,21 @@ _USER_AND_DUTY = select(
 async def touch_user(
     session: AsyncSession, user_id: int, full_name: str, telegram_language: str | None, now: datetime
 ) -> Person:
-    """Load the user who sent an update, creating or refreshing their record."""
+    """Load the user who sent an update, creating or refreshing their record.
+
+    Usually there is nothing to change: that is one read, without the write lock (AUTOCOMMIT_READ).
+    """
     full_name = clean(full_name)
     async with session.begin():
+        await session.connection(execution_options=AUTOCOMMIT_READ)
         found = (await session.execute(_USER_AND_DUTY, {"user_id": user_id})).first()
+        if found is not None:
+            known, known_worker = found
+            if _as_they_are(known, full_name, telegram_language):
+                return _person(known, known_worker)
+    async with session.begin():
+        fresh = _USER_AND_DUTY.execution_options(populate_existing=True)
+        found = (await session.execute(fresh, {"user_id": user_id})).first()
         user, is_worker = found if found is not None else (None, False)
         if user is None:
             user = User(id=user_id, full_name=full_name, telegram_language=telegram_language, created_at=now)
@@ -120,9 +132,17 @@ async def touch_user(
             user.full_name, user.telegram_language = full_name, telegram_language
         if user.unreachable_at is not None:
             user.unreachable_at = None  # they wrote to us, so they have unblocked the bot
-        return Person(
-            user.id, user.full_name, user.language, user.telegram_language, user.building_id, user.unit, is_worker
-        )
+        return _person(user, is_worker)
+
+
+def _as_they_are(user: User, full_name: str, telegram_language: str | None) -> bool:
+    return user.full_name == full_name and user.telegram_language == telegram_language and user.unreachable_at is None
+
+
+def _person(user: User, is_worker: bool) -> Person:
+    return Person(
+        user.id, user.full_name, user.language, user.telegram_language, user.building_id, user.unit, is_worker
+    )
 
 
 async def set_reachable(session: AsyncSession, user_id: int, reachable: bool, now: datetime) -> None:

@@ -18,6 +18,7 @@ from sqlalchemy import Table, bindparam, event, func, inspect, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from storage.db import execute_pipelined
 from storage.models import Level, Membership, Rank, Role, Ticket, TicketStatus, User
 
 
@@ -91,9 +92,11 @@ _COMMUNITY_CANDIDATES = (
 )
 _GRID_CANDIDATES = _COMMUNITY_CANDIDATES.where(Membership.grid_id == bindparam("grid_id"))
 _SCOPED_CANDIDATES = _COMMUNITY_CANDIDATES.where(Membership.scope == bindparam("scope"))
+_MEMBERSHIPS = cast(Table, Membership.__table__)
+# A plain table statement: what is read of it later is read in SQL (the candidates), never from loaded objects.
 _RECORD_ASSIGNMENT = (
-    update(Membership)
-    .where(Membership.community_id == bindparam("in_community"), Membership.user_id == bindparam("person"))
+    update(_MEMBERSHIPS)
+    .where(_MEMBERSHIPS.c.community_id == bindparam("in_community"), _MEMBERSHIPS.c.user_id == bindparam("person"))
     .values(last_assigned_at=bindparam("now"))
 )
 
@@ -143,8 +146,10 @@ async def choose_assignee(
 
 
 async def record_assignment(session: AsyncSession, *, community_id: int, user_id: int, now: datetime) -> None:
-    """Remember when someone was last given a ticket: the tie-breaker for the next one."""
-    await session.execute(_RECORD_ASSIGNMENT, {"in_community": community_id, "person": user_id, "now": now})
+    """Remember when someone was last given a ticket: the tie-breaker for the next one. Sent with the
+    transaction's next statement (on SQLite, one trip to its thread fewer)."""
+    params = {"in_community": community_id, "person": user_id, "now": now}
+    await session.run_sync(execute_pipelined, _RECORD_ASSIGNMENT, params)
 
 
 LEVEL_ROLES = {Level.COMMUNITY: Role.STAFF, Level.STREET: Role.STREET, Level.DEPARTMENT: Role.DEPARTMENT}
@@ -222,4 +227,4 @@ def _count_load(session: Session, flush_context: Any) -> None:
                 load[now_with] += 1
     changes = [{"person": person, "by": by} for person, by in sorted(load.items()) if by]
     if changes:
-        session.connection().execute(_ADD_LOAD, changes)
+        execute_pipelined(session, _ADD_LOAD, changes)  # with the transaction's next statement

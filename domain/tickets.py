@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Table, and_, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain import month_summary  # noqa: F401  (its session hook marks the ended months a write changes)
@@ -23,6 +24,7 @@ from domain.outbox import Notice, enqueue
 from domain.people import Duties, Person, display_names, load_duties
 from domain.routing import RoutingDecision, choose_assignee, record_assignment
 from domain.text import TextTooLong, clean, is_blank, required_text
+from storage.db import execute_pipelined
 from storage.models import (
     Building,
     Category,
@@ -120,6 +122,10 @@ def check_caption(text: str | None) -> str:
     return "" if is_blank(cleaned) else cleaned
 
 
+# A plain table statement: a new ticket's first two history events, in one go.
+_INSERT_EVENTS = insert(cast(Table, TicketEvent.__table__))
+
+
 async def file_report(
     session: AsyncSession,
     *,
@@ -167,8 +173,7 @@ async def file_report(
         start_window(ticket, category, now)
         session.add(ticket)
         await session.flush()
-        session.add(TicketEvent(ticket_id=ticket.id, at=now, actor_id=reporter.id, kind=EventKind.CREATED))
-        await _record_routing(session, ticket, decision, now)
+        await _record_routing(session, ticket, decision, now, reported_by=reporter.id)
     return FiledTicket(ticket, decision)
 
 
@@ -180,9 +185,18 @@ def _apply_decision(ticket: Ticket, decision: RoutingDecision, now: datetime) ->
     ticket.assignee_id = decision.assignee.user_id if decision.assignee else None
 
 
-async def _record_routing(session: AsyncSession, ticket: Ticket, decision: RoutingDecision, now: datetime) -> None:
-    """The routing event with its reason, and the new assignee's card."""
-    session.add(TicketEvent(ticket_id=ticket.id, at=now, kind=EventKind.ROUTED, data=decision.as_event_data()))
+async def _record_routing(
+    session: AsyncSession, ticket: Ticket, decision: RoutingDecision, now: datetime, reported_by: int | None = None
+) -> None:
+    """The routing event with its reason, and the new assignee's card. ``reported_by``: a new ticket, whose
+    "created" event comes first; both go in one statement that nothing waits for (execute_pipelined)."""
+    routed = {"ticket_id": ticket.id, "at": now, "actor_id": None, "kind": EventKind.ROUTED, "note": ""}
+    if reported_by is None:
+        session.add(TicketEvent(**routed, data=decision.as_event_data()))
+    else:
+        created = {"ticket_id": ticket.id, "at": now, "actor_id": reported_by, "kind": EventKind.CREATED, "note": ""}
+        rows = [{**created, "data": {}}, {**routed, "data": decision.as_event_data()}]
+        await session.run_sync(execute_pipelined, _INSERT_EVENTS, rows)
     if decision.assignee is None:
         return
     await record_assignment(session, community_id=ticket.community_id, user_id=decision.assignee.user_id, now=now)

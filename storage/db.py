@@ -8,10 +8,17 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import ORMExecuteState, Session
 
 from storage import sqlite_driver
 
 SessionFactory = async_sessionmaker[AsyncSession]
+
+# Execution options for a transaction that only reads, in one statement: on SQLite it takes no lock and costs
+# one trip to aiosqlite's thread instead of four (BEGIN IMMEDIATE, the read, COMMIT, the pool's rollback); the
+# statement sees the database as it is at that moment. Elsewhere a transaction as usual. Never write in one.
+#     await session.connection(execution_options=AUTOCOMMIT_READ)  # first thing in the transaction
+AUTOCOMMIT_READ = {"autocommit_read": True}
 
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
@@ -40,6 +47,8 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
+        if connection.get_execution_options().get("autocommit_read"):
+            return
         # Take the write lock up front, so a transaction that reads and then writes can never fail
         # half-way with "database is locked" when another connection (a CLI import) writes meanwhile.
         connection.exec_driver_sql("BEGIN IMMEDIATE")
@@ -88,3 +97,84 @@ async def _unanalysed(conn: AsyncConnection) -> bool:
 def create_session_factory(engine: AsyncEngine) -> SessionFactory:
     # Objects stay readable after commit: handlers render what the domain just changed.
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+# --- per-update hooks on a session ------------------------------------------------------------------------
+
+_HOOKS = "update_hooks"
+
+
+class SessionHooks:
+    """What one update's middleware does at its session's commits (the wizard state's write-along, the inbox's
+    "handled"). Added to a session's ``info`` (:func:`add_hooks`); the listeners below, registered once for
+    every session, call them in the order they were added. Listening on each update's session instead cost
+    more than the rest of a wizard step's bookkeeping (bench/intake.py)."""
+
+    def wrote(self) -> None:
+        """The session flushed, or executed an INSERT, UPDATE or DELETE."""
+
+    def before_commit(self, session: Session) -> None:
+        pass
+
+    def after_commit(self) -> None:
+        pass
+
+    def after_rollback(self) -> None:
+        pass
+
+
+def add_hooks(session: AsyncSession, hooks: SessionHooks) -> None:
+    session.sync_session.info.setdefault(_HOOKS, []).append(hooks)
+
+
+def remove_hooks(session: AsyncSession, hooks: SessionHooks) -> None:
+    listed: list[SessionHooks] = session.sync_session.info.get(_HOOKS, [])
+    if hooks in listed:
+        listed.remove(hooks)
+
+
+def execute_pipelined(session: Session, statement: Any, params: Any) -> None:
+    """A write whose outcome (rows, row count) nobody reads, executed now, or on SQLite sent with the next trip to
+    aiosqlite's thread, in order (storage/sqlite_driver.py): with the next statement, or the COMMIT when it is a
+    commit hook's. What goes wrong in it is raised there. Counts as a change for the hooks."""
+    connection = session.connection()
+    dbapi_connection = connection.connection.dbapi_connection
+    if isinstance(dbapi_connection, sqlite_driver.OneTripConnection):
+        with dbapi_connection.pipelined():
+            connection.execute(statement, params)
+    else:
+        connection.execute(statement, params)
+    for hooks in session.info.get(_HOOKS, ()):
+        hooks.wrote()
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _executed(state: ORMExecuteState) -> None:
+    listed = state.session.info.get(_HOOKS)
+    if listed and (state.is_insert or state.is_update or state.is_delete):
+        for hooks in listed:
+            hooks.wrote()
+
+
+@event.listens_for(Session, "after_flush")
+def _flushed(session: Session, _context: object) -> None:
+    for hooks in session.info.get(_HOOKS, ()):
+        hooks.wrote()
+
+
+@event.listens_for(Session, "before_commit")
+def _before_commit(session: Session) -> None:
+    for hooks in session.info.get(_HOOKS, ()):
+        hooks.before_commit(session)
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    for hooks in session.info.get(_HOOKS, ()):
+        hooks.after_commit()
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _after_rollback(session: Session, _previous_transaction: object) -> None:
+    for hooks in session.info.get(_HOOKS, ()):
+        hooks.after_rollback()

@@ -27,13 +27,13 @@ from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import BaseStorage, DefaultKeyBuilder, KeyBuilder, StateType, StorageKey
 from aiogram.types import TelegramObject
-from sqlalchemy import Table, bindparam, delete, event, select
+from sqlalchemy import Table, bindparam, delete, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from storage.db import SessionFactory
+from storage.db import SessionFactory, SessionHooks, add_hooks, execute_pipelined, remove_hooks
 from storage.models import FsmRecord
 
 Record = tuple[str | None, dict[str, Any]]
@@ -158,31 +158,16 @@ class SqlStorage(BaseStorage):
                 await session.execute(statement, params)
         self._written(records)
 
-    def write_along(self, session: AsyncSession, keys: Collection[str]) -> None:
+    def write_along(self, session: AsyncSession, keys: Collection[str]) -> SessionHooks:
         """Write the pending changes among ``keys`` inside every transaction ``session`` commits, not in one more.
 
         ``keys`` are the update's own (:meth:`tracking_update`), read at each commit. A wizard step that changes
         state and then calls the domain (filing the ticket, say) thus commits both at once; what is written is
-        marked clean only when that transaction has committed.
+        marked clean only when that transaction has committed. Returns the hooks, for ``remove_hooks``.
         """
-        written: dict[str, Record] = {}
-
-        def before_commit(sync_session: Session) -> None:
-            records = self._pending(keys)
-            for statement, params in _writes(records, sync_session.get_bind().dialect.name):
-                sync_session.execute(statement, params)
-            written.update(records)
-
-        def after_commit(_sync_session: Session) -> None:
-            self._written(dict(written))
-            written.clear()
-
-        def after_rollback(_sync_session: Session, _previous_transaction: object) -> None:
-            written.clear()
-
-        event.listen(session.sync_session, "before_commit", before_commit)
-        event.listen(session.sync_session, "after_commit", after_commit)
-        event.listen(session.sync_session, "after_soft_rollback", after_rollback)
+        hooks = _WriteAlong(self, keys)
+        add_hooks(session, hooks)
+        return hooks
 
     def _written(self, records: dict[str, Record]) -> None:
         """These values are in the database now; a key changed again since stays dirty."""
@@ -194,6 +179,28 @@ class SqlStorage(BaseStorage):
 
     async def close(self) -> None:
         await self.flush()
+
+
+class _WriteAlong(SessionHooks):
+    def __init__(self, storage: SqlStorage, keys: Collection[str]) -> None:
+        self.storage, self.keys = storage, keys
+        self.written: dict[str, Record] = {}
+
+    def before_commit(self, session: Session) -> None:
+        records = self.storage._pending(self.keys)
+        if not records:
+            return
+        for statement, params in _writes(records, session.get_bind().dialect.name):
+            execute_pipelined(session, statement, params)
+        self.written.update(records)
+
+    def after_commit(self) -> None:
+        if self.written:
+            self.storage._written(self.written)
+            self.written = {}
+
+    def after_rollback(self) -> None:
+        self.written = {}
 
 
 def _writes(records: dict[str, Record], dialect: str) -> list[tuple[Any, Any]]:
@@ -249,7 +256,7 @@ class FsmFlushMiddleware(BaseMiddleware):
         state: FSMContext | None = data.get("state")
         session: AsyncSession = data["session"]
         with self.storage.tracking_update(state.key if state is not None else None) as changes:
-            self.storage.write_along(session, changes)
+            hooks = self.storage.write_along(session, changes)
 
             async def save_pending() -> None:
                 if self.storage._pending(changes):
@@ -263,6 +270,7 @@ class FsmFlushMiddleware(BaseMiddleware):
                 raise
             finally:
                 _save_pending.reset(token)
+                remove_hooks(session, hooks)
             # Not on cancellation or a crash: these changes belong with a transaction that never committed.
             await self.storage.flush(changes)
             return outcome

@@ -12,10 +12,10 @@ from aiogram.fsm.storage.base import StorageKey
 from aiogram.types import CallbackQuery, Chat, Message, Update, User
 from sqlalchemy import func, select
 
-from bot.intake import MAX_RECOVERIES, HandledMark, UpdateInbox
+from bot.intake import MAX_RECOVERIES, HandledMark, InboxMarkMiddleware, UpdateInbox
 from domain import tickets
 from handlers.report import ReportWizard
-from storage.models import InboundUpdate, Ticket
+from storage.models import FsmRecord, InboundUpdate, Ticket
 from tests.conftest import FakeClock
 from tests.fake_telegram import BOT_ID, ProcessDied, buttons_of, reply_buttons_of, sent_to, text_of
 from tests.harness import Harness
@@ -138,6 +138,24 @@ async def test_a_crash_after_a_commit_that_only_read_is_handled_after_the_restar
     assert await again.recover() == 1, "a commit that only read does not count as handled"
     await again.drain(seconds=5)
     assert sent_to(restarted.telegram.requests, resident.id), "the answer comes after the restart"
+
+
+async def test_a_change_the_commit_itself_flushes_carries_handled(harness: Harness, clock: FakeClock) -> None:
+    """An object added and committed without a flush of its own is written by the commit, after its
+    before-commit hooks ran: "handled" goes with it all the same, so a crash cannot make the change twice."""
+    update = text_update(900304, "hello")
+    await inbox_of(harness).record([update])
+    mark = HandledMark(update.update_id)
+
+    async def handler(_event: object, data: dict[str, Any]) -> None:
+        session = data["session"]
+        async with session.begin():
+            session.add(FsmRecord(key="unflushed", state="x", data={}))
+        assert mark.written, "handled in the change's own commit"
+
+    async with harness.sessions() as session:
+        await InboxMarkMiddleware()(handler, update, {"inbox_mark": mark, "session": session, "clock": clock})
+    assert await unhandled(harness) == 0
 
 
 async def test_updates_of_one_user_keep_their_order_and_users_run_concurrently(harness: Harness) -> None:

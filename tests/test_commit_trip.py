@@ -1,0 +1,146 @@
+"""Fewer trips per update, same outcome: writes a commit hook adds ride in the commit (storage.db.execute_pipelined),
+written exactly when the transaction commits; COMMIT and ROLLBACK with no transaction open cost nothing; a person
+who changed nothing is read without the write lock."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import Table, event, exc, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import Session
+
+from domain.people import touch_user
+from storage.db import SessionFactory, SessionHooks, add_hooks, execute_pipelined
+from storage.models import FsmRecord, User
+
+_TABLE = FsmRecord.__table__
+assert isinstance(_TABLE, Table)
+
+
+class Writes(SessionHooks):
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.wrote_seen = False
+
+    def wrote(self) -> None:
+        self.wrote_seen = True
+
+    def before_commit(self, session: Session) -> None:
+        execute_pipelined(session, insert(_TABLE), [{"key": self.key, "state": "s", "data": {}}])
+
+
+async def keys(session_factory: SessionFactory) -> list[str]:
+    async with session_factory() as session:
+        return list(await session.scalars(select(FsmRecord.key).order_by(FsmRecord.key)))
+
+
+async def test_a_write_at_commit_is_written_with_the_transaction(session_factory: SessionFactory) -> None:
+    async with session_factory() as session:
+        hooks = Writes("hooked")
+        add_hooks(session, hooks)
+        async with session.begin():
+            session.add(FsmRecord(key="own", state="x", data={}))
+        assert hooks.wrote_seen, "the commit hooks hear of it as a change"
+    assert await keys(session_factory) == ["hooked", "own"]
+
+
+async def test_a_failing_write_at_commit_fails_the_commit_and_keeps_nothing(session_factory: SessionFactory) -> None:
+    async with session_factory() as session, session.begin():
+        session.add(FsmRecord(key="taken", state="x", data={}))
+    async with session_factory() as session:
+        add_hooks(session, Writes("taken"))  # the primary key exists: the commit must fail
+        with pytest.raises(exc.IntegrityError):
+            async with session.begin():
+                session.add(FsmRecord(key="own", state="x", data={}))
+    assert await keys(session_factory) == ["taken"], "neither the transaction's own row nor the hook's"
+    async with session_factory() as session, session.begin():
+        session.add(FsmRecord(key="after", state="x", data={}))
+    assert await keys(session_factory) == ["after", "taken"], "the connection is fine afterwards"
+
+
+async def test_a_rolled_back_transaction_drops_its_writes_at_commit(session_factory: SessionFactory) -> None:
+    async with session_factory() as session:
+        with pytest.raises(RuntimeError):
+            async with session.begin():
+                session.add(FsmRecord(key="own", state="x", data={}))
+                await session.flush()
+                held = [{"key": "held", "state": "s", "data": {}}]
+                await session.run_sync(lambda sync: execute_pipelined(sync, insert(_TABLE), held))
+                raise RuntimeError("the domain refused")
+        async with session.begin():
+            session.add(FsmRecord(key="next", state="x", data={}))
+    assert await keys(session_factory) == ["next"], "the held write went with its transaction"
+
+
+async def test_a_session_closed_mid_transaction_leaves_nothing_behind(session_factory: SessionFactory) -> None:
+    """The trips of COMMIT and ROLLBACK are skipped only when no transaction is open."""
+    session = session_factory()
+    await session.execute(insert(_TABLE), [{"key": "abandoned", "state": "s", "data": {}}])
+    await session.close()
+    async with session_factory() as session, session.begin():
+        session.add(FsmRecord(key="next", state="x", data={}))
+    assert await keys(session_factory) == ["next"]
+
+
+async def test_a_person_who_changed_nothing_is_read_without_the_write_lock(
+    session_factory: SessionFactory, engine: AsyncEngine
+) -> None:
+    now = datetime(2026, 12, 7, tzinfo=UTC)
+    async with session_factory() as session:
+        await touch_user(session, 77, "居民", "zh-hans", now)
+    statements: list[str] = []
+    event.listen(engine.sync_engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    async with session_factory() as session:
+        person = await touch_user(session, 77, "居民", "zh-hans", now)
+    assert person.full_name == "居民"
+    assert not any(s.startswith("BEGIN") for s in statements), statements
+    assert not any(s.startswith(("UPDATE", "INSERT")) for s in statements), statements
+
+    async with session_factory() as session, session.begin():
+        user = await session.get(User, 77)
+        assert user is not None
+        user.unreachable_at = now
+    async with session_factory() as session:
+        person = await touch_user(session, 77, "新名字", "en", now)
+    assert (person.full_name, person.telegram_language) == ("新名字", "en")
+    async with session_factory() as session:
+        user = await session.get(User, 77)
+        assert user is not None
+        assert (user.full_name, user.telegram_language, user.unreachable_at) == ("新名字", "en", None)
+
+
+async def test_a_transaction_holds_the_write_lock_from_its_first_statement(
+    session_factory: SessionFactory, engine: AsyncEngine
+) -> None:
+    """BEGIN IMMEDIATE travels with the first statement, and still takes the write lock before it runs."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite's write lock")
+    other = sqlite3.connect(str(engine.url.database), timeout=0, isolation_level=None)
+    try:
+        async with session_factory() as session, session.begin():
+            await session.execute(select(FsmRecord.key))  # a read, first
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+        other.execute("BEGIN IMMEDIATE")  # released at the commit
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+
+
+async def test_a_pipelined_write_is_seen_by_the_next_statement(session_factory: SessionFactory) -> None:
+    """Sent with the next trip, in order: the transaction reads its own write (routing's load counter)."""
+    async with session_factory() as session, session.begin():
+        session.add(FsmRecord(key="k", state="before", data={}))
+    async with session_factory() as session, session.begin():
+        change = update(_TABLE).where(_TABLE.c.key == "k").values(state="after")
+        await session.run_sync(execute_pipelined, change, {})
+        assert await session.scalar(select(FsmRecord.state).where(FsmRecord.key == "k")) == "after"
+    async with session_factory() as session, session.begin():
+        duplicate = insert(_TABLE).values(key="k", state="x", data={})
+        with pytest.raises(exc.IntegrityError):  # on SQLite raised by the statement that carries it
+            await session.run_sync(execute_pipelined, duplicate, {})
+            await session.execute(select(FsmRecord.key))
+        await session.rollback()
