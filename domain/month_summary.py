@@ -20,6 +20,7 @@ from sqlalchemy import Table, bindparam, delete, event, inspect, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from storage.db import execute_pipelined
 from storage.models import MonthFigures, MonthSummary, Ticket
 
 # What a ticket contributes to its month's counts, and where it is counted: the columns of the statistics'
@@ -75,7 +76,8 @@ def _mark_changed_months(session: Session, flush_context: Any) -> None:
             if may_have_ended(created_at, changed_at):
                 marks.add((community_id, created_at))
     if marks:
-        session.connection().execute(_MARK, [{"community": c, "created": t} for c, t in sorted(marks)])
+        # Nothing in this transaction reads the count back: on SQLite it goes with the next trip (storage/db.py).
+        execute_pipelined(session, _MARK, [{"community": c, "created": t} for c, t in sorted(marks)])
 
 
 def _places(ticket: Ticket, state: Any) -> set[tuple[int, datetime]]:
