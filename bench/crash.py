@@ -30,7 +30,8 @@ bot process and does not count outage time; after ``ANSWER_TIMEOUT`` seconds the
 says once more (presses the same button again, types the same text again): that is a new update of its own.
 Someone who gets the same answer three times sends /cancel and starts the report again (before Submit only).
 The clock is not scaled: the bot runs on real time throughout. bot.log and trace.txt (every update, every
-request the bot made to a user's chat, kills, starts, exits, in time order) are kept with ``--keep``.
+request the bot made to a user's chat, kills, starts, exits, in time order) are kept with ``--keep``, and
+resume.txt: each claimed row a kill left, where its wait went (see ``write_resumes``).
 
 Counted at the end, once flows have finished and the outbox has drained (both bounded in time), from the
 fake's records and the SQLite file:
