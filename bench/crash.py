@@ -30,7 +30,8 @@ bot process and does not count outage time; after ``ANSWER_TIMEOUT`` seconds the
 says once more (presses the same button again, types the same text again): that is a new update of its own.
 Someone who gets the same answer three times sends /cancel and starts the report again (before Submit only).
 The clock is not scaled: the bot runs on real time throughout. bot.log and trace.txt (every update, every
-request the bot made to a user's chat, kills, starts, exits, in time order) are kept with ``--keep``.
+request the bot made to a user's chat, kills, starts, exits, in time order) are kept with ``--keep``, and
+resume.txt: each claimed row a kill left, where its wait went (see ``write_resumes``).
 
 Counted at the end, once flows have finished and the outbox has drained (both bounded in time), from the
 fake's records and the SQLite file:
@@ -102,7 +103,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from bench.fake_api import SENDS, BotMessage, FakeBotAPI, Request
+from bench.fake_api import EDITS, SENDS, BotMessage, FakeBotAPI, Request
 from bench.residents import add_residents
 from bot.callbacks import (
     BroadcastAction,
@@ -964,6 +965,38 @@ class Bench:
             for at, line in sorted(lines):
                 out.write(f"{at - self.t0:8.2f} {line}\n")
 
+    def write_resumes(self, waits: list[tuple[float, Kill, dict[str, Any], float, bool]], end: float) -> None:
+        """resume.txt, next to trace.txt: each claimed row a kill left and where its wait went (the restarted
+        process's start, its first getUpdates and first send, the row's first try after the restart). Only a
+        reading aid for the resume figure; it counts nothing."""
+        first_poll: dict[int, float] = {}
+        first_send: dict[int, float] = {}
+        for request in self.fake.requests:
+            if request.method == "getupdates":
+                first_poll.setdefault(request.generation, request.at)
+            elif request.method in SENDS or request.method in EDITS:
+                first_send.setdefault(request.generation, request.at)
+
+        def rel(t: float | None) -> str:
+            return "-" if t is None else f"{t - self.t0:7.1f}"
+
+        storm_outage = ", ".join(f"{a - self.t0:.0f}-{b - self.t0:.0f}" for a, b in self.disturbances)
+        with (self.workdir / "resume.txt").open("w", encoding="utf-8") as out:
+            out.write(f"# storm and outage at {storm_outage} s; run ended at {end - self.t0:.1f} s\n")
+            out.write("# wait_s kill kind at restart +poll +send row kind chat broadcast first_try reclaimed\n")
+            for wait, kill, row, stop, reclaimed in sorted(waits, key=lambda w: -w[0]):
+                restart = kill.restart_at or kill.at
+                generation = next((g for g, t in self.supervisor.started.items() if t == restart), 0)  # type: ignore[union-attr]
+                poll, send = first_poll.get(generation), first_send.get(generation)
+                since_poll = "-" if poll is None else f"{poll - restart:5.1f}"
+                since_send = "-" if send is None else f"{send - restart:5.1f}"
+                out.write(
+                    f"{wait:6.1f} k{kill.number:<3} {kill.kind:6} {rel(kill.at)} {rel(restart)} "
+                    f"{since_poll} {since_send} "
+                    f"{row['id']:6} {row['kind']:22} {row['chat_id']} {'B' if row['broadcast_id'] else 'P'} "
+                    f"{rel(stop)} {'R' if reclaimed else '-'}\n"
+                )
+
     def report(self, end: float) -> None:
         assert self.supervisor is not None
         supervisor = self.supervisor
@@ -1130,6 +1163,7 @@ class Bench:
             return stop - start - max(0.0, min(stop, b) - max(start, a))
 
         slowest: list[tuple[float, int, str, int]] = []  # (seconds, kill number, kind, outbox row id)
+        waits: list[tuple[float, Kill, dict[str, Any], float, bool]] = []  # for resume.txt (--keep)
         orphaned: set[tuple[int, str]] = set()
         never = 0
         row_by_id = {r["id"]: r for r in outbox}
@@ -1170,8 +1204,10 @@ class Bench:
                 resumes.append(outside_the_outage(kill.restart_at, stop))
                 with_outage.append(stop - kill.restart_at)
                 slowest.append((resumes[-1], index + 1, row["kind"], row["id"]))
+                waits.append((resumes[-1], kill, row, stop, reclaimed is not None))
         resume_p99 = _percentile(resumes, 0.99)
         slowest.sort(reverse=True)
+        self.write_resumes(waits, end)
 
         # --- printing ---
         first_poll: dict[int, float] = {}

@@ -9,7 +9,9 @@ after another in the order Telegram sent them; different users run concurrently.
 
 Once an update's handling has ended, answers included, its row's ``answered_at`` is written (in one transaction
 per burst). A row handled and not answered is one whose answer a crash may have cut off: the change was saved,
-the person never heard. After a restart, :meth:`UpdateInbox.resume` shows each such person where they stand.
+the person never heard. After a restart, :meth:`UpdateInbox.resume` shows each such person where they stand. So does
+:meth:`UpdateInbox.reprompt`, in the running process, for the people whose answer Telegram refused for good
+while it could not be reached (an outage): once it answers again.
 """
 
 from __future__ import annotations
@@ -18,14 +20,14 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
 from aiogram import BaseMiddleware, Bot, Dispatcher
-from aiogram.exceptions import TelegramNetworkError, TelegramServerError
+from aiogram.exceptions import TelegramNetworkError, TelegramRetryAfter, TelegramServerError
 from aiogram.methods import GetUpdates
 from aiogram.types import TelegramObject, Update
 from aiogram.utils.backoff import Backoff, BackoffConfig
@@ -57,6 +59,8 @@ _MARK_FINISHED = (
 MAX_RECOVERIES = 3
 # Handled rows are kept this long, so that Telegram delivering one again is recognised.
 KEEP_HANDLED = timedelta(days=2)
+# While answers Telegram refused in an outage wait to be given, it is asked this often whether it answers again.
+REPROMPT_SECONDS = 5.0
 
 
 @dataclass
@@ -71,6 +75,9 @@ class HandledMark:
     resume: bool = False
     # Called once the update is past its risky part: "handled" committed, or the bot began to answer.
     on_settled: Callable[[], None] | None = None
+    # An answer to it failed for good because Telegram could not be reached (bot/outbound/replies.py): the update
+    # stays "handled", not "answered", and the person is shown where they stand once Telegram answers (reprompt).
+    refused: bool = False
 
     def settled(self) -> None:
         if self.on_settled is not None:
@@ -205,6 +212,10 @@ class UpdateInbox:
         # written for them in one go, shortly after.
         self._finished: list[int] = []
         self._marks_due = asyncio.Event()
+        # Updates whose answer Telegram refused in an outage (HandledMark.refused): "handled" is written for them,
+        # and then they wait in ``_to_reprompt`` until Telegram answers again.
+        self._refused: list[int] = []
+        self._to_reprompt: set[int] = set()
 
     # --- recording --------------------------------------------------------------------------------------
 
@@ -271,9 +282,10 @@ class UpdateInbox:
         live = select(SenderLease.holder).where(SenderLease.expires_at >= self.clock())
         return [or_(_TABLE.c.received_by.is_(None), _TABLE.c.received_by.not_in(live))]
 
-    async def resume(self, *, everyone: bool = True) -> int:
+    async def resume(self, *, everyone: bool = True, only: Collection[int] | None = None) -> int:
         """Show where they stand the people whose last update a dead predecessor handled but did not finish
-        answering; returns how many. ``everyone`` as for :meth:`recover`.
+        answering; returns how many. ``everyone`` as for :meth:`recover`; ``only``: these updates instead,
+        whoever took them (:meth:`reprompt`).
 
         Only a person's last recorded update counts: after a later one, recovered or answered, the person has
         an answer that is current. Each is fed through the dispatcher again with ``resume=True``
@@ -281,12 +293,11 @@ class UpdateInbox:
         answered once that is said, so a crash meanwhile resumes it again (a resume that crashes the bot
         ``MAX_RECOVERIES`` times is given up, as a recovered update is).
         """
+        whose = [_TABLE.c.update_id.in_(only)] if only is not None else self._left_by_the_dead(everyone)
         async with self.sessions() as session, session.begin():
             taken = await session.execute(
                 update(_TABLE)
-                .where(
-                    _TABLE.c.handled_at.is_not(None), _TABLE.c.answered_at.is_(None), *self._left_by_the_dead(everyone)
-                )
+                .where(_TABLE.c.handled_at.is_not(None), _TABLE.c.answered_at.is_(None), *whose)
                 .values(received_by=self.holder)
                 .returning(_TABLE.c.update_id, _TABLE.c.payload, _TABLE.c.user_key, _TABLE.c.recoveries)
             )
@@ -313,6 +324,37 @@ class UpdateInbox:
         for resumed_update in resumed:
             self.submit(resumed_update, resume=True)
         return len(resumed)
+
+    async def reprompt(self) -> int:
+        """If Telegram answers again, show where they stand the people whose answer it refused for good while it
+        could not be reached (:attr:`HandledMark.refused`); returns how many.
+
+        Nothing is said while Telegram still fails, and someone who sent something since gets the answer to that
+        instead (:meth:`resume` takes only a person's last update). The re-prompt is an update resumed like after
+        a crash: refused again, it waits for the next time, and it is given up after ``MAX_RECOVERIES`` tries.
+        """
+        if not self._to_reprompt and not self._refused:
+            return 0
+        await self.write_marks()  # "handled" for the refused ones, which resume() needs
+        try:
+            await self.bot.get_me()
+        except (TelegramNetworkError, TelegramServerError, TelegramRetryAfter):
+            return 0
+        due, self._to_reprompt = self._to_reprompt, set()
+        return await self.resume(only=due)
+
+    async def keep_reprompting(self, stop: asyncio.Event) -> None:
+        """:meth:`reprompt` every ``REPROMPT_SECONDS`` until ``stop``."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), REPROMPT_SECONDS)
+            try:
+                reprompted = await self.reprompt()
+            except Exception:
+                log.exception("could not show people the answers Telegram refused; trying again")
+                continue
+            if reprompted:
+                log.info("Telegram answers again: showing %d people where they stand", reprompted)
 
     def _recovery_settled(self) -> None:
         self._recovery_turn.release()
@@ -396,13 +438,17 @@ class UpdateInbox:
             log.exception("update %s failed", update_.update_id)
         finally:
             mark.settled()
-        self._finished.append(mark.update_id)
+        (self._refused if mark.refused else self._finished).append(mark.update_id)
         self._marks_due.set()
 
     async def _write_marks(self, session: AsyncSession) -> None:
         if self._finished:
             ids, self._finished = self._finished, []
             await session.execute(_MARK_FINISHED, {"ids": ids, "now": self.clock()})
+        if self._refused:
+            ids, self._refused = self._refused, []
+            await session.execute(_MARK_HANDLED, {"ids": ids, "now": self.clock()})
+            self._to_reprompt.update(ids)
 
     async def write_marks(self) -> None:
         """Write "answered" for updates whose handling ended, and "handled" for those that made no commit of their
@@ -433,7 +479,7 @@ class UpdateInbox:
 
     async def poll(self, stop: asyncio.Event, polling_timeout: int = 10) -> None:
         """Long polling until ``stop``: record each batch, then confirm it with the next request."""
-        marker = asyncio.create_task(self.keep_marking(stop))
+        chores = [asyncio.create_task(self.keep_marking(stop)), asyncio.create_task(self.keep_reprompting(stop))]
         backoff = Backoff(BackoffConfig(min_delay=1.0, max_delay=30.0, factor=1.5, jitter=0.1))
         request = GetUpdates(timeout=polling_timeout, allowed_updates=self.dispatcher.resolve_used_update_types())
         request_timeout = int((self.bot.session.timeout or 60) + polling_timeout)
@@ -463,6 +509,7 @@ class UpdateInbox:
                 for fresh_update in fresh:
                     self.submit(fresh_update)
         finally:
-            marker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await marker
+            for chore in chores:
+                chore.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await chore

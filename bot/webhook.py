@@ -143,6 +143,7 @@ class WebhookServer:
         self.chores = [
             asyncio.create_task(keep_recovering(self.inbox, self.stop_chores)),
             asyncio.create_task(self.inbox.keep_marking(self.stop_chores)),
+            asyncio.create_task(self.inbox.keep_reprompting(self.stop_chores)),
         ]
 
     async def stop(self) -> None:

@@ -17,7 +17,16 @@ from domain import tickets
 from handlers.report import ReportWizard
 from storage.models import FsmRecord, InboundUpdate, Ticket
 from tests.conftest import FakeClock
-from tests.fake_telegram import BOT_ID, ProcessDied, buttons_of, reply_buttons_of, sent_to, text_of
+from tests.fake_telegram import (
+    BLOCKED,
+    BOT_ID,
+    SERVER_ERROR,
+    ProcessDied,
+    buttons_of,
+    reply_buttons_of,
+    sent_to,
+    text_of,
+)
 from tests.harness import Harness
 from tests.test_report_flow import bind
 
@@ -423,6 +432,59 @@ async def test_only_a_persons_last_unanswered_update_is_resumed(harness: Harness
     assert "取消" in "".join(text_of(r) for r in sent_to(restarted.telegram.requests, later))
     await again.write_marks()
     assert await inbox_of(restarted).resume() == 0, "the others were marked done at once"
+
+
+async def test_an_answer_refused_in_an_outage_is_given_once_telegram_answers(
+    harness: Harness, clock: FakeClock
+) -> None:
+    resident = harness.person(900520)
+    await bind(resident)
+    report = text_update(resident.id, "/report")
+    inbox = inbox_of(harness)
+    await inbox.record([report])
+    bound = len(harness.telegram.accepted)
+    harness.telegram.outage = SERVER_ERROR
+    await inbox.handle(report)  # the wizard opens; its question outlasts the reply's retries and is given up
+    assert await inbox.reprompt() == 0, "Telegram still fails: nothing is said yet"
+    assert len(harness.telegram.accepted) == bound
+
+    harness.telegram.outage = None
+    assert await inbox.reprompt() == 1
+    await inbox.drain(seconds=5)
+    asked = sent_to(harness.telegram.accepted[bound:], resident.id)
+    assert any("楼道杂物" in text for r in asked for text, _ in buttons_of(r)), "the category question, with buttons"
+    await inbox.write_marks()
+    assert await inbox.reprompt() == 0, "said once"
+    # The wizard goes on from where it was saved.
+    answer = await harness.person(resident.id).tap(asked, "楼道杂物")
+    assert "描述" in "".join(text_of(r) for r in answer)
+    assert await inbox_of(Harness(harness.sessions, clock)).resume() == 0, "and not again after a restart"
+
+
+async def test_an_answer_refused_for_the_chat_or_superseded_is_not_repeated(harness: Harness) -> None:
+    blocked, wrote_again = 900521, 900522
+    for user_id in (blocked, wrote_again):
+        await bind(harness.person(user_id))
+    inbox = inbox_of(harness)
+    # Telegram's word on the chat: nothing to say later.
+    harness.telegram.fail_next(blocked, BLOCKED)
+    refused_for_good = text_update(blocked, "/report")
+    await inbox.record([refused_for_good])
+    await inbox.handle(refused_for_good)
+    # Refused in an outage, but the person wrote again meanwhile: the answer to that is what they need.
+    harness.telegram.outage = SERVER_ERROR
+    lost = text_update(wrote_again, "/report")
+    await inbox.record([lost])
+    await inbox.handle(lost)
+    harness.telegram.outage = None
+    later = text_update(wrote_again, "/cancel")
+    await inbox.record([later])
+    await inbox.handle(later)
+    before = len(harness.telegram.requests)
+
+    assert await inbox.reprompt() == 0
+    await inbox.drain(seconds=5)
+    assert not [r for r in harness.telegram.requests[before:] if getattr(r, "chat_id", None) in (blocked, wrote_again)]
 
 
 async def test_polling_waits_until_the_dead_process_updates_are_being_answered(

@@ -47,6 +47,7 @@ from aiogram.methods.base import Response, TelegramType
 from aiogram.types import ErrorEvent, TelegramObject
 from aiogram.utils.backoff import Backoff, BackoffConfig
 
+from bot.intake import HandledMark
 from bot.intake import handling as inbox_handling
 from storage.fsm import save_before_speaking
 
@@ -196,13 +197,23 @@ class ReplyPolicy(BaseRequestMiddleware):
             await self.pacer.wait_turn(chat_id)
 
 
-async def reply_failed(event: ErrorEvent) -> bool:
+# What Telegram answers while it cannot be reached or will not take more for a while: a reply refused so would be
+# taken later. Anything else (403 blocked, 400 chat not found) is its word on the chat.
+PASSING_FAULTS = (TelegramRetryAfter, TelegramServerError, TelegramNetworkError)
+
+
+async def reply_failed(event: ErrorEvent, inbox_mark: HandledMark | None = None) -> bool:
     """Errors handler for a Bot API call that failed for good while an update was handled.
 
     What the handler saved before the call stays saved (each domain step commits on its own, with the wizard
     state it set), and the person's next message is answered from that state. So the update counts as
-    handled: it is logged here, and not raised into polling or a webhook.
+    handled: it is logged here, and not raised into polling or a webhook. When Telegram could not be reached
+    (an outage outlasted the reply's retries), the person is also shown where they stand once it answers again
+    (``UpdateInbox.reprompt``): they may well not write again on their own, looking at a question already
+    answered.
     """
+    if inbox_mark is not None and isinstance(event.exception, PASSING_FAULTS):
+        inbox_mark.refused = True
     log.error(
         "update %s was not fully answered: a Bot API call failed for good; what the update saved stays saved",
         event.update.update_id,
