@@ -51,26 +51,6 @@ async def test_429_waits_retry_after_then_sends_each_message_once(harness: Harne
     assert await harness.deliver() == []
 
 
-async def test_a_429_holds_its_chat_and_the_other_chats_go_on(harness: Harness, clock: FakeClock) -> None:
-    number = await filed_with_photo(harness)  # a card and a photo for Li Juan
-    async with harness.sessions() as session, session.begin():
-        enqueue(session, STAFF_WANG, Notice.TICKET_CARD, clock(), ticket_id=number)
-    harness.telegram.fail_next(LI_JUAN, TOO_MANY_REQUESTS)  # retry_after 7
-    first = await harness.deliver()
-    assert len(sent_to(first, LI_JUAN)) == 1, "the card, refused; the photo waits behind it"
-    assert len(sent_to(first, STAFF_WANG)) == 1, "another chat does not wait for Li Juan's retry_after"
-
-    # Queued for Li Juan while the 429 holds the chat: it goes after the held ones, not before.
-    async with harness.sessions() as session, session.begin():
-        enqueue(session, LI_JUAN, Notice.TICKET_CARD, clock(), ticket_id=number)
-    clock.advance(seconds=6)
-    assert await harness.deliver() == [], "nothing is sent before retry_after has passed"
-    clock.advance(seconds=1)
-    second = sent_to(await harness.deliver(), LI_JUAN)
-    assert [type(r).__name__ for r in second] == ["SendMessage", "SendPhoto", "SendMessage"], "order is kept"
-    assert {r.status for r in await outbox(harness)} == {OutboxStatus.SENT}
-
-
 async def test_403_marks_the_worker_unreachable_and_stops_sending(harness: Harness) -> None:
     await filed_with_photo(harness)
     harness.telegram.fail_next(LI_JUAN, BLOCKED)

@@ -20,11 +20,6 @@ A claim is a lease: each sender renews its :class:`SenderLease` every few second
 lease lapsed are taken back by whoever runs next. The only process of a polling bot takes everything back at
 once when it starts, since its predecessor is dead.
 
-A 429 holds the chat it came for, for its ``retry_after``: that chat's rows wait, in their order, and the other
-chats' go on. The bucket keeps the bot under Telegram's overall limit, so a 429 says that one chat got too much
-(a private chat takes about one message a second, a group twenty a minute); were it to stop everyone, a storm of
-them would let one message through every ``retry_after`` (bench/crash.py).
-
 Passing faults (5xx, timeouts, connection errors) are retried with capped backoff until ``retry_horizon`` after
 the row was queued; only Telegram's word on the chat (403 blocked, 400) ends a row early. Rows that end failed
 are listed for community staff in /ledger. Once Telegram answers again (a message goes through, or a ``getMe``
@@ -75,8 +70,8 @@ class SendRate(Protocol):
     async def pause(self, seconds: float) -> None: ...
 
 
-# Rows claimed at a time for ``retry_after`` after a 429 (Telegram refuses messages: a storm may be on), so a
-# crash then leaves little waiting for the restart (bench/crash.py's resume figure).
+# Rows claimed at a time while Telegram asks us to wait (a 429): what goes out in one pause, no more, so a crash
+# then leaves little waiting for the restart (bench/crash.py's resume figure).
 PAUSED_BATCH = 3
 
 # While sends fail with passing faults, Telegram is asked this often whether it answers again.
@@ -170,9 +165,7 @@ class OutboxSender:
         ahead = self.settings.ahead or max(16, min(128, math.ceil(self.settings.rate_per_second / 10)))
         self._ahead = asyncio.Semaphore(ahead)
         self._monotonic = monotonic
-        self._paused_until = 0.0  # by this sender's last 429: small claims until then
-        # Chats a 429 holds, until when (by ``clock``): their rows wait (see the module's docstring).
-        self._held: dict[int, datetime] = {}
+        self._paused_until = 0.0  # by this sender's last 429
         self.bucket = rate or TokenBucket(self.settings.rate_per_second, monotonic, sleep, self.settings.catch_up)
         # The only sender there is (a polling bot): whatever claims it finds at start belong to the dead.
         self.sole = sole
@@ -368,11 +361,6 @@ class OutboxSender:
 
     async def _deliver_chat(self, chat_id: int, rows: list[OutboxMessage]) -> None:
         """One chat's rows in order, one at a time, at Telegram's per-chat pace."""
-        held_until = self._held.get(chat_id)
-        if held_until is not None and held_until > self.clock():
-            # A 429 came for this chat: its rows queued since wait with the held ones, and go after them.
-            self._finish(rows, OutboxStatus.PENDING, held_until, "429")
-            return
         for index, row in enumerate(rows):
             outcome = await self._deliver(row)
             if outcome is not OutboxStatus.SENT and outcome is not None:
@@ -403,7 +391,7 @@ class OutboxSender:
             sent: object = await self.bot(method)
         except TelegramRetryAfter as error:
             self._paused_until = max(self._paused_until, self._monotonic() + error.retry_after)
-            self._hold(row.chat_id, now + timedelta(seconds=error.retry_after))
+            await self.bucket.pause(error.retry_after)
             self._finish([row], OutboxStatus.PENDING, now + timedelta(seconds=error.retry_after), "429")
             return OutboxStatus.PENDING
         except TelegramForbiddenError as error:
@@ -437,12 +425,6 @@ class OutboxSender:
             self._follow_ups.append(learnt)
         row.status, row.error = OutboxStatus.SENT, ""
         return OutboxStatus.SENT
-
-    def _hold(self, chat_id: int, until: datetime) -> None:
-        if len(self._held) > 10_000:  # chats whose hold has passed impose nothing: keep memory to the held ones
-            now = self.clock()
-            self._held = {chat: at for chat, at in self._held.items() if at > now}
-        self._held[chat_id] = max(until, self._held.get(chat_id, until))
 
     async def _prepare(self, row: OutboxMessage) -> TelegramMethod[Any] | None:
         """The call that delivers ``row`` (None: nothing to send), its broadcast row marked "sending".
