@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from domain.errors import AccessDenied, NotFound
 from domain.outbox import Notice, mark_queued
 from domain.people import load_duties
-from domain.public_notices import post_publicly
+from domain.public_notices import WANTS_A_COPY, WANTS_BROADCASTS, post_publicly
 from storage.models import (
     Broadcast,
     BroadcastKind,
@@ -217,18 +217,14 @@ async def broadcast_content(
 # --- who: recipients ------------------------------------------------------------------------------
 
 
-# Residents who did not turn broadcasts off and have not blocked the bot: the condition of ix_users_recipients.
-_WANTS_BROADCASTS = (User.broadcasts_off.is_(False), User.unreachable_at.is_(None))
-
-
 async def _wanted(session: AsyncSession, broadcast: Broadcast) -> tuple[ColumnElement[bool], ...]:
     """Which of the scope's residents get it: those who want broadcasts; of what the community posts publicly,
     only those who asked for a private copy too."""
     community = await session.get(Community, broadcast.community_id)
     assert community is not None
     if posted_publicly(community, BroadcastKind(broadcast.kind)):
-        return (*_WANTS_BROADCASTS, User.public_copy.is_(True))
-    return _WANTS_BROADCASTS
+        return WANTS_A_COPY
+    return WANTS_BROADCASTS
 
 
 async def _scope(session: AsyncSession, broadcast: Broadcast) -> Select[int]:

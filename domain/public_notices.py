@@ -31,6 +31,12 @@ async def post_publicly(session: AsyncSession, community_id: int, now: datetime,
     return True
 
 
+# Residents who did not turn broadcasts off and have not blocked the bot: the condition of ix_users_recipients.
+WANTS_BROADCASTS = (User.broadcasts_off.is_(False), User.unreachable_at.is_(None))
+# ... who also asked for a private copy of what their community posts publicly (/settings).
+WANTS_A_COPY = (*WANTS_BROADCASTS, User.public_copy.is_(True))
+
+
 async def private_copies(session: AsyncSession, community_id: int) -> list[int]:
     """The residents of the community who asked for a private copy of what it posts publicly (/settings,
     ``users.public_copy``), want broadcasts and have not blocked the bot; by id. Inside the caller's transaction."""
@@ -39,13 +45,7 @@ async def private_copies(session: AsyncSession, community_id: int) -> list[int]:
             select(User.id)
             .join(Building, Building.id == User.building_id)
             .join(Compound, Compound.id == Building.compound_id)
-            .where(
-                Compound.community_id == community_id,
-                Building.active.is_(True),
-                User.public_copy.is_(True),
-                User.broadcasts_off.is_(False),
-                User.unreachable_at.is_(None),
-            )
+            .where(Compound.community_id == community_id, Building.active.is_(True), *WANTS_A_COPY)
             .order_by(User.id)
         )
     )
