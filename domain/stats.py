@@ -703,7 +703,7 @@ async def all_communities(session: AsyncSession) -> list[CommunityRef]:
     """Every community, by id: for the bot itself (drawing charts ahead), never for a person."""
     async with session.begin():
         found = await session.scalars(select(Community).order_by(Community.id))
-        return [CommunityRef(c.id, c.code, c.name, c.name_en, c.timezone) for c in found]
+        return [_ref(c) for c in found]
 
 
 async def community_by_code(session: AsyncSession, code: str) -> CommunityRef:
@@ -719,6 +719,10 @@ async def _community(session: AsyncSession, community_id: int) -> CommunityRef:
     community = await session.get(Community, community_id)
     if community is None:
         raise NotFound(community_id)
+    return _ref(community)
+
+
+def _ref(community: Community) -> CommunityRef:
     return CommunityRef(community.id, community.code, community.name, community.name_en, community.timezone)
 
 
