@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any, cast
 
 from aiogram import BaseMiddleware, Bot, Dispatcher
@@ -197,8 +198,9 @@ class UpdateInbox:
         # Recovered updates start one at a time, each once the one before is settled (HandledMark), so a crash
         # during recovery counts against the one update that was under way, not against the whole backlog.
         self._recovery_turn = asyncio.Lock()
-        # Recovered and resumed updates not yet settled: polling waits for them (see recovery_settled).
-        self._unsettled = 0
+        # Each person's first recovered or resumed update, until it is settled: polling waits for them (see
+        # recovery_settled). A person's later ones wait in the person's queue behind the first anyway.
+        self._unsettled: set[int] = set()
         self._settled = asyncio.Event()
         self._settled.set()
         self._queues: dict[int, deque[tuple[Update, HandledMark]]] = {}
@@ -356,18 +358,21 @@ class UpdateInbox:
             if reprompted:
                 log.info("Telegram answers again: showing %d people where they stand", reprompted)
 
-    def _recovery_settled(self) -> None:
+    def _recovery_settled(self, update_id: int) -> None:
         self._recovery_turn.release()
-        self._unsettled -= 1
+        self._unsettled.discard(update_id)
         if not self._unsettled:
             self._settled.set()
 
     async def recovery_settled(self, seconds: float) -> None:
-        """Wait (at most this long) until every recovered and resumed update has been answered or committed.
+        """Wait (at most this long) until each person's first recovered or resumed update has begun to answer or
+        committed.
 
         Polling starts after that, so the answer to what the dead process left comes before any new update is
         taken from Telegram: someone who sent the step again meanwhile is answered in order, the first answer
-        for the first message.
+        for the first message. A person's later updates need no waiting for: a new one goes into the person's
+        queue behind them. (Waiting for them too held polling for the whole wait in a 429 storm, while the
+        first one's answer was retried.)
         """
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._settled.wait(), seconds)
@@ -395,8 +400,8 @@ class UpdateInbox:
         if self._backlog >= self.max_backlog:
             self._room.clear()
         mark = HandledMark(update_.update_id, written=resume, recovered=recovered or resume, resume=resume)
-        if mark.recovered:
-            self._unsettled += 1
+        if mark.recovered and queue is None:
+            self._unsettled.add(mark.update_id)
             self._settled.clear()
         item = (update_, mark)
         if queue is not None:
@@ -429,7 +434,7 @@ class UpdateInbox:
         try:
             if mark.recovered:
                 await self._recovery_turn.acquire()
-                mark.on_settled = self._recovery_settled
+                mark.on_settled = partial(self._recovery_settled, mark.update_id)
                 await self._count_recovery(mark.update_id)
             await self.dispatcher.feed_update(self.bot, update_, inbox_mark=mark, resume=mark.resume)
         except Exception:

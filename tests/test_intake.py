@@ -507,3 +507,34 @@ async def test_polling_waits_until_the_dead_process_updates_are_being_answered(
         await asyncio.sleep(0.01)
     assert {900510, 900511} <= {getattr(r, "chat_id", None) for r in restarted.telegram.requests}
     await inbox.drain(seconds=5)
+
+
+async def test_polling_does_not_wait_for_a_persons_later_updates_while_the_first_answer_is_retried(
+    harness: Harness, clock: FakeClock
+) -> None:
+    """In a 429 storm the first recovered update's answer is retried for seconds; the same person's second one
+    waits behind it in their queue, and polling need not wait for it: a new update of theirs queues behind."""
+    await bind(harness.person(900512))
+    await inbox_of(harness).record([text_update(900512, "/help"), text_update(900512, "/settings")])
+
+    restarted = Harness(harness.sessions, clock)
+    telegram_answers = asyncio.Event()
+    make_request = restarted.telegram.make_request
+
+    async def held(bot: Any, method: Any, timeout: int | None = None) -> Any:  # noqa: ASYNC109 - aiogram's
+        await telegram_answers.wait()  # the first answer is on its way, and Telegram keeps it waiting
+        return await make_request(bot, method, timeout)
+
+    restarted.telegram.make_request = held  # type: ignore[method-assign]
+    inbox = inbox_of(restarted)
+    assert await inbox.recover() == 2
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await inbox.recovery_settled(seconds=5)
+    assert loop.time() - began < 4, "the person's first answer is on its way; the second waits in their queue"
+    assert [getattr(r, "chat_id", None) for r in restarted.telegram.requests] == []
+
+    telegram_answers.set()
+    await inbox.drain(seconds=5)
+    help_text, settings_text = (text_of(r) for r in sent_to(restarted.telegram.requests, 900512)[:2])
+    assert "/report" in help_text and help_text != settings_text, "answered in the order they were sent"
