@@ -48,7 +48,9 @@ from bot.i18n import UserI18nMiddleware, create_i18n
 from bot.intake import InboxMarkMiddleware, UpdateInbox
 from bot.middlewares import SessionMiddleware, UserMiddleware
 from bot.outbound import replies
+from bot.outbound.handover import HandOver
 from bot.outbound.notices import Renderer
+from bot.outbound.pacing import ChatPacer
 from bot.outbound.sender import OutboxSender, SenderSettings
 from bot.steps import ExpiringSteps, StepExits
 from bot.views import commands as command_views
@@ -207,7 +209,7 @@ def assemble(
         redis = Redis.from_url(settings.redis_url)
         shared_rate = RedisTokenBucket(redis, f"feedback-bot:send-slot:{bot.id}", settings.send_rate_per_second)
     # One per-chat pace for the direct replies and the outbox sender: they write into the same chats.
-    pacer = replies.ChatPacer(settings.send_rate_per_chat_seconds, monotonic, sleep)
+    pacer = ChatPacer(settings.send_rate_per_chat_seconds, monotonic, sleep)
     sender = OutboxSender(
         bot,
         session_factory,
@@ -290,7 +292,7 @@ async def prepare_database(settings: Settings) -> AsyncEngine:
     return engine
 
 
-async def run_bot(settings: Settings) -> None:
+async def run_bot(settings: Settings, handover: HandOver | None = None) -> None:
     """Start the bot: migrate the database, import the community file, send and receive until stopped.
 
     Updates come by long polling (this is then the only process), or, with WEBHOOK_URL, by webhook (any number
@@ -319,6 +321,8 @@ async def run_bot(settings: Settings) -> None:
     # First what a dead predecessor left: its claimed messages (the sender takes them back as it starts) and
     # the updates it had recorded but not finished. The inbox names this process by its sender lease, which
     # must exist before an update is recorded under it.
+    if handover is not None:  # it sends the predecessor's claims; the sender must not take them meanwhile
+        await handover.finished()
     await app.sender.take_back_claims(everyone=not webhook)
     sender_task = asyncio.create_task(app.sender.run(stop))
     inbox = UpdateInbox(bot, app.dispatcher, session_factory, system_clock, holder=app.sender.holder)

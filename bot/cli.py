@@ -34,6 +34,7 @@ from bot.app import create_bot, run_bot
 from bot.config import SAMPLE_COMMUNITY, Settings, hide_password, load_settings
 from bot.i18n import LANGUAGES, create_i18n
 from bot.logs import setup_logging
+from bot.outbound.handover import HandOver
 from domain.clock import system_clock
 from domain.community_file import CommunityFileError, building_links, import_community, load_community_file
 from domain.errors import NotFound
@@ -244,7 +245,7 @@ def _month(text: str) -> Month:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, handover: HandOver | None = None) -> None:
     parser = argparse.ArgumentParser(prog="resident-bot", description="Resident feedback bot")
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("run", help="run the bot (the default)")
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
             backup(settings, args.out)
         else:
             settings.require_token()
-            asyncio.run(run_bot(settings))
+            asyncio.run(run_bot(settings, handover))
     except CommunityFileError as error:
         sys.exit(f"community file: {error}")
     except RegisterFileError as error:

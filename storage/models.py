@@ -726,6 +726,9 @@ class OutboxMessage(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(32), default=None)
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
     error: Mapped[str] = mapped_column(Text, default="")
+    # A personal row's request as its sender prepared it (bot/outbound/requests.py), kept while the row is
+    # claimed: a restarted process sends it before it has loaded the rest of the bot (bot/outbound/handover.py).
+    request: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), default=None)
 
 
 class SenderLease(Base):

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, tzinfo
-from functools import partial
 from html import escape
-from typing import NamedTuple
+from typing import Any
 
+from aiogram import Bot
 from aiogram.methods import (
     DeleteMyCommands,
     EditMessageCaption,
@@ -29,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot import views
 from bot.callbacks import FeedbackAction, FeedbackCb
 from bot.i18n import locale_of
+from bot.outbound.requests import Answer, Request
 from bot.views import broadcasts as broadcast_views
 from bot.views import commands as command_views
 from bot.views import deliberation as deliberation_views
@@ -37,12 +37,10 @@ from bot.views import households as household_views
 from bot.views import ladder as ladder_views
 from bot.views import public as public_views
 from bot.views import stats as stats_views
-from domain.cards import forget_copy, record_copy
 from domain.errors import AccessDenied
-from domain.menus import Menu, menu_set
+from domain.menus import Menu
 from domain.outbox import Notice
 from domain.people import display_names
-from domain.questions import record_question
 from domain.reports import ReportPart
 from domain.stats import Month, MonthReport, View, office_report
 from domain.tickets import load_card, photos_of_event, ticket_access
@@ -72,63 +70,28 @@ RENDERED_BROADCASTS = 2048  # a broadcast × two languages × a district's build
 DRAWN_REPORTS = 4  # monthly reports kept drawn: each goes to a few people, three messages each
 
 
-# Telegram's answers to an edit that mean there is nothing left to do: the copy already shows this (two changes
-# in a row), or the person deleted it.
-SETTLED_EDITS = ("message is not modified", "message to edit not found", "message can't be edited")
-GONE = ("message to edit not found", "message can't be edited")  # the copy is not there to edit again
-EDITS = EditMessageText | EditMessageCaption | EditMessageReplyMarkup
+def as_request(bot: Bot, row: OutboxMessage, method: TelegramMethod) -> Request:
+    """``method`` as the data that goes over the wire (aiogram's own form fields), for the hand-over to send after
+    a crash."""
+    files: dict[str, Any] = {}
+    fields: dict[str, str] = {}
+    for key, value in method.model_dump(warnings=False).items():
+        prepared = bot.session.prepare_value(value, bot=bot, files=files)
+        if prepared:
+            fields[key] = prepared
+    return Request(
+        method=method.__api_method__,
+        fields=None if files else fields,
+        asks_if_fixed=asks_if_fixed(method, row.payload.get("ticket_id", 0)),
+        photo=isinstance(method, SendPhoto),
+    )
 
 
-def edit_settled(method: TelegramMethod, answer: str) -> bool:
-    """An edit Telegram refused because it is not needed (any more): done, not failed."""
-    answer = answer.lower()
-    return isinstance(method, EDITS) and any(s in answer for s in SETTLED_EDITS)
-
-
-# Messages that carry a ticket's action buttons: the card, and the deadline reminder (which becomes the card
-# when the ticket moves on, so its Accept or Resolve never outlives the ticket's state).
-CARD_NOTICES = (Notice.TICKET_CARD, Notice.DEADLINE_REMINDER)
-
-
-class FollowUp(NamedTuple):
-    """What the database must learn from Telegram's answer to a row, written with the row's "sent". Two senders
-    write theirs in ticket order, so the tickets they lock never deadlock."""
-
-    ticket_id: int
-    write: Callable[[AsyncSession], Awaitable[None]]
-
-
-def follow_up(row: OutboxMessage, method: TelegramMethod, answer: object, now: datetime) -> FollowUp | None:
-    """``answer``: what Telegram returned for ``method`` at ``now``, or its words when it refused an edit as
-    settled.
-
-    A card or "Is it fixed?" it took is a copy to keep current (domain/cards.py, domain/questions.py); a card
-    it no longer has is forgotten at once; a menu it took is recorded on the person (domain/menus.py).
-    """
-    chat_id, ticket_id = row.chat_id, row.payload.get("ticket_id", 0)
-    if isinstance(answer, Message) and row.kind in CARD_NOTICES:
-        message_id = answer.message_id
-
-        async def keep_card(session: AsyncSession) -> None:
-            record_copy(session, ticket_id=ticket_id, chat_id=chat_id, message_id=message_id, now=now)
-
-        return FollowUp(ticket_id, keep_card)
-    if isinstance(answer, Message) and asks_if_fixed(method, ticket_id):
-        question = partial(
-            record_question,
-            ticket_id=ticket_id,
-            chat_id=chat_id,
-            message_id=answer.message_id,
-            event_id=row.payload.get("event_id"),  # the resolution; the reminder has none
-            caption=isinstance(method, SendPhoto),
-            now=now,
-        )
-        return FollowUp(ticket_id, question)
-    if isinstance(answer, str) and row.kind == Notice.CARD_EDIT and any(s in answer.lower() for s in GONE):
-        return FollowUp(ticket_id, partial(forget_copy, chat_id=chat_id, message_id=row.payload["message_id"]))
-    if answer is True and row.kind == Notice.COMMAND_MENU:
-        return FollowUp(0, partial(menu_set, user_id=chat_id, menu=Menu(row.payload["menu"])))
-    return None
+def answer_of(sent: object) -> Answer:
+    """What the database cares about in what aiogram returned (see :func:`requests.follow_up`)."""
+    if isinstance(sent, Message):
+        return Answer(message_id=sent.message_id)
+    return Answer(true=sent is True)
 
 
 def asks_if_fixed(method: TelegramMethod, ticket_id: int) -> bool:

@@ -49,11 +49,11 @@ from aiogram.utils.backoff import Backoff, BackoffConfig
 
 from bot.intake import HandledMark
 from bot.intake import handling as inbox_handling
+from bot.outbound.pacing import ChatPacer, Sleep
 from storage.fsm import save_before_speaking
 
 log = logging.getLogger(__name__)
 
-Sleep = Callable[[float], Awaitable[None]]
 
 # Calls that put a message into a chat, or change one there: these count against the per-chat limit.
 # answerCallbackQuery does not, and must not wait behind them (Telegram drops a query left unanswered).
@@ -104,33 +104,6 @@ class HandlingUpdate(BaseMiddleware):
         finally:
             # feed_update may run in a caller's task (webhooks, tests): leave that task as it was.
             _handling_update.reset(token)
-
-
-class ChatPacer:
-    """Spaces messages into one chat at least ``interval`` seconds apart.
-
-    Turns are reserved in the order they are asked for, so replies waiting for the same chat go out one by
-    one rather than all at once when a wait ends, and one instance can serve several writers into the same
-    chats: the bot's direct replies and its outbox sender share one.
-    """
-
-    def __init__(
-        self, interval: float, monotonic: Callable[[], float] = time.monotonic, sleep: Sleep = asyncio.sleep
-    ) -> None:
-        self.interval = interval
-        self._monotonic = monotonic
-        self._sleep = sleep
-        self._next_turn: dict[int | str, float] = {}
-
-    async def wait_turn(self, chat_id: int | str) -> None:
-        now = self._monotonic()
-        turn = max(now, self._next_turn.get(chat_id, now))
-        self._next_turn[chat_id] = turn + self.interval
-        if len(self._next_turn) > 10_000:
-            # Chats whose next turn has come impose nothing: forgetting them keeps memory to the busy ones.
-            self._next_turn = {chat: at for chat, at in self._next_turn.items() if at > now}
-        if turn > now:
-            await self._sleep(turn - now)
 
 
 class ReplyPolicy(BaseRequestMiddleware):

@@ -7,14 +7,14 @@ What is promised depends on the kind of row (docs/delivery.md):
   "sent" was written, the row is sent again: a worker may get a card twice after a crash, never zero times.
 * Broadcast rows are delivered **at most once**. They are also marked "sending" in a commit before their
   request; a row its sender died with is "in doubt": perhaps delivered, never repeated, and counted on
-  /broadcasts. Only ``ahead`` rows are prepared or on the wire at a time, so a crash leaves at most twice that
+  /broadcasts. Only ``ahead`` rows are marked or on the wire at a time, so a crash leaves at most twice that
   in doubt (those, and the ones Telegram answered since the sender's last commit), and a chat's rows go one by
   one, so at most one row per chat.
 
-Database work is shared: a claim takes a batch of rows in one transaction, rows whose turn has come are prepared
-together (recipients read at once, broadcast rows marked "sending" in one UPDATE), and what happened to the rows
-sent or tried rides along with the next commit the sender makes anyway. At a high rate one commit serves dozens
-of messages.
+Database work is shared: a claim takes a batch of rows in one transaction and renders them (recipients read at
+once), keeping each request with its claim for the hand-over after a crash (handover.py); broadcast rows whose
+turn has come are marked "sending" together in one UPDATE, and what happened to the rows sent or tried rides
+along with the next commit the sender makes anyway. At a high rate one commit serves dozens of messages.
 
 A claim is a lease: each sender renews its :class:`SenderLease` every few seconds, and claims whose holder's
 lease lapsed are taken back by whoever runs next. The only process of a polling bot takes everything back at
@@ -53,13 +53,23 @@ from aiogram.methods import TelegramMethod
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.outbound.notices import FollowUp, Renderer, edit_settled, follow_up
-from bot.outbound.replies import ChatPacer
+from bot.outbound.notices import Renderer, answer_of, as_request
+from bot.outbound.pacing import MAX_BACKOFF, ChatPacer, TokenBucket, backoff
+from bot.outbound.requests import Answer, FollowUp, Request, edit_settled, follow_up
 from domain.clock import Clock
 from storage.db import SessionFactory
 from storage.models import OutboxMessage, OutboxStatus, SenderLease, User
 
 log = logging.getLogger(__name__)
+
+
+# A row's call and the same call as data (bot/outbound/requests.py); None when there is nothing to send.
+Rendered = tuple[TelegramMethod[Any], Request] | None
+
+
+def kept(rendered: Rendered) -> Request | None:
+    """What a claim keeps of a rendered row for the hand-over: its request, unless it uploads a file."""
+    return rendered[1] if rendered is not None and rendered[1]["fields"] is not None else None
 
 
 class SendRate(Protocol):
@@ -77,51 +87,6 @@ PAUSED_BATCH = 3
 # While sends fail with passing faults, Telegram is asked this often whether it answers again.
 PROBE_SECONDS = 5.0
 
-# How late an event loop wakes a sleeper on an ordinary day; a turn woken later than that (and ``catch_up``) was
-# missed by a stall of this process.
-ORDINARY_LATENESS = 0.01
-
-
-class TokenBucket:
-    """Spaces calls to at most ``rate`` per second; a 429 pauses everyone.
-
-    Slots missed in the last ``catch_up`` seconds (while the sender was busy claiming its next batch, say)
-    may still be used, so a short stall costs no throughput; Telegram counts its limit over about a second.
-    """
-
-    def __init__(
-        self,
-        rate: float,
-        monotonic: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        catch_up: float = 0.0,
-    ) -> None:
-        self.interval = 1.0 / rate
-        self.catch_up = catch_up
-        self._monotonic = monotonic
-        self._sleep = sleep
-        self._next_slot = monotonic()
-        self._pauses = 0
-
-    async def take(self) -> None:
-        while True:
-            now = self._monotonic()
-            slot = max(now - self.catch_up, self._next_slot)
-            self._next_slot = slot + self.interval
-            if slot <= now:
-                return
-            pauses = self._pauses
-            await self._sleep(slot - now)
-            # A turn is given up, and asked for again, when a 429 came while it waited (it goes behind the pause),
-            # or when this process woke too late for it (a busy machine): the turns of a stall must not all go at
-            # once, only ``catch_up``'s worth.
-            if self._pauses == pauses and self._monotonic() - slot <= self.catch_up + ORDINARY_LATENESS:
-                return
-
-    async def pause(self, seconds: float) -> None:
-        self._pauses += 1
-        self._next_slot = max(self._next_slot, self._monotonic() + seconds)
-
 
 @dataclass(frozen=True)
 class SenderSettings:
@@ -133,11 +98,11 @@ class SenderSettings:
     batch_size: int = 0
     # Passing faults are retried until this long after the row was queued, at most ``max_backoff`` apart.
     retry_horizon: timedelta = timedelta(hours=24)
-    max_backoff: float = 60.0
+    max_backoff: float = MAX_BACKOFF
     # A sender renews its lease every third of this; claims of a holder silent for this long are taken back.
     lease: timedelta = timedelta(seconds=10)
     idle_poll_seconds: float = 1.0
-    # Rows prepared ahead of their sending slot or waiting for Telegram's answer, at most; 0: about a tenth of a
+    # Rows marked ahead of their sending slot or waiting for Telegram's answer, at most; 0: about a tenth of a
     # second's sending (16 to 128). Broadcast rows among them are what a crash can leave in doubt.
     ahead: int = 0
 
@@ -180,9 +145,9 @@ class OutboxSender:
         self._follow_ups: list[FollowUp] = []  # what the database learns from their answers (cards to keep current…)
         self._outcomes: list[tuple[list[int], dict[str, object]]] = []
         self._unreachable: list[int] = []
-        # Rows whose sending turn has come, waiting for the next preparing transaction (``_prepare``).
-        self._to_prepare: list[tuple[OutboxMessage, asyncio.Future[TelegramMethod[Any] | None]]] = []
-        self._preparing: asyncio.Task[None] | None = None
+        # Broadcast rows whose sending turn has come, waiting for the next marking transaction (``_mark_sending``).
+        self._to_mark: list[tuple[OutboxMessage, asyncio.Future[None]]] = []
+        self._marking: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         # Whether a passing fault was seen and Telegram has not answered since. A new sender cannot know what its
         # predecessor saw (rows it left waiting out a backoff), so it asks once.
@@ -269,7 +234,7 @@ class OutboxSender:
                     or_(OutboxMessage.status == OutboxStatus.CLAIMED, OutboxMessage.broadcast_id.is_(None)),
                     orphaned,
                 )
-                .values(status=OutboxStatus.PENDING, claimed_by=None)
+                .values(status=OutboxStatus.PENDING, claimed_by=None, request=None)
             )
             await session.execute(
                 update(OutboxMessage)
@@ -299,23 +264,25 @@ class OutboxSender:
                 await session.execute(
                     update(OutboxMessage)
                     .where(OutboxMessage.status == OutboxStatus.CLAIMED, OutboxMessage.claimed_by == self.holder)
-                    .values(status=OutboxStatus.PENDING, claimed_by=None)
+                    .values(status=OutboxStatus.PENDING, claimed_by=None, request=None)
                 )
                 await session.execute(delete(SenderLease).where(SenderLease.holder == self.holder))
 
     async def deliver_due(self) -> int:
         """Send every row that is due now; returns how many rows were handled."""
-        rows = await self._claim()
+        rows, rendered = await self._claim()
         by_chat: dict[int, list[OutboxMessage]] = defaultdict(list)
         for row in rows:
             by_chat[row.chat_id].append(row)
-        tasks = [asyncio.ensure_future(self._deliver_chat(chat, chat_rows)) for chat, chat_rows in by_chat.items()]
+        tasks = [
+            asyncio.ensure_future(self._deliver_chat(chat, chat_rows, rendered)) for chat, chat_rows in by_chat.items()
+        ]
         try:
             await asyncio.gather(*tasks)
         except BaseException as error:
             for task in tasks:  # one chat's failure stops the round
                 task.cancel()
-            self._stop_preparing()
+            self._stop_marking()
             if not isinstance(error, Exception):
                 raise  # cancelled, or the process is going away: what is claimed goes back at the restart
             # A round cut short by an error gives back what it left claimed at once, not at the next restart.
@@ -329,7 +296,9 @@ class OutboxSender:
         await self._write_now()
         return len(rows)
 
-    async def _claim(self) -> list[OutboxMessage]:
+    async def _claim(self) -> tuple[list[OutboxMessage], dict[int, Rendered]]:
+        """Claim the rows due now, rendered, their requests kept with the claim: should this process die, its
+        successor sends them before its own start-up is done (handover.py)."""
         now = self.clock()
         async with self.sessions() as session, session.begin():
             await self._write_outcomes(session)
@@ -347,45 +316,48 @@ class OutboxSender:
                     .with_for_update(skip_locked=True)
                 )
             )
+            rendered = dict(zip([row.id for row in rows], await self._render(session, rows), strict=True))
             if rows:
+                claim = {"status": OutboxStatus.CLAIMED, "claimed_at": now, "claimed_by": self.holder}
                 await session.execute(
-                    update(OutboxMessage)
-                    .where(OutboxMessage.id.in_([row.id for row in rows]))
-                    .values(status=OutboxStatus.CLAIMED, claimed_at=now, claimed_by=self.holder)
-                    .execution_options(synchronize_session=False)
+                    update(OutboxMessage),
+                    [{"id": row.id, "request": kept(rendered[row.id]), **claim} for row in rows],
+                    execution_options={"synchronize_session": False},
                 )
             for row in rows:
                 session.expunge(row)  # the UPDATE above wrote the claim; the session must not write it again
                 row.status, row.claimed_at, row.claimed_by = OutboxStatus.CLAIMED, now, self.holder
-        return rows
+        return rows, rendered
 
-    async def _deliver_chat(self, chat_id: int, rows: list[OutboxMessage]) -> None:
+    async def _deliver_chat(self, chat_id: int, rows: list[OutboxMessage], rendered: dict[int, Rendered]) -> None:
         """One chat's rows in order, one at a time, at Telegram's per-chat pace."""
         for index, row in enumerate(rows):
-            outcome = await self._deliver(row)
+            outcome = await self._deliver(row, rendered)
             if outcome is not OutboxStatus.SENT and outcome is not None:
                 # The chat is blocked or asked us to wait: the rest of its rows share that fate.
                 self._finish(rows[index + 1 :], outcome, row.not_before, row.error)
                 return
 
-    async def _deliver(self, row: OutboxMessage) -> OutboxStatus | None:
+    async def _deliver(self, row: OutboxMessage, rendered: dict[int, Rendered]) -> OutboxStatus | None:
         """Send one row and note the result; returns a status the chat's later rows must share, if any.
 
-        The row is prepared (rendered; a broadcast row marked "sending") before its sending slot comes, so the
-        request leaves the moment it does: waiting for a commit between slot and request would bunch requests
-        up and run into Telegram's limit. Only ``ahead`` rows are prepared and not yet answered at a time, which
-        bounds what a crash can leave in doubt.
+        A broadcast row is marked "sending" before its sending slot comes, so the request leaves the moment it
+        does: waiting for a commit between slot and request would bunch requests up and run into Telegram's
+        limit. Only ``ahead`` rows are marked and not yet answered at a time, which bounds what a crash can
+        leave in doubt.
         """
         await self.pacer.wait_turn(row.chat_id)
         async with self._ahead:
-            method = await self._prepare(row)
-            if method is None:
+            prepared = rendered[row.id]
+            if prepared is None:
                 self._finish([row], OutboxStatus.FAILED if row.error else OutboxStatus.SENT, None, row.error)
                 return None
+            if row.broadcast_id is not None:
+                await self._mark_sending(row)
             await self.bucket.take()
-            return await self._send(row, method)
+            return await self._send(row, *prepared)
 
-    async def _send(self, row: OutboxMessage, method: TelegramMethod[Any]) -> OutboxStatus | None:
+    async def _send(self, row: OutboxMessage, method: TelegramMethod[Any], request: Request) -> OutboxStatus | None:
         now = self.clock()
         try:
             sent: object = await self.bot(method)
@@ -399,8 +371,8 @@ class OutboxSender:
             self._finish([row], OutboxStatus.FAILED, None, f"403: {error.message}")
             return OutboxStatus.FAILED
         except TelegramBadRequest as error:
-            if edit_settled(method, error.message):
-                sent = error.message  # the card already reads so, or is gone: nothing left to do
+            if edit_settled(request["method"], error.message):
+                answer = Answer(settled=error.message)  # the card already reads so, or is gone: nothing left to do
             else:
                 # Telegram's word on this chat or this message ("chat not found"): trying again cannot help.
                 self._finish([row], OutboxStatus.FAILED, None, f"400: {error.message}")
@@ -412,85 +384,86 @@ class OutboxSender:
                 hours = self.settings.retry_horizon.total_seconds() / 3600
                 self._finish([row], OutboxStatus.FAILED, None, f"gave up after {hours:g} h: {error}", attempts)
                 return None
-            retry_at = now + timedelta(seconds=min(self.settings.max_backoff, 2**attempts))
+            retry_at = now + backoff(attempts, self.settings.max_backoff)
             self._finish([row], OutboxStatus.PENDING, retry_at, str(error), attempts)
             return OutboxStatus.PENDING
         except Exception as error:
             log.exception("outbox row %s could not be sent", row.id)
             self._finish([row], OutboxStatus.FAILED, None, f"error: {error!r}")
             return None
+        else:
+            answer = answer_of(sent)
         self._telegram_answers()
         self._delivered.append(row.id)
-        if (learnt := follow_up(row, method, sent, now)) is not None:
+        if (learnt := follow_up(row, request, answer, now)) is not None:
             self._follow_ups.append(learnt)
         row.status, row.error = OutboxStatus.SENT, ""
         return OutboxStatus.SENT
 
-    async def _prepare(self, row: OutboxMessage) -> TelegramMethod[Any] | None:
-        """The call that delivers ``row`` (None: nothing to send), its broadcast row marked "sending".
+    async def _mark_sending(self, row: OutboxMessage) -> None:
+        """Mark a broadcast row "sending" (at most once: a crash now leaves it in doubt, never sent again).
 
-        Rows whose turn came while a preparing transaction ran share the next one: at a high rate one commit
+        Rows whose turn came while a marking transaction ran share the next one: at a high rate one commit
         serves dozens of messages, at a low one each message still goes out as soon as its turn comes.
         """
-        future: asyncio.Future[TelegramMethod[Any] | None] = asyncio.get_running_loop().create_future()
-        self._to_prepare.append((row, future))
-        if self._preparing is None or self._preparing.done():
-            self._preparing = asyncio.create_task(self._prepare_queued())
-        return await future
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._to_mark.append((row, future))
+        if self._marking is None or self._marking.done():
+            self._marking = asyncio.create_task(self._mark_queued())
+        await future
 
-    def _stop_preparing(self) -> None:
-        if self._preparing is not None:
-            self._preparing.cancel()
-        for _, future in self._to_prepare:
+    def _stop_marking(self) -> None:
+        if self._marking is not None:
+            self._marking.cancel()
+        for _, future in self._to_mark:
             future.cancel()
-        self._to_prepare = []
+        self._to_mark = []
 
-    async def _prepare_queued(self) -> None:
-        while self._to_prepare:
-            batch, self._to_prepare = self._to_prepare, []
+    async def _mark_queued(self) -> None:
+        while self._to_mark:
+            batch, self._to_mark = self._to_mark, []
             try:
-                methods = await self._prepare_batch([row for row, _ in batch])
+                async with self.sessions() as session, session.begin():
+                    await self._write_outcomes(session)
+                    await session.execute(
+                        update(OutboxMessage)
+                        .where(OutboxMessage.id.in_([row.id for row, _ in batch]))
+                        .values(status=OutboxStatus.SENDING)
+                        .execution_options(synchronize_session=False)
+                    )
             except Exception as error:
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(error)
                 continue
-            for (_, future), method in zip(batch, methods, strict=True):
+            for _, future in batch:
                 if not future.done():
-                    future.set_result(method)
+                    future.set_result(None)
 
-    async def _prepare_batch(self, rows: list[OutboxMessage]) -> list[TelegramMethod[Any] | None]:
-        async with self.sessions() as session, session.begin():
-            await self._write_outcomes(session)
-            # The recipients in one read; rendering finds them in the session (held here: it holds them weakly).
-            recipients = {
-                user.id: user
-                for user in await session.scalars(select(User).where(User.id.in_({row.chat_id for row in rows})))
-            }
-            methods: list[TelegramMethod[Any] | None] = []
-            for row in rows:
-                recipient = recipients.get(row.chat_id)
-                if recipient is not None and recipient.unreachable_at is not None:
-                    row.error = "recipient blocked the bot"
-                    methods.append(None)
-                    continue
-                try:
-                    methods.append(await self.renderer.render(session, row))
-                except Exception as error:
-                    log.exception("outbox row %s could not be rendered", row.id)
-                    row.error = f"error: {error!r}"
-                    methods.append(None)
-            sending = [
-                row.id for row, method in zip(rows, methods, strict=True) if method and row.broadcast_id is not None
-            ]
-            if sending:
-                await session.execute(
-                    update(OutboxMessage)
-                    .where(OutboxMessage.id.in_(sending))
-                    .values(status=OutboxStatus.SENDING)
-                    .execution_options(synchronize_session=False)
-                )
-        return methods
+    async def _render(self, session: AsyncSession, rows: list[OutboxMessage]) -> list[Rendered]:
+        """Each row's call and request (None: nothing to send; a reason is then in its ``error``)."""
+        if not rows:
+            return []
+        # The recipients in one read; rendering finds them in the session (held here: it holds them weakly).
+        recipients = {
+            user.id: user
+            for user in await session.scalars(select(User).where(User.id.in_({row.chat_id for row in rows})))
+        }
+        prepared: list[Rendered] = []
+        for row in rows:
+            recipient = recipients.get(row.chat_id)
+            if recipient is not None and recipient.unreachable_at is not None:
+                row.error = "recipient blocked the bot"
+                prepared.append(None)
+                continue
+            try:
+                method = await self.renderer.render(session, row)
+            except Exception as error:
+                log.exception("outbox row %s could not be rendered", row.id)
+                row.error = f"error: {error!r}"
+                method = None
+            prepared.append(None if method is None else (method, as_request(self.bot, row, method)))
+        return prepared
 
     async def _write_now(self) -> None:
         if self._delivered or self._outcomes or self._unreachable:
@@ -514,7 +487,7 @@ class OutboxSender:
             await session.execute(
                 update(OutboxMessage)
                 .where(OutboxMessage.id.in_(delivered))
-                .values(status=OutboxStatus.SENT, sent_at=now, error="")
+                .values(status=OutboxStatus.SENT, sent_at=now, error="", request=None)
                 .execution_options(synchronize_session=False)
             )
         for ids, values in outcomes:
@@ -553,7 +526,7 @@ class OutboxSender:
         """Note how rows ended this round; it is written with the sender's next commit."""
         if not rows:
             return
-        values: dict[str, object] = {"status": status, "error": error, "claimed_by": None}
+        values: dict[str, object] = {"status": status, "error": error, "claimed_by": None, "request": None}
         if status is OutboxStatus.SENT:
             values["sent_at"] = self.clock()
         if not_before is not None and status is OutboxStatus.PENDING:

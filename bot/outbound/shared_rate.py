@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from bot.outbound.sender import TokenBucket
+from bot.outbound.pacing import TokenBucket
 
 log = logging.getLogger(__name__)
 

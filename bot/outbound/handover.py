@@ -1,0 +1,243 @@
+"""The hand-over: a restarted bot sends what its dead predecessor had claimed while it is still loading itself.
+
+Loading aiogram and the handlers costs seconds of CPU (about 4 s on a quiet two-core machine, 10 s and more on
+a busy one), and until the sender runs nothing is sent: a worker's card claimed by a process that was killed
+would wait for all of that. So the sender renders a personal row when it claims it and keeps the request with
+the claim (sender.py, requests.py), and the process that starts next sends those requests with aiohttp and
+SQLAlchemy alone, in a thread of its own beside the heavy imports (bot/entry.py), within a second or two.
+
+Only a polling bot hands over: it is the only process, so every claim it finds is a dead one's. (With webhooks
+several processes run; a dead one's claims lapse within seconds and the others take them back.) The sender of
+the new process starts after the hand-over has finished, so a row is never in both hands.
+
+Telegram's answer decides what becomes of a row, as in the sender, only shorter:
+
+- taken: the row is sent, and what the database learns from the answer (a card's message id) is written with
+  it, through the sender's own :func:`requests.follow_up`;
+- a 429: the row waits its ``retry_after``, nothing more is tried, and every row not yet tried waits as long;
+- a 5xx or a network error: the row and its chat's later rows wait a backoff, as the sender would have them;
+- anything else (blocked, a bad request): the row goes back to the sender, which tries it and judges the answer
+  as always. So do the rows the hand-over did not get to within ``HANDOVER_SECONDS``.
+
+Personal rows are delivered at least once, so a row the dead process had sent but not yet marked is sent again,
+as it would be without the hand-over. Broadcast rows are delivered at most once: the hand-over marks them
+"sending" in a commit before their requests, as the sender does, and a request still unanswered when its time
+is up leaves its row in doubt. (Rows the dead process had marked "sending" are in doubt already.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from sqlalchemy import select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+
+from bot.config import Settings
+from bot.outbound.pacing import MAX_BACKOFF, ChatPacer, TokenBucket, backoff
+from bot.outbound.requests import Answer, FollowUp, Request, follow_up
+from domain.clock import Clock, system_clock
+from storage.db import SessionFactory, create_engine, create_session_factory
+from storage.models import OutboxMessage, OutboxStatus
+
+log = logging.getLogger(__name__)
+
+# The hand-over's time: rows not answered by then go to the sender (which waits for the hand-over to end).
+HANDOVER_SECONDS = 15.0
+REQUEST_SECONDS = 10.0
+
+
+@dataclass
+class Handed:
+    """What the hand-over did: rows Telegram took, and rows it left to the sender."""
+
+    sent: int = 0
+    left: int = 0
+
+
+class HandOver:
+    """The hand-over in a thread of its own (with its own event loop and database engine), started before the
+    bot's heavy imports; the bot waits for it (``finished``) before its sender starts."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.handed = Handed()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="hand-over", daemon=True)
+
+    @classmethod
+    def start(cls, settings: Settings) -> HandOver:
+        handover = cls(settings)
+        handover._thread.start()
+        return handover
+
+    def _run(self) -> None:
+        url = make_url(self.settings.database_url)
+        if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
+            return  # no database yet, so nothing claimed (and none is made here: the bot's start checks first)
+        try:
+            self.handed = asyncio.run(hand_over(self.settings))
+        except BaseException as error:  # reported by ``finished``, in the bot's own log
+            self.error = error
+
+    async def finished(self) -> Handed:
+        await asyncio.to_thread(self._thread.join)
+        if self.error is not None:
+            log.error("the hand-over failed; the sender sends it all", exc_info=self.error)
+        elif self.handed.sent or self.handed.left:
+            log.info(
+                "handed over what the previous run had claimed: %d sent at start-up, %d left to the sender",
+                self.handed.sent,
+                self.handed.left,
+            )
+        return self.handed
+
+
+async def hand_over(settings: Settings, clock: Clock = system_clock) -> Handed:
+    """Send the requests a dead predecessor had claimed; see the module's text."""
+    engine = create_engine(settings.database_url)
+    try:
+        sessions = create_session_factory(engine)
+        try:
+            rows = await claimed(sessions)
+        except DBAPIError:
+            return Handed()  # a database not migrated yet holds nothing of this version to hand over
+        if not rows:
+            return Handed()
+        connector = None
+        if settings.telegram_proxy:
+            from aiohttp_socks import ProxyConnector
+
+            connector = ProxyConnector.from_url(settings.telegram_proxy.replace("socks5h://", "socks5://", 1))
+        base = (settings.telegram_api_server or "https://api.telegram.org").rstrip("/")
+        timeout = aiohttp.ClientTimeout(total=REQUEST_SECONDS)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
+            round_ = Round(http, f"{base}/bot{settings.require_token()}/", settings, clock, rows)
+            await mark_sending(sessions, rows)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(HANDOVER_SECONDS):
+                    await round_.send()
+        return await round_.write(sessions)
+    finally:
+        await engine.dispose()
+
+
+async def claimed(sessions: SessionFactory) -> list[OutboxMessage]:
+    """Every row claimed with a request kept, in the order they were queued."""
+    async with sessions() as session:
+        rows = await session.scalars(
+            select(OutboxMessage)
+            .where(OutboxMessage.status == OutboxStatus.CLAIMED, OutboxMessage.request.is_not(None))
+            .order_by(OutboxMessage.id)
+        )
+        return list(rows)
+
+
+async def mark_sending(sessions: SessionFactory, rows: list[OutboxMessage]) -> None:
+    """Broadcast rows are "sending" in a commit before their requests: at most once."""
+    if broadcast := [row.id for row in rows if row.broadcast_id is not None]:
+        async with sessions() as session, session.begin():
+            await session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id.in_(broadcast))
+                .values(status=OutboxStatus.SENDING)
+                .execution_options(synchronize_session=False)
+            )
+
+
+@dataclass
+class Round:
+    http: aiohttp.ClientSession
+    url: str  # the Bot API's address with the token, to which the method's name is added
+    settings: Settings
+    clock: Clock
+    rows: list[OutboxMessage]
+    sent: list[int] = field(default_factory=list)
+    follow_ups: list[FollowUp] = field(default_factory=list)
+    waits: dict[int, dict[str, Any]] = field(default_factory=dict)  # rows that wait: the values to write
+    in_flight: set[int] = field(default_factory=set)  # asked, no answer yet
+    paused: bool = False  # Telegram answered 429: nothing more is tried
+
+    async def send(self) -> None:
+        by_chat: dict[int, list[OutboxMessage]] = defaultdict(list)
+        for row in self.rows:
+            by_chat[row.chat_id].append(row)
+        bucket = TokenBucket(self.settings.send_rate_per_second)
+        pacer = ChatPacer(self.settings.send_rate_per_chat_seconds)
+        await asyncio.gather(*(self._chat(chat_rows, bucket, pacer) for chat_rows in by_chat.values()))
+
+    async def _chat(self, rows: list[OutboxMessage], bucket: TokenBucket, pacer: ChatPacer) -> None:
+        """One chat's rows in order; the first that is not taken keeps the rest where they are."""
+        for index, row in enumerate(rows):
+            await pacer.wait_turn(row.chat_id)
+            await bucket.take()
+            if self.paused:
+                return
+            request: Request = row.request  # type: ignore[assignment]  # selected for having one
+            now = self.clock()
+            self.in_flight.add(row.id)
+            try:
+                status, body = await self._post(request)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+                self.in_flight.discard(row.id)  # not taken, as the sender judges it
+                self._backoff(rows[index:], now, f"network: {error!r}")
+                return
+            self.in_flight.discard(row.id)
+            if body.get("ok"):
+                self.sent.append(row.id)
+                if (learnt := follow_up(row, request, Answer.from_result(body.get("result")), now)) is not None:
+                    self.follow_ups.append(learnt)
+                continue
+            retry_after = (body.get("parameters") or {}).get("retry_after")
+            if retry_after is not None:
+                self._pause(now + timedelta(seconds=float(retry_after)))
+            elif status >= 500:
+                self._backoff(rows[index:], now, f"{status}: {body.get('description', '')}")
+            return  # anything else is the sender's to judge, this row and the chat's later ones
+
+    async def _post(self, request: Request) -> tuple[int, dict[str, Any]]:
+        async with self.http.post(self.url + request["method"], data=request["fields"]) as response:
+            body = await response.json(content_type=None)
+            return response.status, body if isinstance(body, dict) else {}
+
+    def _pause(self, until: datetime) -> None:
+        """A 429 holds all sending; what was not taken waits as long (the sender's next try comes after it)."""
+        self.paused = True
+        for row in self.rows:
+            if row.id not in self.sent:
+                self.waits.setdefault(row.id, {"not_before": until, "error": "429"})
+
+    def _backoff(self, rows: list[OutboxMessage], now: datetime, error: str) -> None:
+        attempts = rows[0].attempts + 1
+        until = now + backoff(attempts, MAX_BACKOFF)
+        self.waits[rows[0].id] = {"not_before": until, "error": error, "attempts": attempts}
+        for row in rows[1:]:
+            self.waits[row.id] = {"not_before": until, "error": error}
+
+    async def write(self, sessions: SessionFactory) -> Handed:
+        """Every row the round had goes out of the dead claim: sent, waiting, or back to the sender; a broadcast
+        row asked and not answered stays "sending" (the sender's start counts it in doubt)."""
+        now = self.clock()
+        async with sessions() as session, session.begin():
+            for learnt in sorted(self.follow_ups, key=lambda f: f.ticket_id):  # as the sender: no deadlocks
+                await learnt.write(session)
+            released = {"status": OutboxStatus.PENDING, "claimed_by": None, "request": None}
+            changes = [
+                {"id": row.id, "status": OutboxStatus.SENT, "sent_at": now, "error": "", "request": None}
+                if row.id in self.sent
+                else {"id": row.id, **released, **self.waits.get(row.id, {})}
+                for row in self.rows
+                if row.broadcast_id is None or row.id not in self.in_flight
+            ]
+            if changes:
+                await session.execute(update(OutboxMessage), changes, execution_options={"synchronize_session": False})
+        return Handed(sent=len(self.sent), left=len(self.rows) - len(self.sent))

@@ -1,0 +1,223 @@
+"""The hand-over (bot/outbound/handover.py): what a killed sender had claimed is sent by the next process before
+its own sender starts, over real HTTP to a loopback fake Bot API, and the database learns what the sender would
+have learnt. The last test runs the real ``python -m bot``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from bench.fake_api import FakeBotAPI
+from bench.residents import add_residents
+from bot.config import Settings
+from bot.outbound.handover import Handed, hand_over
+from domain.broadcasts import progress, start_broadcast
+from storage.models import BroadcastKind, Community, OutboxMessage, OutboxStatus, TicketCardCopy
+from tests.conftest import FakeClock
+from tests.fake_telegram import ProcessDied, sent_to, text_of
+from tests.harness import Harness
+from tests.processes import clean_environment, run_until_polling
+from tests.test_report_flow import LI_JUAN, STAFF_WANG
+from tests.test_sender import filed_with_photo, outbox
+from tests.test_several_processes import _async, read, start_bot, until
+
+BOT_ID = 4646
+
+
+@pytest.fixture
+async def telegram() -> AsyncIterator[tuple[FakeBotAPI, str]]:
+    fake = FakeBotAPI(BOT_ID)
+    api = await fake.start()
+    yield fake, api
+    await fake.stop()
+
+
+def settings_for(engine: AsyncEngine, api: str) -> Settings:
+    url = engine.url  # on SQLite, storage.db's own driver: the setting names aiosqlite
+    sqlite = url.get_backend_name() == "sqlite"
+    return Settings(
+        bot_token=SecretStr(f"{BOT_ID}:HANDOVER"),
+        database_url=f"sqlite+aiosqlite:///{url.database}" if sqlite else url.render_as_string(hide_password=False),
+        telegram_api_server=api,
+        send_rate_per_chat_seconds=0.0,  # the test's clock does not move; Telegram's pace is the sender's tests'
+    )
+
+
+async def killed_after_the_card(harness: Harness) -> int:
+    """Li Juan's card and the report's photo are claimed; the process dies right after the card went out."""
+    number = await filed_with_photo(harness)
+    harness.telegram.die_after_next_request = True
+    with pytest.raises(ProcessDied):
+        await harness.deliver()
+    assert {r.status for r in await outbox(harness)} == {OutboxStatus.CLAIMED}
+    return number
+
+
+def sends_to(fake: FakeBotAPI, chat_id: int) -> list[tuple[str, dict[str, object]]]:
+    return [(r.method, r.params) for r in fake.requests if str(r.params.get("chat_id")) == str(chat_id)]
+
+
+async def test_the_next_process_sends_the_claimed_card_and_photo_and_keeps_the_card_current(
+    harness: Harness, clock: FakeClock, engine: AsyncEngine, telegram: tuple[FakeBotAPI, str]
+) -> None:
+    fake, api = telegram
+    number = await killed_after_the_card(harness)
+
+    assert await hand_over(settings_for(engine, api), clock) == Handed(sent=2, left=0)
+
+    (card_method, card), (photo_method, _) = sends_to(fake, LI_JUAN)
+    assert (card_method, photo_method) == ("sendmessage", "sendphoto"), "in the order they were queued"
+    assert f"#{number}" in str(card["text"]) and card["parse_mode"] == "HTML"
+    buttons = [b["callback_data"] for row in json.loads(str(card["reply_markup"]))["inline_keyboard"] for b in row]
+    assert buttons, "the card carries its buttons"
+    rows = await outbox(harness)
+    assert {r.status for r in rows} == {OutboxStatus.SENT} and all(r.request is None for r in rows)
+    async with harness.sessions() as session:
+        copies = list(await session.scalars(select(TicketCardCopy)))
+    assert [(c.chat_id, c.message_id) for c in copies] == [(LI_JUAN, fake.chats[LI_JUAN][1].message_id)], (
+        "the card Telegram took is the copy kept current, as when the sender sends it"
+    )
+
+    restarted = Harness(harness.sessions, clock)
+    assert await restarted.app.sender.take_back_claims(everyone=True) == 0
+    assert await restarted.deliver() == [], "the sender that starts next has nothing left of it"
+
+
+async def test_a_429_at_the_hand_over_leaves_everything_to_wait_its_retry_after(
+    harness: Harness, clock: FakeClock, engine: AsyncEngine, telegram: tuple[FakeBotAPI, str]
+) -> None:
+    fake, api = telegram
+    await killed_after_the_card(harness)
+    fake.storm_share, fake.storm_retry_after = 1.0, 5
+
+    assert await hand_over(settings_for(engine, api), clock) == Handed(sent=0, left=2)
+
+    assert len(sends_to(fake, LI_JUAN)) == 1, "nothing more is tried after a 429"
+    rows = await outbox(harness)
+    assert [(r.status, r.error, r.claimed_by) for r in rows] == [(OutboxStatus.PENDING, "429", None)] * 2
+    assert all(r.not_before == clock() + timedelta(seconds=5) for r in rows)
+
+    fake.storm_share = 0.0
+    restarted = Harness(harness.sessions, clock)
+    clock.advance(seconds=4)
+    assert await restarted.deliver() == []
+    clock.advance(seconds=1)
+    assert [type(r).__name__ for r in sent_to(await restarted.deliver(), LI_JUAN)] == ["SendMessage", "SendPhoto"]
+
+
+async def test_an_outage_at_the_hand_over_backs_off_as_the_sender_would_and_loses_nothing(
+    harness: Harness, clock: FakeClock, engine: AsyncEngine, telegram: tuple[FakeBotAPI, str]
+) -> None:
+    fake, api = telegram
+    await killed_after_the_card(harness)
+    fake.outage, fake.drop_share = True, 0.0
+
+    assert await hand_over(settings_for(engine, api), clock) == Handed(sent=0, left=2)
+
+    card, photo = await outbox(harness)
+    assert (card.status, card.attempts, card.not_before) == (OutboxStatus.PENDING, 1, clock() + timedelta(seconds=2))
+    assert (photo.status, photo.not_before) == (OutboxStatus.PENDING, card.not_before), "behind its card"
+    assert card.error.startswith("502") and card.claimed_by is None
+
+    fake.outage = False
+    clock.advance(seconds=2)
+    restarted = Harness(harness.sessions, clock)
+    assert [type(r).__name__ for r in sent_to(await restarted.deliver(), LI_JUAN)] == ["SendMessage", "SendPhoto"]
+    assert {r.status for r in await outbox(harness)} == {OutboxStatus.SENT}
+
+
+async def test_broadcast_rows_handed_over_are_sent_at_most_once(
+    harness: Harness, clock: FakeClock, engine: AsyncEngine, telegram: tuple[FakeBotAPI, str]
+) -> None:
+    fake, api = telegram
+    async with harness.sessions() as session, session.begin():
+        await add_residents(session, 7_000_000, 200, clock(), english_every=3)  # more than `ahead`
+        jsx = await session.scalar(select(Community.id).where(Community.code == "jsx"))
+    async with harness.sessions() as session:
+        started = await start_broadcast(session, jsx, BroadcastKind.AGENDA, "2026-11", clock())
+    harness.telegram.die_after_next_request = True
+    with pytest.raises(ProcessDied):
+        await harness.deliver()  # one claim: the first `ahead` rows marked "sending", the rest only claimed
+    before = {r.id: r.status for r in await outbox(harness)}
+    claimed = [i for i, status in before.items() if status == OutboxStatus.CLAIMED]
+    sending = [i for i, status in before.items() if status == OutboxStatus.SENDING]
+    assert claimed and sending
+
+    assert await hand_over(settings_for(engine, api), clock) == Handed(sent=len(claimed), left=0)
+
+    assert len(fake.requests) == len(claimed), "the rows caught sending are not the hand-over's"
+    restarted = Harness(harness.sessions, clock)
+    await restarted.app.sender.take_back_claims(everyone=True)
+    await restarted.deliver()
+    chats = [str(r.params["chat_id"]) for r in fake.requests] + [
+        str(m.chat_id) for m in harness.telegram.requests + restarted.telegram.requests if hasattr(m, "chat_id")
+    ]
+    assert max(Counter(chats).values()) == 1, "no resident got the agenda twice"
+    after = {r.id: r.status for r in await outbox(harness)}
+    assert {after[i] for i in claimed} == {OutboxStatus.SENT}
+    assert {after[i] for i in sending} == {OutboxStatus.IN_DOUBT}
+    async with harness.sessions() as session:
+        shown = await progress(session, STAFF_WANG, started.broadcast.id)
+    assert (shown.in_doubt, shown.remaining) == (len(sending), 0)
+
+
+async def test_rows_queued_before_the_hand_over_existed_wait_for_the_sender(
+    harness: Harness, clock: FakeClock, engine: AsyncEngine, telegram: tuple[FakeBotAPI, str]
+) -> None:
+    fake, api = telegram
+    number = await killed_after_the_card(harness)
+    async with harness.sessions() as session, session.begin():
+        for row in await session.scalars(select(OutboxMessage)):
+            row.request = None  # claimed by an older version, which kept no request
+
+    assert await hand_over(settings_for(engine, api), clock) == Handed()
+
+    assert fake.requests == []
+    restarted = Harness(harness.sessions, clock)
+    assert await restarted.app.sender.take_back_claims(everyone=True) == 2
+    second_life = sent_to(await restarted.deliver(), LI_JUAN)
+    assert f"#{number}" in text_of(second_life[0])
+
+
+async def test_the_real_process_hands_over_before_its_sender_starts(
+    tmp_path: Path, telegram: tuple[FakeBotAPI, str]
+) -> None:
+    """``python -m bot``: a message its killed predecessor had claimed is sent once, by the hand-over."""
+    fake, api = telegram
+    environment = {"BOT_TOKEN": f"{BOT_ID}:HANDOVER", "TELEGRAM_API_SERVER": api}
+    code, logged = await asyncio.to_thread(run_until_polling, tmp_path, **environment)
+    assert code == 0, logged
+    chat_id = 777001
+    request = {"chat_id": str(chat_id), "text": "hand-over", "parse_mode": "HTML"}
+    with sqlite3.connect(tmp_path / "data" / "bot.sqlite3") as database:  # a claim a SIGKILL left behind
+        database.execute(
+            "INSERT INTO outbox (chat_id, kind, payload, status, priority, attempts, not_before, created_at,"
+            " claimed_at, claimed_by, error, request) VALUES (?, 'ticket_update', '{}', 'claimed', 0, 0,"
+            " datetime('now'), datetime('now'), datetime('now'), 'dead', '', ?)",
+            (chat_id, json.dumps({"method": "sendMessage", "fields": request, "asks_if_fixed": False, "photo": False})),
+        )
+
+    log = (tmp_path / "bot.log").open("w+", encoding="utf-8")
+    bot = start_bot(tmp_path, clean_environment(**environment), log)
+    try:
+        await until(_async(lambda: "polling for updates" in read(log)), "the bot to poll")
+    finally:
+        bot.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(bot.wait, 60) == 0, read(log)
+    assert "1 sent at start-up, 0 left to the sender" in read(log)
+    assert [params["text"] for _, params in sends_to(fake, chat_id)] == ["hand-over"], "once, not again by the sender"
+    with sqlite3.connect(tmp_path / "data" / "bot.sqlite3") as database:
+        assert database.execute("SELECT status, request FROM outbox WHERE chat_id = ?", (chat_id,)).fetchall() == [
+            ("sent", None)
+        ]
