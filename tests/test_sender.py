@@ -208,6 +208,33 @@ async def test_once_telegram_answers_again_a_card_waiting_out_its_backoff_goes_a
     assert f"#{number}" in text_of(delivered[0])
 
 
+async def test_a_restarted_sender_asks_telegram_at_once_and_sends_what_waited_out_an_outage(
+    harness: Harness, clock: FakeClock
+) -> None:
+    await filed_with_photo(harness)
+    harness.telegram.fail_next(LI_JUAN, *[SERVER_ERROR] * 6)
+    for _ in range(200):  # the outage: the card now waits a minute
+        await harness.deliver()
+        if not harness.telegram.errors[LI_JUAN]:
+            break
+        clock.advance(seconds=1)
+
+    restarted = Harness(harness.sessions, clock)  # the process restarts as Telegram answers again
+    stop = asyncio.Event()
+    running = asyncio.create_task(restarted.app.sender.run(stop))
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    for _ in range(1000):
+        if {r.status for r in await outbox(harness)} == {OutboxStatus.SENT}:
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    restarted.app.sender.wake()
+    await running
+    assert loop.time() - began < sender_module.PROBE_SECONDS / 2, "asked at its start, not a probe interval later"
+    assert [type(r).__name__ for r in sent_to(restarted.telegram.accepted, LI_JUAN)] == ["SendMessage", "SendPhoto"]
+
+
 async def test_after_the_retry_horizon_the_card_fails_and_staff_see_it_in_the_ledger(
     harness: Harness, clock: FakeClock
 ) -> None:

@@ -181,20 +181,20 @@ class OutboxSender:
             await self._release_lease()
 
     async def _probe(self, stop: asyncio.Event) -> None:
-        """While passing faults were seen, ask Telegram every ``PROBE_SECONDS`` whether it answers again."""
+        """While passing faults were seen, ask Telegram every ``PROBE_SECONDS`` whether it answers again; a new
+        sender asks at once (what its predecessor left waiting out a backoff goes as soon as Telegram answers)."""
         while not stop.is_set():
+            if self._faulted:
+                try:
+                    await self.bot.get_me()
+                except (TelegramServerError, TelegramNetworkError):
+                    pass
+                except Exception:
+                    log.exception("could not ask Telegram whether it answers again")
+                else:
+                    self._telegram_answers()
+                    self.wake()
             await asyncio.sleep(PROBE_SECONDS)
-            if not self._faulted:
-                continue
-            try:
-                await self.bot.get_me()
-            except (TelegramServerError, TelegramNetworkError):
-                continue
-            except Exception:
-                log.exception("could not ask Telegram whether it answers again")
-                continue
-            self._telegram_answers()
-            self.wake()
 
     def _telegram_answers(self) -> None:
         if self._faulted:
