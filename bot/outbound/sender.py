@@ -450,6 +450,7 @@ class OutboxSender:
             for user in await session.scalars(select(User).where(User.id.in_({row.chat_id for row in rows})))
         }
         prepared: list[Rendered] = []
+        shared: dict[int, Any] = {}  # see as_request
         for row in rows:
             recipient = recipients.get(row.chat_id)
             if recipient is not None and recipient.unreachable_at is not None:
@@ -462,7 +463,7 @@ class OutboxSender:
                 log.exception("outbox row %s could not be rendered", row.id)
                 row.error = f"error: {error!r}"
                 method = None
-            prepared.append(None if method is None else (method, as_request(self.bot, row, method)))
+            prepared.append(None if method is None else (method, as_request(self.bot, row, method, shared)))
         return prepared
 
     async def _write_now(self) -> None:
