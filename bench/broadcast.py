@@ -84,6 +84,8 @@ class FakeTelegram:
     async def handle(self, request: web.Request) -> web.Response:
         form = await request.post()
         method = request.match_info["method"].lower()
+        if method == "getme":  # a new sender asks whether Telegram answers
+            return web.json_response({"ok": True, "result": {"id": 1, "is_bot": True, "first_name": "Bench"}})
         if method != "sendmessage":
             return web.json_response({"ok": False, "error_code": 400, "description": f"unexpected {method}"})
         if not self._take():
