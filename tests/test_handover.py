@@ -172,6 +172,38 @@ async def test_broadcast_rows_handed_over_are_sent_at_most_once(
     assert (shown.in_doubt, shown.remaining) == (len(sending), 0)
 
 
+async def test_a_hand_over_killed_mid_broadcast_leaves_only_the_row_on_the_wire_in_doubt(
+    harness: Harness, clock: FakeClock, engine: AsyncEngine, telegram: tuple[FakeBotAPI, str]
+) -> None:
+    fake, api = telegram
+    async with harness.sessions() as session, session.begin():
+        await add_residents(session, 7_000_000, 200, clock(), english_every=3)
+        jsx = await session.scalar(select(Community.id).where(Community.code == "jsx"))
+    async with harness.sessions() as session:
+        started = await start_broadcast(session, jsx, BroadcastKind.AGENDA, "2026-11", clock())
+    harness.telegram.die_after_next_request = True
+    with pytest.raises(ProcessDied):
+        await harness.deliver()
+    in_doubt_before = sum(1 for r in await outbox(harness) if r.status == OutboxStatus.SENDING)
+
+    handing_over = asyncio.create_task(hand_over(settings_for(engine, api), clock))
+    fake.on_request = lambda _: handing_over.cancel()  # killed as its first request reaches Telegram
+    with pytest.raises(asyncio.CancelledError):
+        await handing_over
+    fake.on_request = None
+
+    restarted = Harness(harness.sessions, clock)
+    await restarted.app.sender.take_back_claims(everyone=True)
+    await restarted.deliver()
+    async with harness.sessions() as session:
+        shown = await progress(session, STAFF_WANG, started.broadcast.id)
+    assert (shown.in_doubt, shown.remaining) == (in_doubt_before + 1, 0), "one row was on the wire, no more"
+    chats = [str(r.params["chat_id"]) for r in fake.requests] + [
+        str(m.chat_id) for m in harness.telegram.requests + restarted.telegram.requests if hasattr(m, "chat_id")
+    ]
+    assert max(Counter(chats).values()) == 1, "no resident got the agenda twice"
+
+
 async def test_rows_queued_before_the_hand_over_existed_wait_for_the_sender(
     harness: Harness, clock: FakeClock, engine: AsyncEngine, telegram: tuple[FakeBotAPI, str]
 ) -> None:

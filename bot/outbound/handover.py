@@ -20,8 +20,8 @@ Telegram's answer decides what becomes of a row, as in the sender, only shorter:
   as always. So do the rows the hand-over did not get to within ``HANDOVER_SECONDS``.
 
 Personal rows are delivered at least once, so a row the dead process had sent but not yet marked is sent again,
-as it would be without the hand-over. Broadcast rows are delivered at most once: the hand-over marks them
-"sending" in a commit before their requests, as the sender does, and a request still unanswered when its time
+as it would be without the hand-over. Broadcast rows are delivered at most once: the hand-over marks each
+"sending" in a commit just before its request, as the sender does, and a request still unanswered when its time
 is up leaves its row in doubt. (Rows the dead process had marked "sending" are in doubt already.)
 """
 
@@ -121,12 +121,11 @@ async def hand_over(settings: Settings, clock: Clock = system_clock) -> Handed:
         base = (settings.telegram_api_server or "https://api.telegram.org").rstrip("/")
         timeout = aiohttp.ClientTimeout(total=REQUEST_SECONDS)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
-            round_ = Round(http, f"{base}/bot{settings.require_token()}/", settings, clock, rows)
-            await mark_sending(sessions, rows)
+            round_ = Round(http, f"{base}/bot{settings.require_token()}/", settings, clock, sessions, rows)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(HANDOVER_SECONDS):
                     await round_.send()
-        return await round_.write(sessions)
+        return await round_.write()
     finally:
         await engine.dispose()
 
@@ -142,24 +141,13 @@ async def claimed(sessions: SessionFactory) -> list[OutboxMessage]:
         return list(rows)
 
 
-async def mark_sending(sessions: SessionFactory, rows: list[OutboxMessage]) -> None:
-    """Broadcast rows are "sending" in a commit before their requests: at most once."""
-    if broadcast := [row.id for row in rows if row.broadcast_id is not None]:
-        async with sessions() as session, session.begin():
-            await session.execute(
-                update(OutboxMessage)
-                .where(OutboxMessage.id.in_(broadcast))
-                .values(status=OutboxStatus.SENDING)
-                .execution_options(synchronize_session=False)
-            )
-
-
 @dataclass
 class Round:
     http: aiohttp.ClientSession
     url: str  # the Bot API's address with the token, to which the method's name is added
     settings: Settings
     clock: Clock
+    sessions: SessionFactory
     rows: list[OutboxMessage]
     sent: list[int] = field(default_factory=list)
     follow_ups: list[FollowUp] = field(default_factory=list)
@@ -185,6 +173,8 @@ class Round:
             request: Request = row.request  # type: ignore[assignment]  # selected for having one
             now = self.clock()
             self.in_flight.add(row.id)
+            if row.broadcast_id is not None:
+                await self._mark_sending(row)
             try:
                 status, body = await self._post(request)
             except (aiohttp.ClientError, TimeoutError, ValueError) as error:
@@ -203,6 +193,14 @@ class Round:
             elif status >= 500:
                 self._backoff(rows[index:], now, f"{status}: {body.get('description', '')}")
             return  # anything else is the sender's to judge, this row and the chat's later ones
+
+    async def _mark_sending(self, row: OutboxMessage) -> None:
+        """A broadcast row is "sending" in a commit of its own just before its request (at most once): a crash
+        leaves in doubt only the rows on the wire, as the sender's ``ahead`` does."""
+        async with self.sessions() as session, session.begin():
+            await session.execute(
+                update(OutboxMessage).where(OutboxMessage.id == row.id).values(status=OutboxStatus.SENDING)
+            )
 
     async def _post(self, request: Request) -> tuple[int, dict[str, Any]]:
         async with self.http.post(self.url + request["method"], data=request["fields"]) as response:
@@ -223,11 +221,11 @@ class Round:
         for row in rows[1:]:
             self.waits[row.id] = {"not_before": until, "error": error}
 
-    async def write(self, sessions: SessionFactory) -> Handed:
+    async def write(self) -> Handed:
         """Every row the round had goes out of the dead claim: sent, waiting, or back to the sender; a broadcast
         row asked and not answered stays "sending" (the sender's start counts it in doubt)."""
         now = self.clock()
-        async with sessions() as session, session.begin():
+        async with self.sessions() as session, session.begin():
             for learnt in sorted(self.follow_ups, key=lambda f: f.ticket_id):  # as the sender: no deadlocks
                 await learnt.write(session)
             released = {"status": OutboxStatus.PENDING, "claimed_by": None, "request": None}
