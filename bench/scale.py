@@ -64,6 +64,7 @@ from bench.stats import RESIDENT, analyse, build_tickets, stats_update
 from bot.app import assemble
 from bot.config import SAMPLE_COMMUNITY, Settings
 from bot.i18n import create_i18n
+from bot.memory import settle_after_start
 from bot.outbound.notices import Renderer
 from bot.outbound.sender import OutboxSender, SenderSettings
 from domain.broadcasts import start_broadcast
@@ -729,6 +730,7 @@ async def run(
         if district is None or (district is not pg and not sqlite):
             continue
         engine = await ready(district, rebuild, report)
+        settle_after_start()  # what the bot does once it is up (bot/memory.py)
         try:
             await measure(district, engine, report, spread=is_spread)
         finally:

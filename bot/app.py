@@ -46,6 +46,7 @@ from bot.config import Settings, hide_password
 from bot.guard import PrivateChatGuard
 from bot.i18n import UserI18nMiddleware, create_i18n
 from bot.intake import InboxMarkMiddleware, UpdateInbox
+from bot.memory import settle_after_start
 from bot.middlewares import SessionMiddleware, UserMiddleware
 from bot.outbound import replies
 from bot.outbound.handover import HandOver
@@ -384,6 +385,7 @@ async def run_bot(settings: Settings, handover: HandOver | None = None) -> None:
         menu = asyncio.create_task(
             when_possible(stop, "set the webhook and command menu", to_telegram, partial(set_commands, bot, i18n))
         )
+        settle_after_start()
         await stop.wait()
         if server is not None:
             await server.stop()

@@ -6,10 +6,12 @@ does. What the message says is decided by the sender at send time from ``kind`` 
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import Table, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from storage.db import execute_pipelined
 from storage.models import OutboxMessage
 
 
@@ -53,6 +55,25 @@ def enqueue(
     session.add(
         OutboxMessage(chat_id=chat_id, kind=kind, payload=payload, not_before=not_before or now, created_at=now)
     )
+    mark_queued(session)
+
+
+# A plain table statement: the row is never read back in the transaction that writes it.
+_INSERT = insert(cast(Table, OutboxMessage.__table__))
+
+
+Queued = tuple[int, Notice, dict[str, Any]]  # chat, kind, payload
+
+
+async def enqueue_with_next(session: AsyncSession, rows: list[Queued], now: datetime) -> None:
+    """Queue messages to go at once, inside a transaction that has begun: one statement, sent with the transaction's
+    next statement or its COMMIT (storage.db.execute_pipelined). On SQLite that is one trip to its thread fewer
+    than ``enqueue``, whose rows the commit's flush inserts on a trip of their own."""
+    params = [
+        {"chat_id": chat, "kind": kind, "payload": payload, "not_before": now, "created_at": now}
+        for chat, kind, payload in rows
+    ]
+    await session.run_sync(execute_pipelined, _INSERT, params)
     mark_queued(session)
 
 

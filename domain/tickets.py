@@ -20,7 +20,7 @@ from domain.deadlines import start_window
 from domain.errors import AccessDenied, DomainError, HandledElsewhere, InvalidTransition, NotBound, NotFound
 from domain.followers import households, is_household, tell_households
 from domain.households import speaks_for
-from domain.outbox import Notice, enqueue
+from domain.outbox import Notice, enqueue_with_next
 from domain.people import Duties, Person, display_names, load_duties
 from domain.routing import RoutingDecision, choose_assignee, record_assignment
 from domain.text import TextTooLong, clean, is_blank, required_text
@@ -200,9 +200,10 @@ async def _record_routing(
     if decision.assignee is None:
         return
     await record_assignment(session, community_id=ticket.community_id, user_id=decision.assignee.user_id, now=now)
-    enqueue(session, decision.assignee.user_id, Notice.TICKET_CARD, now, ticket_id=ticket.id)
+    notices = [(decision.assignee.user_id, Notice.TICKET_CARD, {"ticket_id": ticket.id})]
     if any(photo.stage == PhotoStage.REPORT for photo in ticket.photos):
-        enqueue(session, decision.assignee.user_id, Notice.TICKET_PHOTOS, now, ticket_id=ticket.id)
+        notices.append((decision.assignee.user_id, Notice.TICKET_PHOTOS, {"ticket_id": ticket.id}))
+    await enqueue_with_next(session, notices, now)
 
 
 async def _ticket_for_worker(session: AsyncSession, actor_id: int, ticket_id: int) -> Ticket:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from storage import sqlite_driver
+from storage.wal import FALLBACK_PAGES, Checkpointer
 
 SessionFactory = async_sessionmaker[AsyncSession]
 
@@ -26,11 +28,14 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     if not parsed.drivername.startswith("sqlite"):
         return create_async_engine(url, pool_pre_ping=True, **kwargs)
 
+    checkpointer = None
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         # SQLite has one writer. One pooled connection makes every transaction queue in asyncio instead of
         # spinning in SQLite's busy handler. (An in-memory database has a single connection anyway.)
         kwargs = {"pool_size": 1, "max_overflow": 0, "pool_timeout": 60, **kwargs}
+        # The log is copied into the database file by a thread, not at the end of a commit (storage/wal.py).
+        checkpointer = Checkpointer(parsed.database)
     if parsed.drivername == "sqlite+aiosqlite":
         parsed = parsed.set(drivername=sqlite_driver.DRIVER)  # aiosqlite, one thread hop per statement
     engine = create_async_engine(parsed, **kwargs)
@@ -43,7 +48,17 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=5000")
+        if checkpointer is not None:
+            cursor.execute(f"PRAGMA wal_autocheckpoint={FALLBACK_PAGES}")
         cursor.close()
+        if checkpointer is not None:
+            checkpointer.open()
+
+    if checkpointer is not None:
+        _checkpointers[engine.sync_engine] = checkpointer
+        event.listen(engine.sync_engine, "commit", lambda _connection: checkpointer.committed())
+        event.listen(engine.sync_engine.pool, "close", lambda _dbapi, _record: checkpointer.close())
+        event.listen(engine.sync_engine.pool, "close_detached", lambda _dbapi: checkpointer.close())
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
@@ -54,6 +69,14 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+_checkpointers: weakref.WeakKeyDictionary[Engine, Checkpointer] = weakref.WeakKeyDictionary()
+
+
+def wal_checkpointer(engine: AsyncEngine) -> Checkpointer | None:
+    """The thread that checkpoints an SQLite file database's log (storage/wal.py); None for anything else."""
+    return _checkpointers.get(engine.sync_engine)
 
 
 # Tables with an index that has no row in sqlite_stat1: never analysed, or a migration just added the index.

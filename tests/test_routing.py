@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
+import aiosqlite
 import pytest
 from sqlalchemy import func, select, update
 
@@ -11,11 +13,23 @@ from domain import tickets
 from domain.categories import list_categories, suggest_category
 from domain.directory import Directory
 from domain.errors import AccessDenied, HandledElsewhere, InvalidTransition, NotBound
+from domain.outbox import Notice
 from domain.people import touch_user
 from domain.routing import RouteReason
 from domain.text import TextTooLong
 from storage.db import SessionFactory
-from storage.models import Building, Category, Compound, Membership, Ticket, TicketStatus, User
+from storage.models import (
+    Building,
+    Category,
+    Compound,
+    Membership,
+    OutboxMessage,
+    OutboxPriority,
+    OutboxStatus,
+    Ticket,
+    TicketStatus,
+    User,
+)
 from tests.conftest import FakeClock
 
 LI_JUAN, MA_LI, ZHANG_WEI = 200001, 200002, 200003
@@ -79,6 +93,54 @@ async def test_least_loaded_primary_then_idle_longest(
     # The backup is never chosen while a primary can take it.
     considered = {c.user_id for c in fourth.decision.considered}
     assert ZHANG_WEI in considered
+
+
+async def test_filing_queues_the_card_and_photos_in_its_own_transaction_in_few_trips(
+    session_factory: SessionFactory, clock: FakeClock, community: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await resident_in(session_factory, clock, 1, "yinba/1")
+    cat = await category(session_factory, "light")
+    trips = 0
+    hand_over = aiosqlite.Connection._execute
+
+    async def counted(connection: aiosqlite.Connection, fn: Any, *args: Any, **kw: Any) -> Any:
+        nonlocal trips
+        trips += 1
+        return await hand_over(connection, fn, *args, **kw)
+
+    filed, counted_trips = [], []
+    for photos in ([], ["photo-1"]):
+        async with session_factory() as session:
+            reporter = await touch_user(session, 1, "resident", "zh-hans", clock())
+            home = await Directory().home(session, reporter)
+            assert home is not None
+            trips = 0
+            monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+            draft = tickets.ReportDraft(category_id=cat.id, description="路灯不亮", photos=photos)
+            filed.append(
+                await tickets.file_report(
+                    session, reporter=reporter, building=home, category=cat, draft=draft, now=clock()
+                )
+            )
+            monkeypatch.undo()
+            counted_trips.append(trips)
+    if session_factory.kw["bind"].dialect.name == "sqlite":
+        # The candidates (with BEGIN), the ticket (then its photos), and the COMMIT with everything nobody reads
+        # back: the counters, the history, the card.
+        assert counted_trips == [3, 4]
+    async with session_factory() as session:
+        queued = list(await session.scalars(select(OutboxMessage).order_by(OutboxMessage.id)))
+    worker = filed[0].decision.assignee
+    assert worker is not None and filed[1].decision.assignee is not None
+    assert [(m.chat_id, m.kind, m.payload) for m in queued] == [
+        (worker.user_id, Notice.TICKET_CARD, {"ticket_id": filed[0].ticket.id}),
+        (filed[1].decision.assignee.user_id, Notice.TICKET_CARD, {"ticket_id": filed[1].ticket.id}),
+        (filed[1].decision.assignee.user_id, Notice.TICKET_PHOTOS, {"ticket_id": filed[1].ticket.id}),
+    ]
+    at = clock()
+    assert {(m.status, m.priority, m.attempts, m.broadcast_id, m.not_before, m.created_at) for m in queued} == {
+        (OutboxStatus.PENDING, OutboxPriority.NOTICE, 0, None, at, at)
+    }
 
 
 async def test_grid_without_workers_goes_to_staff_and_says_why(
