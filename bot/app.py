@@ -323,7 +323,9 @@ async def run_bot(settings: Settings, handover: HandOver | None = None) -> None:
     # the updates it had recorded but not finished. The inbox names this process by its sender lease, which
     # must exist before an update is recorded under it.
     if handover is not None:  # it sends the predecessor's claims; the sender must not take them meanwhile
-        await handover.finished()
+        handed = await handover.finished()
+        if handed.paused_until is not None:  # Telegram asked it to wait: the sender waits as long
+            await app.sender.pause(max(0.0, (handed.paused_until - system_clock()).total_seconds()))
     await app.sender.take_back_claims(everyone=not webhook)
     sender_task = asyncio.create_task(app.sender.run(stop))
     inbox = UpdateInbox(bot, app.dispatcher, session_factory, system_clock, holder=app.sender.holder)

@@ -101,7 +101,8 @@ async def test_a_429_at_the_hand_over_leaves_everything_to_wait_its_retry_after(
     await killed_after_the_card(harness)
     fake.storm_share, fake.storm_retry_after = 1.0, 5
 
-    assert await hand_over(settings_for(engine, api), clock) == Handed(sent=0, left=2)
+    handed = await hand_over(settings_for(engine, api), clock)
+    assert handed == Handed(sent=0, left=2, paused_until=clock() + timedelta(seconds=5)), "the sender waits as long"
 
     assert len(sends_to(fake, LI_JUAN)) == 1, "nothing more is tried after a 429"
     rows = await outbox(harness)

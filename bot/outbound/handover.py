@@ -62,6 +62,7 @@ class Handed:
 
     sent: int = 0
     left: int = 0
+    paused_until: datetime | None = None  # Telegram answered 429: nothing is to be sent before this
 
 
 class HandOver:
@@ -153,7 +154,7 @@ class Round:
     follow_ups: list[FollowUp] = field(default_factory=list)
     waits: dict[int, dict[str, Any]] = field(default_factory=dict)  # rows that wait: the values to write
     in_flight: set[int] = field(default_factory=set)  # asked, no answer yet
-    paused: bool = False  # Telegram answered 429: nothing more is tried
+    paused_until: datetime | None = None  # Telegram answered 429: nothing more is tried
 
     async def send(self) -> None:
         by_chat: dict[int, list[OutboxMessage]] = defaultdict(list)
@@ -168,7 +169,7 @@ class Round:
         for index, row in enumerate(rows):
             await pacer.wait_turn(row.chat_id)
             await bucket.take()
-            if self.paused:
+            if self.paused_until is not None:
                 return
             request: Request = row.request  # type: ignore[assignment]  # selected for having one
             now = self.clock()
@@ -209,7 +210,7 @@ class Round:
 
     def _pause(self, until: datetime) -> None:
         """A 429 holds all sending; what was not taken waits as long (the sender's next try comes after it)."""
-        self.paused = True
+        self.paused_until = until
         for row in self.rows:
             if row.id not in self.sent:
                 self.waits.setdefault(row.id, {"not_before": until, "error": "429"})
@@ -238,4 +239,4 @@ class Round:
             ]
             if changes:
                 await session.execute(update(OutboxMessage), changes, execution_options={"synchronize_session": False})
-        return Handed(sent=len(self.sent), left=len(self.rows) - len(self.sent))
+        return Handed(sent=len(self.sent), left=len(self.rows) - len(self.sent), paused_until=self.paused_until)

@@ -157,6 +157,11 @@ class OutboxSender:
     def wake(self) -> None:
         self._wake.set()
 
+    async def pause(self, seconds: float) -> None:
+        """Telegram asked to wait (a 429): all sending waits, and claims are small meanwhile (``PAUSED_BATCH``)."""
+        self._paused_until = max(self._paused_until, self._monotonic() + seconds)
+        await self.bucket.pause(seconds)
+
     async def run(self, stop: asyncio.Event) -> None:
         await self.take_back_claims(everyone=self.sole)
         upkeep = asyncio.create_task(self._keep_lease(stop))
@@ -362,8 +367,7 @@ class OutboxSender:
         try:
             sent: object = await self.bot(method)
         except TelegramRetryAfter as error:
-            self._paused_until = max(self._paused_until, self._monotonic() + error.retry_after)
-            await self.bucket.pause(error.retry_after)
+            await self.pause(error.retry_after)
             self._finish([row], OutboxStatus.PENDING, now + timedelta(seconds=error.retry_after), "429")
             return OutboxStatus.PENDING
         except TelegramForbiddenError as error:
