@@ -193,10 +193,11 @@ def assemble(
     *,
     sole: bool = False,
     people_ttl: float = 60.0,
+    pacer: ChatPacer | None = None,
 ) -> Application:
     """Everything but the process: ``monotonic`` and ``sleep`` time the direct replies' pacing and retries;
     ``sole`` says this process is the only one (long polling), see OutboxSender; ``people_ttl``, see
-    build_dispatcher."""
+    build_dispatcher; ``pacer``: the chats' turns so far (the hand-over's, bot/outbound/handover.py)."""
     i18n = create_i18n(settings.default_locale)
     tz = ZoneInfo(settings.timezone)
     # Telegram's send limit is per bot: processes sharing one bot share one rate through Redis. redis-py is
@@ -210,7 +211,7 @@ def assemble(
         redis = Redis.from_url(settings.redis_url)
         shared_rate = RedisTokenBucket(redis, f"feedback-bot:send-slot:{bot.id}", settings.send_rate_per_second)
     # One per-chat pace for the direct replies and the outbox sender: they write into the same chats.
-    pacer = ChatPacer(settings.send_rate_per_chat_seconds, monotonic, sleep)
+    pacer = pacer or ChatPacer(settings.send_rate_per_chat_seconds, monotonic, sleep)
     sender = OutboxSender(
         bot,
         session_factory,
@@ -311,7 +312,14 @@ async def run_bot(settings: Settings, handover: HandOver | None = None) -> None:
         await engine.dispose()
         raise
     # With a webhook, other processes may handle the same people: their records are read afresh every update.
-    app = assemble(settings, bot, session_factory, sole=not webhook, people_ttl=0.0 if webhook else 60.0)
+    app = assemble(
+        settings,
+        bot,
+        session_factory,
+        sole=not webhook,
+        people_ttl=0.0 if webhook else 60.0,
+        pacer=handover.pacer if handover is not None else None,
+    )
     if webhook and settings.redis_url is None:
         log.warning("webhook mode without REDIS_URL: run only this one process (wizard state is kept in it)")
     stop = asyncio.Event()

@@ -8,6 +8,7 @@ import asyncio
 import json
 import signal
 import sqlite3
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -22,6 +23,7 @@ from bench.fake_api import FakeBotAPI
 from bench.residents import add_residents
 from bot.config import Settings
 from bot.outbound.handover import Handed, hand_over
+from bot.outbound.pacing import ChatPacer
 from domain.broadcasts import progress, start_broadcast
 from storage.models import BroadcastKind, Community, OutboxMessage, OutboxStatus, TicketCardCopy
 from tests.conftest import FakeClock
@@ -43,14 +45,15 @@ async def telegram() -> AsyncIterator[tuple[FakeBotAPI, str]]:
     await fake.stop()
 
 
-def settings_for(engine: AsyncEngine, api: str) -> Settings:
+def settings_for(engine: AsyncEngine, api: str, chat_interval: float = 0.0) -> Settings:
     url = engine.url  # on SQLite, storage.db's own driver: the setting names aiosqlite
     sqlite = url.get_backend_name() == "sqlite"
     return Settings(
         bot_token=SecretStr(f"{BOT_ID}:HANDOVER"),
         database_url=f"sqlite+aiosqlite:///{url.database}" if sqlite else url.render_as_string(hide_password=False),
         telegram_api_server=api,
-        send_rate_per_chat_seconds=0.0,  # the test's clock does not move; Telegram's pace is the sender's tests'
+        # Telegram's pace into one chat is the sender's tests' business, but for the hand-over's last test.
+        send_rate_per_chat_seconds=chat_interval,
     )
 
 
@@ -92,6 +95,27 @@ async def test_the_next_process_sends_the_claimed_card_and_photo_and_keeps_the_c
     restarted = Harness(harness.sessions, clock)
     assert await restarted.app.sender.take_back_claims(everyone=True) == 0
     assert await restarted.deliver() == [], "the sender that starts next has nothing left of it"
+
+
+async def test_the_hand_over_goes_on_at_the_chats_pace_until_the_sender_is_ready_and_hands_it_the_pace(
+    harness: Harness, clock: FakeClock, engine: AsyncEngine, telegram: tuple[FakeBotAPI, str]
+) -> None:
+    fake, api = telegram
+    await killed_after_the_card(harness)  # Li Juan's card and photo, one chat: a second apart
+    ready = threading.Event()
+    fake.on_request = lambda _: ready.set()  # the bot's sender is ready as the card goes out
+    pacer = ChatPacer(1.0)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+
+    handed = await hand_over(settings_for(engine, api, chat_interval=1.0), clock, pacer, ready)
+
+    assert handed == Handed(sent=1, left=1) and loop.time() - began < 0.8, "it did not wait for the photo's turn"
+    card, photo = await outbox(harness)
+    assert (card.status, photo.status, photo.claimed_by) == (OutboxStatus.SENT, OutboxStatus.PENDING, None)
+    turn = loop.time()
+    await pacer.wait_turn(LI_JUAN)  # the sender's pacer: the chat's next message still waits its second
+    assert loop.time() - turn > 0.3
 
 
 async def test_a_429_at_the_hand_over_leaves_everything_to_wait_its_retry_after(

@@ -4,11 +4,13 @@ Loading aiogram and the handlers costs seconds of CPU (about 4 s on a quiet two-
 a busy one), and until the sender runs nothing is sent: a worker's card claimed by a process that was killed
 would wait for all of that. So the sender renders a personal row when it claims it and keeps the request with
 the claim (sender.py, requests.py), and the process that starts next sends those requests with aiohttp and
-SQLAlchemy alone, in a thread of its own beside the heavy imports (bot/entry.py), within a second or two.
+SQLAlchemy alone, in a thread of its own beside the heavy imports (bot/entry.py), within a second or two, and
+goes on at Telegram's pace until the sender is ready to take over.
 
 Only a polling bot hands over: it is the only process, so every claim it finds is a dead one's. (With webhooks
 several processes run; a dead one's claims lapse within seconds and the others take them back.) The sender of
-the new process starts after the hand-over has finished, so a row is never in both hands.
+the new process starts after the hand-over has ended (its answers awaited, its rows written), so a row is never
+in both hands.
 
 Telegram's answer decides what becomes of a row, as in the sender, only shorter:
 
@@ -52,8 +54,9 @@ from storage.models import OutboxMessage, OutboxStatus
 log = logging.getLogger(__name__)
 
 # The hand-over's time: rows not answered by then go to the sender (which waits for the hand-over to end).
-HANDOVER_SECONDS = 15.0
+HANDOVER_SECONDS = 60.0
 REQUEST_SECONDS = 10.0
+READY_POLL_SECONDS = 0.05  # how often the hand-over looks whether the sender is ready to take over
 
 
 @dataclass
@@ -67,12 +70,16 @@ class Handed:
 
 class HandOver:
     """The hand-over in a thread of its own (with its own event loop and database engine), started before the
-    bot's heavy imports; the bot waits for it (``finished``) before its sender starts."""
+    bot's heavy imports. When the bot is ready to send (``finished``), no new request is begun, the answers on
+    their way are awaited, and the rest goes to the sender, with ``pacer``: a chat's next message then still
+    waits its turn after what the hand-over sent there."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.handed = Handed()
         self.error: BaseException | None = None
+        self.pacer = ChatPacer(settings.send_rate_per_chat_seconds)
+        self._ready = threading.Event()  # the bot's sender is ready: the hand-over ends
         self._thread = threading.Thread(target=self._run, name="hand-over", daemon=True)
 
     @classmethod
@@ -86,11 +93,12 @@ class HandOver:
         if url.get_backend_name() == "sqlite" and not Path(url.database or "").is_file():
             return  # no database yet, so nothing claimed (and none is made here: the bot's start checks first)
         try:
-            self.handed = asyncio.run(hand_over(self.settings))
+            self.handed = asyncio.run(hand_over(self.settings, pacer=self.pacer, ready=self._ready))
         except BaseException as error:  # reported by ``finished``, in the bot's own log
             self.error = error
 
     async def finished(self) -> Handed:
+        self._ready.set()
         await asyncio.to_thread(self._thread.join)
         if self.error is not None:
             log.error("the hand-over failed; the sender sends it all", exc_info=self.error)
@@ -103,8 +111,14 @@ class HandOver:
         return self.handed
 
 
-async def hand_over(settings: Settings, clock: Clock = system_clock) -> Handed:
-    """Send the requests a dead predecessor had claimed; see the module's text."""
+async def hand_over(
+    settings: Settings,
+    clock: Clock = system_clock,
+    pacer: ChatPacer | None = None,
+    ready: threading.Event | None = None,
+) -> Handed:
+    """Send the requests a dead predecessor had claimed, until they are done, ``HANDOVER_SECONDS`` have passed,
+    or the bot's own sender is ``ready``; see the module's text."""
     engine = create_engine(settings.database_url)
     try:
         sessions = create_session_factory(engine)
@@ -125,7 +139,7 @@ async def hand_over(settings: Settings, clock: Clock = system_clock) -> Handed:
             round_ = Round(http, f"{base}/bot{settings.require_token()}/", settings, clock, sessions, rows)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(HANDOVER_SECONDS):
-                    await round_.send()
+                    await round_.send(pacer or ChatPacer(settings.send_rate_per_chat_seconds), ready)
         return await round_.write()
     finally:
         await engine.dispose()
@@ -155,21 +169,35 @@ class Round:
     waits: dict[int, dict[str, Any]] = field(default_factory=dict)  # rows that wait: the values to write
     in_flight: set[int] = field(default_factory=set)  # asked, no answer yet
     paused_until: datetime | None = None  # Telegram answered 429: nothing more is tried
+    stopping: bool = False  # the sender takes over: nothing more is begun
 
-    async def send(self) -> None:
+    async def send(self, pacer: ChatPacer, ready: threading.Event | None) -> None:
         by_chat: dict[int, list[OutboxMessage]] = defaultdict(list)
         for row in self.rows:
             by_chat[row.chat_id].append(row)
         bucket = TokenBucket(self.settings.send_rate_per_second)
-        pacer = ChatPacer(self.settings.send_rate_per_chat_seconds)
-        await asyncio.gather(*(self._chat(chat_rows, bucket, pacer) for chat_rows in by_chat.values()))
+        chats = [asyncio.create_task(self._chat(chat_rows, bucket, pacer)) for chat_rows in by_chat.values()]
+        try:
+            while not all(chat.done() for chat in chats):
+                if ready is not None and ready.is_set():
+                    # The sender takes over: what waits for its turn is left to it; requests on their way end.
+                    self.stopping = True
+                    for chat, chat_rows in zip(chats, by_chat.values(), strict=True):
+                        if not any(row.id in self.in_flight for row in chat_rows):
+                            chat.cancel()
+                    break
+                await asyncio.wait(chats, timeout=READY_POLL_SECONDS)
+            await asyncio.gather(*chats, return_exceptions=True)
+        finally:
+            for chat in chats:
+                chat.cancel()
 
     async def _chat(self, rows: list[OutboxMessage], bucket: TokenBucket, pacer: ChatPacer) -> None:
         """One chat's rows in order; the first that is not taken keeps the rest where they are."""
         for index, row in enumerate(rows):
             await pacer.wait_turn(row.chat_id)
             await bucket.take()
-            if self.paused_until is not None:
+            if self.paused_until is not None or self.stopping:
                 return
             request: Request = row.request  # type: ignore[assignment]  # selected for having one
             now = self.clock()
