@@ -16,7 +16,8 @@ Telegram's answer decides what becomes of a row, as in the sender, only shorter:
 
 - taken: the row is sent, and what the database learns from the answer (a card's message id) is written with
   it, through the sender's own :func:`requests.follow_up`;
-- a 429: the row waits its ``retry_after``, nothing more is tried, and every row not yet tried waits as long;
+- a 429: nothing more is tried, and the sender that starts next waits the ``retry_after`` (the rows keep their
+  places in the queue);
 - a 5xx or a network error: the row and its chat's later rows wait a backoff, as the sender would have them;
 - anything else (blocked, a bad request): the row goes back to the sender, which tries it and judges the answer
   as always. So do the rows the hand-over did not get to within ``HANDOVER_SECONDS``.
@@ -237,11 +238,10 @@ class Round:
             return response.status, body if isinstance(body, dict) else {}
 
     def _pause(self, until: datetime) -> None:
-        """A 429 holds all sending; what was not taken waits as long (the sender's next try comes after it)."""
+        """A 429 holds all sending: nothing more is tried, and the sender that starts next waits until ``until``
+        (bot/app.py). The rows keep their places in the queue: given a later ``not_before``, a broadcast's rows
+        would go behind all of its rows not tried yet (bench.crash run 25: four agenda messages 75 s late)."""
         self.paused_until = until
-        for row in self.rows:
-            if row.id not in self.sent:
-                self.waits.setdefault(row.id, {"not_before": until, "error": "429"})
 
     def _backoff(self, rows: list[OutboxMessage], now: datetime, error: str) -> None:
         attempts = rows[0].attempts + 1
