@@ -178,31 +178,45 @@ async def test_a_ten_minute_outage_delays_the_card_and_never_gives_it_up(harness
     assert {r.status for r in await outbox(harness)} == {OutboxStatus.SENT}
 
 
-async def test_once_telegram_answers_again_a_card_waiting_out_its_backoff_goes_at_once(
-    harness: Harness, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    number = await filed_with_photo(harness)
+async def through_an_outage(harness: Harness, clock: FakeClock) -> None:
+    """Li Juan's card fails six times: it now waits out a minute's backoff."""
     harness.telegram.fail_next(LI_JUAN, *[SERVER_ERROR] * 6)
-    for _ in range(200):  # six failures: the card now waits a minute (2, 4 … 32, then 60 s apart)
+    for _ in range(200):
         await harness.deliver()
         if not harness.telegram.errors[LI_JUAN]:
             break
         clock.advance(seconds=1)
+
+
+async def run_until_all_sent(harness: Harness, sender: OutboxSender) -> float:
+    """Run ``sender`` as the bot does until every row is sent (10 s at most); returns how long it took."""
+    stop = asyncio.Event()
+    running = asyncio.create_task(sender.run(stop))
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    for _ in range(1000):
+        if {r.status for r in await outbox(harness)} == {OutboxStatus.SENT}:
+            break
+        await asyncio.sleep(0.01)
+    took = loop.time() - began
+    stop.set()
+    sender.wake()
+    await running
+    return took
+
+
+async def test_once_telegram_answers_again_a_card_waiting_out_its_backoff_goes_at_once(
+    harness: Harness, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    number = await filed_with_photo(harness)
+    await through_an_outage(harness, clock)
     [card] = [r for r in await outbox(harness) if r.kind == "ticket_card"]
     assert card.status == OutboxStatus.PENDING and card.not_before - clock() == timedelta(seconds=60)
 
     # Telegram answers again (the errors are used up). The sender asks it (getMe) and sends at once, with the
     # clock standing still: not a minute later.
     monkeypatch.setattr(sender_module, "PROBE_SECONDS", 0.01)
-    stop = asyncio.Event()
-    running = asyncio.create_task(harness.app.sender.run(stop))
-    for _ in range(300):
-        if {r.status for r in await outbox(harness)} == {OutboxStatus.SENT}:
-            break
-        await asyncio.sleep(0.01)
-    stop.set()
-    harness.app.sender.wake()
-    await running
+    await run_until_all_sent(harness, harness.app.sender)
     delivered = sent_to(harness.telegram.accepted, LI_JUAN)
     assert [type(r).__name__ for r in delivered] == ["SendMessage", "SendPhoto"]
     assert f"#{number}" in text_of(delivered[0])
@@ -212,26 +226,11 @@ async def test_a_restarted_sender_asks_telegram_at_once_and_sends_what_waited_ou
     harness: Harness, clock: FakeClock
 ) -> None:
     await filed_with_photo(harness)
-    harness.telegram.fail_next(LI_JUAN, *[SERVER_ERROR] * 6)
-    for _ in range(200):  # the outage: the card now waits a minute
-        await harness.deliver()
-        if not harness.telegram.errors[LI_JUAN]:
-            break
-        clock.advance(seconds=1)
+    await through_an_outage(harness, clock)
 
     restarted = Harness(harness.sessions, clock)  # the process restarts as Telegram answers again
-    stop = asyncio.Event()
-    running = asyncio.create_task(restarted.app.sender.run(stop))
-    loop = asyncio.get_running_loop()
-    began = loop.time()
-    for _ in range(1000):
-        if {r.status for r in await outbox(harness)} == {OutboxStatus.SENT}:
-            break
-        await asyncio.sleep(0.01)
-    stop.set()
-    restarted.app.sender.wake()
-    await running
-    assert loop.time() - began < sender_module.PROBE_SECONDS / 2, "asked at its start, not a probe interval later"
+    took = await run_until_all_sent(harness, restarted.app.sender)
+    assert took < sender_module.PROBE_SECONDS / 2, "asked at its start, not a probe interval later"
     assert [type(r).__name__ for r in sent_to(restarted.telegram.accepted, LI_JUAN)] == ["SendMessage", "SendPhoto"]
 
 
