@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.fake_api import FakeBotAPI
@@ -249,6 +249,20 @@ async def test_rows_queued_before_the_hand_over_existed_wait_for_the_sender(
     assert await restarted.app.sender.take_back_claims(everyone=True) == 2
     second_life = sent_to(await restarted.deliver(), LI_JUAN)
     assert f"#{number}" in text_of(second_life[0])
+
+
+async def test_a_database_not_migrated_yet_has_nothing_to_hand_over(
+    harness: Harness, clock: FakeClock, engine: AsyncEngine, telegram: tuple[FakeBotAPI, str]
+) -> None:
+    """The first start after an upgrade runs the hand-over before the migrations: it finds no requests, and the
+    sender sends everything after its start, as before."""
+    fake, api = telegram
+    await killed_after_the_card(harness)
+    async with engine.begin() as connection:
+        await connection.execute(text("ALTER TABLE outbox DROP COLUMN request"))
+
+    assert await hand_over(settings_for(engine, api), clock) == Handed()
+    assert fake.requests == []
 
 
 async def test_the_real_process_hands_over_before_its_sender_starts(
