@@ -42,7 +42,7 @@ from aiogram.utils.i18n import I18n
 from aiohttp_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.config import Settings, hide_password
+from bot.config import Settings, hide_password, proxy_for_aiohttp
 from bot.guard import PrivateChatGuard
 from bot.i18n import UserI18nMiddleware, create_i18n
 from bot.intake import InboxMarkMiddleware, UpdateInbox
@@ -156,8 +156,7 @@ class ProxiedSession(AiohttpSession):
     bot's retry policies would not recognise)."""
 
     def __init__(self, proxy: str, **kwargs: Any) -> None:
-        # aiohttp-socks resolves host names through the proxy either way; it only knows the scheme socks5.
-        super().__init__(proxy=proxy.replace("socks5h://", "socks5://", 1), **kwargs)
+        super().__init__(proxy=proxy_for_aiohttp(proxy), **kwargs)
         self.shown = hide_password(proxy)
 
     async def make_request(

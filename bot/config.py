@@ -42,6 +42,12 @@ class SettingsError(SystemExit):
         super().__init__("\n".join(lines))
 
 
+def proxy_for_aiohttp(proxy: str) -> str:
+    """TELEGRAM_PROXY as aiohttp-socks takes it: it resolves host names through the proxy either way and knows
+    only the scheme socks5 for it."""
+    return proxy.replace("socks5h://", "socks5://", 1)
+
+
 def hide_password(url: str) -> str:
     """A URL as it may be shown in a log line or an error: without its password."""
     try:

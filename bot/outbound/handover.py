@@ -45,8 +45,8 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from bot.config import Settings
-from bot.outbound.pacing import MAX_BACKOFF, ChatPacer, TokenBucket, backoff
+from bot.config import Settings, proxy_for_aiohttp
+from bot.outbound.pacing import ChatPacer, TokenBucket, backoff
 from bot.outbound.requests import Answer, FollowUp, Request, follow_up
 from domain.clock import Clock, system_clock
 from storage.db import SessionFactory, create_engine, create_session_factory
@@ -133,7 +133,7 @@ async def hand_over(
         if settings.telegram_proxy:
             from aiohttp_socks import ProxyConnector
 
-            connector = ProxyConnector.from_url(settings.telegram_proxy.replace("socks5h://", "socks5://", 1))
+            connector = ProxyConnector.from_url(proxy_for_aiohttp(settings.telegram_proxy))
         base = (settings.telegram_api_server or "https://api.telegram.org").rstrip("/")
         timeout = aiohttp.ClientTimeout(total=REQUEST_SECONDS)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
@@ -245,7 +245,7 @@ class Round:
 
     def _backoff(self, rows: list[OutboxMessage], now: datetime, error: str) -> None:
         attempts = rows[0].attempts + 1
-        until = now + backoff(attempts, MAX_BACKOFF)
+        until = now + backoff(attempts)
         self.waits[rows[0].id] = {"not_before": until, "error": error, "attempts": attempts}
         for row in rows[1:]:
             self.waits[row.id] = {"not_before": until, "error": error}
