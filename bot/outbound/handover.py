@@ -2,7 +2,7 @@
 
 Loading aiogram and the handlers costs seconds of CPU (about 4 s on a quiet two-core machine, 10 s and more on
 a busy one), and until the sender runs nothing is sent: a worker's card claimed by a process that was killed
-would wait for all of that. So the sender renders a personal row when it claims it and keeps the request with
+would wait for all of that. So the sender renders each row when it claims it and keeps the request with
 the claim (sender.py, requests.py), and the process that starts next sends those requests with aiohttp and
 SQLAlchemy alone, in a thread of its own beside the heavy imports (bot/entry.py), within a second or two, and
 goes on at Telegram's pace until the sender is ready to take over.
@@ -20,7 +20,7 @@ Telegram's answer decides what becomes of a row, as in the sender, only shorter:
   places in the queue);
 - a 5xx or a network error: the row and its chat's later rows wait a backoff, as the sender would have them;
 - anything else (blocked, a bad request): the row goes back to the sender, which tries it and judges the answer
-  as always. So do the rows the hand-over did not get to within ``HANDOVER_SECONDS``.
+  as always. So do the rows the hand-over did not get to before the sender was ready.
 
 Personal rows are delivered at least once, so a row the dead process had sent but not yet marked is sent again,
 as it would be without the hand-over. Broadcast rows are delivered at most once: the hand-over marks each
