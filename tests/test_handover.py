@@ -24,7 +24,9 @@ from bench.residents import add_residents
 from bot.config import Settings
 from bot.outbound.handover import Handed, hand_over
 from bot.outbound.pacing import ChatPacer
+from bot.outbound.requests import RECORD_SECONDS
 from domain.broadcasts import progress, start_broadcast
+from domain.outbox import Notice, enqueue
 from storage.models import BroadcastKind, Community, OutboxMessage, OutboxStatus, TicketCardCopy
 from tests.conftest import FakeClock
 from tests.fake_telegram import ProcessDied, sent_to, text_of
@@ -116,6 +118,30 @@ async def test_the_hand_over_goes_on_at_the_chats_pace_until_the_sender_is_ready
     turn = loop.time()
     await pacer.wait_turn(LI_JUAN)  # the sender's pacer: the chat's next message still waits its second
     assert loop.time() - turn > 0.3
+
+
+async def test_a_hand_over_killed_in_a_chats_queue_repeats_only_the_message_on_the_wire(
+    harness: Harness, clock: FakeClock, engine: AsyncEngine, telegram: tuple[FakeBotAPI, str]
+) -> None:
+    """What the hand-over sent is written while it goes on at the chat's pace, so the process after it sends
+    again only what was on the wire when this one was killed too."""
+    fake, api = telegram
+    number = await filed_with_photo(harness)
+    async with harness.sessions() as session, session.begin():
+        enqueue(session, LI_JUAN, Notice.TICKET_CARD, clock(), ticket_id=number)
+    harness.telegram.die_after_next_request = True
+    with pytest.raises(ProcessDied):
+        await harness.deliver()
+    paced = settings_for(engine, api, chat_interval=1.2 * RECORD_SECONDS)
+    handing_over = asyncio.create_task(hand_over(paced, clock))
+    fake.on_request = lambda _: handing_over.cancel() if len(sends_to(fake, LI_JUAN)) == 3 else None
+    with pytest.raises(asyncio.CancelledError):
+        await handing_over
+    fake.on_request = None
+    assert [r.status for r in await outbox(harness)] == [OutboxStatus.SENT, OutboxStatus.SENT, OutboxStatus.CLAIMED]
+
+    assert await hand_over(settings_for(engine, api), clock) == Handed(sent=1, left=0)
+    assert len(sends_to(fake, LI_JUAN)) == 4, "the card and photo went once, the message on the wire twice"
 
 
 async def test_a_429_at_the_hand_over_leaves_everything_to_wait_its_retry_after(

@@ -324,6 +324,42 @@ async def test_one_message_per_second_into_one_chat(harness: Harness, clock: Fak
     assert [round(b - a, 6) for a, b in itertools.pairwise(sent_at)] == [1.0, 1.0]
 
 
+async def test_a_crash_in_a_chats_queue_repeats_only_the_message_on_the_wire(
+    harness: Harness, clock: FakeClock
+) -> None:
+    """Three cards for one worker go a second's pace apart; the process dies as the third reaches Telegram. The
+    two before it were written as sent while the round went on, so the restart sends only the third again."""
+    number = await filed_with_photo(harness)
+    await harness.deliver()
+    harness.app.sender = OutboxSender(
+        harness.bot,
+        harness.sessions,
+        harness.app.sender.renderer,
+        clock,
+        SenderSettings(rate_per_second=100, chat_interval=3 * sender_module.RECORD_SECONDS),
+    )
+    async with harness.sessions() as session, session.begin():
+        for _ in range(3):
+            enqueue(session, LI_JUAN, Notice.TICKET_CARD, clock(), ticket_id=number)
+    record = harness.telegram.make_request
+
+    async def dies_at_the_third(bot, method, **kwargs):  # type: ignore[no-untyped-def]
+        harness.telegram.die_after_next_request = len(sent_to(harness.telegram.requests, LI_JUAN)) == 4
+        return await record(bot, method, **kwargs)
+
+    harness.telegram.make_request = dies_at_the_third  # type: ignore[method-assign]
+    with pytest.raises(ProcessDied):
+        await harness.deliver()
+    written = [r.status for r in await outbox(harness)][-3:]
+    assert written == [OutboxStatus.SENT, OutboxStatus.SENT, OutboxStatus.CLAIMED]
+
+    restarted = Harness(harness.sessions, clock)
+    await restarted.app.sender.take_back_claims(everyone=True)
+    again = await restarted.deliver()
+    assert len(sent_to(again, LI_JUAN)) == 1, "only the card on the wire at the crash comes again"
+    assert {r.status for r in await outbox(harness)} == {OutboxStatus.SENT}
+
+
 async def test_concurrent_senders_share_one_rate() -> None:
     """Chats are served concurrently; the bucket still hands out one slot per 1/rate seconds."""
     waits: list[float] = []

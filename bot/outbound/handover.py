@@ -15,7 +15,8 @@ in both hands.
 Telegram's answer decides what becomes of a row, as in the sender, only shorter:
 
 - taken: the row is sent, and what the database learns from the answer (a card's message id) is written with
-  it, through the sender's own :func:`requests.follow_up`;
+  it, through the sender's own :func:`requests.follow_up`, within ``RECORD_SECONDS`` (so a hand-over killed
+  too repeats only what it sent since);
 - a 429: nothing more is tried, and the sender that starts next waits the ``retry_after`` (the rows keep their
   places in the queue);
 - a 5xx or a network error: the row and its chat's later rows wait a backoff, as the sender would have them;
@@ -33,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -47,7 +49,7 @@ from sqlalchemy.exc import DBAPIError
 
 from bot.config import Settings, proxy_for_aiohttp
 from bot.outbound.pacing import ChatPacer, TokenBucket, backoff
-from bot.outbound.requests import Answer, FollowUp, Request, follow_up
+from bot.outbound.requests import RECORD_SECONDS, Answer, FollowUp, Request, follow_up
 from domain.clock import Clock, system_clock
 from storage.db import SessionFactory, create_engine, create_session_factory
 from storage.models import OutboxMessage, OutboxStatus
@@ -171,6 +173,12 @@ class Round:
     in_flight: set[int] = field(default_factory=set)  # asked, no answer yet
     paused_until: datetime | None = None  # Telegram answered 429: nothing more is tried
     stopping: bool = False  # the sender takes over: nothing more is begun
+    # What is written already of ``sent`` and ``follow_ups`` (their first so many), the write on its way, and
+    # when it began: a kill during the hand-over repeats only what Telegram took since (``_record_soon``).
+    recorded: int = 0
+    followed: int = 0
+    recording: asyncio.Task[None] | None = None
+    recorded_at: float = -math.inf
 
     async def send(self, pacer: ChatPacer, ready: threading.Event | None) -> None:
         by_chat: dict[int, list[OutboxMessage]] = defaultdict(list)
@@ -216,6 +224,7 @@ class Round:
                 self.sent.append(row.id)
                 if (learnt := follow_up(row, request, Answer.from_result(body.get("result")), now)) is not None:
                     self.follow_ups.append(learnt)
+                self._record_soon()
                 continue
             retry_after = (body.get("parameters") or {}).get("retry_after")
             if retry_after is not None:
@@ -250,21 +259,46 @@ class Round:
         for row in rows[1:]:
             self.waits[row.id] = {"not_before": until, "error": error}
 
+    def _record_soon(self) -> None:
+        """Write what Telegram took at most ``RECORD_SECONDS`` after the last such write, while the hand-over
+        goes on at the chats' pace, in a task of its own (a chat's task may be cancelled when the sender takes
+        over; a write must not be cut off half-way)."""
+        now = asyncio.get_running_loop().time()
+        if now - self.recorded_at >= RECORD_SECONDS and (self.recording is None or self.recording.done()):
+            self.recorded_at = now
+            self.recording = asyncio.create_task(self._record())
+
+    async def _record(self, rest: list[OutboxMessage] | None = None) -> None:
+        """Write the rows sent since the last write (``sent`` at ``now``) and what their answers taught; with
+        ``rest``, also how those rows leave the dead claim."""
+        sent, learnt = self.sent[self.recorded :], self.follow_ups[self.followed :]
+        now = self.clock()
+        changes: list[dict[str, Any]] = [
+            {"id": row_id, "status": OutboxStatus.SENT, "sent_at": now, "error": "", "request": None} for row_id in sent
+        ]
+        released = {"status": OutboxStatus.PENDING, "claimed_by": None, "request": None}
+        changes += [{"id": row.id, **released, **self.waits.get(row.id, {})} for row in rest or []]
+        if not changes:
+            return
+        async with self.sessions() as session, session.begin():
+            for follow in sorted(learnt, key=lambda f: f.ticket_id):  # as the sender: no deadlocks
+                await follow.write(session)
+            await session.execute(update(OutboxMessage), changes, execution_options={"synchronize_session": False})
+        self.recorded += len(sent)
+        self.followed += len(learnt)
+
     async def write(self) -> Handed:
         """Every row the round had goes out of the dead claim: sent, waiting, or back to the sender; a broadcast
         row asked and not answered stays "sending" (the sender's start counts it in doubt)."""
-        now = self.clock()
-        async with self.sessions() as session, session.begin():
-            for learnt in sorted(self.follow_ups, key=lambda f: f.ticket_id):  # as the sender: no deadlocks
-                await learnt.write(session)
-            released = {"status": OutboxStatus.PENDING, "claimed_by": None, "request": None}
-            changes = [
-                {"id": row.id, "status": OutboxStatus.SENT, "sent_at": now, "error": "", "request": None}
-                if row.id in self.sent
-                else {"id": row.id, **released, **self.waits.get(row.id, {})}
+        if self.recording is not None:
+            with contextlib.suppress(Exception):  # what it did not write is written now
+                await self.recording
+        sent = set(self.sent)
+        await self._record(
+            [
+                row
                 for row in self.rows
-                if row.broadcast_id is None or row.id not in self.in_flight
+                if row.id not in sent and (row.broadcast_id is None or row.id not in self.in_flight)
             ]
-            if changes:
-                await session.execute(update(OutboxMessage), changes, execution_options={"synchronize_session": False})
+        )
         return Handed(sent=len(self.sent), left=len(self.rows) - len(self.sent), paused_until=self.paused_until)

@@ -20,6 +20,11 @@ from domain.outbox import Notice
 from domain.questions import record_question
 from storage.models import OutboxMessage
 
+# How long a row Telegram took may go unwritten while its sender goes on. A round of sending lasts as long as
+# its longest chat's queue at Telegram's pace (a second a message), and a crash repeats every message taken and
+# not written yet, each again at that pace, ahead of the chat's rows still to come (bench.crash run 30).
+RECORD_SECONDS = 0.5
+
 # Telegram's answers to an edit that mean there is nothing left to do: the copy already shows this (two changes
 # in a row), or the person deleted it.
 SETTLED_EDITS = ("message is not modified", "message to edit not found", "message can't be edited")

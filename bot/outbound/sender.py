@@ -55,7 +55,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.outbound.notices import Renderer, answer_of, as_request
 from bot.outbound.pacing import MAX_BACKOFF, ChatPacer, TokenBucket, backoff
-from bot.outbound.requests import Answer, FollowUp, Request, edit_settled, follow_up
+from bot.outbound.requests import RECORD_SECONDS, Answer, FollowUp, Request, edit_settled, follow_up
 from domain.clock import Clock
 from storage.db import SessionFactory
 from storage.models import OutboxMessage, OutboxStatus, SenderLease, User
@@ -145,6 +145,9 @@ class OutboxSender:
         self._follow_ups: list[FollowUp] = []  # what the database learns from their answers (cards to keep current…)
         self._outcomes: list[tuple[list[int], dict[str, object]]] = []
         self._unreachable: list[int] = []
+        # Writing what Telegram took so far, while the round goes on (``_record_soon``), and when it last began.
+        self._recording: asyncio.Task[None] | None = None
+        self._recorded_at = -math.inf
         # Broadcast rows whose sending turn has come, waiting for the next marking transaction (``_mark_sending``).
         self._to_mark: list[tuple[OutboxMessage, asyncio.Future[None]]] = []
         self._marking: asyncio.Task[None] | None = None
@@ -296,8 +299,10 @@ class OutboxSender:
                 for row in rows
                 if row.status == OutboxStatus.CLAIMED
             )
+            await self._recorded()
             await self._write_now()
             raise
+        await self._recorded()
         await self._write_now()
         return len(rows)
 
@@ -402,7 +407,27 @@ class OutboxSender:
         if (learnt := follow_up(row, request, answer, now)) is not None:
             self._follow_ups.append(learnt)
         row.status, row.error = OutboxStatus.SENT, ""
+        self._record_soon()
         return OutboxStatus.SENT
+
+    def _record_soon(self) -> None:
+        """Write what Telegram took at most ``RECORD_SECONDS`` after the last such write, while the round goes
+        on, instead of only at its end: a crash then repeats a moment's messages, not a round's."""
+        if self._monotonic() - self._recorded_at < RECORD_SECONDS:
+            return
+        if self._recording is None or self._recording.done():
+            self._recorded_at = self._monotonic()
+            self._recording = asyncio.create_task(self._write_now())
+
+    async def _recorded(self) -> None:
+        """Wait for a write ``_record_soon`` began (its failure leaves the rows claimed: sent again at a restart,
+        as after any failed commit of the sender)."""
+        if self._recording is not None:
+            try:
+                await self._recording
+            except Exception:
+                log.exception("could not write what Telegram took")
+            self._recording = None
 
     async def _mark_sending(self, row: OutboxMessage) -> None:
         """Mark a broadcast row "sending" (at most once: a crash now leaves it in doubt, never sent again).
