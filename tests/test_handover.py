@@ -167,8 +167,10 @@ async def test_a_429_at_the_hand_over_leaves_everything_to_wait_its_retry_after(
                 OutboxMessage(chat_id=900001, kind="command_menu", payload={}, not_before=clock(), created_at=clock())
             )
     await restarted.app.sender.pause(5)  # as bot/app.py does with the hand-over's paused_until
+    assert await restarted.deliver() == [], "nothing is claimed or sent while Telegram asks to wait"
+    clock.advance(seconds=5)
     claimed, _ = await restarted.app.sender._claim()
-    assert [r.chat_id for r in claimed] == [LI_JUAN, LI_JUAN, 900001], "small claims while paused, oldest first"
+    assert [r.chat_id for r in claimed] == [LI_JUAN, LI_JUAN, 900001, 900001, 900001], "then oldest first"
 
 
 async def test_an_outage_at_the_hand_over_backs_off_as_the_sender_would_and_loses_nothing(

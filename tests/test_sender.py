@@ -34,20 +34,25 @@ async def filed_with_photo(harness: Harness) -> int:
     return await file_report(resident, "楼道杂物", "楼道里堆满了纸箱", photos=1)
 
 
-async def test_429_waits_retry_after_then_sends_each_message_once(harness: Harness, clock: FakeClock) -> None:
-    await filed_with_photo(harness)  # a card and a photo for Li Juan
+async def test_429_waits_retry_after_then_sends_each_message_once_in_the_chats_order(
+    harness: Harness, clock: FakeClock
+) -> None:
+    number = await filed_with_photo(harness)  # a card and a photo for Li Juan
     harness.telegram.fail_next(LI_JUAN, TOO_MANY_REQUESTS)
     first = await harness.deliver()
     assert len(sent_to(first, LI_JUAN)) == 1, "after a 429 the chat's other messages wait too"
     rows = await outbox(harness)
     assert {r.status for r in rows} == {OutboxStatus.PENDING}
-    assert all(r.not_before == clock() + timedelta(seconds=7) for r in rows)
+    assert all(r.not_before == r.created_at for r in rows), "they keep their places in the queue"
 
     clock.advance(seconds=6)
+    async with harness.sessions() as session, session.begin():  # queued meanwhile, due at once
+        enqueue(session, LI_JUAN, Notice.TICKET_CARD, clock(), ticket_id=number)
     assert await harness.deliver() == [], "nothing is sent before retry_after has passed"
     clock.advance(seconds=1)
     second = sent_to(await harness.deliver(), LI_JUAN)
-    assert [type(r).__name__ for r in second] == ["SendMessage", "SendPhoto"], "order is kept"
+    kinds = [type(r).__name__ for r in second]
+    assert kinds == ["SendMessage", "SendPhoto", "SendMessage"], "the card and its photo before what came later"
     assert {r.status for r in await outbox(harness)} == {OutboxStatus.SENT}
     assert await harness.deliver() == []
 

@@ -80,10 +80,6 @@ class SendRate(Protocol):
     async def pause(self, seconds: float) -> None: ...
 
 
-# Rows claimed at a time while Telegram asks us to wait (a 429): what goes out in one pause, no more, so a crash
-# then leaves little waiting for the restart (bench/crash.py's resume figure).
-PAUSED_BATCH = 3
-
 # While sends fail with passing faults, Telegram is asked this often whether it answers again.
 PROBE_SECONDS = 5.0
 
@@ -130,7 +126,7 @@ class OutboxSender:
         ahead = self.settings.ahead or max(16, min(128, math.ceil(self.settings.rate_per_second / 10)))
         self._ahead = asyncio.Semaphore(ahead)
         self._monotonic = monotonic
-        self._paused_until = 0.0  # by this sender's last 429
+        self._held_until: datetime | None = None  # nothing is claimed before this: Telegram's last 429 said so
         self.bucket = rate or TokenBucket(self.settings.rate_per_second, monotonic, sleep, self.settings.catch_up)
         # The only sender there is (a polling bot): whatever claims it finds at start belong to the dead.
         self.sole = sole
@@ -161,9 +157,17 @@ class OutboxSender:
         self._wake.set()
 
     async def pause(self, seconds: float) -> None:
-        """Telegram asked to wait (a 429): all sending waits, and claims are small meanwhile (``PAUSED_BATCH``)."""
-        self._paused_until = max(self._paused_until, self._monotonic() + seconds)
+        """Telegram asked to wait (a 429): all sending waits, and nothing more is claimed until then. The rows
+        refused keep their places in the queue: given a later ``not_before`` they went behind what was queued
+        meanwhile, a chat's newer cards before its older ones (bench.crash run 31), and a crash in the pause
+        leaves nothing claimed that it did not already hold."""
+        until = self.clock() + timedelta(seconds=seconds)
+        self._held_until = until if self._held_until is None else max(self._held_until, until)
         await self.bucket.pause(seconds)
+
+    def _held(self) -> float:
+        """Seconds until claiming may go on after Telegram's last 429; 0 when it may now."""
+        return 0.0 if self._held_until is None else max(0.0, (self._held_until - self.clock()).total_seconds())
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.take_back_claims(everyone=self.sole)
@@ -179,8 +183,9 @@ class OutboxSender:
                 if delivered:
                     continue
                 self._wake.clear()
+                idle = self.settings.idle_poll_seconds
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.settings.idle_poll_seconds)
+                    await asyncio.wait_for(self._wake.wait(), timeout=min(idle, self._held()) or idle)
         finally:
             for task in (upkeep, probe):
                 task.cancel()
@@ -315,17 +320,19 @@ class OutboxSender:
             renew_every = self.settings.lease / 3
             if self._lease_renewed is None or now - self._lease_renewed >= renew_every:
                 await self._renew_lease(session, now)
-            rows = list(
-                await session.scalars(
-                    select(OutboxMessage)
-                    .where(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.not_before <= now)
-                    # A worker's card must not wait behind ten thousand agenda messages; within a priority, the
-                    # longest due first, so what a dead sender had claimed is not overtaken by later retries.
-                    .order_by(OutboxMessage.priority, OutboxMessage.not_before, OutboxMessage.id)
-                    .limit(self.batch_size if self._monotonic() >= self._paused_until else PAUSED_BATCH)
-                    .with_for_update(skip_locked=True)
+            rows: list[OutboxMessage] = []
+            if not self._held():
+                rows = list(
+                    await session.scalars(
+                        select(OutboxMessage)
+                        .where(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.not_before <= now)
+                        # A worker's card must not wait behind ten thousand agenda messages; within a priority, the
+                        # longest due first, so what a dead sender had claimed is not overtaken by later retries.
+                        .order_by(OutboxMessage.priority, OutboxMessage.not_before, OutboxMessage.id)
+                        .limit(self.batch_size)
+                        .with_for_update(skip_locked=True)
+                    )
                 )
-            )
             rendered = dict(zip([row.id for row in rows], await self._render(session, rows), strict=True))
             if rows:
                 claim = {"status": OutboxStatus.CLAIMED, "claimed_at": now, "claimed_by": self.holder}
@@ -373,7 +380,7 @@ class OutboxSender:
             sent: object = await self.bot(method)
         except TelegramRetryAfter as error:
             await self.pause(error.retry_after)
-            self._finish([row], OutboxStatus.PENDING, now + timedelta(seconds=error.retry_after), "429")
+            self._finish([row], OutboxStatus.PENDING, None, "429")  # its place kept (see ``pause``)
             return OutboxStatus.PENDING
         except TelegramForbiddenError as error:
             self._unreachable.append(row.chat_id)
