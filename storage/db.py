@@ -171,6 +171,32 @@ def execute_pipelined(session: Session, statement: Any, params: Any) -> None:
         hooks.wrote()
 
 
+def read_pipelined(session: Session, statement: Any, params: Any = None) -> list[Any]:
+    """A read whose rows are wanted only after the transaction's next statement: on SQLite sent with that statement's
+    trip to aiosqlite's thread, before it (storage/sqlite_driver.py), elsewhere executed now. The list is filled
+    once that trip has run, with the rows as the driver returns them (no type processing: for integers, booleans
+    read as integers, and the like)."""
+    connection = session.connection()
+    dbapi_connection = connection.connection.dbapi_connection
+    if isinstance(dbapi_connection, sqlite_driver.OneTripConnection):
+        rows: list[Any] = []
+        with dbapi_connection.pipelined(rows_to=rows):
+            connection.execute(statement, params)
+        return rows
+    return [tuple(row) for row in connection.execute(statement, params)]
+
+
+def flush_pipelined(session: Session) -> None:
+    """Flush what nobody reads back (every primary key set, no SQL expression for a value, no server default to
+    fetch): on SQLite the INSERTs and UPDATEs go with the transaction's next trip, as execute_pipelined's."""
+    dbapi_connection = session.connection().connection.dbapi_connection
+    if isinstance(dbapi_connection, sqlite_driver.OneTripConnection):
+        with dbapi_connection.pipelined():
+            session.flush()
+    else:
+        session.flush()
+
+
 @event.listens_for(Session, "do_orm_execute")
 def _executed(state: ORMExecuteState) -> None:
     listed = state.session.info.get(_HOOKS)
