@@ -78,14 +78,13 @@ async def verified_household(session: AsyncSession, user_id: int) -> Verificatio
     return (await session.scalars(_SPEAKING_FOR, {"user_id": user_id})).first()
 
 
-def speaks_for(user_id: int, building_id: int) -> ColumnElement[bool]:
-    """In SQL: the resident is verified for a household of the building (evaluated inside another statement, so
-    filing a report asks it without a round trip of its own)."""
-    return exists().where(
-        Verification.user_id == user_id,
-        Verification.status == VerificationStatus.VERIFIED,
-        Verification.building_id == building_id,
-    )
+# In SQL: the resident (parameter ``resident``) is verified for a household of the building (``building``);
+# evaluated inside another statement, so filing a report asks it without a round trip of its own.
+SPEAKS_FOR: ColumnElement[bool] = exists().where(
+    Verification.user_id == bindparam("resident"),
+    Verification.status == VerificationStatus.VERIFIED,
+    Verification.building_id == bindparam("building"),
+)
 
 
 async def require_verified(session: AsyncSession, user_id: int, building_id: int) -> Verification:

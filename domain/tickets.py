@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Table, and_, insert, or_, select
+from sqlalchemy import Table, and_, func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain import month_summary  # noqa: F401  (its session hook marks the ended months a write changes)
@@ -19,12 +19,12 @@ from domain.cards import refresh_copies
 from domain.deadlines import start_window
 from domain.errors import AccessDenied, DomainError, HandledElsewhere, InvalidTransition, NotBound, NotFound
 from domain.followers import households, is_household, tell_households
-from domain.households import speaks_for
+from domain.households import SPEAKS_FOR
 from domain.outbox import Notice, enqueue_with_next
 from domain.people import Duties, Person, display_names, load_duties
 from domain.routing import RoutingDecision, choose_assignee, record_assignment
 from domain.text import TextTooLong, clean, is_blank, required_text
-from storage.db import execute_pipelined
+from storage.db import execute_pipelined, flush_pipelined, read_pipelined
 from storage.models import (
     Building,
     Category,
@@ -125,6 +125,16 @@ def check_caption(text: str | None) -> str:
 # A plain table statement: a new ticket's first two history events, in one go.
 _INSERT_EVENTS = insert(cast(Table, TicketEvent.__table__))
 
+# What a new ticket's row needs before its INSERT, in one read: its id, and whether the reporter speaks for a
+# household of the building. With both known the INSERT needs nothing back, so on SQLite the read goes with the
+# routing's query and the INSERT with the COMMIT: two trips to SQLite's thread in all (storage/db.py). Under
+# BEGIN IMMEDIATE nobody else adds a ticket before the COMMIT, and one more than the largest id is the id SQLite
+# itself gives a new row; PostgreSQL takes it from the table's sequence, as its INSERT would.
+_NEW_TICKET = {
+    "sqlite": select(func.coalesce(func.max(Ticket.id), 0) + 1, SPEAKS_FOR),
+    "postgresql": select(func.nextval(func.pg_get_serial_sequence("tickets", "id")), SPEAKS_FOR),
+}
+
 
 async def file_report(
     session: AsyncSession,
@@ -149,10 +159,14 @@ async def file_report(
     if category.id != draft.category_id or not category.active or category.community_id != community_id:
         raise NotFound(draft.category_id)
     async with session.begin():
+        new_ticket = _NEW_TICKET[session.get_bind().dialect.name]
+        known = await session.run_sync(read_pipelined, new_ticket, {"resident": reporter.id, "building": building.id})
         decision = await choose_assignee(
             session, community_id=community_id, grid_id=building.grid_id, category_level=category.level
         )
+        [(ticket_id, verified)] = known
         ticket = Ticket(
+            id=ticket_id,
             community_id=community_id,
             category_id=category.id,
             building_id=building.id,
@@ -160,7 +174,7 @@ async def file_report(
             grid_id=building.grid_id,
             reporter_id=reporter.id,
             description=description,
-            reporter_verified=speaks_for(reporter.id, building.id),
+            reporter_verified=bool(verified),
             latitude=draft.latitude,
             longitude=draft.longitude,
             created_at=now,
@@ -172,7 +186,8 @@ async def file_report(
         _apply_decision(ticket, decision, now)
         start_window(ticket, category, now)
         session.add(ticket)
-        await session.flush()
+        # A photo's own id comes back from its INSERT: with photos, the flush waits for it.
+        await session.run_sync(lambda sync: sync.flush() if ticket.photos else flush_pipelined(sync))
         await _record_routing(session, ticket, decision, now, reported_by=reporter.id)
     return FiledTicket(ticket, decision)
 

@@ -17,16 +17,26 @@ from storage.wal import FALLBACK_PAGES, Checkpointer
 SessionFactory = async_sessionmaker[AsyncSession]
 
 # Execution options for a transaction that only reads, in one statement: on SQLite it takes no lock and costs
-# one trip to aiosqlite's thread instead of four (BEGIN IMMEDIATE, the read, COMMIT, the pool's rollback); the
-# statement sees the database as it is at that moment. Elsewhere a transaction as usual. Never write in one.
+# one trip to aiosqlite's thread instead of four (BEGIN IMMEDIATE, the read, COMMIT, the pool's rollback); on
+# PostgreSQL it runs in autocommit, one round trip instead of three (BEGIN, the read, COMMIT). The statement sees
+# the database as it is at that moment. Never write in one.
 #     await session.connection(execution_options=AUTOCOMMIT_READ)  # first thing in the transaction
 AUTOCOMMIT_READ = {"autocommit_read": True}
+
+PG_CONNECTIONS = 15  # a process's connections to PostgreSQL, at most and kept
 
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     parsed = make_url(url)
     if not parsed.drivername.startswith("sqlite"):
-        return create_async_engine(url, pool_pre_ping=True, **kwargs)
+        # As many connections as SQLAlchemy's default allows at once (5 kept, 10 more in a burst), all kept: a burst
+        # of updates closed its extra connections as they came back and opened new ones for the next, each a new
+        # server process that prepares every statement again (139 connections opened for 500 report wizards of
+        # bench/scale.py, 15 now).
+        kwargs = {"pool_size": PG_CONNECTIONS, "max_overflow": 0, **kwargs}
+        engine = create_async_engine(url, pool_pre_ping=True, **kwargs)
+        event.listen(engine.sync_engine, "set_connection_execution_options", _autocommit_read)
+        return engine
 
     checkpointer = None
     if parsed.database and parsed.database != ":memory:":
@@ -72,6 +82,13 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
 
 
 _checkpointers: weakref.WeakKeyDictionary[Engine, Checkpointer] = weakref.WeakKeyDictionary()
+
+
+def _autocommit_read(_connection: Any, options: dict[str, Any]) -> None:
+    """AUTOCOMMIT_READ, outside SQLite: the connection's isolation level for this transaction only (SQLAlchemy
+    puts it back when the connection returns to the pool)."""
+    if options.get("autocommit_read"):
+        options["isolation_level"] = "AUTOCOMMIT"
 
 
 def wal_checkpointer(engine: AsyncEngine) -> Checkpointer | None:
@@ -169,6 +186,32 @@ def execute_pipelined(session: Session, statement: Any, params: Any) -> None:
         connection.execute(statement, params)
     for hooks in session.info.get(_HOOKS, ()):
         hooks.wrote()
+
+
+def read_pipelined(session: Session, statement: Any, params: Any = None) -> list[Any]:
+    """A read whose rows are wanted only after the transaction's next statement: on SQLite sent with that statement's
+    trip to aiosqlite's thread, before it (storage/sqlite_driver.py), elsewhere executed now. The list is filled
+    once that trip has run, with the rows as the driver returns them (no type processing: for integers, booleans
+    read as integers, and the like)."""
+    connection = session.connection()
+    dbapi_connection = connection.connection.dbapi_connection
+    if isinstance(dbapi_connection, sqlite_driver.OneTripConnection):
+        rows: list[Any] = []
+        with dbapi_connection.pipelined(rows_to=rows):
+            connection.execute(statement, params)
+        return rows
+    return [tuple(row) for row in connection.execute(statement, params)]
+
+
+def flush_pipelined(session: Session) -> None:
+    """Flush what nobody reads back (every primary key set, no SQL expression for a value, no server default to
+    fetch): on SQLite the INSERTs and UPDATEs go with the transaction's next trip, as execute_pipelined's."""
+    dbapi_connection = session.connection().connection.dbapi_connection
+    if isinstance(dbapi_connection, sqlite_driver.OneTripConnection):
+        with dbapi_connection.pipelined():
+            session.flush()
+    else:
+        session.flush()
 
 
 @event.listens_for(Session, "do_orm_execute")

@@ -507,6 +507,11 @@ class Ticket(Base):
         ),
     )
 
+    # The columns with a server default (for rows an upgrade added them to) have a default here too, so a new
+    # ticket's INSERT never needs them back: asked for, they would come back through RETURNING, and filing's
+    # INSERT could not go with its COMMIT (domain/tickets.py, file_report).
+    __mapper_args__ = {"eager_defaults": False}  # noqa: RUF012  (SQLAlchemy reads it from the class)
+
     id: Mapped[int] = mapped_column(primary_key=True)
     community_id: Mapped[int] = mapped_column(ForeignKey("communities.id"))
     category_id: Mapped[int] = mapped_column(ForeignKey("categories.id"))

@@ -9,7 +9,8 @@ one for every ``sqlite+aiosqlite`` URL.
 
 A transaction's BEGIN IMMEDIATE goes with its first statement, in the same trip. Writes whose outcome nobody reads
 (what a commit hook adds: the wizard state, the inbox's "handled"; the routing's load counter) can go the same way,
-with whatever trip comes next (:func:`storage.db.execute_pipelined`).
+with whatever trip comes next (:func:`storage.db.execute_pipelined`), and so can a read whose rows are wanted only
+after that trip (:func:`storage.db.read_pipelined`: a new ticket's id, read with the routing's query).
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ DRIVER = "sqlite+aiosqlite_onetrip"
 Outcome = tuple[Any, int, int | None, list[Any], bool]
 
 
-Pending = tuple[str, Any, bool]
+# A statement to send with the next trip: SQL, parameters, executemany, and the list its rows go to (None: no rows
+# wanted).
+Pending = tuple[str, Any, bool, list[Any] | None]
 # What storage/db.py opens each transaction with.
 BEGINS = frozenset({"BEGIN IMMEDIATE", "BEGIN"})
 
@@ -56,8 +59,7 @@ def _run(
     statement, from cursor to rows."""
     cursor = connection.cursor()
     try:
-        for earlier in pending:
-            _statement(cursor, *earlier)
+        _run_pending(cursor, pending)
         _statement(cursor, operation, parameters, many)
         description = cursor.description
         rows = cursor.fetchall() if description else []
@@ -66,13 +68,19 @@ def _run(
         cursor.close()
 
 
+def _run_pending(cursor: sqlite3.Cursor, pending: list[Pending]) -> None:
+    for operation, parameters, many, rows in pending:
+        _statement(cursor, operation, parameters, many)
+        if rows is not None:
+            rows.extend(cursor.fetchall())
+
+
 def _run_and_commit(connection: sqlite3.Connection, pending: list[Pending]) -> None:
     """In aiosqlite's thread: the statements still pending, then the commit. A failure leaves the transaction
     open, for SQLAlchemy to roll back."""
     cursor = connection.cursor()
     try:
-        for earlier in pending:
-            _statement(cursor, *earlier)
+        _run_pending(cursor, pending)
     finally:
         cursor.close()
     connection.commit()
@@ -138,7 +146,8 @@ class OneTripCursor(AsyncAdapt_aiosqlite_cursor):
 
     def _defer(self, operation: Any, parameters: Any, many: bool) -> None:
         """Sent with the next trip (OneTripConnection.pipelined): no rows, no row count."""
-        self._adapt_connection._pending.append((operation, parameters, many))  # type: ignore[attr-defined]
+        adapt_connection: OneTripConnection = self._adapt_connection  # type: ignore[assignment]
+        adapt_connection._pending.append((operation, parameters, many, adapt_connection._rows_to))
         self._description, self._rowcount, self._lastrowid = None, -1, None
         self._rows = collections.deque()
 
@@ -158,30 +167,32 @@ class OneTripConnection(AsyncAdapt_aiosqlite_connection):
     thread anyway: the pool's rollback of every connection it takes back after a commit, the commit of a read
     made without BEGIN (storage.db.AUTOCOMMIT_READ)."""
 
-    __slots__ = ("_in_transaction", "_pending", "_pipelining")
+    __slots__ = ("_in_transaction", "_pending", "_pipelining", "_rows_to")
     _cursor_cls = OneTripCursor  # type: ignore[assignment]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._pending: list[Pending] = []  # to send with the next trip, before its own statement
         self._pipelining = False
+        self._rows_to: list[Any] | None = None  # where the rows of statements pipelined now go
         # Whether sqlite3 has a transaction open, as the last statement left it; True when not known.
         self._in_transaction = True
 
     @contextlib.contextmanager
-    def pipelined(self) -> Iterator[None]:
+    def pipelined(self, rows_to: list[Any] | None = None) -> Iterator[None]:
         """Statements executed inside are sent with the next trip (a statement's, or the COMMIT's), in order and
         before it; a rollback drops them. They return no rows and no row count, and what goes wrong in one is
-        raised by the statement or commit that carried it."""
-        self._pipelining = True
+        raised by the statement or commit that carried it. ``rows_to``: the list their rows are added to, as
+        sqlite3 returns them (no type processing), when that trip has run."""
+        self._pipelining, self._rows_to = True, rows_to
         try:
             yield
         finally:
-            self._pipelining = False
+            self._pipelining, self._rows_to = False, None
 
     def commit(self) -> None:
         pending, self._pending = self._pending, []
-        if all(operation in BEGINS for operation, _, _ in pending):
+        if all(operation in BEGINS for operation, *_ in pending):
             # Nothing was done but a BEGIN not yet sent: no BEGIN, no COMMIT.
             if self._in_transaction:
                 super().commit()

@@ -9,9 +9,11 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import Table, event, exc, insert, select, update
+from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
+from domain.followers import similar_open_tickets
 from domain.people import touch_user
 from storage.db import SessionFactory, SessionHooks, add_hooks, execute_pipelined
 from storage.models import FsmRecord, User
@@ -110,6 +112,40 @@ async def test_a_person_who_changed_nothing_is_read_without_the_write_lock(
         user = await session.get(User, 77)
         assert user is not None
         assert (user.full_name, user.telegram_language, user.unreachable_at) == ("新名字", "en", None)
+
+
+async def test_a_read_alone_starts_no_transaction(
+    session_factory: SessionFactory, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AUTOCOMMIT_READ: the unchanged person's read and the "me too" list start no transaction in the database (on
+    SQLite no BEGIN IMMEDIATE, so no write lock; on PostgreSQL no BEGIN and COMMIT round trips), and a transaction
+    after them on the same connection is one again."""
+    now = datetime(2026, 12, 7, tzinfo=UTC)
+    async with session_factory() as session:
+        await touch_user(session, 77, "居民", "zh-hans", now)
+    started: list[str] = []
+    if engine.dialect.name == "sqlite":
+        event.listen(
+            engine.sync_engine,
+            "before_cursor_execute",
+            lambda *args: started.append(args[2]) if args[2].startswith("BEGIN") else None,
+        )
+    else:
+        begin = AsyncAdapt_asyncpg_connection._start_transaction
+
+        async def counted(connection: AsyncAdapt_asyncpg_connection) -> None:
+            if connection.isolation_level != "autocommit":
+                started.append("BEGIN")
+            await begin(connection)
+
+        monkeypatch.setattr(AsyncAdapt_asyncpg_connection, "_start_transaction", counted)
+    async with session_factory() as session:
+        await touch_user(session, 77, "居民", "zh-hans", now)
+        assert await similar_open_tickets(session, user_id=77, building_id=1, category_id=1) == []
+    assert started == []
+    async with session_factory() as session, session.begin():
+        session.add(FsmRecord(key="after", state="x", data={}))
+    assert len(started) == 1, "a transaction that writes is one"
 
 
 async def test_a_transaction_holds_the_write_lock_from_its_first_statement(

@@ -18,9 +18,10 @@ import pytest
 from aiogram.fsm.storage.base import StorageKey
 from aiogram.methods import TelegramMethod
 from redis.asyncio import Redis
-from sqlalchemy import select
+from sqlalchemy import event, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from storage.db import SessionFactory
+from storage.db import PG_CONNECTIONS, SessionFactory
 from storage.models import FsmRecord, Ticket
 from tests.conftest import FakeClock, require_redis
 from tests.fake_telegram import BOT_ID, sent_to
@@ -112,3 +113,21 @@ async def test_fifty_wizards_at_once_with_wizard_state_in_redis(
     finally:
         await redis.flushdb()
         await redis.aclose()
+
+
+async def test_bursts_of_updates_reuse_the_connections_they_opened(
+    session_factory: SessionFactory, engine: AsyncEngine
+) -> None:
+    """Twice as many transactions at once as the pool holds, burst after burst: each waits for a connection, and
+    no connection is closed between bursts (a new one is a new server process that prepares every statement
+    again)."""
+    opened: list[object] = []
+    event.listen(engine.sync_engine.pool, "connect", lambda *_: opened.append(object()))
+
+    async def read() -> None:
+        async with session_factory() as session, session.begin():
+            await session.execute(text("SELECT pg_sleep(0.01)"))
+
+    for _burst in range(3):
+        await asyncio.gather(*(read() for _ in range(2 * PG_CONNECTIONS)))
+    assert 0 < len(opened) <= PG_CONNECTIONS

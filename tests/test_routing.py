@@ -29,6 +29,8 @@ from storage.models import (
     Ticket,
     TicketStatus,
     User,
+    Verification,
+    VerificationStatus,
 )
 from tests.conftest import FakeClock
 
@@ -125,9 +127,10 @@ async def test_filing_queues_the_card_and_photos_in_its_own_transaction_in_few_t
             monkeypatch.undo()
             counted_trips.append(trips)
     if session_factory.kw["bind"].dialect.name == "sqlite":
-        # The candidates (with BEGIN), the ticket (then its photos), and the COMMIT with everything nobody reads
-        # back: the counters, the history, the card.
-        assert counted_trips == [3, 4]
+        # The new ticket's id and the candidates (with BEGIN), then the COMMIT with everything nobody reads back:
+        # the ticket, the counters, the history, the card. A photo's id comes back from its INSERT: with photos,
+        # the ticket and its photos go before the COMMIT.
+        assert counted_trips == [2, 4]
     async with session_factory() as session:
         queued = list(await session.scalars(select(OutboxMessage).order_by(OutboxMessage.id)))
     worker = filed[0].decision.assignee
@@ -141,6 +144,40 @@ async def test_filing_queues_the_card_and_photos_in_its_own_transaction_in_few_t
     assert {(m.status, m.priority, m.attempts, m.broadcast_id, m.not_before, m.created_at) for m in queued} == {
         (OutboxStatus.PENDING, OutboxPriority.NOTICE, 0, None, at, at)
     }
+
+
+async def test_a_filed_ticket_is_the_row_written_and_knows_whether_its_reporter_is_verified(
+    session_factory: SessionFactory, clock: FakeClock, community: None
+) -> None:
+    """Its id and reporter_verified are read before the INSERT (domain/tickets.py): they must be the row's."""
+    for user_id, building in ((1, "yinba/1"), (2, "yinba/1"), (3, "yinba/2")):
+        await resident_in(session_factory, clock, user_id, building)
+    async with session_factory() as session, session.begin():
+        first = await session.scalar(
+            select(Building).join(Compound).where(Building.code == "1", Compound.code == "yinba")
+        )
+        assert first is not None
+        # 1 speaks for a household of their building; 3 was verified for another building, and 2 not at all.
+        for user_id in (1, 3):
+            session.add(
+                Verification(
+                    user_id=user_id,
+                    building_id=first.id,
+                    unit=1,
+                    room="101",
+                    method="phone",
+                    status=VerificationStatus.VERIFIED,
+                    created_at=clock(),
+                )
+            )
+    filed = {user_id: (await report(session_factory, clock, user_id)).ticket for user_id in (1, 2, 3, 1)}
+    async with session_factory() as session:
+        rows = {t.id: t for t in await session.scalars(select(Ticket).where(Ticket.reporter_id.in_([1, 2, 3])))}
+    assert len(rows) == 4, "each filing wrote a row of its own"
+    for user_id, verified in ((1, True), (2, False), (3, False)):
+        ticket = filed[user_id]
+        assert ticket.reporter_verified is verified
+        assert rows[ticket.id].reporter_id == user_id and rows[ticket.id].reporter_verified is verified
 
 
 async def test_grid_without_workers_goes_to_staff_and_says_why(
