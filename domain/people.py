@@ -100,9 +100,19 @@ def _changed(session: AsyncSession, user_id: int) -> None:
 
 
 # Built once: this runs for every first update of a person, and building the statement costs as much as running it.
-_USER_AND_DUTY = select(
-    User,
-    exists().where(Membership.user_id == User.id, Membership.active.is_(True)).label("is_worker"),
+_IS_WORKER = exists().where(Membership.user_id == User.id, Membership.active.is_(True)).label("is_worker")
+_USER_AND_DUTY = select(User, _IS_WORKER).where(User.id == bindparam("user_id"))
+# The same read as plain columns, for the usual case of nothing to change: a row of values costs a fraction of
+# loading a User object into the session (bench/intake.py), and the snapshot needs only these.
+_PERSON_AS_THEY_ARE = select(
+    User.id,
+    User.full_name,
+    User.language,
+    User.telegram_language,
+    User.building_id,
+    User.unit,
+    _IS_WORKER,
+    User.unreachable_at,
 ).where(User.id == bindparam("user_id"))
 
 
@@ -116,11 +126,16 @@ async def touch_user(
     full_name = clean(full_name)
     async with session.begin():
         await session.connection(execution_options=AUTOCOMMIT_READ)
-        found = (await session.execute(_USER_AND_DUTY, {"user_id": user_id})).first()
-        if found is not None:
-            known, known_worker = found
-            if _as_they_are(known, full_name, telegram_language):
-                return _person(known, known_worker)
+        known = (await session.execute(_PERSON_AS_THEY_ARE, {"user_id": user_id})).first()
+    if (
+        known is not None
+        and known.full_name == full_name
+        and known.telegram_language == telegram_language
+        and known.unreachable_at is None
+    ):
+        return Person(
+            known.id, known.full_name, known.language, telegram_language, known.building_id, known.unit, known.is_worker
+        )
     async with session.begin():
         fresh = _USER_AND_DUTY.execution_options(populate_existing=True)
         found = (await session.execute(fresh, {"user_id": user_id})).first()
@@ -133,10 +148,6 @@ async def touch_user(
         if user.unreachable_at is not None:
             user.unreachable_at = None  # they wrote to us, so they have unblocked the bot
         return _person(user, is_worker)
-
-
-def _as_they_are(user: User, full_name: str, telegram_language: str | None) -> bool:
-    return user.full_name == full_name and user.telegram_language == telegram_language and user.unreachable_at is None
 
 
 def _person(user: User, is_worker: bool) -> Person:
