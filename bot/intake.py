@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import partial
+from functools import cache, partial
 from typing import Any, cast
 
 from aiogram import BaseMiddleware, Bot, Dispatcher
@@ -55,6 +55,17 @@ _MARK_FINISHED = (
     .where(_TABLE.c.update_id.in_(bindparam("ids", expanding=True)))
     .values(handled_at=func.coalesce(_TABLE.c.handled_at, bindparam("now")), answered_at=bindparam("now"))
 )
+
+
+@cache
+def _record_new(dialect: str) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING RETURNING the ids it inserted. Built once and executed with the batch's rows
+    as parameters: SQLAlchemy sends them as one multi-row INSERT all the same, from its cached statement, where
+    putting the rows into the statement built and compiled a new one of hundreds of parameters for every batch."""
+    insert = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(_TABLE)
+    return insert.on_conflict_do_nothing().returning(_TABLE.c.update_id)
+
+
 # An update that was being handled when the process died this many times after a restart is set aside, not retried
 # for ever. Only a start of its handling counts: a process killed before it came to the update does not.
 MAX_RECOVERIES = 3
@@ -238,11 +249,7 @@ class UpdateInbox:
             for i, u in batch.items()
         ]
         async with self.sessions() as session, session.begin():
-            dialect = session.get_bind().dialect.name
-            insert = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(_TABLE)
-            fresh = set(
-                await session.scalars(insert.values(rows).on_conflict_do_nothing().returning(_TABLE.c.update_id))
-            )
+            fresh = set(await session.scalars(_record_new(session.get_bind().dialect.name), rows))
             await self._write_marks(session)
         return [u for update_id, u in sorted(batch.items()) if update_id in fresh]
 
