@@ -49,6 +49,9 @@ _TABLE = cast(Table, InboundUpdate.__table__)
 _MARK_HANDLED = (
     update(_TABLE).where(_TABLE.c.update_id.in_(bindparam("ids", expanding=True))).values(handled_at=bindparam("now"))
 )
+# The same for the one update being handled, in its commit: no list to expand, so SQLAlchemy sends its cached SQL
+# as it is instead of rendering it anew for every update.
+_MARK_ONE_HANDLED = update(_TABLE).where(_TABLE.c.update_id == bindparam("id")).values(handled_at=bindparam("now"))
 # Its handling ended, answers included. An update that made no commit of its own is "handled" by the same write.
 _MARK_FINISHED = (
     update(_TABLE)
@@ -170,7 +173,7 @@ class _MarkAtCommit(SessionHooks):
         if self.mark.written:
             return
         if self.pending or session.new or session.deleted or any(session.is_modified(o) for o in session.dirty):
-            execute_pipelined(session, _MARK_HANDLED, {"ids": [self.mark.update_id], "now": self.clock()})
+            execute_pipelined(session, _MARK_ONE_HANDLED, {"id": self.mark.update_id, "now": self.clock()})
             self.marking = True
 
     def after_commit(self) -> None:
