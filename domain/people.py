@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import bindparam, exists, select
+from sqlalchemy import Table, bindparam, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.errors import NotFound
@@ -100,20 +101,25 @@ def _changed(session: AsyncSession, user_id: int) -> None:
 
 
 # Built once: this runs for every first update of a person, and building the statement costs as much as running it.
-_IS_WORKER = exists().where(Membership.user_id == User.id, Membership.active.is_(True)).label("is_worker")
-_USER_AND_DUTY = select(User, _IS_WORKER).where(User.id == bindparam("user_id"))
-# The same read as plain columns, for the usual case of nothing to change: a row of values costs a fraction of
-# loading a User object into the session (bench/intake.py), and the snapshot needs only these.
-_PERSON_AS_THEY_ARE = select(
-    User.id,
-    User.full_name,
-    User.language,
-    User.telegram_language,
-    User.building_id,
-    User.unit,
-    _IS_WORKER,
-    User.unreachable_at,
+_USER_AND_DUTY = select(
+    User,
+    exists().where(Membership.user_id == User.id, Membership.active.is_(True)).label("is_worker"),
 ).where(User.id == bindparam("user_id"))
+# The same read as plain columns of the table, for the usual case of nothing to change: a row of values costs a
+# fraction of loading a User object into the session, or even of a query of mapped attributes, which goes through
+# the ORM's loading all the same (bench/intake.py); the snapshot needs only these.
+_USERS = cast(Table, User.__table__)
+_MEMBERSHIPS = cast(Table, Membership.__table__)
+_PERSON_AS_THEY_ARE = select(
+    _USERS.c.id,
+    _USERS.c.full_name,
+    _USERS.c.language,
+    _USERS.c.telegram_language,
+    _USERS.c.building_id,
+    _USERS.c.unit,
+    exists().where(_MEMBERSHIPS.c.user_id == _USERS.c.id, _MEMBERSHIPS.c.active.is_(True)).label("is_worker"),
+    _USERS.c.unreachable_at,
+).where(_USERS.c.id == bindparam("user_id"))
 
 
 async def touch_user(
