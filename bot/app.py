@@ -64,7 +64,7 @@ from domain.directory import Directory
 from domain.menus import Menu, queue_menus
 from domain.stats import MonthCache, summarise_months
 from domain.sweep import sweep
-from handlers import build_router
+from handlers import detached_routers
 from scheduler.broadcasts import schedule_broadcasts
 from scheduler.jobs import create_scheduler, every_minute, stop_scheduler
 from storage.db import SessionFactory, create_engine, create_session_factory, refresh_statistics
@@ -139,7 +139,7 @@ def build_dispatcher(
     dispatcher.message.outer_middleware(guard)
     dispatcher.callback_query.outer_middleware(guard)
     dispatcher.message.outer_middleware(StepExits())
-    dispatcher.include_router(build_router())
+    dispatcher.include_routers(*detached_routers())
     return dispatcher
 
 

@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import partial
+from functools import cache, partial
 from typing import Any, cast
 
 from aiogram import BaseMiddleware, Bot, Dispatcher
@@ -49,12 +49,26 @@ _TABLE = cast(Table, InboundUpdate.__table__)
 _MARK_HANDLED = (
     update(_TABLE).where(_TABLE.c.update_id.in_(bindparam("ids", expanding=True))).values(handled_at=bindparam("now"))
 )
+# The same for the one update being handled, in its commit: no list to expand, so SQLAlchemy sends its cached SQL
+# as it is instead of rendering it anew for every update.
+_MARK_ONE_HANDLED = update(_TABLE).where(_TABLE.c.update_id == bindparam("id")).values(handled_at=bindparam("now"))
 # Its handling ended, answers included. An update that made no commit of its own is "handled" by the same write.
 _MARK_FINISHED = (
     update(_TABLE)
     .where(_TABLE.c.update_id.in_(bindparam("ids", expanding=True)))
     .values(handled_at=func.coalesce(_TABLE.c.handled_at, bindparam("now")), answered_at=bindparam("now"))
 )
+
+
+@cache
+def _record_new(dialect: str) -> Any:
+    """INSERT … ON CONFLICT DO NOTHING RETURNING the ids it inserted. Built once and executed with the batch's rows
+    as parameters: SQLAlchemy sends them as one multi-row INSERT all the same, from its cached statement, where
+    putting the rows into the statement built and compiled a new one of hundreds of parameters for every batch."""
+    insert = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(_TABLE)
+    return insert.on_conflict_do_nothing().returning(_TABLE.c.update_id)
+
+
 # An update that was being handled when the process died this many times after a restart is set aside, not retried
 # for ever. Only a start of its handling counts: a process killed before it came to the update does not.
 MAX_RECOVERIES = 3
@@ -159,7 +173,7 @@ class _MarkAtCommit(SessionHooks):
         if self.mark.written:
             return
         if self.pending or session.new or session.deleted or any(session.is_modified(o) for o in session.dirty):
-            execute_pipelined(session, _MARK_HANDLED, {"ids": [self.mark.update_id], "now": self.clock()})
+            execute_pipelined(session, _MARK_ONE_HANDLED, {"id": self.mark.update_id, "now": self.clock()})
             self.marking = True
 
     def after_commit(self) -> None:
@@ -238,11 +252,7 @@ class UpdateInbox:
             for i, u in batch.items()
         ]
         async with self.sessions() as session, session.begin():
-            dialect = session.get_bind().dialect.name
-            insert = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(_TABLE)
-            fresh = set(
-                await session.scalars(insert.values(rows).on_conflict_do_nothing().returning(_TABLE.c.update_id))
-            )
+            fresh = set(await session.scalars(_record_new(session.get_bind().dialect.name), rows))
             await self._write_marks(session)
         return [u for update_id, u in sorted(batch.items()) if update_id in fresh]
 

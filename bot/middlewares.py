@@ -15,7 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from domain.clock import Clock
 from domain.outbox import QUEUED_FLAG
 from domain.people import CHANGED_PEOPLE, Person, touch_user
-from domain.text import clean
 from storage.db import SessionFactory
 
 Handler = Callable[[TelegramObject, dict[str, Any]], Awaitable[Any]]
@@ -53,7 +52,7 @@ class UserMiddleware(BaseMiddleware):
     def __init__(self, ttl: float = 60.0, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
         self.monotonic = monotonic
-        self.snapshots: dict[int, tuple[float, Person]] = {}
+        self.snapshots: dict[int, tuple[float, str, Person]] = {}
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
         telegram_user: TelegramUser | None = data.get("event_from_user")
@@ -70,19 +69,19 @@ class UserMiddleware(BaseMiddleware):
 
     async def _person(self, session: AsyncSession, telegram_user: TelegramUser, clock: Clock) -> Person:
         now = self.monotonic()
+        name = telegram_user.full_name
         cached = self.snapshots.get(telegram_user.id)
         if cached is not None:
-            taken_at, person = cached
+            taken_at, name_then, person = cached
+            # The name as Telegram sent it: unchanged, it needs no cleaning again to be compared (domain/text.py).
             if (
                 now - taken_at < self.ttl
-                and person.full_name == clean(telegram_user.full_name)  # as touch_user stores it
+                and name == name_then
                 and person.telegram_language == telegram_user.language_code
             ):
                 return person
-        person = await touch_user(
-            session, telegram_user.id, telegram_user.full_name, telegram_user.language_code, clock()
-        )
+        person = await touch_user(session, telegram_user.id, name, telegram_user.language_code, clock())
         if len(self.snapshots) > 100_000:
             self.snapshots.clear()
-        self.snapshots[telegram_user.id] = (now, person)
+        self.snapshots[telegram_user.id] = (now, name, person)
         return person

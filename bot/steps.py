@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
+from functools import cache
 from typing import Any
 
 from aiogram import BaseMiddleware
@@ -19,6 +20,7 @@ from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State
 from aiogram.fsm.storage.base import BaseStorage, StateType, StorageKey
 from aiogram.types import Message, TelegramObject
+from aiogram.utils.i18n import get_i18n
 
 from bot import views
 from domain.clock import Clock
@@ -96,4 +98,10 @@ def _leaves_the_step(event: TelegramObject) -> bool:
     text = event.text
     if text.startswith("/"):
         return text.split(maxsplit=1)[0].partition("@")[0] != "/cancel"
-    return text in {str(label) for label in views.MAIN_MENU_BUTTONS}
+    return text in _main_menu_labels(get_i18n().current_locale)
+
+
+@cache
+def _main_menu_labels(locale: str) -> frozenset[str]:
+    """The main menu's buttons in ``locale``, the current one (translated once, not for every message)."""
+    return frozenset(str(label) for label in views.MAIN_MENU_BUTTONS)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import bindparam, exists, func, select
+from sqlalchemy import Table, bindparam, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.cards import refresh_copies
@@ -54,28 +55,33 @@ class SimilarTicket:
     status: str
 
 
+# Of the tables, not the mapped classes: a query of mapped attributes goes through the ORM's loading at every
+# execution, which cost more than the rest of it (bench/intake.py).
+_TICKETS = cast(Table, Ticket.__table__)
+_FOLLOWERS = cast(Table, TicketFollower.__table__)
+_VERIFICATIONS = cast(Table, Verification.__table__)
 # Whether the resident speaks for a verified household of the building: asked in the same query as the list.
 _VERIFIED_HERE = (
     exists()
     .where(
-        Verification.user_id == bindparam("user_id"),
-        Verification.status == VerificationStatus.VERIFIED,
-        Verification.building_id == bindparam("building_id"),
+        _VERIFICATIONS.c.user_id == bindparam("user_id"),
+        _VERIFICATIONS.c.status == VerificationStatus.VERIFIED,
+        _VERIFICATIONS.c.building_id == bindparam("building_id"),
     )
     .label("verified")
 )
 
 # Built once: it runs every time a resident picks a category.
 _SIMILAR = (
-    select(Ticket.id, Ticket.description, Ticket.created_at, Ticket.status, _VERIFIED_HERE)
+    select(_TICKETS.c.id, _TICKETS.c.description, _TICKETS.c.created_at, _TICKETS.c.status, _VERIFIED_HERE)
     .where(
-        Ticket.building_id == bindparam("building_id"),
-        Ticket.category_id == bindparam("category_id"),
-        Ticket.status.in_(TicketStatus.open_statuses()),
-        Ticket.reporter_id != bindparam("user_id"),
-        ~exists().where(TicketFollower.ticket_id == Ticket.id, TicketFollower.user_id == bindparam("user_id")),
+        _TICKETS.c.building_id == bindparam("building_id"),
+        _TICKETS.c.category_id == bindparam("category_id"),
+        _TICKETS.c.status.in_(TicketStatus.open_statuses()),
+        _TICKETS.c.reporter_id != bindparam("user_id"),
+        ~exists().where(_FOLLOWERS.c.ticket_id == _TICKETS.c.id, _FOLLOWERS.c.user_id == bindparam("user_id")),
     )
-    .order_by(Ticket.id.desc())
+    .order_by(_TICKETS.c.id.desc())
     .limit(bindparam("limit"))
 )
 

@@ -73,26 +73,29 @@ def _least_loaded_first(candidate: Candidate) -> tuple[Any, ...]:
     )
 
 
-# Built once (with bound parameters): constructing these on every report cost as much as running them.
+_MEMBERSHIPS = cast(Table, Membership.__table__)
+_USERS = cast(Table, User.__table__)
+# Built once (with bound parameters): constructing these on every report cost as much as running them. Of the
+# tables, not the mapped classes: a query of mapped attributes goes through the ORM's loading at every execution,
+# which cost more than the rest of it (bench/intake.py).
 _COMMUNITY_CANDIDATES = (
     select(
-        Membership.user_id,
-        Membership.rank,
-        func.max(Membership.last_assigned_at).label("last_assigned_at"),
-        User.open_tickets,
-        User.unreachable_at.is_(None).label("reachable"),
+        _MEMBERSHIPS.c.user_id,
+        _MEMBERSHIPS.c.rank,
+        func.max(_MEMBERSHIPS.c.last_assigned_at).label("last_assigned_at"),
+        _USERS.c.open_tickets,
+        _USERS.c.unreachable_at.is_(None).label("reachable"),
     )
-    .join(User, User.id == Membership.user_id)
+    .join(_USERS, _USERS.c.id == _MEMBERSHIPS.c.user_id)
     .where(
-        Membership.community_id == bindparam("community_id"),
-        Membership.role == bindparam("role"),
-        Membership.active.is_(True),
+        _MEMBERSHIPS.c.community_id == bindparam("community_id"),
+        _MEMBERSHIPS.c.role == bindparam("role"),
+        _MEMBERSHIPS.c.active.is_(True),
     )
-    .group_by(Membership.user_id, Membership.rank, User.unreachable_at, User.open_tickets)
+    .group_by(_MEMBERSHIPS.c.user_id, _MEMBERSHIPS.c.rank, _USERS.c.unreachable_at, _USERS.c.open_tickets)
 )
-_GRID_CANDIDATES = _COMMUNITY_CANDIDATES.where(Membership.grid_id == bindparam("grid_id"))
-_SCOPED_CANDIDATES = _COMMUNITY_CANDIDATES.where(Membership.scope == bindparam("scope"))
-_MEMBERSHIPS = cast(Table, Membership.__table__)
+_GRID_CANDIDATES = _COMMUNITY_CANDIDATES.where(_MEMBERSHIPS.c.grid_id == bindparam("grid_id"))
+_SCOPED_CANDIDATES = _COMMUNITY_CANDIDATES.where(_MEMBERSHIPS.c.scope == bindparam("scope"))
 # A plain table statement: what is read of it later is read in SQL (the candidates), never from loaded objects.
 _RECORD_ASSIGNMENT = (
     update(_MEMBERSHIPS)
@@ -187,7 +190,6 @@ async def choose_at_level(
 
 # --- the load: each person's open tickets, counted as tickets change -------------------------------------
 
-_USERS = cast(Table, User.__table__)
 _ADD_LOAD = (
     update(_USERS)
     .where(_USERS.c.id == bindparam("person"))

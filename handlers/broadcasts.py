@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from aiogram import Router
-from aiogram.filters import Command
 from aiogram.types import CallbackQuery, Message
 from aiogram.utils.i18n import gettext as _
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import views
 from bot.callbacks import BroadcastAction, BroadcastCb, SettingsAction, SettingsCb
+from bot.filters import Command
 from bot.views import broadcasts as bv
 from domain import broadcasts
 from domain.clock import Clock

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiogram import Router
 from aiogram.enums import ChatType
-from aiogram.filters import Command, StateFilter
+from aiogram.filters import StateFilter
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State
 from aiogram.types import CallbackQuery, Chat, InaccessibleMessage, InlineKeyboardMarkup, Message
@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import views
 from bot.callbacks import LanguageCb
-from bot.filters import Button
+from bot.filters import Button, Command
 from bot.i18n import LANGUAGES
 from domain.clock import Clock
 from domain.errors import DomainError

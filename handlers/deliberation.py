@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from datetime import date, tzinfo
 
 from aiogram import F, Router
-from aiogram.filters import Command, StateFilter
+from aiogram.filters import StateFilter
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
 from aiogram.types import CallbackQuery, Message
@@ -15,7 +15,7 @@ from aiogram.utils.i18n import gettext as _
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.callbacks import SurveyCb, TicketAction, TicketCb, TopicAction, TopicCb
-from bot.filters import Typed
+from bot.filters import Command, Typed
 from bot.views import deliberation as dv
 from domain import deliberation
 from domain.clock import Clock

@@ -12,7 +12,7 @@ from datetime import tzinfo
 from aiogram import Bot, F, Router
 from aiogram.enums import ContentType
 from aiogram.exceptions import TelegramAPIError
-from aiogram.filters import Command, StateFilter
+from aiogram.filters import StateFilter
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
 from aiogram.types import CallbackQuery, Message
@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import views
 from bot.callbacks import HouseholdAction, HouseholdCb
-from bot.filters import Button, Content, Typed
+from bot.filters import Button, Command, Content, Typed
 from bot.views import households as hv
 from domain import verification
 from domain.clock import Clock

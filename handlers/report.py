@@ -11,7 +11,7 @@ from typing import Any
 
 from aiogram import Router
 from aiogram.enums import ContentType
-from aiogram.filters import Command, StateFilter
+from aiogram.filters import StateFilter
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
 from aiogram.types import CallbackQuery, Message
@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import views
 from bot.callbacks import CategoryCb
-from bot.filters import Button, Content, Typed
+from bot.filters import Button, Command, Content, Typed
 from bot.i18n import localized
 from bot.views import feedback as feedback_views
 from domain import followers, tickets

@@ -5,14 +5,13 @@ from __future__ import annotations
 from datetime import tzinfo
 
 from aiogram import F, Router
-from aiogram.filters import Command
 from aiogram.types import CallbackQuery, Message
 from aiogram.utils.i18n import gettext as _
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import views
 from bot.callbacks import TicketAction, TicketCb
-from bot.filters import Button
+from bot.filters import Button, Command
 from domain import tickets
 from domain.errors import DomainError
 from domain.people import Person

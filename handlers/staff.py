@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from aiogram import Router
-from aiogram.filters import Command
 from aiogram.types import Message
 from aiogram.utils.i18n import gettext as _
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.filters import Command
 from bot.views import ladder as ladder_views
 from domain.clock import Clock
 from domain.errors import AccessDenied

@@ -5,13 +5,13 @@ from __future__ import annotations
 from zoneinfo import ZoneInfo
 
 from aiogram import Router
-from aiogram.filters import Command
 from aiogram.types import BufferedInputFile, CallbackQuery, InlineKeyboardMarkup, Message
 from aiogram.utils.i18n import gettext as _
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import views
 from bot.callbacks import StatsAction, StatsCb
+from bot.filters import Command
 from bot.i18n import localized
 from bot.views import stats as sv
 from domain.clock import Clock

@@ -6,7 +6,7 @@ from datetime import tzinfo
 
 from aiogram import F, Router
 from aiogram.enums import ContentType
-from aiogram.filters import Command, StateFilter
+from aiogram.filters import StateFilter
 from aiogram.fsm.context import FSMContext
 from aiogram.fsm.state import State, StatesGroup
 from aiogram.types import CallbackQuery, Message
@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot import views
 from bot.callbacks import TicketAction, TicketCb
-from bot.filters import Button, Typed
+from bot.filters import Button, Command, Typed
 from domain import cards, tickets
 from domain.clock import Clock
 from domain.errors import DomainError

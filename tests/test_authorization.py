@@ -55,7 +55,7 @@ from domain.directory import Directory
 from domain.errors import AccessDenied, DomainError, HandledElsewhere
 from domain.people import touch_user
 from domain.stats import Month
-from handlers import ROUTERS, build_router
+from handlers import ROUTERS, detached_routers
 from storage.models import (
     Base,
     Broadcast,
@@ -431,7 +431,7 @@ def button_actions() -> set[str]:
 
 
 def commands() -> set[str]:
-    build_router()
+    detached_routers()
     return {
         f"/{name}"
         for router in ROUTERS

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from domain.followers import similar_open_tickets
 from domain.people import touch_user
 from storage.db import SessionFactory, SessionHooks, add_hooks, execute_pipelined
-from storage.models import FsmRecord, User
+from storage.models import FsmRecord, Membership, User
 
 _TABLE = FsmRecord.__table__
 assert isinstance(_TABLE, Table)
@@ -146,6 +146,28 @@ async def test_a_read_alone_starts_no_transaction(
     async with session_factory() as session, session.begin():
         session.add(FsmRecord(key="after", state="x", data={}))
     assert len(started) == 1, "a transaction that writes is one"
+
+
+async def test_the_read_without_the_write_lock_gives_the_same_person_as_the_full_one(
+    session_factory: SessionFactory, community: None
+) -> None:
+    """The usual read is plain columns, not a loaded record: it must tell everything the record does, a worker's
+    duty and a resident's home included."""
+    now = datetime(2026, 12, 7, tzinfo=UTC)
+    async with session_factory() as session:
+        worker = await session.scalar(select(Membership.user_id).where(Membership.active.is_(True)).limit(1))
+        assert worker is not None
+    async with session_factory() as session, session.begin():
+        session.add(User(id=78, full_name="居民", telegram_language="zh-hans", language="en", unit=3, created_at=now))
+    for user_id in (worker, 78):
+        async with session_factory() as session:
+            refreshed = await touch_user(session, user_id, "新名字", "zh-hans", now)  # a change: the full record
+        async with session_factory() as session:
+            read = await touch_user(session, user_id, "新名字", "zh-hans", now)  # nothing changed: the plain read
+        assert read == refreshed
+    assert read.language == "en" and read.unit == 3 and not read.is_worker
+    async with session_factory() as session:
+        assert (await touch_user(session, worker, "新名字", "zh-hans", now)).is_worker
 
 
 async def test_a_transaction_holds_the_write_lock_from_its_first_statement(

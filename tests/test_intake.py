@@ -68,6 +68,19 @@ async def unhandled(harness: Harness) -> int:
         return int(found or 0)
 
 
+async def test_a_batch_records_only_the_updates_not_known_yet(harness: Harness) -> None:
+    """One statement records a whole batch; what it returns is what was new, in Telegram's order."""
+    first, second, third, fourth = (text_update(900310 + n, f"第{n}条") for n in range(4))
+    inbox = inbox_of(harness)
+    assert await inbox.record([second, first]) == [first, second]
+    assert await inbox.record([second, fourth, first, third]) == [third, fourth], "the known ones are left out"
+    async with harness.sessions() as session:
+        recorded = await session.scalars(select(InboundUpdate).order_by(InboundUpdate.update_id))
+        assert [(row.update_id, row.user_key, row.recoveries) for row in recorded] == [
+            (u.update_id, 900310 + n, 0) for n, u in enumerate((first, second, third, fourth))
+        ]
+
+
 async def test_an_update_delivered_twice_is_handled_once(harness: Harness) -> None:
     submit = await up_to_submit(harness, 900300, "三楼楼道堆满纸箱")
     inbox = inbox_of(harness)

@@ -68,6 +68,7 @@ async def test_me_too_lists_only_open_tickets_of_that_category_in_that_building(
         assert me_too(hidden) not in shown
     listing = texts(answer)
     assert f"#{drain}" in listing and "The drain by unit 2 is blocked" in listing
+    assert "waiting to be accepted" in listing, "its status, in the resident's language"
     assert "Zhang Secret" not in listing and str(REPORTER) not in listing, "nobody's identity is shown"
 
     answer = await joiner.tap(answer, f"#{drain}")

@@ -101,14 +101,20 @@ def local_time(moment: datetime, tz: tzinfo) -> str:
     return moment.astimezone(tz).strftime("%Y-%m-%d %H:%M")
 
 
+# Translated when shown: a list of tickets names a status for each, and translating all five for each cost more
+# than the rest of the line.
+_STATUS_LABELS = {
+    TicketStatus.ASSIGNED: __("waiting to be accepted"),
+    TicketStatus.IN_PROGRESS: __("being handled"),
+    TicketStatus.RESOLVED: __("resolved, awaiting confirmation"),
+    TicketStatus.CLOSED: __("closed, confirmed by the resident"),
+    TicketStatus.UNCONFIRMED: __("resolved, unconfirmed"),
+}
+
+
 def status_label(status: str) -> str:
-    return {
-        TicketStatus.ASSIGNED: _("waiting to be accepted"),
-        TicketStatus.IN_PROGRESS: _("being handled"),
-        TicketStatus.RESOLVED: _("resolved, awaiting confirmation"),
-        TicketStatus.CLOSED: _("closed, confirmed by the resident"),
-        TicketStatus.UNCONFIRMED: _("resolved, unconfirmed"),
-    }.get(TicketStatus(status), status)
+    label = _STATUS_LABELS.get(TicketStatus(status))
+    return status if label is None else str(label)
 
 
 def place_label(building: Building, unit: int | None) -> str:
