@@ -8,7 +8,8 @@ from datetime import timedelta
 
 import pytest
 from aiogram.methods import SendMessage
-from sqlalchemy import select
+from sqlalchemy import event, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.residents import add_residents
 from bot.outbound import sender as sender_module
@@ -362,6 +363,29 @@ async def test_a_crash_in_a_chats_queue_repeats_only_the_message_on_the_wire(
     await restarted.app.sender.take_back_claims(everyone=True)
     again = await restarted.deliver()
     assert len(sent_to(again, LI_JUAN)) == 1, "only the card on the wire at the crash comes again"
+    assert {r.status for r in await outbox(harness)} == {OutboxStatus.SENT}
+
+
+async def test_what_a_failed_commit_would_have_written_goes_with_the_next(
+    harness: Harness, engine: AsyncEngine
+) -> None:
+    """The database refuses the first write of "sent" (it went away for a moment): the card is not left claimed
+    by this live process, never sent again nor written, but written as sent with the sender's next commit."""
+    await filed_with_photo(harness)  # a card and a photo for Li Juan
+    refused: list[str] = []
+
+    def goes_away_once(_conn, _cursor, statement: str, *_args) -> None:  # type: ignore[no-untyped-def]
+        if not refused and statement.startswith("UPDATE outbox SET status") and "sent_at" in statement:
+            refused.append(statement)
+            raise ConnectionError("the database went away")
+
+    event.listen(engine.sync_engine, "before_cursor_execute", goes_away_once)
+    try:
+        delivered = await harness.deliver()
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", goes_away_once)
+    assert refused, "the write was refused"
+    assert len(sent_to(delivered, LI_JUAN)) == 2, "each went once"
     assert {r.status for r in await outbox(harness)} == {OutboxStatus.SENT}
 
 

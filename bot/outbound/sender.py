@@ -36,7 +36,7 @@ import math
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -82,6 +82,17 @@ class SendRate(Protocol):
 
 # While sends fail with passing faults, Telegram is asked this often whether it answers again.
 PROBE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Noted:
+    """What the sender learnt of rows since its last commit, written with its next (``OutboxSender._transaction``)."""
+
+    delivered: list[int]
+    follow_ups: list[FollowUp]
+    outcomes: list[tuple[list[int], dict[str, object]]]
+    unreachable: list[int]
+    answers_again: bool
 
 
 @dataclass(frozen=True)
@@ -136,7 +147,7 @@ class OutboxSender:
         self.pacer = pacer or ChatPacer(self.settings.chat_interval, monotonic, sleep)
         self._lease_renewed: datetime | None = None
         # Rows Telegram accepted whose "sent" is not written yet, and other outcomes of rows tried (a 429, a
-        # failure): they ride along with the next commit the sender makes anyway (``_write_outcomes``).
+        # failure): they ride along with the next commit the sender makes anyway (``_transaction``).
         self._delivered: list[int] = []
         self._follow_ups: list[FollowUp] = []  # what the database learns from their answers (cards to keep current…)
         self._outcomes: list[tuple[list[int], dict[str, object]]] = []
@@ -272,8 +283,7 @@ class OutboxSender:
     async def _release_lease(self) -> None:
         """On a clean stop: give back what is still claimed, at once, to whoever sends next."""
         with contextlib.suppress(Exception):
-            async with self.sessions() as session, session.begin():
-                await self._write_outcomes(session)
+            async with self._transaction() as session:
                 await session.execute(
                     update(OutboxMessage)
                     .where(OutboxMessage.status == OutboxStatus.CLAIMED, OutboxMessage.claimed_by == self.holder)
@@ -315,8 +325,7 @@ class OutboxSender:
         """Claim the rows due now, rendered, their requests kept with the claim: should this process die, its
         successor sends them before its own start-up is done (handover.py)."""
         now = self.clock()
-        async with self.sessions() as session, session.begin():
-            await self._write_outcomes(session)
+        async with self._transaction() as session:
             renew_every = self.settings.lease / 3
             if self._lease_renewed is None or now - self._lease_renewed >= renew_every:
                 await self._renew_lease(session, now)
@@ -459,8 +468,7 @@ class OutboxSender:
         while self._to_mark:
             batch, self._to_mark = self._to_mark, []
             try:
-                async with self.sessions() as session, session.begin():
-                    await self._write_outcomes(session)
+                async with self._transaction() as session:
                     await session.execute(
                         update(OutboxMessage)
                         .where(OutboxMessage.id.in_([row.id for row, _ in batch]))
@@ -504,40 +512,55 @@ class OutboxSender:
 
     async def _write_now(self) -> None:
         if self._delivered or self._outcomes or self._unreachable:
-            async with self.sessions() as session, session.begin():
-                await self._write_outcomes(session)
+            async with self._transaction():
+                pass
 
-    async def _write_outcomes(self, session: AsyncSession) -> None:
-        """Write what happened to the rows sent or tried since the last commit, as part of ``session``'s.
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncSession]:
+        """A transaction of the sender's, which also writes the outcomes noted since its last one. Should it fail,
+        they are noted again for the next: taken and lost, their rows stayed claimed by this live process until
+        it restarted (a card not sent, nor tried again)."""
+        noted = Noted(self._delivered, self._follow_ups, self._outcomes, self._unreachable, self._answers_again)
+        self._delivered, self._follow_ups, self._outcomes, self._unreachable = [], [], [], []
+        self._answers_again = False
+        try:
+            async with self.sessions() as session, session.begin():
+                await self._write_outcomes(session, noted)
+                yield session
+        except BaseException:
+            self._delivered[:0] = noted.delivered
+            self._follow_ups[:0] = noted.follow_ups
+            self._outcomes[:0] = noted.outcomes
+            self._unreachable[:0] = noted.unreachable
+            self._answers_again = self._answers_again or noted.answers_again
+            raise
+
+    async def _write_outcomes(self, session: AsyncSession, noted: Noted) -> None:
+        """Write what happened to the rows sent or tried before this transaction, as part of ``session``'s.
 
         Should the process die first, a personal row is sent again and a broadcast row is in doubt; a row that
         failed or must wait is simply tried again.
         """
         now = self.clock()
-        delivered, self._delivered = self._delivered, []
-        follow_ups, self._follow_ups = self._follow_ups, []
-        outcomes, self._outcomes = self._outcomes, []
-        unreachable, self._unreachable = self._unreachable, []
-        for learnt in sorted(follow_ups, key=lambda f: f.ticket_id):
+        for learnt in sorted(noted.follow_ups, key=lambda f: f.ticket_id):
             await learnt.write(session)
-        if delivered:
+        if noted.delivered:
             await session.execute(
                 update(OutboxMessage)
-                .where(OutboxMessage.id.in_(delivered))
+                .where(OutboxMessage.id.in_(noted.delivered))
                 .values(status=OutboxStatus.SENT, sent_at=now, error="", request=None)
                 .execution_options(synchronize_session=False)
             )
-        for ids, values in outcomes:
+        for ids, values in noted.outcomes:
             await session.execute(
                 update(OutboxMessage)
                 .where(OutboxMessage.id.in_(ids))
                 .values(**values)
                 .execution_options(synchronize_session=False)
             )
-        if unreachable:
-            await session.execute(update(User).where(User.id.in_(unreachable)).values(unreachable_at=now))
-        if self._answers_again:
-            self._answers_again = False
+        if noted.unreachable:
+            await session.execute(update(User).where(User.id.in_(noted.unreachable)).values(unreachable_at=now))
+        if noted.answers_again:
             # Rows waiting out a backoff after a passing fault (their error is Telegram's, not a 429's pause, and
             # not empty as a row scheduled for later is).
             await session.execute(
