@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, exists, select
+from sqlalchemy import Row, Table, bindparam, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.errors import NotFound
@@ -139,9 +139,7 @@ async def touch_user(
         and known.telegram_language == telegram_language
         and known.unreachable_at is None
     ):
-        return Person(
-            known.id, known.full_name, known.language, telegram_language, known.building_id, known.unit, known.is_worker
-        )
+        return _person(known, known.is_worker)
     async with session.begin():
         fresh = _USER_AND_DUTY.execution_options(populate_existing=True)
         found = (await session.execute(fresh, {"user_id": user_id})).first()
@@ -156,7 +154,8 @@ async def touch_user(
         return _person(user, is_worker)
 
 
-def _person(user: User, is_worker: bool) -> Person:
+def _person(user: User | Row[Any], is_worker: bool) -> Person:
+    """The person from their record, or from the plain columns of ``_PERSON_AS_THEY_ARE``."""
     return Person(
         user.id, user.full_name, user.language, user.telegram_language, user.building_id, user.unit, is_worker
     )
