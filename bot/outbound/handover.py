@@ -17,8 +17,10 @@ Telegram's answer decides what becomes of a row, as in the sender, only shorter:
 - taken: the row is sent, and what the database learns from the answer (a card's message id) is written with
   it, through the sender's own :func:`requests.follow_up`, within ``RECORD_SECONDS`` (so a hand-over killed
   too repeats only what it sent since);
-- a 429: nothing more is tried, and the sender that starts next waits the ``retry_after`` (the rows keep their
-  places in the queue);
+- a 429: everything waits the ``retry_after``, as the sender would, then the same row is tried again (the rows
+  keep their places); should the sender take over meanwhile, it waits out the rest. Giving up at the first 429
+  left a dead process's cards to a sender still loading for 15 s and more on a busy machine (bench.crash run
+  38: four messages 37 s late after a kill in a 429 storm);
 - a 5xx or a network error: the row and its chat's later rows wait a backoff, as the sender would have them;
 - anything else (blocked, a bad request): the row goes back to the sender, which tries it and judges the answer
   as always. So do the rows the hand-over did not get to before the sender was ready.
@@ -171,7 +173,7 @@ class Round:
     follow_ups: list[FollowUp] = field(default_factory=list)
     waits: dict[int, dict[str, Any]] = field(default_factory=dict)  # rows that wait: the values to write
     in_flight: set[int] = field(default_factory=set)  # asked, no answer yet
-    paused_until: datetime | None = None  # Telegram answered 429: nothing more is tried
+    paused_until: datetime | None = None  # Telegram answered 429: nothing is sent before this
     stopping: bool = False  # the sender takes over: nothing more is begun
     # What is written already of ``sent`` and ``follow_ups`` (their first so many), the write on its way, and
     # when it began: a kill during the hand-over repeats only what Telegram took since (``_record_soon``).
@@ -203,10 +205,12 @@ class Round:
 
     async def _chat(self, rows: list[OutboxMessage], bucket: TokenBucket, pacer: ChatPacer) -> None:
         """One chat's rows in order; the first that is not taken keeps the rest where they are."""
-        for index, row in enumerate(rows):
+        index = 0
+        while index < len(rows):
+            row = rows[index]
             await pacer.wait_turn(row.chat_id)
             await bucket.take()
-            if self.paused_until is not None or self.stopping:
+            if self.stopping:
                 return
             request: Request = row.request  # type: ignore[assignment]  # selected for having one
             now = self.clock()
@@ -225,11 +229,13 @@ class Round:
                 if (learnt := follow_up(row, request, Answer.from_result(body.get("result")), now)) is not None:
                     self.follow_ups.append(learnt)
                 self._record_soon()
+                index += 1
                 continue
             retry_after = (body.get("parameters") or {}).get("retry_after")
             if retry_after is not None:
-                self._pause(now + timedelta(seconds=float(retry_after)))
-            elif status >= 500:
+                await self._pause(bucket, float(retry_after), now)
+                continue  # the same row, once the wait is over
+            if status >= 500:
                 self._backoff(rows[index:], now, f"{status}: {body.get('description', '')}")
             return  # anything else is the sender's to judge, this row and the chat's later ones
 
@@ -246,11 +252,14 @@ class Round:
             body = await response.json(content_type=None)
             return response.status, body if isinstance(body, dict) else {}
 
-    def _pause(self, until: datetime) -> None:
-        """A 429 holds all sending: nothing more is tried, and the sender that starts next waits until ``until``
-        (bot/app.py). The rows keep their places in the queue: given a later ``not_before``, a broadcast's rows
-        would go behind all of its rows not tried yet (bench.crash run 25: four agenda messages 75 s late)."""
-        self.paused_until = until
+    async def _pause(self, bucket: TokenBucket, seconds: float, now: datetime) -> None:
+        """A 429 holds all sending for ``seconds``: every chat's next turn waits in ``bucket``, and should the
+        sender take over meanwhile, it waits until then too (bot/app.py). The rows keep their places in the queue:
+        given a later ``not_before``, a broadcast's rows would go behind all of its rows not tried yet (bench.crash
+        run 25: four agenda messages 75 s late)."""
+        until = now + timedelta(seconds=seconds)
+        self.paused_until = until if self.paused_until is None else max(self.paused_until, until)
+        await bucket.pause(seconds)
 
     def _backoff(self, rows: list[OutboxMessage], now: datetime, error: str) -> None:
         attempts = rows[0].attempts + 1
@@ -301,4 +310,5 @@ class Round:
                 if row.id not in sent and (row.broadcast_id is None or row.id not in self.in_flight)
             ]
         )
-        return Handed(sent=len(self.sent), left=len(self.rows) - len(self.sent), paused_until=self.paused_until)
+        paused = self.paused_until if self.paused_until is not None and self.paused_until > self.clock() else None
+        return Handed(sent=len(self.sent), left=len(self.rows) - len(self.sent), paused_until=paused)
