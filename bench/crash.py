@@ -1070,8 +1070,8 @@ class Bench:
                 event = events.get(payload.get("event_id"))
                 note = event["note"] if event and event["kind"] in ("note", "resolved") else ""
                 return (row["chat_id"], "update", payload["ticket_id"], note or "")
-            if kind == "topic_candidate":
-                return (row["chat_id"], "topic", payload["topic_id"])
+            if kind == "topic_candidate":  # topics waiting for staff, listed in one message: by its first button
+                return (row["chat_id"], "topic", payload["topic_ids"][0])
             return None
 
         # --- messages ---

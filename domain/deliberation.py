@@ -26,7 +26,7 @@ from domain.cards import refresh_copies
 from domain.errors import AccessDenied, DomainError, HandledElsewhere, InvalidTransition, NotBound, NotFound
 from domain.followers import household_ids
 from domain.households import require_verified, verified_household
-from domain.outbox import Notice, enqueue
+from domain.outbox import Notice, enqueue, enqueue_joined
 from domain.people import display_names, load_duties
 from domain.public_notices import post_publicly, private_copies
 from domain.text import clean, is_blank, required_text
@@ -262,10 +262,11 @@ async def _tell_residents(
 
 
 async def _tell_staff(session: AsyncSession, topic: Topic, now: datetime, skip: int | None = None) -> None:
-    """A new topic waits for staff: a candidate to accept or dismiss, or one raised by a resident or worker."""
+    """A new topic waits for staff: a candidate to accept or dismiss, or one raised by a resident or worker. Topics
+    not yet told go in one message."""
     for user_id in await staff_ids(session, topic.community_id):
         if user_id != skip:
-            enqueue(session, user_id, Notice.TOPIC_CANDIDATE, now, topic_id=topic.id)
+            await enqueue_joined(session, user_id, Notice.TOPIC_CANDIDATE, now, "topic_ids", topic.id)
 
 
 # --- step 1: collecting ------------------------------------------------------------------------------

@@ -8,11 +8,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, cast
 
-from sqlalchemy import Table, insert
+from sqlalchemy import Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from storage.db import execute_pipelined
-from storage.models import OutboxMessage
+from storage.models import OutboxMessage, OutboxPriority, OutboxStatus
 
 
 class Notice(StrEnum):
@@ -28,7 +28,8 @@ class Notice(StrEnum):
     RESIDENT_FEEDBACK = "resident_feedback"  # the worker hears a confirmation or rating; payload: ticket_id, event_id
     # Deliberation (domain/deliberation.py).
     TOPIC_UPDATE = "topic_update"  # residents behind a topic hear a decision or progress; payload: topic_id, event_id
-    # Staff: a topic waits for them (the bot's candidate, or one a resident or worker raised); payload: topic_id
+    # Staff: topics wait for them (the bot's candidates, or ones a resident or worker raised); payload: topic_ids
+    # (rows queued before 2026-12-07: topic_id). Queued with ``enqueue_joined``.
     TOPIC_CANDIDATE = "topic_candidate"
     # Households (domain/verification.py).
     VERIFICATION_REQUEST = "verification_request"  # a grid worker: a resident asks to be verified; verification_id
@@ -56,6 +57,34 @@ def enqueue(
         OutboxMessage(chat_id=chat_id, kind=kind, payload=payload, not_before=not_before or now, created_at=now)
     )
     mark_queued(session)
+
+
+async def enqueue_joined(session: AsyncSession, chat_id: int, kind: Notice, now: datetime, key: str, item: Any) -> None:
+    """Queue ``item`` in the list ``payload[key]`` of the chat's message of this kind that waits to be sent, or in
+    a new one: a staff member comes back from an outage, or a busy minute of the candidates job, to one message
+    listing ten topics, not ten messages a second apart (bench.crash: such a queue was the slowest to resume).
+
+    Only a message never tried yet is joined (one waiting a backoff would take the item's retry horizon with it).
+    Locking the row keeps a sender from claiming it meanwhile; one it claimed already is no longer pending here.
+    """
+    waiting = await session.scalar(
+        select(OutboxMessage)
+        .where(
+            OutboxMessage.status == OutboxStatus.PENDING,
+            OutboxMessage.priority == OutboxPriority.NOTICE,
+            # Through ix_outbox_due's first columns, the few notices pending now: "+ 0" keeps SQLite from going
+            # through the chat's every message ever (the unique index on broadcast and chat), which grows for ever.
+            OutboxMessage.chat_id + 0 == chat_id,
+            OutboxMessage.kind == kind,
+            OutboxMessage.attempts == 0,
+        )
+        .limit(1)  # one at most, but for two transactions of PostgreSQL's that both found none
+        .with_for_update()
+    )
+    if waiting is None:
+        enqueue(session, chat_id, kind, now, now, **{key: [item]})
+    elif item not in waiting.payload.get(key, []):
+        waiting.payload = {**waiting.payload, key: [*waiting.payload.get(key, []), item]}
 
 
 # A plain table statement: the row is never read back in the transaction that writes it.

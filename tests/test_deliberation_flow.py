@@ -7,6 +7,7 @@ from aiogram.methods import SendMessage
 from sqlalchemy import func, select
 
 from bot.callbacks import SurveyCb, TicketAction, TicketCb, TopicAction, TopicCb
+from domain import deliberation as delib
 from domain.community_file import import_community, loads_community
 from domain.deliberation import propose_candidates
 from storage.models import Building, Community, Compound, SurveyVote, Ticket, Topic, TopicStatus, TopicTask, User
@@ -173,3 +174,33 @@ async def test_suggestions_and_candidates_reach_staff(harness: Harness, clock: F
     assert "Accepted" in texts(await staff.tap(opened, "Accept as a topic"))
     assert alerted(await staff.press(topic_button(TopicAction.ACCEPT, topic_id)))  # a second tap is stale
     assert (await topic_of(harness, topic_id)).status == TopicStatus.COLLECTED
+
+
+async def test_topics_waiting_for_staff_go_in_one_message_until_it_is_sent(harness: Harness, clock: FakeClock) -> None:
+    """After an outage, or a busy minute of the candidates job, a staff member gets one message listing the new
+    topics, not one a second apart; what staff set aside meanwhile is left out."""
+    await speak_english(harness, STAFF_WANG, STAFF_LIU)
+    await file(harness, clock)
+    await harness.deliver()
+    ideas = ["在银巴小区南门加装充电桩", "三号楼前增设休息长椅 <i>", "小区东门加装路灯", "清理楼顶建筑垃圾"]
+    topic_ids = []
+    for idea in ideas:
+        async with harness.sessions() as session:
+            topic_ids.append((await delib.suggest(session, user_id=RESIDENT, text=idea, now=clock())).id)
+    async with harness.sessions() as session:
+        await delib.dismiss(session, actor_id=STAFF_LIU, topic_id=topic_ids[3], reason="重复", now=clock())
+
+    told = [r for r in await harness.deliver() if isinstance(r, SendMessage)]
+    assert len(sent_to(told, STAFF_WANG)) == 1 and len(sent_to(told, STAFF_LIU)) == 1
+    (listing,) = sent_to(told, STAFF_WANG)
+    assert "3 new topics wait for you" in texts([listing]) and "&lt;i&gt;" in texts([listing])
+    assert ideas[3] not in texts([listing]), "the topic set aside before the message went"
+    assert [data for _, data in buttons_of(listing)] == [topic_button(TopicAction.OPEN, i) for i in topic_ids[:3]]
+    staff = harness.person(STAFF_WANG, language="en")
+    assert "东门加装路灯" in texts(await staff.press(buttons_of(listing)[2][1]))
+
+    async with harness.sessions() as session:  # the message went: the next topic is a message of its own
+        await delib.suggest(session, user_id=RESIDENT, text="修补二号楼扶手", now=clock())
+    (single,) = sent_to(await harness.deliver(), STAFF_WANG)
+    assert "A new topic was raised" in texts([single]) and "修补二号楼扶手" in texts([single])
+    assert [text for text, _ in buttons_of(single)] == ["📂 Open the topic"]

@@ -62,6 +62,7 @@ USES = {
     "tickets.resolved_at <=": "ix_tickets_status_resolved",  # auto-close
     "GROUP BY tickets.category_id, buildings.compound_id": "ix_tickets_community_created",  # candidates
     "SELECT count(users.id)": "ix_users_unreachable",  # /ledger's unreachable residents
+    "outbox.kind = ": "ix_outbox_due",  # a topic joining the notice that waits for a staff member
 }
 RESIDENT, NEIGHBOUR = 900901, 900902
 Recorded = list[tuple[str, Any]]

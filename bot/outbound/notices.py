@@ -244,18 +244,26 @@ class Renderer:
         return SendMessage(chat_id=row.chat_id, text=text)
 
     async def _topic_notice(self, session: AsyncSession, row: OutboxMessage) -> TelegramMethod | None:
-        """Deliberation notices, rendered from the topic as it is now."""
+        """Deliberation notices, rendered from the topics as they are now."""
+        if row.kind == Notice.TOPIC_CANDIDATE:
+            waiting = list(
+                await session.scalars(
+                    select(Topic)
+                    .where(
+                        Topic.id.in_(row.payload.get("topic_ids") or [row.payload["topic_id"]]),
+                        # not those staff moved on (or set aside) before the notice went out
+                        Topic.status.in_((TopicStatus.CANDIDATE, TopicStatus.COLLECTED)),
+                    )
+                    .order_by(Topic.id)
+                )
+            )
+            if not waiting:
+                return None
+            text, keyboard = deliberation_views.staff_new_topics(waiting)
+            return SendMessage(chat_id=row.chat_id, text=text, reply_markup=keyboard)
         topic = await session.get(Topic, row.payload["topic_id"])
         if topic is None:
             return None
-        if row.kind == Notice.TOPIC_CANDIDATE:
-            if topic.status not in (TopicStatus.CANDIDATE, TopicStatus.COLLECTED):
-                return None  # staff moved it on (or set it aside) before the notice went out
-            return SendMessage(
-                chat_id=row.chat_id,
-                text=deliberation_views.staff_new_topic(topic),
-                reply_markup=deliberation_views.open_keyboard(topic.id),
-            )
         event = await session.get(TopicEvent, row.payload["event_id"])
         if event is None:
             return None

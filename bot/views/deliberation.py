@@ -26,6 +26,8 @@ from domain.deliberation import (
 from domain.errors import DomainError, InvalidTransition
 from storage.models import Topic, TopicEvent, TopicEventKind, TopicSource, TopicStatus, TopicTask
 
+NEW_TOPICS_SHOWN = 10  # in one notice to staff, a button each; /topics lists them all
+
 
 def status_label(status: str) -> str:
     return {
@@ -302,20 +304,28 @@ def view_button(topic_id: int) -> InlineKeyboardMarkup:
     return views.inline_keyboard([(_("🗳 Open the topic"), SurveyCb(topic_id=topic_id))])
 
 
-def staff_new_topic(topic: Topic) -> str:
-    """Staff hear of a topic waiting for them: the bot's candidate, or one raised by a resident or worker."""
+def staff_new_topics(topics: list[Topic]) -> tuple[str, InlineKeyboardMarkup]:
+    """Staff hear of topics waiting for them, in one message: the bot's candidates, or ones raised by a resident
+    or worker. One topic is shown whole; several are listed, a button each (at most ``NEW_TOPICS_SHOWN``)."""
+    if len(topics) == 1:
+        (topic,) = topics
+        lines = [f"<b>{topic_heading(topic)}</b>", _new_topic_source(topic)]
+        if topic.origin_note:
+            lines.append(escape(topic.origin_note))
+        button = TopicCb(action=TopicAction.OPEN, topic_id=topic.id)
+        return _fit(lines), views.inline_keyboard([(_("📂 Open the topic"), button)])
+    shown = topics[:NEW_TOPICS_SHOWN]
+    lines = [_("<b>{count} new topics wait for you.</b> Tap one to open it:").format(count=len(topics))]
+    lines += [f"{topic_heading(t)}\n{_new_topic_source(t)}" for t in shown]
+    if len(topics) > len(shown):
+        lines.append(_("…and {count} more in /topics.").format(count=len(topics) - len(shown)))
+    return _fit(lines, keep=1), topics_keyboard(shown)
+
+
+def _new_topic_source(topic: Topic) -> str:
     if topic.status == TopicStatus.CANDIDATE:
-        head = _("The bot proposes a topic: the same kind of problem keeps being reported in one compound.")
-    else:
-        head = _("A new topic was raised: {source}.").format(source=source_label(topic.source))
-    lines = [f"<b>{topic_heading(topic)}</b>", head]
-    if topic.origin_note:
-        lines.append(escape(topic.origin_note))
-    return _fit(lines)
-
-
-def open_keyboard(topic_id: int) -> InlineKeyboardMarkup:
-    return views.inline_keyboard([(_("📂 Open the topic"), TopicCb(action=TopicAction.OPEN, topic_id=topic_id))])
+        return _("The bot proposes a topic: the same kind of problem keeps being reported in one compound.")
+    return _("A new topic was raised: {source}.").format(source=source_label(topic.source))
 
 
 def refusal(error: DomainError, for_resident: bool = False) -> str:
