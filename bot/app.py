@@ -39,7 +39,6 @@ from aiogram.methods import (
 from aiogram.methods.base import Response, TelegramMethod, TelegramType
 from aiogram.types import BotCommandScopeAllPrivateChats
 from aiogram.utils.i18n import I18n
-from aiohttp_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.config import Settings, hide_password, proxy_for_aiohttp
@@ -171,6 +170,8 @@ class ProxiedSession(AiohttpSession):
         method: TelegramMethod[TelegramType],
         timeout: int | None = None,  # noqa: ASYNC109 - aiogram's signature
     ) -> TelegramType:
+        from aiohttp_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError  # only with a proxy
+
         try:
             return await super().make_request(bot, method, timeout)
         except (ProxyConnectionError, ProxyTimeoutError) as error:
