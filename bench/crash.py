@@ -149,6 +149,56 @@ BROADCAST_OFF = SettingsCb(action=SettingsAction.BROADCASTS_OFF).pack()
 CHAT_REASONS = ("403", "400: Bad Request: chat not found", "recipient blocked")
 
 
+# --- the child (bench/startup.py starts it the same way) ----------------------------------------------------
+
+
+def bot_environment(api: str, db_url: str, root: Path = ROOT) -> dict[str, str]:
+    """The bot's settings for a child process: its Bot API at the loopback fake ``api``, its database, the
+    sample community; ``root``: the source tree it runs from (its packages go first on the path)."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(root),
+        "BOT_TOKEN": TOKEN,
+        "DATABASE_URL": db_url,
+        "COMMUNITY_FILE": str(COMMUNITY_FILE),
+        "TELEGRAM_API_SERVER": api,
+        "SEND_RATE_PER_SECOND": "30",
+        "SEND_RATE_PER_CHAT_SECONDS": "1",
+        "REDIS_URL": "",
+        "BOT_USERNAME": "crash_bench_bot",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+async def start_bot(env: dict[str, str], log: IO[bytes], root: Path = ROOT) -> asyncio.subprocess.Process:
+    """``python -m bot`` with this interpreter, in ``root``, its output to ``log``."""
+    return await asyncio.create_subprocess_exec(sys.executable, "-m", "bot", cwd=root, env=env, stdout=log, stderr=log)
+
+
+async def prepare_sample(db_url: str, silent: int = 0) -> list[tuple[str, int]]:
+    """A database with the sample community and ``silent`` bound residents; returns (payload, units) of the
+    buildings with more than one unit."""
+    engine = create_engine(db_url)
+    await upgrade_database(engine)
+    sessions = create_session_factory(engine)
+    now = system_clock()
+    async with sessions() as session:
+        await import_community(session, load_community_file(COMMUNITY_FILE), now)
+    if silent:
+        async with sessions() as session, session.begin():
+            await add_residents(session, FIRST_SILENT, silent, now, english_every=3)
+    await engine.dispose()
+    spec = tomllib.loads(COMMUNITY_FILE.read_text(encoding="utf-8"))
+    code = spec["community"]["code"]
+    places = []
+    for grid in spec["grids"]:
+        for compound in grid.get("compounds", []):
+            for building in compound["buildings"]:
+                if int(building.get("units", 1)) > 1:
+                    places.append((f"{code}_{compound['code']}_{building['code']}", int(building["units"])))
+    return places
+
+
 # --- the schedule --------------------------------------------------------------------------------------
 
 
@@ -457,9 +507,7 @@ class Supervisor:
         self.bench.fake.generation = self.generation
         self.log.write(f"\n===== generation {self.generation} at {time.time():.3f} =====\n".encode())
         self.log.flush()
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bot", cwd=ROOT, env=self.env, stdout=self.log, stderr=self.log
-        )
+        self.process = await start_bot(self.env, self.log)
         self.started[self.generation] = time.time()
 
     def kill(self, kind: str, generation: int, batch: int = 0) -> bool:
@@ -611,24 +659,7 @@ class Bench:
 
     async def prepare(self) -> list[tuple[str, int]]:
         """The sample community and the silent residents; returns (payload, units) of the buildings."""
-        engine = create_engine(self.db_url)
-        await upgrade_database(engine)
-        sessions = create_session_factory(engine)
-        now = system_clock()
-        async with sessions() as session:
-            await import_community(session, load_community_file(COMMUNITY_FILE), now)
-        async with sessions() as session, session.begin():
-            await add_residents(session, FIRST_SILENT, self.plan.silent, now, english_every=3)
-        await engine.dispose()
-        spec = tomllib.loads(COMMUNITY_FILE.read_text(encoding="utf-8"))
-        code = spec["community"]["code"]
-        places = []
-        for grid in spec["grids"]:
-            for compound in grid.get("compounds", []):
-                for building in compound["buildings"]:
-                    if int(building.get("units", 1)) > 1:
-                        places.append((f"{code}_{compound['code']}_{building['code']}", int(building["units"])))
-        return places
+        return await prepare_sample(self.db_url, silent=self.plan.silent)
 
     # --- flows ----------------------------------------------------------------------------------------
 
@@ -889,18 +920,7 @@ class Bench:
     async def run(self, log: IO[bytes]) -> float:
         places = await self.prepare()
         api = await self.fake.start()
-        env = {
-            **os.environ,
-            "BOT_TOKEN": TOKEN,
-            "DATABASE_URL": self.db_url,
-            "COMMUNITY_FILE": str(COMMUNITY_FILE),
-            "TELEGRAM_API_SERVER": api,
-            "SEND_RATE_PER_SECOND": "30",
-            "SEND_RATE_PER_CHAT_SECONDS": "1",
-            "REDIS_URL": "",
-            "BOT_USERNAME": "crash_bench_bot",
-            "PYTHONUNBUFFERED": "1",
-        }
+        env = bot_environment(api, self.db_url)
         self.t0 = time.time()
         supervisor = self.supervisor = Supervisor(self, env, log)
         supervising = asyncio.create_task(supervisor.run())

@@ -39,7 +39,6 @@ from aiogram.methods import (
 from aiogram.methods.base import Response, TelegramMethod, TelegramType
 from aiogram.types import BotCommandScopeAllPrivateChats
 from aiogram.utils.i18n import I18n
-from aiohttp_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.config import Settings, hide_password, proxy_for_aiohttp
@@ -72,6 +71,8 @@ from storage.fsm import FsmFlushMiddleware, SqlStorage
 from storage.migrate import exclusive, upgrade_database
 
 if TYPE_CHECKING:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
     from bot.outbound.shared_rate import RedisTokenBucket
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,10 @@ DEFAULT_STEP_TIMEOUT = timedelta(minutes=Settings.model_fields["text_step_timeou
 STATISTICS_SECONDS = 3600
 # Long enough after a start for whatever a crash left to be resumed first (docs/delivery.md).
 DRAW_AHEAD_AFTER = timedelta(seconds=90)
+# What a start can leave until the first updates are answered (``warm_up``): the periodic jobs' first runs (what
+# came due while the bot was down), the broadcasts' catch-up, and the garbage collector's settling. On a restarted
+# bot each of them took the CPU and the database from the first answers; a few seconds later changes nothing they do.
+WARM_UP_AFTER = 5.0
 
 # pydantic keeps parametrised generic models in a weak cache, so under load aiogram keeps rebuilding
 # Response[Message] and friends (about 4 ms each, measured by bench/intake.py). Holding the ones this bot
@@ -165,6 +170,8 @@ class ProxiedSession(AiohttpSession):
         method: TelegramMethod[TelegramType],
         timeout: int | None = None,  # noqa: ASYNC109 - aiogram's signature
     ) -> TelegramType:
+        from aiohttp_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError  # only with a proxy
+
         try:
             return await super().make_request(bot, method, timeout)
         except (ProxyConnectionError, ProxyTimeoutError) as error:
@@ -339,6 +346,7 @@ async def run_bot(settings: Settings, handover: HandOver | None = None) -> None:
     workflow = {**app.dispatcher.workflow_data, "dispatcher": app.dispatcher, "bots": [bot]}
     await app.dispatcher.emit_startup(bot=bot, **workflow)
     scheduler = create_scheduler()
+    warming: asyncio.Task[None] | None = None
     try:
         # Before the recovery, whose updates start at once: one of them handled meanwhile is no dead one's.
         resumed = await inbox.resume(everyone=not webhook)
@@ -364,37 +372,18 @@ async def run_bot(settings: Settings, handover: HandOver | None = None) -> None:
             polling = asyncio.create_task(inbox.poll(stop))
             # A webhook left from webhook mode would make every getUpdates fail (409).
             to_telegram = partial(bot.delete_webhook, drop_pending_updates=False)
-        deadlines = partial(sweep, yellow_share=settings.ledger_yellow_share)
-        unanswered = partial(close_unconfirmed, within=timedelta(days=settings.confirm_within_days))
-        every_minute(scheduler, "deadline-sweep", deadlines, session_factory, system_clock, app.sender.wake)
-        every_minute(scheduler, "confirmation-sweep", unanswered, session_factory, system_clock, app.sender.wake)
-        every_minute(scheduler, "topic-candidates", CandidateWatch(), session_factory, system_clock, app.sender.wake)
-        every_minute(scheduler, "month-summaries", summarise_months, session_factory, system_clock, app.sender.wake)
-        scheduler.add_job(
-            refresh_statistics,
-            "interval",
-            seconds=STATISTICS_SECONDS,
-            args=(engine,),
-            id="statistics",
-            replace_existing=True,
-            max_instances=1,
-            coalesce=True,
-        )
-        grace = timedelta(hours=settings.broadcast_grace_hours)
-        await schedule_broadcasts(scheduler, session_factory, system_clock, grace, app.sender.wake)
-        scheduler.start()
         i18n = create_i18n(settings.default_locale)
-        scheduler.add_job(
-            draw_charts_ahead,
-            "date",
-            run_date=system_clock() + DRAW_AHEAD_AFTER,
-            args=(session_factory, system_clock, i18n, settings.default_locale),
-            id="draw-charts-ahead",
-        )
         menu = asyncio.create_task(
             when_possible(stop, "set the webhook and command menu", to_telegram, partial(set_commands, bot, i18n))
         )
-        settle_after_start()
+        warming = asyncio.create_task(
+            after(
+                WARM_UP_AFTER,
+                stop,
+                partial(warm_up, settings, scheduler, session_factory, engine, app.sender.wake, i18n),
+            )
+        )
+        warming.add_done_callback(lambda _: stop.set() if failed(warming) else None)  # raised below, as before
         await stop.wait()
         if server is not None:
             await server.stop()
@@ -406,6 +395,9 @@ async def run_bot(settings: Settings, handover: HandOver | None = None) -> None:
         await inbox.write_marks()
         await menu
     finally:
+        if warming is not None:
+            warming.cancel()  # nothing more is begun; a job already running is let finish below
+            await asyncio.wait({warming})
         await stop_scheduler(scheduler)
         stop.set()
         app.sender.wake()
@@ -415,6 +407,60 @@ async def run_bot(settings: Settings, handover: HandOver | None = None) -> None:
             await app.shared_rate.redis.aclose()
         await bot.session.close()
         await engine.dispose()
+    if warming is not None and failed(warming):
+        raise warming.exception()  # type: ignore[misc]  # a start that failed stops the bot, warm-up or not
+
+
+def failed(task: asyncio.Task[None]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is not None
+
+
+async def after(seconds: float, stop: asyncio.Event, then: Callable[[], Awaitable[None]]) -> None:
+    """``then``, ``seconds`` from now, unless the bot stops first."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    if not stop.is_set():
+        await then()
+
+
+async def warm_up(
+    settings: Settings,
+    scheduler: AsyncIOScheduler,
+    session_factory: SessionFactory,
+    engine: AsyncEngine,
+    wake_sender: Callable[[], None],
+    i18n: I18n,
+) -> None:
+    """The start's work that can wait until the first updates are answered (``WARM_UP_AFTER``): the periodic jobs,
+    each run once at once (what came due while the bot was down), the broadcasts' crontabs and catch-up, the
+    charts drawn ahead, and the garbage collector settled (bot/memory.py)."""
+    deadlines = partial(sweep, yellow_share=settings.ledger_yellow_share)
+    unanswered = partial(close_unconfirmed, within=timedelta(days=settings.confirm_within_days))
+    every_minute(scheduler, "deadline-sweep", deadlines, session_factory, system_clock, wake_sender)
+    every_minute(scheduler, "confirmation-sweep", unanswered, session_factory, system_clock, wake_sender)
+    every_minute(scheduler, "topic-candidates", CandidateWatch(), session_factory, system_clock, wake_sender)
+    every_minute(scheduler, "month-summaries", summarise_months, session_factory, system_clock, wake_sender)
+    scheduler.add_job(
+        refresh_statistics,
+        "interval",
+        seconds=STATISTICS_SECONDS,
+        args=(engine,),
+        id="statistics",
+        replace_existing=True,
+        max_instances=1,
+        coalesce=True,
+    )
+    grace = timedelta(hours=settings.broadcast_grace_hours)
+    await schedule_broadcasts(scheduler, session_factory, system_clock, grace, wake_sender)
+    scheduler.start()
+    scheduler.add_job(
+        draw_charts_ahead,
+        "date",
+        run_date=system_clock() + DRAW_AHEAD_AFTER,
+        args=(session_factory, system_clock, i18n, settings.default_locale),
+        id="draw-charts-ahead",
+    )
+    settle_after_start()
 
 
 async def draw_charts_ahead(sessions: SessionFactory, clock: Clock, i18n: I18n, locale: str) -> None:

@@ -7,19 +7,27 @@ from __future__ import annotations
 
 import sys
 
+from bot import memory
+
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     handover = None
-    if args[:1] != ["init"] and not {"-h", "--help"} & set(args):
-        from bot.config import load_settings
+    running = args[:1] in ([], ["run"]) and not {"-h", "--help"} & set(args)
+    if running:  # the bot itself: no garbage collection until it is up (bot/memory.py)
+        memory.pause_collection()
+    try:
+        if args[:1] != ["init"] and not {"-h", "--help"} & set(args):
+            from bot.config import load_settings
 
-        settings = load_settings()  # SettingsError: one line per bad setting
-        if args[:1] in ([], ["run"]) and settings.webhook_url is None and settings.bot_token is not None:
-            # What a killed predecessor had claimed goes out while the rest of the bot loads (its sender waits).
-            from bot.outbound.handover import HandOver
+            settings = load_settings()  # SettingsError: one line per bad setting
+            if running and settings.webhook_url is None and settings.bot_token is not None:
+                # What a killed predecessor had claimed goes out while the rest of the bot loads (its sender waits).
+                from bot.outbound.handover import HandOver
 
-            handover = HandOver.start(settings)
-    from bot.cli import main as cli
+                handover = HandOver.start(settings)
+        from bot.cli import main as cli
 
-    cli(args, handover)
+        cli(args, handover)
+    finally:
+        memory.resume_collection()  # a bot that stopped before it was up, or the tests' own process

@@ -49,11 +49,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo
 
-import numpy as np
-import numpy.typing as npt
 from sqlalchemy import (
     ColumnElement,
     Select,
@@ -91,6 +89,12 @@ from storage.models import (
     TicketEvent,
     TicketStatus,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    Seconds = npt.NDArray[np.int64]
 
 # What rows are grouped by: a column (the grid, the assignee …) or an expression (the trend's month).
 KeyColumn = ColumnElement[Any] | InstrumentedAttribute[Any]
@@ -359,7 +363,8 @@ def _all_seconds(column: InstrumentedAttribute[int | None]) -> ColumnElement[str
 def _seconds(text: str | None) -> Seconds:
     """The values of :func:`_all_seconds`, parsed in C: a month's tens of thousands cost well under a millisecond,
     where int() on each cost tens of milliseconds."""
-    return np.fromstring(text, dtype=np.int64, sep=",") if text else NO_SECONDS
+    np = _numpy()
+    return np.fromstring(text, dtype=np.int64, sep=",") if text else np.zeros(0, dtype=np.int64)
 
 
 def _sums(
@@ -401,8 +406,11 @@ async def _figures_by(
     return {row[0]: _figures(row, fields, now) for row in await session.execute(_sums(key, where, now, fields))}
 
 
-Seconds = npt.NDArray[np.int64]
-NO_SECONDS: Seconds = np.zeros(0, dtype=np.int64)
+def _numpy() -> Any:
+    """numpy, imported with the first figures rather than at the bot's start (0.1 s; docs/delivery.md, "Start-up")."""
+    import numpy
+
+    return numpy
 
 
 @dataclass(frozen=True)
@@ -415,19 +423,22 @@ class Durations:
     @classmethod
     def of(cls, rows: Iterable[Durations]) -> Durations:
         """All the rows' durations together."""
-        rows = [NO_DURATIONS, *rows]
+        np = _numpy()
+        rows = [cls.none(), *rows]
         return cls(np.concatenate([r.accept for r in rows]), np.concatenate([r.resolve for r in rows]))
+
+    @classmethod
+    def none(cls) -> Durations:
+        empty = _numpy().zeros(0, dtype=_numpy().int64)
+        return cls(empty, empty)
 
     def medians(self, figures: Figures) -> Figures:
         return replace(figures, median_accept=_median(self.accept), median_resolve=_median(self.resolve))
 
 
-NO_DURATIONS = Durations(NO_SECONDS, NO_SECONDS)
-
-
 def _median(seconds: Seconds) -> timedelta | None:
     """The middle value (the mean of the two middle ones for an even count), found without a full sort."""
-    return timedelta(seconds=round(float(np.median(seconds)))) if len(seconds) else None
+    return timedelta(seconds=round(float(_numpy().median(seconds)))) if len(seconds) else None
 
 
 async def _figures_and_durations(
@@ -844,7 +855,7 @@ async def _monthly_stats(
         previous_where.append(Ticket.assignee_id == viewer_id)
     summed = await _summed_by(session, community, month, view, viewer_id if own_row_only else None)
     current, durations = await _month_on_show(session, key, where, now, summed)
-    current = {k: durations.get(k, NO_DURATIONS).medians(f) for k, f in current.items()}
+    current = {k: (durations.get(k) or Durations.none()).medians(f) for k, f in current.items()}
     before = month.shift(-1)
     cached = ("by", community.id, view, before.index, viewer_id if own_row_only else None)
     previous = cache.get(cached, now) if cache else None
@@ -966,7 +977,7 @@ async def _street_stats(
         totals = await _summed_totals(session, community, [month])
         summed = {community.id: totals[month]} if month in totals else None
         figures, spans = await _month_on_show(session, Ticket.community_id, where, now, summed)
-        current |= {k: spans.get(k, NO_DURATIONS).medians(f) for k, f in figures.items()}
+        current |= {k: (spans.get(k) or Durations.none()).medians(f) for k, f in figures.items()}
         durations |= spans
     previous = await _community_months(session, communities, month.shift(-1), now, cache)
     rows = [Row(c.id, c.name, c.name_en or c.name, current.get(c.id, Figures())) for c in communities]

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql import table as table_clause
 
+from storage import migrate
 from storage.db import create_engine, create_session_factory
 from storage.migrate import alembic_config, run_alembic, upgrade_database
 from storage.models import Base, Community, Grid, Ticket, User
@@ -72,6 +73,31 @@ async def test_upgrade_from_empty_creates_every_table(empty_engine: AsyncEngine)
 
     assert await table_names(empty_engine) == set(Base.metadata.tables) | {"alembic_version"}
     assert await current_revision(empty_engine) == HEAD
+
+
+def test_the_newest_revision_is_named_where_the_start_looks_for_it() -> None:
+    assert migrate.HEAD == HEAD, "a new migration: set storage.migrate.HEAD to its revision"
+
+
+async def test_an_up_to_date_database_is_not_handed_to_alembic(
+    empty_engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart only reads the version (docs/delivery.md, "Start-up"); a database behind it is migrated."""
+    ran: list[object] = []
+    real = migrate.run_alembic
+
+    async def counted(engine: AsyncEngine, action: Any) -> None:
+        ran.append(action)
+        await real(engine, action)
+
+    monkeypatch.setattr(migrate, "run_alembic", counted)
+    await upgrade_database(empty_engine)
+    assert len(ran) == 1 and await current_revision(empty_engine) == HEAD
+    await upgrade_database(empty_engine)
+    assert len(ran) == 1, "the version was read, Alembic not run"
+    await run_alembic(empty_engine, lambda config: command.downgrade(config, "-1"))
+    await upgrade_database(empty_engine)
+    assert len(ran) == 2 and await current_revision(empty_engine) == HEAD
 
 
 async def test_upgrade_twice_is_harmless(empty_engine: AsyncEngine) -> None:

@@ -1,0 +1,45 @@
+"""What a start loads, and what it leaves for later (docs/delivery.md, "Start-up"): the libraries of reports,
+printouts, migrations and proxies are imported where they are used, and those features still work through their
+handlers in a process that started without them. bench/startup.py measures the start itself."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.processes import ROOT, clean_environment
+
+# Imported by the command or handler that needs them, never by the bot's start.
+LATER = ("numpy", "alembic", "mako", "matplotlib", "openpyxl", "fpdf", "segno", "PIL", "aiohttp_socks", "redis")
+
+
+def run_python(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=clean_environment(), capture_output=True, text=True, timeout=300
+    )
+
+
+def test_the_bots_start_imports_none_of_the_libraries_used_later() -> None:
+    script = "import json, sys; import bot.cli; print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    done = run_python(script)
+    assert done.returncode == 0, done.stderr
+    assert set(json.loads(done.stdout)) & set(LATER) == set()
+
+
+def test_stats_work_through_the_handler_in_a_process_that_started_without_numpy() -> None:
+    """/stats (its medians need numpy, its chart matplotlib) through the dispatcher, in a fresh process that has
+    imported what the bot's start imports and nothing more."""
+    test = "tests/test_stats_flow.py::test_staff_get_last_month_ranked_with_the_chart"
+    script = f"""
+import sys
+import bot.cli
+assert "numpy" not in sys.modules
+import pytest
+code = pytest.main(["-q", "-p", "no:cacheprovider", "-k", "sqlite", "{test}"])
+assert "numpy" in sys.modules
+sys.exit(code)
+"""
+    done = run_python(script)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed" in done.stdout
