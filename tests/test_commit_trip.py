@@ -202,3 +202,26 @@ async def test_a_pipelined_write_is_seen_by_the_next_statement(session_factory: 
             await session.run_sync(execute_pipelined, duplicate, {})
             await session.execute(select(FsmRecord.key))
         await session.rollback()
+
+
+async def test_a_pooled_postgresql_connection_is_checked_in_one_round_trip(engine: AsyncEngine) -> None:
+    """Before a pooled connection is handed out it is asked whether it still answers (storage.db._ping): one empty
+    query, not SQLAlchemy's BEGIN, query, ROLLBACK; and one that no longer answers is replaced, not handed out."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's pool")
+    async with engine.connect() as conn:
+        await conn.exec_driver_sql("SELECT 1")
+        driver = (await conn.get_raw_connection()).driver_connection
+    sent: list[str] = []
+    driver.add_query_logger(lambda record: sent.append(record.query))
+    async with engine.connect() as conn:
+        assert (await conn.get_raw_connection()).driver_connection is driver, "the pooled one"
+        await conn.exec_driver_sql("SELECT 2")
+    # The ping, then the connection's own transaction (asyncpg logs its prepared SELECT 2 nowhere); SQLAlchemy's
+    # pre-ping sent BEGIN, a query and ROLLBACK before these.
+    assert sent == ["SELECT 1", "BEGIN;", "ROLLBACK;"], sent
+
+    await driver.close()  # as a server restart leaves it
+    async with engine.connect() as conn:
+        assert (await conn.get_raw_connection()).driver_connection is not driver
+        assert (await conn.exec_driver_sql("SELECT 3")).scalar() == 3
