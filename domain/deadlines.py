@@ -123,9 +123,10 @@ _WAKING = ("status", "respond_by", "resolve_by")
 def _wake_on_change(session: Session, flush_context: Any, instances: Any) -> None:
     """Whatever changes a ticket's status or deadlines wakes the periodic jobs for it, in the same transaction.
 
-    Any path that writes a ticket (filing, accepting, escalating, a test moving a deadline) goes through here,
-    so no path can forget it. The change's time is early enough for any yellow share: the sweep that looks
-    then writes the exact moment (``next_wake``). A sweep that sets ``wake_at`` itself is left alone.
+    Any path that writes a ticket through the session (accepting, escalating, a test moving a deadline) goes
+    through here, so no path can forget it; filing, which does not, calls ``wake_after_change`` itself. The
+    change's time is early enough for any yellow share: the sweep that looks then writes the exact moment
+    (``next_wake``). A sweep that sets ``wake_at`` itself is left alone.
     """
     for ticket in (*session.new, *session.dirty):
         if not isinstance(ticket, Ticket):
@@ -134,5 +135,11 @@ def _wake_on_change(session: Session, flush_context: Any, instances: Any) -> Non
         if state.attrs.wake_at.history.has_changes():
             continue
         if state.pending or any(state.attrs[name].history.has_changes() for name in _WAKING):
-            # A new ticket's status may still be the column default (assigned).
-            ticket.wake_at = ticket.updated_at if (ticket.status or TicketStatus.ASSIGNED) in SWEPT else None
+            ticket.wake_at = wake_after_change(ticket)
+
+
+def wake_after_change(ticket: Ticket) -> datetime | None:
+    """``wake_at`` for a ticket whose status or deadlines just changed (the hook above, and filing, which inserts
+    the new ticket with a plain statement: domain/tickets.py). A new ticket's status may still be the column
+    default (assigned)."""
+    return ticket.updated_at if (ticket.status or TicketStatus.ASSIGNED) in SWEPT else None

@@ -5,7 +5,8 @@ read from ``month_figures``, summed once by the statistics job (``domain.stats.s
 from the month's tens of thousands of tickets. A month's tickets still change after it ends: late acceptances,
 resolutions, ratings, reopens. So every write to a ticket that may belong to an ended month adds one to that
 month's ``month_summaries.changes``, in the write's own transaction, and the job sums the month again when the
-count moved. Any path that writes a ticket through the session comes here, so none can forget it.
+count moved. Any path that writes a ticket through the session comes here, so none can forget it; filing, which
+inserts with a plain statement, calls ``mark_filed``.
 
 Most writes are to this month's tickets and cost nothing here: no month row exists for a month still running.
 This module is light on purpose (no numpy, no statistics): every process that writes tickets imports it.
@@ -75,6 +76,16 @@ def _mark_changed_months(session: Session, flush_context: Any) -> None:
         for community_id, created_at in _places(ticket, state):
             if may_have_ended(created_at, changed_at):
                 marks.add((community_id, created_at))
+    _mark(session, marks)
+
+
+def mark_filed(session: Session, community_id: int, created_at: datetime) -> None:
+    """What the hook above does for a new ticket that filing inserts with a plain statement (domain/tickets.py)."""
+    if may_have_ended(created_at, max(datetime.now(UTC), created_at)):
+        _mark(session, {(community_id, created_at)})
+
+
+def _mark(session: Session, marks: set[tuple[int, datetime]]) -> None:
     if marks:
         # Nothing in this transaction reads the count back: on SQLite it goes with the next trip (storage/db.py).
         execute_pipelined(session, _MARK, [{"community": c, "created": t} for c, t in sorted(marks)])

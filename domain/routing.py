@@ -8,7 +8,7 @@ written to the ticket's history.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -207,8 +207,8 @@ def _before(ticket: Ticket, name: str) -> Any:
 def _count_load(session: Session, flush_context: Any) -> None:
     """Keep ``User.open_tickets`` right in the transaction that files, hands on, accepts, resolves or reopens
     a ticket: one open ticket less for who had it, one more for who has it now. Any path that writes a ticket
-    through the session comes here, so none can forget it. People are updated in id order, so two
-    transactions never wait on each other's rows in a cycle."""
+    through the session comes here, so none can forget it (filing, which does not, calls ``add_load``). People
+    are updated in id order, so two transactions never wait on each other's rows in a cycle."""
     load: Counter[int] = Counter()
     for ticket in (*session.new, *session.dirty, *session.deleted):
         if not isinstance(ticket, Ticket):
@@ -227,6 +227,12 @@ def _count_load(session: Session, flush_context: Any) -> None:
                 load[before_with] -= 1
             if now_with is not None:
                 load[now_with] += 1
+    add_load(session, load)
+
+
+def add_load(session: Session, load: Mapping[int, int]) -> None:
+    """Add to each person's ``open_tickets``, in id order, with the transaction's next statement (the hook above,
+    and filing, which inserts the new ticket with a plain statement: domain/tickets.py)."""
     changes = [{"person": person, "by": by} for person, by in sorted(load.items()) if by]
     if changes:
-        execute_pipelined(session, _ADD_LOAD, changes)  # with the transaction's next statement
+        execute_pipelined(session, _ADD_LOAD, changes)

@@ -216,17 +216,6 @@ def read_pipelined(session: Session, statement: Any, params: Any = None) -> list
     return [tuple(row) for row in connection.execute(statement, params)]
 
 
-def flush_pipelined(session: Session) -> None:
-    """Flush what nobody reads back (every primary key set, no SQL expression for a value, no server default to
-    fetch): on SQLite the INSERTs and UPDATEs go with the transaction's next trip, as execute_pipelined's."""
-    dbapi_connection = session.connection().connection.dbapi_connection
-    if isinstance(dbapi_connection, sqlite_driver.OneTripConnection):
-        with dbapi_connection.pipelined():
-            session.flush()
-    else:
-        session.flush()
-
-
 @event.listens_for(Session, "do_orm_execute")
 def _executed(state: ORMExecuteState) -> None:
     listed = state.session.info.get(_HOOKS)

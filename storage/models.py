@@ -508,8 +508,8 @@ class Ticket(Base):
     )
 
     # The columns with a server default (for rows an upgrade added them to) have a default here too, so a new
-    # ticket's INSERT never needs them back: asked for, they would come back through RETURNING, and filing's
-    # INSERT could not go with its COMMIT (domain/tickets.py, file_report).
+    # ticket's INSERT never needs them back: asked for, they would come back through RETURNING. Filing inserts
+    # with a plain statement (domain/tickets.py, file_report), which fills in the same defaults.
     __mapper_args__ = {"eager_defaults": False}  # noqa: RUF012  (SQLAlchemy reads it from the class)
 
     id: Mapped[int] = mapped_column(primary_key=True)
