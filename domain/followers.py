@@ -11,14 +11,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Table, bindparam, exists, func, select
+from sqlalchemy import String, Table, bindparam, exists, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.cards import refresh_copies
 from domain.errors import AccessDenied, DomainError, InvalidTransition, NotFound
 from domain.households import require_verified
 from domain.outbox import Notice, enqueue
-from storage.db import AUTOCOMMIT_READ
+from storage.db import read_alone
 from storage.models import (
     EventKind,
     Ticket,
@@ -71,13 +71,15 @@ _VERIFIED_HERE = (
     .label("verified")
 )
 
+# Written into the statement: a list of parameters (``IN`` of values) is rendered again at every execution.
+_OPEN = [literal_column(f"'{status}'", String) for status in TicketStatus.open_statuses()]
 # Built once: it runs every time a resident picks a category.
 _SIMILAR = (
     select(_TICKETS.c.id, _TICKETS.c.description, _TICKETS.c.created_at, _TICKETS.c.status, _VERIFIED_HERE)
     .where(
         _TICKETS.c.building_id == bindparam("building_id"),
         _TICKETS.c.category_id == bindparam("category_id"),
-        _TICKETS.c.status.in_(TicketStatus.open_statuses()),
+        _TICKETS.c.status.in_(_OPEN),
         _TICKETS.c.reporter_id != bindparam("user_id"),
         ~exists().where(_FOLLOWERS.c.ticket_id == _TICKETS.c.id, _FOLLOWERS.c.user_id == bindparam("user_id")),
     )
@@ -95,12 +97,9 @@ async def similar_open_tickets(
     resident who is not verified here. One query, without a transaction of its own (AUTOCOMMIT_READ): on SQLite it
     takes no write lock, and shown at the report wizard's category step it costs one trip.
     """
-    async with session.begin():
-        await session.connection(execution_options=AUTOCOMMIT_READ)
-        rows = await session.execute(
-            _SIMILAR, {"building_id": building_id, "category_id": category_id, "user_id": user_id, "limit": limit}
-        )
-        return [SimilarTicket(r.id, r.description if r.verified else None, r.created_at, r.status) for r in rows]
+    params = {"building_id": building_id, "category_id": category_id, "user_id": user_id, "limit": limit}
+    rows = await read_alone(session, _SIMILAR, params)
+    return [SimilarTicket(r.id, r.description if r.verified else None, r.created_at, r.status) for r in rows]
 
 
 async def follower_ids(session: AsyncSession, ticket_id: int) -> list[int]:

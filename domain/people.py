@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from domain.errors import NotFound
 from domain.households import end_on_move
 from domain.text import clean
-from storage.db import AUTOCOMMIT_READ
+from storage.db import read_alone
 from storage.models import Building, Community, Compound, Level, Membership, Role, Ticket, User
 
 
@@ -130,9 +130,8 @@ async def touch_user(
     Usually there is nothing to change: that is one read, without the write lock (AUTOCOMMIT_READ).
     """
     full_name = clean(full_name)
-    async with session.begin():
-        await session.connection(execution_options=AUTOCOMMIT_READ)
-        known = (await session.execute(_PERSON_AS_THEY_ARE, {"user_id": user_id})).first()
+    rows = await read_alone(session, _PERSON_AS_THEY_ARE, {"user_id": user_id})
+    known = rows[0] if rows else None
     if (
         known is not None
         and known.full_name == full_name

@@ -6,7 +6,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event, exc
+from sqlalchemy import Engine, Row, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import ORMExecuteState, Session
@@ -199,6 +199,19 @@ def execute_pipelined(session: Session, statement: Any, params: Any) -> None:
         connection.execute(statement, params)
     for hooks in session.info.get(_HOOKS, ()):
         hooks.wrote()
+
+
+async def read_alone(session: AsyncSession, statement: Any, params: Any = None) -> list[Row[Any]]:
+    """One read in a transaction of its own, without the write lock (AUTOCOMMIT_READ), its rows as plain rows: begun,
+    run and ended in one call into the session's synchronous layer. Step by step (begin, connection, execute,
+    commit), the session makes each step a greenlet switch of its own, which cost more than the query (a wizard
+    step's reads, bench/intake.py)."""
+    return await session.run_sync(_read_alone, statement, params)
+
+
+def _read_alone(session: Session, statement: Any, params: Any) -> list[Row[Any]]:
+    with session.begin():
+        return list(session.connection(execution_options=AUTOCOMMIT_READ).execute(statement, params))
 
 
 def read_pipelined(session: Session, statement: Any, params: Any = None) -> list[Any]:
