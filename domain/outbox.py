@@ -10,6 +10,7 @@ from typing import Any, cast
 
 from sqlalchemy import Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from storage.db import execute_pipelined
 from storage.models import OutboxMessage, OutboxPriority, OutboxStatus
@@ -94,7 +95,7 @@ _INSERT = insert(cast(Table, OutboxMessage.__table__))
 Queued = tuple[int, Notice, dict[str, Any]]  # chat, kind, payload
 
 
-async def enqueue_with_next(session: AsyncSession, rows: list[Queued], now: datetime) -> None:
+def enqueue_with_next(session: Session, rows: list[Queued], now: datetime) -> None:
     """Queue messages to go at once, inside a transaction that has begun: one statement, sent with the transaction's
     next statement or its COMMIT (storage.db.execute_pipelined). On SQLite that is one trip to its thread fewer
     than ``enqueue``, whose rows the commit's flush inserts on a trip of their own."""
@@ -102,10 +103,10 @@ async def enqueue_with_next(session: AsyncSession, rows: list[Queued], now: date
         {"chat_id": chat, "kind": kind, "payload": payload, "not_before": now, "created_at": now}
         for chat, kind, payload in rows
     ]
-    await session.run_sync(execute_pipelined, _INSERT, params)
+    execute_pipelined(session, _INSERT, params)
     mark_queued(session)
 
 
-def mark_queued(session: AsyncSession) -> None:
+def mark_queued(session: Session | AsyncSession) -> None:
     """Lets the process wake its sender once the transaction is committed, instead of polling hard."""
     session.info[QUEUED_FLAG] = True

@@ -148,11 +148,11 @@ async def choose_assignee(
     return RoutingDecision(staff[0], reason, Level.COMMUNITY, staff)
 
 
-async def record_assignment(session: AsyncSession, *, community_id: int, user_id: int, now: datetime) -> None:
+def record_assignment(session: Session, *, community_id: int, user_id: int, now: datetime) -> None:
     """Remember when someone was last given a ticket: the tie-breaker for the next one. Sent with the
     transaction's next statement (on SQLite, one trip to its thread fewer)."""
     params = {"in_community": community_id, "person": user_id, "now": now}
-    await session.run_sync(execute_pipelined, _RECORD_ASSIGNMENT, params)
+    execute_pipelined(session, _RECORD_ASSIGNMENT, params)
 
 
 LEVEL_ROLES = {Level.COMMUNITY: Role.STAFF, Level.STREET: Role.STREET, Level.DEPARTMENT: Role.DEPARTMENT}

@@ -187,8 +187,7 @@ async def file_report(
         _apply_decision(ticket, decision, now)
         start_window(ticket, category, now)
         ticket.wake_at = wake_after_change(ticket)
-        await session.run_sync(_insert_filed, ticket)
-        await _record_routing(session, ticket, decision, now, reported_by=reporter.id)
+        await session.run_sync(_insert_filed, ticket, decision, now, reporter.id)
     return FiledTicket(ticket, decision)
 
 
@@ -219,11 +218,12 @@ _INSERT_TICKET = insert(cast(Table, Ticket.__table__))
 _INSERT_PHOTOS = insert(cast(Table, TicketPhoto.__table__))
 
 
-def _insert_filed(session: Session, ticket: Ticket) -> None:
+def _insert_filed(session: Session, ticket: Ticket, decision: RoutingDecision, now: datetime, reported_by: int) -> None:
     """The new ticket's row and photos, by plain statements sent with the transaction's next trip: nothing is read
     back (its id was read before), where the session's flush of the object cost a quarter of filing. The ticket
     stays out of the session, so this does what the flush's hooks would for a new ticket: its wake (set by the
-    caller), its assignee's load, the ended month it may count in (its durations are None until it is accepted)."""
+    caller), its assignee's load, the ended month it may count in (its durations are None until it is accepted).
+    Then its history and card (_routing_writes), in the same call into the session's sync layer."""
     execute_pipelined(session, _INSERT_TICKET, {name: getattr(ticket, name) for name in _FILED})
     if ticket.photos:
         photos = [
@@ -234,6 +234,7 @@ def _insert_filed(session: Session, ticket: Ticket) -> None:
     if ticket.assignee_id is not None:
         add_load(session, {ticket.assignee_id: 1})
     mark_filed(session, ticket.community_id, ticket.created_at)
+    _routing_writes(session, ticket, decision, now, reported_by)
 
 
 def _apply_decision(ticket: Ticket, decision: RoutingDecision, now: datetime) -> None:
@@ -244,25 +245,30 @@ def _apply_decision(ticket: Ticket, decision: RoutingDecision, now: datetime) ->
     ticket.assignee_id = decision.assignee.user_id if decision.assignee else None
 
 
-async def _record_routing(
-    session: AsyncSession, ticket: Ticket, decision: RoutingDecision, now: datetime, reported_by: int | None = None
+async def _record_routing(session: AsyncSession, ticket: Ticket, decision: RoutingDecision, now: datetime) -> None:
+    """The routing event with its reason, and the new assignee's card."""
+    await session.run_sync(_routing_writes, ticket, decision, now)
+
+
+def _routing_writes(
+    session: Session, ticket: Ticket, decision: RoutingDecision, now: datetime, reported_by: int | None = None
 ) -> None:
-    """The routing event with its reason, and the new assignee's card. ``reported_by``: a new ticket, whose
-    "created" event comes first; both go in one statement that nothing waits for (execute_pipelined)."""
+    """_record_routing's writes. ``reported_by``: a new ticket, whose "created" event comes first; both go in one
+    statement that nothing waits for (execute_pipelined)."""
     routed = {"ticket_id": ticket.id, "at": now, "actor_id": None, "kind": EventKind.ROUTED, "note": ""}
     if reported_by is None:
         session.add(TicketEvent(**routed, data=decision.as_event_data()))
     else:
         created = {"ticket_id": ticket.id, "at": now, "actor_id": reported_by, "kind": EventKind.CREATED, "note": ""}
         rows = [{**created, "data": {}}, {**routed, "data": decision.as_event_data()}]
-        await session.run_sync(execute_pipelined, _INSERT_EVENTS, rows)
+        execute_pipelined(session, _INSERT_EVENTS, rows)
     if decision.assignee is None:
         return
-    await record_assignment(session, community_id=ticket.community_id, user_id=decision.assignee.user_id, now=now)
+    record_assignment(session, community_id=ticket.community_id, user_id=decision.assignee.user_id, now=now)
     notices = [(decision.assignee.user_id, Notice.TICKET_CARD, {"ticket_id": ticket.id})]
     if any(photo.stage == PhotoStage.REPORT for photo in ticket.photos):
         notices.append((decision.assignee.user_id, Notice.TICKET_PHOTOS, {"ticket_id": ticket.id}))
-    await enqueue_with_next(session, notices, now)
+    enqueue_with_next(session, notices, now)
 
 
 async def _ticket_for_worker(session: AsyncSession, actor_id: int, ticket_id: int) -> Ticket:
