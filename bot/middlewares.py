@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,13 +29,21 @@ class SessionMiddleware(BaseMiddleware):
         self.wake_sender = wake_sender
 
     async def __call__(self, handler: Handler, event: TelegramObject, data: dict[str, Any]) -> Any:
-        async with self.session_factory() as session:
-            data["session"] = session
-            try:
-                return await handler(event, data)
-            finally:
-                if session.info.pop(QUEUED_FLAG, False):
-                    self.wake_sender()
+        session = self.session_factory()
+        data["session"] = session
+        try:
+            return await handler(event, data)
+        finally:
+            if session.info.pop(QUEUED_FLAG, False):
+                self.wake_sender()
+            if session.in_transaction():
+                # What a failed handler left open is rolled back and its connection given back, shielded from the
+                # update's cancellation, as ``async with`` does.
+                await asyncio.shield(asyncio.create_task(session.close()))
+            else:
+                # Every transaction ended, so nothing is held: closing is bookkeeping, done here, without the task
+                # and the greenlet switch of ``async with`` (about 25 µs of an update's CPU).
+                session.sync_session.close()
 
 
 class UserMiddleware(BaseMiddleware):
