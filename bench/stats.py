@@ -38,6 +38,7 @@ from bot.i18n import create_i18n
 from bot.reports import chart
 from domain.community_file import import_community, load_community_file
 from domain.stats import SETTLE, Month, MonthCache, View, monthly_stats, summarise_months
+from domain.ticket_counts import recount
 from storage.db import SessionFactory, create_engine, create_session_factory
 from storage.models import (
     Base,
@@ -79,7 +80,8 @@ async def build_tickets(
     """Insert ``count`` tickets of the community, spread evenly over ``months`` months from ``first_month``.
 
     With ``settled_before``, tickets created before it all ended closed or unconfirmed, as in a district that
-    works its tickets: what is open, or waits for the resident's answer, is recent.
+    works its tickets: what is open, or waits for the resident's answer, is recent. The community's counts by
+    month are made again from its tickets afterwards, as the ORM would have kept them.
     """
     rng = random.Random(seed)
     async with sessions() as session, session.begin():
@@ -162,6 +164,9 @@ async def build_tickets(
             rows = []
     if rows:
         await _insert(sessions, rows)
+    # Written past the ORM, which counts each ticket in its month as it writes it (domain/ticket_counts.py).
+    async with sessions() as session, session.begin():
+        await recount(session, community_id)
 
 
 async def analyse(engine: AsyncEngine) -> None:

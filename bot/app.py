@@ -58,7 +58,7 @@ from bot.webhook import Health, HealthServer, WebhookServer, register_webhook
 from domain.clock import Clock, system_clock
 from domain.community_file import import_community, load_community_file
 from domain.confirmation import close_unconfirmed
-from domain.deliberation import CandidateWatch
+from domain.deliberation import propose_candidates
 from domain.directory import Directory
 from domain.menus import Menu, queue_menus
 from domain.stats import MonthCache, summarise_months
@@ -438,7 +438,7 @@ async def warm_up(
     unanswered = partial(close_unconfirmed, within=timedelta(days=settings.confirm_within_days))
     every_minute(scheduler, "deadline-sweep", deadlines, session_factory, system_clock, wake_sender)
     every_minute(scheduler, "confirmation-sweep", unanswered, session_factory, system_clock, wake_sender)
-    every_minute(scheduler, "topic-candidates", CandidateWatch(), session_factory, system_clock, wake_sender)
+    every_minute(scheduler, "topic-candidates", propose_candidates, session_factory, system_clock, wake_sender)
     every_minute(scheduler, "month-summaries", summarise_months, session_factory, system_clock, wake_sender)
     scheduler.add_job(
         refresh_statistics,

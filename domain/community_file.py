@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.month_summary import forget_summaries
+from domain.ticket_counts import recount
 from storage.models import (
     Building,
     Category,
@@ -877,6 +878,7 @@ async def import_community(session: AsyncSession, spec: CommunitySpec, now: date
             "public_closed_tickets": info.reports.public_closed_tickets,
             "register_columns": spec.register.as_record() if spec.register else {},
         }
+        moved_months = community is not None and community.timezone != info.timezone
         if community is None:
             community = Community(code=info.code, **values)
             session.add(community)
@@ -952,6 +954,9 @@ async def import_community(session: AsyncSession, spec: CommunitySpec, now: date
             # A new time zone moves the months' bounds, new windows what is "in time": the ended months are
             # summed again from scratch by the statistics job.
             await forget_summaries(session, community.id)
+        if moved_months:
+            # Its tickets' months are counted again by the new bounds, for the topic-candidates job.
+            await recount(session, community.id)
 
         # People: a user record for everyone named in the file, never overwriting one that exists.
         duties: list[tuple[PersonSpec, Role, str, Grid | None]] = [

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
-from zoneinfo import ZoneInfo
+from datetime import date, datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -30,7 +29,9 @@ from domain.outbox import Notice, enqueue, enqueue_joined
 from domain.people import display_names, load_duties
 from domain.public_notices import post_publicly, private_copies
 from domain.text import clean, is_blank, required_text
+from domain.ticket_counts import month_key, months_now
 from domain.tickets import MAX_NOTE, ticket_access
+from storage.db import AUTOCOMMIT_READ
 from storage.models import (
     Building,
     Community,
@@ -40,6 +41,7 @@ from storage.models import (
     Role,
     SurveyVote,
     Ticket,
+    TicketCount,
     TicketEvent,
     Topic,
     TopicEvent,
@@ -135,13 +137,6 @@ def check_percent(percent: int) -> int:
     if not 0 <= percent <= 100:
         raise BadNumber()
     return percent
-
-
-def month_key(now: datetime, tz: str) -> tuple[str, datetime]:
-    """The community's current month as "YYYY-MM", and the moment it began."""
-    local = now.astimezone(ZoneInfo(tz))
-    start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    return start.strftime("%Y-%m"), start
 
 
 # --- who may do what ---------------------------------------------------------------------------------
@@ -376,72 +371,45 @@ async def raise_by_staff(session: AsyncSession, *, actor_id: int, text: str, now
     return topic
 
 
-# Tickets are committed a moment after they are created: a run after the last one also looks this far back.
-CANDIDATE_OVERLAP = timedelta(minutes=2)
-
-
-class CandidateWatch:
-    """The topic-candidates job of one process: after its first run, it counts a community's month again only
-    when a ticket was reported there since its last run, since only then can a count have reached the threshold.
-
-    A run that counts, counts this month's tickets from scratch (no counter to keep right), so a run missed, a
-    second process or a restart can only make a run look at more, never at less.
-    """
-
-    def __init__(self) -> None:
-        self.looked_at: datetime | None = None
-
-    async def __call__(self, session: AsyncSession, now: datetime) -> CandidateReport:
-        since = None if self.looked_at is None else self.looked_at - CANDIDATE_OVERLAP
-        report = await propose_candidates(session, now, since=since)
-        self.looked_at = now
-        return report
-
-
-async def propose_candidates(session: AsyncSession, now: datetime, *, since: datetime | None = None) -> CandidateReport:
+async def propose_candidates(session: AsyncSession, now: datetime) -> CandidateReport:
     """Propose a topic for every category reported ``candidate_threshold`` times in one compound this month.
 
-    The candidate's key (category, compound, month) is unique per community, so whatever runs twice, in two
-    processes or after a restart, proposes it once; a dismissed candidate is not proposed again that month.
-    The month's tickets not on a topic yet are linked to it, and staff are told. With ``since``, a community
-    where nothing was reported since then is left alone.
+    It reads the month's counts (``ticket_counts``, kept as tickets are written: domain/ticket_counts.py) that
+    have reached their community's threshold and have no topic yet, for every community in one query, and no
+    ticket but those it links to a new topic. The candidate's key (category, compound, month) is unique per
+    community, so whatever runs twice, in two processes or after a restart, proposes it once; the count names
+    its topic from then on, also once dismissed, so a dismissed candidate is not proposed again that month.
+    The month's tickets not on a topic yet are linked to it, and staff are told.
     """
     report = CandidateReport()
+    lowest = select(func.min(Community.candidate_threshold)).scalar_subquery()
+    own = Community.id == TicketCount.community_id
     async with session.begin():
-        communities = list(await session.scalars(select(Community).order_by(Community.id)))
-        groups: list[tuple[int, str, datetime, int, int]] = []
-        for community in communities:
-            month, start = month_key(now, community.timezone)
-            if since is not None:
-                # The community's newest ticket: one step down ix_tickets_community_created.
-                newest = await session.scalar(
-                    select(func.max(Ticket.created_at)).where(Ticket.community_id == community.id)
+        await session.connection(execution_options=AUTOCOMMIT_READ)  # one statement that only reads
+        found = (
+            await session.execute(
+                select(
+                    TicketCount.community_id,
+                    TicketCount.month,
+                    TicketCount.category_id,
+                    TicketCount.compound_id,
+                    select(Community.timezone).where(own).scalar_subquery(),
                 )
-                if newest is None or newest < max(since, start):
-                    continue  # nothing new: no count can have reached the threshold since
-            # This month's tickets only, through ix_tickets_community_created (no ticket row is read). SQLite cannot
-            # tell how few of a community's tickets one month holds (its statistics count per community, not per
-            # month), and left to itself it went from each building to all of its tickets: "+ 0" keeps it from
-            # joining through a tickets index, so it reads the month's range and looks each building up.
-            rows = await session.execute(
-                select(Ticket.category_id, Building.compound_id)
-                .join(Building, Building.id == Ticket.building_id + 0)
-                .where(Ticket.community_id == community.id, Ticket.created_at >= start)
-                .group_by(Ticket.category_id, Building.compound_id)
-                .having(func.count() >= community.candidate_threshold)
-            )
-            found = {
-                f"{category_id}:{compound_id}:{month}": (category_id, compound_id) for category_id, compound_id in rows
-            }
-            known = set(
-                await session.scalars(
-                    select(Topic.candidate_key).where(
-                        Topic.community_id == community.id, Topic.candidate_key.in_(list(found))
-                    )
+                .where(
+                    # The range of ix_ticket_counts_unproposed: no count that has its topic, none below every
+                    # community's threshold; then each community's own threshold, by its primary key.
+                    TicketCount.month.in_(months_now(now)),
+                    TicketCount.tickets >= lowest,
+                    TicketCount.topic_id.is_(None),
+                    TicketCount.tickets >= select(Community.candidate_threshold).where(own).scalar_subquery(),
                 )
+                .order_by(TicketCount.community_id, TicketCount.month, TicketCount.category_id, TicketCount.compound_id)
             )
-            groups += [(community.id, key, start, *group) for key, group in found.items() if key not in known]
-    for community_id, key, start, category_id, compound_id in groups:
+        ).all()
+    for community_id, month, category_id, compound_id, timezone in found:
+        key, start = month_key(now, timezone)
+        if key != month:
+            continue  # the month is current in other time zones, not in this community's
         async with session.begin():
             topic = await _propose(session, community_id, key, start, category_id, compound_id, now)
         if topic is not None:
@@ -452,12 +420,23 @@ async def propose_candidates(session: AsyncSession, now: datetime, *, since: dat
 async def _propose(
     session: AsyncSession,
     community_id: int,
-    key: str,
+    month: str,
     start: datetime,
     category_id: int,
     compound_id: int,
     now: datetime,
 ) -> Topic | None:
+    key = f"{category_id}:{compound_id}:{month}"
+    counted = (
+        update(TicketCount)
+        .where(
+            TicketCount.community_id == community_id,
+            TicketCount.month == month,
+            TicketCount.category_id == category_id,
+            TicketCount.compound_id == compound_id,
+        )
+        .execution_options(synchronize_session=False)
+    )
     topic = Topic(
         community_id=community_id,
         status=TopicStatus.CANDIDATE,
@@ -473,7 +452,12 @@ async def _propose(
             session.add(topic)
             await session.flush()
     except IntegrityError:
-        return None  # another process proposed it a moment ago
+        # Proposed already: by another process a moment ago (which named it on the count too), or before the
+        # count named its topic. Named now, so that no later run reads the count again.
+        known = select(Topic.id).where(Topic.community_id == community_id, Topic.candidate_key == key)
+        await session.execute(counted.values(topic_id=known.scalar_subquery()))
+        return None
+    await session.execute(counted.values(topic_id=topic.id))
     ticket_ids = list(
         await session.scalars(
             select(Ticket.id)

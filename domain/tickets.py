@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Table, and_, func, insert, or_, select
+from sqlalchemy import Table, and_, bindparam, func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -25,10 +25,13 @@ from domain.outbox import Notice, enqueue_with_next
 from domain.people import Duties, Person, display_names, load_duties
 from domain.routing import RoutingDecision, add_load, choose_assignee, record_assignment
 from domain.text import TextTooLong, clean, is_blank, required_text
+from domain.ticket_counts import count_filed
+from domain.ticket_counts import know as know_counted
 from storage.db import execute_pipelined, read_pipelined
 from storage.models import (
     Building,
     Category,
+    Community,
     EventKind,
     Level,
     PhotoStage,
@@ -131,9 +134,11 @@ _INSERT_EVENTS = insert(cast(Table, TicketEvent.__table__))
 # routing's query and the INSERT with the COMMIT: two trips to SQLite's thread in all (storage/db.py). Under
 # BEGIN IMMEDIATE nobody else adds a ticket before the COMMIT, and one more than the largest id is the id SQLite
 # itself gives a new row; PostgreSQL takes it from the table's sequence, as its INSERT would.
+# The community's time zone rides along: the ticket's count (domain/ticket_counts.py) is kept by its month there.
+_TIMEZONE = select(Community.timezone).where(Community.id == bindparam("community")).scalar_subquery()
 _NEW_TICKET = {
-    "sqlite": select(func.coalesce(func.max(Ticket.id), 0) + 1, SPEAKS_FOR),
-    "postgresql": select(func.nextval(func.pg_get_serial_sequence("tickets", "id")), SPEAKS_FOR),
+    "sqlite": select(func.coalesce(func.max(Ticket.id), 0) + 1, SPEAKS_FOR, _TIMEZONE),
+    "postgresql": select(func.nextval(func.pg_get_serial_sequence("tickets", "id")), SPEAKS_FOR, _TIMEZONE),
 }
 
 
@@ -161,11 +166,19 @@ async def file_report(
         raise NotFound(draft.category_id)
     async with session.begin():
         new_ticket = _NEW_TICKET[session.get_bind().dialect.name]
-        known = await session.run_sync(read_pipelined, new_ticket, {"resident": reporter.id, "building": building.id})
+        params = {"resident": reporter.id, "building": building.id, "community": community_id}
+        known = await session.run_sync(read_pipelined, new_ticket, params)
         decision = await choose_assignee(
             session, community_id=community_id, grid_id=building.grid_id, category_level=category.level
         )
-        [(ticket_id, verified)] = known
+        [(ticket_id, verified, timezone)] = known
+        know_counted(
+            session,
+            community_id=community_id,
+            timezone=timezone,
+            building_id=building.id,
+            compound_id=building.compound_id,
+        )
         ticket = Ticket(
             id=ticket_id,
             community_id=community_id,
@@ -222,7 +235,8 @@ def _insert_filed(session: Session, ticket: Ticket, decision: RoutingDecision, n
     """The new ticket's row and photos, by plain statements sent with the transaction's next trip: nothing is read
     back (its id was read before), where the session's flush of the object cost a quarter of filing. The ticket
     stays out of the session, so this does what the flush's hooks would for a new ticket: its wake (set by the
-    caller), its assignee's load, the ended month it may count in (its durations are None until it is accepted).
+    caller), its assignee's load, the ended month it may count in, its month's count (its durations are None until
+    it is accepted).
     Then its history and card (_routing_writes), in the same call into the session's sync layer."""
     execute_pipelined(session, _INSERT_TICKET, {name: getattr(ticket, name) for name in _FILED})
     if ticket.photos:
@@ -234,6 +248,7 @@ def _insert_filed(session: Session, ticket: Ticket, decision: RoutingDecision, n
     if ticket.assignee_id is not None:
         add_load(session, {ticket.assignee_id: 1})
     mark_filed(session, ticket.community_id, ticket.created_at)
+    count_filed(session, ticket)
     _routing_writes(session, ticket, decision, now, reported_by)
 
 

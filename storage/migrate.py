@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # The newest revision in storage/migrations/versions: a database at it needs nothing from Alembic.
-HEAD = "0015_handover"
+HEAD = "0016_ticket_counts"
 # Serialises bot processes that start at once against one PostgreSQL database.
 _PG_LOCK_KEY = 0x66656564626F74  # "feedbot"
 

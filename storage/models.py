@@ -583,6 +583,32 @@ def _durations(mapper: Any, connection: Any, ticket: Ticket) -> None:
     ticket.resolve_seconds = seconds_between(ticket.created_at, ticket.resolved_at)
 
 
+class TicketCount(Base):
+    """How many tickets one compound reported in one category within one month of its community's time zone,
+    kept in the transaction that writes a ticket (domain/ticket_counts.py), and the candidate topic proposed
+    for it (domain/deliberation.py). The topic-candidates job reads these rows, never the month's tickets."""
+
+    __tablename__ = "ticket_counts"
+    __table_args__ = (
+        # The job's one query: this month's counts that have reached a threshold and have no topic yet. Partial:
+        # a count that has its topic never needs reading again, and most of a month's counts soon have one.
+        Index(
+            "ix_ticket_counts_unproposed",
+            "month",
+            "tickets",
+            sqlite_where=text("topic_id IS NULL"),
+            postgresql_where=text("topic_id IS NULL"),
+        ),
+    )
+
+    community_id: Mapped[int] = mapped_column(ForeignKey("communities.id"), primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)  # "YYYY-MM", domain.ticket_counts.month_key
+    category_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    compound_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    tickets: Mapped[int] = mapped_column(default=0)
+    topic_id: Mapped[int | None] = mapped_column(ForeignKey("topics.id"), default=None)
+
+
 class MonthSummary(Base):
     """A community's month that has ended, whose counts are kept summed in ``month_figures`` for the office's
     figures (domain/month_summary.py says how they stay right). ``changes`` counts writes to the month's tickets

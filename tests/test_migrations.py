@@ -25,7 +25,7 @@ from sqlalchemy.sql import table as table_clause
 from storage import migrate
 from storage.db import create_engine, create_session_factory
 from storage.migrate import alembic_config, run_alembic, upgrade_database
-from storage.models import Base, Community, Grid, Ticket, User
+from storage.models import Base, Community, Grid, Ticket, TicketCount, User
 from tests.conftest import BACKENDS, require_postgresql
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
@@ -238,3 +238,74 @@ async def test_the_statistics_upgrade_works_out_the_durations_of_earlier_tickets
             await conn.execute(select(Ticket.id, Ticket.accept_seconds, Ticket.resolve_seconds).order_by(Ticket.id))
         ).all()
     assert [tuple(row) for row in durations] == [(1, 3620, 36000), (2, 7200, None), (3, None, None)]
+
+
+async def test_the_counts_upgrade_counts_every_month_of_the_earlier_tickets(empty_engine: AsyncEngine) -> None:
+    """0016_ticket_counts counts the tickets filed before it, by month of the community's time zone (Shanghai,
+    UTC+8: 16:00 UTC on 31 October is November there), category and compound, and names each count's candidate
+    topic, so the candidates job neither misses this month's tickets nor proposes a candidate twice."""
+    await run_alembic(empty_engine, lambda config: command.upgrade(config, "0015_handover"))
+    tables = Base.metadata.tables
+    filed = datetime(2026, 10, 31, 15, 59, tzinfo=UTC)
+    async with empty_engine.begin() as conn:
+        for name, values in [
+            ("communities", {"id": 1, "code": "jsx", "name": "建设巷社区", "timezone": "Asia/Shanghai"}),
+            ("communities", {"id": 2, "code": "empty", "name": "无工单社区", "timezone": "UTC"}),
+            ("categories", {"id": 1, "community_id": 1, "code": "light", "name": "灯"}),
+            ("categories", {"id": 2, "community_id": 1, "code": "lead", "name": "飞线"}),
+            ("compounds", {"id": 1, "community_id": 1, "code": "c1", "name": "小区"}),
+            ("compounds", {"id": 2, "community_id": 1, "code": "c2", "name": "二区"}),
+            ("grids", {"id": 1, "community_id": 1, "code": "g1", "name": "第一网格"}),
+            ("buildings", {"id": 1, "compound_id": 1, "grid_id": 1, "code": "b1", "name": "1号楼", "link_key": "k1"}),
+            ("buildings", {"id": 2, "compound_id": 1, "grid_id": 1, "code": "b2", "name": "2号楼", "link_key": "k2"}),
+            ("buildings", {"id": 3, "compound_id": 2, "grid_id": 1, "code": "b3", "name": "3号楼", "link_key": "k3"}),
+            ("users", {"id": 940001, "created_at": filed}),
+            (
+                "topics",
+                {
+                    "id": 7, "community_id": 1, "status": "candidate", "source": "candidate",
+                    "candidate_key": "2:1:2026-11", "category_id": 2, "created_at": filed, "updated_at": filed,
+                },
+            ),
+        ]:  # fmt: skip
+            await conn.run_sync(insert_as_then, tables[name], values)
+        for number, minutes, category, building in [
+            (1, -60 * 24 * 40, 1, 1),  # September
+            (2, 0, 2, 1),  # 23:59 on 31 October in Shanghai
+            (3, 1, 2, 1),  # 1 November
+            (4, 2, 2, 2),  # another building of the same compound
+            (5, 3, 2, 3),  # another compound
+            (6, 4, 1, 1),
+            (7, 60 * 24 * 31, 2, 1),  # December
+        ]:
+            created = filed + timedelta(minutes=minutes)
+            values = {
+                "id": number, "community_id": 1, "category_id": category, "building_id": building, "grid_id": 1,
+                "reporter_id": 940001, "description": "灯不亮", "status": "closed", "level": "grid",
+                "created_at": created, "updated_at": created,
+            }  # fmt: skip
+            await conn.run_sync(insert_as_then, tables["tickets"], values)
+
+    await upgrade_database(empty_engine)
+
+    async with empty_engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(
+                    TicketCount.community_id,
+                    TicketCount.month,
+                    TicketCount.category_id,
+                    TicketCount.compound_id,
+                    TicketCount.tickets,
+                    TicketCount.topic_id,
+                )
+            )
+        ).all()
+    assert sorted(tuple(row) for row in rows) == [
+        (1, "2026-09", 1, 1, 1, None),
+        (1, "2026-10", 2, 1, 1, None),
+        (1, "2026-11", 1, 1, 1, None),
+        (1, "2026-11", 2, 1, 2, 7),
+        (1, "2026-11", 2, 2, 1, None),
+        (1, "2026-12", 2, 1, 1, None),
+    ]
