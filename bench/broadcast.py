@@ -35,17 +35,14 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 from sqlalchemy import event, func, select
 
-from bench.residents import add_residents
+from bench.residents import add_residents, sample_database
 from bot.app import create_bot
-from bot.config import SAMPLE_COMMUNITY
 from bot.i18n import create_i18n
 from bot.outbound.notices import Renderer
 from bot.outbound.sender import OutboxSender, SenderSettings
 from domain.broadcasts import start_broadcast
 from domain.clock import system_clock
-from domain.community_file import import_community, load_community_file
 from storage.db import create_engine, create_session_factory
-from storage.migrate import upgrade_database
 from storage.models import BroadcastKind, Community, OutboxMessage, OutboxStatus
 from tests.fake_telegram import fake_bot
 
@@ -130,12 +127,8 @@ async def serve(telegram: FakeTelegram) -> tuple[web.AppRunner, str]:
 
 async def prepare(db_url: str, recipients: int) -> None:
     """The sample community, ``recipients`` residents spread over its buildings, and the agenda broadcast."""
-    engine = create_engine(db_url)
-    await upgrade_database(engine)
-    sessions = create_session_factory(engine)
     now = system_clock()
-    async with sessions() as session:
-        await import_community(session, load_community_file(SAMPLE_COMMUNITY), now)
+    engine, sessions = await sample_database(db_url, now)
     async with sessions() as session, session.begin():
         community = await session.scalar(select(Community).order_by(Community.id).limit(1))
         assert community is not None

@@ -109,7 +109,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from bench.fake_api import EDITS, SENDS, BotMessage, FakeBotAPI, Request
-from bench.residents import add_residents
+from bench.residents import add_residents, sample_database
 from bot.callbacks import (
     BroadcastAction,
     BroadcastCb,
@@ -123,9 +123,6 @@ from bot.callbacks import (
 )
 from bot.config import SAMPLE_COMMUNITY
 from domain.clock import system_clock
-from domain.community_file import import_community, load_community_file
-from storage.db import create_engine, create_session_factory
-from storage.migrate import upgrade_database
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMUNITY_FILE = SAMPLE_COMMUNITY
@@ -178,12 +175,8 @@ async def start_bot(env: dict[str, str], log: IO[bytes], root: Path = ROOT) -> a
 async def prepare_sample(db_url: str, silent: int = 0) -> list[tuple[str, int]]:
     """A database with the sample community and ``silent`` bound residents; returns (payload, units) of the
     buildings with more than one unit."""
-    engine = create_engine(db_url)
-    await upgrade_database(engine)
-    sessions = create_session_factory(engine)
     now = system_clock()
-    async with sessions() as session:
-        await import_community(session, load_community_file(COMMUNITY_FILE), now)
+    engine, sessions = await sample_database(db_url, now)
     if silent:
         async with sessions() as session, session.begin():
             await add_residents(session, FIRST_SILENT, silent, now, english_every=3)
