@@ -31,7 +31,7 @@ from domain.public_notices import post_publicly, private_copies
 from domain.text import clean, is_blank, required_text
 from domain.ticket_counts import month_key, months_now
 from domain.tickets import MAX_NOTE, ticket_access
-from storage.db import AUTOCOMMIT_READ
+from storage.db import read_alone
 from storage.models import (
     Building,
     Community,
@@ -384,34 +384,31 @@ async def propose_candidates(session: AsyncSession, now: datetime) -> CandidateR
     report = CandidateReport()
     lowest = select(func.min(Community.candidate_threshold)).scalar_subquery()
     own = Community.id == TicketCount.community_id
-    async with session.begin():
-        await session.connection(execution_options=AUTOCOMMIT_READ)  # one statement that only reads
-        found = (
-            await session.execute(
-                select(
-                    TicketCount.community_id,
-                    TicketCount.month,
-                    TicketCount.category_id,
-                    TicketCount.compound_id,
-                    select(Community.timezone).where(own).scalar_subquery(),
-                )
-                .where(
-                    # The range of ix_ticket_counts_unproposed: no count that has its topic, none below every
-                    # community's threshold; then each community's own threshold, by its primary key.
-                    TicketCount.month.in_(months_now(now)),
-                    TicketCount.tickets >= lowest,
-                    TicketCount.topic_id.is_(None),
-                    TicketCount.tickets >= select(Community.candidate_threshold).where(own).scalar_subquery(),
-                )
-                .order_by(TicketCount.community_id, TicketCount.month, TicketCount.category_id, TicketCount.compound_id)
-            )
-        ).all()
-    for community_id, month, category_id, compound_id, timezone in found:
-        key, start = month_key(now, timezone)
-        if key != month:
+    found = await read_alone(  # one statement that only reads
+        session,
+        select(
+            TicketCount.community_id,
+            TicketCount.month,
+            TicketCount.category_id,
+            TicketCount.compound_id,
+            select(Community.timezone).where(own).scalar_subquery().label("timezone"),
+        )
+        .where(
+            # The range of ix_ticket_counts_unproposed: no count that has its topic, none below every
+            # community's threshold; then each community's own threshold, by its primary key.
+            TicketCount.month.in_(months_now(now)),
+            TicketCount.tickets >= lowest,
+            TicketCount.topic_id.is_(None),
+            TicketCount.tickets >= select(Community.candidate_threshold).where(own).scalar_subquery(),
+        )
+        .order_by(TicketCount.community_id, TicketCount.month, TicketCount.category_id, TicketCount.compound_id),
+    )
+    for count in found:
+        key, start = month_key(now, count.timezone)
+        if key != count.month:
             continue  # the month is current in other time zones, not in this community's
         async with session.begin():
-            topic = await _propose(session, community_id, key, start, category_id, compound_id, now)
+            topic = await _propose(session, count.community_id, key, start, count.category_id, count.compound_id, now)
         if topic is not None:
             report.proposed.append(topic.id)
     return report

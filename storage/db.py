@@ -19,8 +19,7 @@ SessionFactory = async_sessionmaker[AsyncSession]
 # Execution options for a transaction that only reads, in one statement: on SQLite it takes no lock and costs
 # one trip to aiosqlite's thread instead of four (BEGIN IMMEDIATE, the read, COMMIT, the pool's rollback); on
 # PostgreSQL it runs in autocommit, one round trip instead of three (BEGIN, the read, COMMIT). The statement sees
-# the database as it is at that moment. Never write in one.
-#     await session.connection(execution_options=AUTOCOMMIT_READ)  # first thing in the transaction
+# the database as it is at that moment. Never write in one. :func:`read_alone` runs one.
 AUTOCOMMIT_READ = {"autocommit_read": True}
 
 PG_CONNECTIONS = 15  # a process's connections to PostgreSQL, at most and kept
