@@ -465,6 +465,47 @@ async def test_a_crash_mid_broadcast_leaves_few_rows_in_doubt_and_repeats_none(
     assert set(received) >= {r.chat_id for r in rows if r.status == OutboxStatus.SENT}
 
 
+async def test_the_next_batch_is_claimed_while_the_last_rows_of_a_full_one_go_out(
+    harness: Harness, clock: FakeClock
+) -> None:
+    async with harness.sessions() as session, session.begin():
+        await add_residents(session, 7_000_000, 12, clock(), english_every=3)
+        jsx = await session.scalar(select(Community.id).where(Community.code == "jsx"))
+    async with harness.sessions() as session:
+        await start_broadcast(session, jsx, BroadcastKind.AGENDA, "2026-11", clock())
+    sender = harness.app.sender = OutboxSender(
+        harness.bot,
+        harness.sessions,
+        harness.app.sender.renderer,
+        clock,
+        SenderSettings(chat_interval=0, rate_per_second=10_000, batch_size=5, ahead=2),
+    )
+    events: list[str] = []
+    claim, deliver_due = sender._claim, sender.deliver_due
+
+    async def logged_claim(**kwargs):  # type: ignore[no-untyped-def]
+        events.append("claim")
+        return await claim(**kwargs)
+
+    async def logged_round() -> int:
+        handled = await deliver_due()
+        events.append(f"round of {handled}")
+        return handled
+
+    sender._claim = logged_claim  # type: ignore[method-assign]
+    sender.deliver_due = logged_round  # type: ignore[method-assign]
+    delivered = await harness.deliver()
+    assert sorted(m.chat_id for m in delivered) == list(range(7_000_000, 7_000_012))  # type: ignore[attr-defined]
+    assert {r.status for r in await outbox(harness) if r.broadcast_id} == {OutboxStatus.SENT}
+    # Each full batch's successor is claimed before the batch is done, not after: the sending does not stop for
+    # a claim every batch. After the short last one, a claim finds nothing more.
+    assert events == [
+        *("claim", "claim", "round of 5"),
+        *("claim", "round of 5"),
+        *("round of 2", "claim", "round of 0"),
+    ], events
+
+
 async def test_turns_missed_in_a_stall_do_not_all_go_at_once() -> None:
     now = [0.0]
 

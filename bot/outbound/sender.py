@@ -36,7 +36,7 @@ import math
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -50,7 +50,7 @@ from aiogram.exceptions import (
     TelegramServerError,
 )
 from aiogram.methods import TelegramMethod
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.outbound.notices import Renderer, answer_of, as_request
@@ -158,6 +158,11 @@ class OutboxSender:
         # Broadcast rows whose sending turn has come, waiting for the next marking transaction (``_mark_sending``).
         self._to_mark: list[tuple[OutboxMessage, asyncio.Future[None]]] = []
         self._marking: asyncio.Task[None] | None = None
+        # The next batch, claimed while this round's last rows go out (``deliver_due``); the rows of this round not
+        # ready yet to go (``_ready``), and its chats.
+        self._next_claim: asyncio.Future[tuple[list[OutboxMessage], dict[int, Rendered]]] | None = None
+        self._not_ready: set[int] = set()
+        self._round_chats: set[int] = set()
         self._wake = asyncio.Event()
         # Whether a passing fault was seen and Telegram has not answered since. A new sender cannot know what its
         # predecessor saw (rows it left waiting out a backoff), so it asks once.
@@ -202,6 +207,9 @@ class OutboxSender:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if self._next_claim is not None:  # what it claimed is given back below
+                with contextlib.suppress(Exception):
+                    await self._next_claim
             await self._release_lease()
 
     async def _probe(self, stop: asyncio.Event) -> None:
@@ -292,11 +300,19 @@ class OutboxSender:
                 await session.execute(delete(SenderLease).where(SenderLease.holder == self.holder))
 
     async def deliver_due(self) -> int:
-        """Send every row that is due now; returns how many rows were handled."""
-        rows, rendered = await self._claim()
+        """Send every row that is due now; returns how many rows were handled.
+
+        A full claim means more is due: the next batch is then claimed while this round's last rows, marked
+        already, go out (``_ready``), and what happened to them is written with the next round's first commit.
+        Claiming and rendering a batch (about a second's sending) took 50–120 ms on a busy machine, and sending
+        stopped for it every batch: 5–10 % of the rate at 200/s (docs/benchmarks.md, "Broadcasts").
+        """
+        rows, rendered = await self._claimed()
         by_chat: dict[int, list[OutboxMessage]] = defaultdict(list)
         for row in rows:
             by_chat[row.chat_id].append(row)
+        self._round_chats = set(by_chat)
+        self._not_ready = {row.id for row in rows} if len(rows) >= self.batch_size else set()
         tasks = [
             asyncio.ensure_future(self._deliver_chat(chat, chat_rows, rendered)) for chat, chat_rows in by_chat.items()
         ]
@@ -306,9 +322,14 @@ class OutboxSender:
             for task in tasks:  # one chat's failure stops the round
                 task.cancel()
             self._stop_marking()
+            self._not_ready = set()
             if not isinstance(error, Exception):
                 raise  # cancelled, or the process is going away: what is claimed goes back at the restart
             # A round cut short by an error gives back what it left claimed at once, not at the next restart.
+            if self._next_claim is not None:
+                with contextlib.suppress(Exception):
+                    rows = rows + (await self._next_claim)[0]
+                self._next_claim = None
             self._outcomes.extend(
                 ([row.id], {"status": OutboxStatus.PENDING, "claimed_by": None})
                 for row in rows
@@ -317,13 +338,33 @@ class OutboxSender:
             await self._recorded()
             await self._write_now()
             raise
+        self._not_ready = set()
         await self._recorded()
-        await self._write_now()
+        if self._next_claim is None:
+            await self._write_now()
         return len(rows)
 
-    async def _claim(self) -> tuple[list[OutboxMessage], dict[int, Rendered]]:
+    async def _claimed(self) -> tuple[list[OutboxMessage], dict[int, Rendered]]:
+        """The batch claimed during the last round, or, when there is none or it came out empty, one claimed now."""
+        if self._next_claim is not None:
+            claim, self._next_claim = self._next_claim, None
+            rows, rendered = await claim
+            if rows:
+                return rows, rendered
+        return await self._claim()
+
+    def _ready(self, row: OutboxMessage) -> None:
+        """``row`` waits only for its sending turn (a broadcast row is marked). Once every row of a full batch
+        does, the next batch is claimed: the claim holds SQLite's one connection, and the ``ahead`` rows go out
+        meanwhile. This round's chats are left out of it: their later rows go after these, in the chat's order."""
+        if self._not_ready and row.id in self._not_ready:
+            self._not_ready.discard(row.id)
+            if not self._not_ready:
+                self._next_claim = asyncio.ensure_future(self._claim(busy=self._round_chats))
+
+    async def _claim(self, busy: Collection[int] = ()) -> tuple[list[OutboxMessage], dict[int, Rendered]]:
         """Claim the rows due now, rendered, their requests kept with the claim: should this process die, its
-        successor sends them before its own start-up is done (handover.py)."""
+        successor sends them before its own start-up is done (handover.py). Rows of the ``busy`` chats wait."""
         now = self.clock()
         async with self._transaction() as session:
             renew_every = self.settings.lease / 3
@@ -335,6 +376,7 @@ class OutboxSender:
                     await session.scalars(
                         select(OutboxMessage)
                         .where(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.not_before <= now)
+                        .where(OutboxMessage.chat_id.not_in(busy) if busy else true())
                         # A worker's card must not wait behind ten thousand agenda messages; within a priority, the
                         # longest due first, so what a dead sender had claimed is not overtaken by later retries.
                         .order_by(OutboxMessage.priority, OutboxMessage.not_before, OutboxMessage.id)
@@ -377,9 +419,11 @@ class OutboxSender:
             prepared = rendered[row.id]
             if prepared is None:
                 self._finish([row], OutboxStatus.FAILED if row.error else OutboxStatus.SENT, None, row.error)
+                self._ready(row)
                 return None
             if row.broadcast_id is not None:
                 await self._mark_sending(row)
+            self._ready(row)
             await self.bucket.take()
             return await self._send(row, *prepared)
 
