@@ -134,9 +134,14 @@ class Renderer:
         # A monthly report's figures, drawn once for all its recipients (by the report's broadcast id).
         self._reports: dict[int, MonthReport] = {}
 
-    async def render(self, session: AsyncSession, row: OutboxMessage) -> TelegramMethod | None:
-        """The call that delivers ``row``, or None when there is nothing (left) to say."""
-        recipient = await session.get(User, row.chat_id)
+    async def render(
+        self, session: AsyncSession, row: OutboxMessage, recipient: User | None = None
+    ) -> TelegramMethod | None:
+        """The call that delivers ``row``, or None when there is nothing (left) to say. ``recipient``: the person
+        ``row`` goes to, when the caller has read them already (the sender reads a batch's at once; looking each up
+        again in the session cost a sixth of rendering a broadcast)."""
+        if recipient is None:
+            recipient = await session.get(User, row.chat_id)
         with self.i18n.context(), self.i18n.use_locale(locale_of(recipient, self.i18n)):
             if row.kind == Notice.BROADCAST:
                 return await self._broadcast(session, row, recipient.building_id if recipient else None)

@@ -532,7 +532,7 @@ class OutboxSender:
         """Each row's call and request (None: nothing to send; a reason is then in its ``error``)."""
         if not rows:
             return []
-        # The recipients in one read; rendering finds them in the session (held here: it holds them weakly).
+        # The recipients in one read, handed to rendering (held here: the session holds them weakly).
         recipients = {
             user.id: user
             for user in await session.scalars(select(User).where(User.id.in_({row.chat_id for row in rows})))
@@ -546,7 +546,7 @@ class OutboxSender:
                 prepared.append(None)
                 continue
             try:
-                method = await self.renderer.render(session, row)
+                method = await self.renderer.render(session, row, recipient)
             except Exception as error:
                 log.exception("outbox row %s could not be rendered", row.id)
                 row.error = f"error: {error!r}"
