@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from datetime import timedelta
 
 import pytest
@@ -11,15 +12,17 @@ from aiogram.methods import SendMessage
 from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from bench.fake_api import FakeBotAPI
 from bench.residents import add_residents
+from bot.app import create_bot
 from bot.outbound import sender as sender_module
 from bot.outbound.pacing import TokenBucket
 from bot.outbound.sender import OutboxSender, SenderSettings
 from domain.broadcasts import progress, start_broadcast
 from domain.outbox import Notice, enqueue
-from storage.models import BroadcastKind, Community, OutboxMessage, OutboxStatus, User
+from storage.models import BroadcastKind, Community, OutboxMessage, OutboxStatus, TicketCardCopy, User
 from tests.conftest import FakeClock
-from tests.fake_telegram import BLOCKED, SERVER_ERROR, TOO_MANY_REQUESTS, ProcessDied, sent_to, text_of
+from tests.fake_telegram import BLOCKED, BOT_ID, SERVER_ERROR, TOO_MANY_REQUESTS, ProcessDied, sent_to, text_of
 from tests.harness import Harness
 from tests.test_report_flow import LI_JUAN, STAFF_WANG, bind, file_report
 
@@ -504,6 +507,42 @@ async def test_the_next_batch_is_claimed_while_the_last_rows_of_a_full_one_go_ou
         *("claim", "round of 5"),
         *("round of 2", "claim", "round of 0"),
     ], events
+
+
+async def test_over_http_the_request_kept_with_the_claim_goes_and_telegrams_answer_is_judged_as_before(
+    harness: Harness, clock: FakeClock
+) -> None:
+    fake = FakeBotAPI(BOT_ID)
+    bot = create_bot(f"{BOT_ID}:SENDER", await fake.start())  # the bot's real aiohttp session
+    try:
+        number = await filed_with_photo(harness)
+        sender = OutboxSender(
+            bot, harness.sessions, harness.app.sender.renderer, clock, SenderSettings(chat_interval=0)
+        )
+        while await sender.deliver_due():
+            pass
+        sends = [(r.method, r.params) for r in fake.requests if str(r.params.get("chat_id")) == str(LI_JUAN)]
+        assert [method for method, _ in sends] == ["sendmessage", "sendphoto"]
+        card = sends[0][1]
+        assert f"#{number}" in str(card["text"]) and card["parse_mode"] == "HTML"
+        assert json.loads(str(card["reply_markup"]))["inline_keyboard"], "the card carries its buttons"
+        assert {r.status for r in await outbox(harness)} == {OutboxStatus.SENT}
+        async with harness.sessions() as session:
+            copies = list(await session.scalars(select(TicketCardCopy)))
+        assert [(c.chat_id, c.message_id) for c in copies] == [(LI_JUAN, fake.chats[LI_JUAN][1].message_id)], (
+            "the message id in Telegram's answer is the card's copy kept current"
+        )
+
+        fake.outage, fake.drop_share = True, 0.0  # every request answered 502
+        async with harness.sessions() as session, session.begin():
+            enqueue(session, LI_JUAN, Notice.TICKET_CARD, clock(), ticket_id=number)
+        assert await sender.deliver_due() == 1
+        waiting = (await outbox(harness))[-1]
+        assert (waiting.status, waiting.attempts) == (OutboxStatus.PENDING, 1), "a 5xx: it waits a backoff"
+        assert "Bad Gateway" in waiting.error and waiting.not_before > clock()
+    finally:
+        await bot.session.close()
+        await fake.stop()
 
 
 async def test_turns_missed_in_a_stall_do_not_all_go_at_once() -> None:
