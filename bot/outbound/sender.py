@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from http import HTTPStatus
 from typing import Any, Protocol
+from urllib.parse import urlencode
 
 from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
@@ -82,6 +83,10 @@ class SendRate(Protocol):
 
     async def pause(self, seconds: float) -> None: ...
 
+
+# A request's fields go as a urlencoded form, as aiogram sends them. aiohttp's FormData, given a dict, also makes a
+# multipart writer (a random boundary, from uuid4) it never uses: a tenth of a request's CPU on the client side.
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 # While sends fail with passing faults, Telegram is asked this often whether it answers again.
 PROBE_SECONDS = 5.0
@@ -487,16 +492,18 @@ class OutboxSender:
         http = await session.create_session()
         url = session.api.api_url(token=self.bot.token, method=request["method"])
         try:
-            async with http.post(url, data=request["fields"], timeout=ClientTimeout(total=session.timeout)) as reply:
+            # As aiohttp's form encodes it (``doseq``: a str enum, ParseMode.HTML, goes as its value, "HTML").
+            body = urlencode(request["fields"], doseq=True).encode()
+            async with http.post(url, data=body, headers=FORM, timeout=ClientTimeout(total=session.timeout)) as reply:
                 status, content = reply.status, await reply.text()
         except TimeoutError as error:
             raise TelegramNetworkError(method=method, message="Request timeout error") from error
         except ClientError as error:
             raise TelegramNetworkError(method=method, message=f"{type(error).__name__}: {error}") from error
         with contextlib.suppress(ValueError):
-            body = session.json_loads(content)
-            if HTTPStatus.OK <= status <= HTTPStatus.IM_USED and isinstance(body, dict) and body.get("ok") is True:
-                return Answer.from_result(body.get("result"))
+            answer = session.json_loads(content)
+            if HTTPStatus.OK <= status <= HTTPStatus.IM_USED and isinstance(answer, dict) and answer.get("ok") is True:
+                return Answer.from_result(answer.get("result"))
         return answer_of(session.check_response(self.bot, method, status, content).result)
 
     def _record_soon(self) -> None:
