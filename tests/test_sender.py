@@ -545,6 +545,43 @@ async def test_over_http_the_request_kept_with_the_claim_goes_and_telegrams_answ
         await fake.stop()
 
 
+async def test_while_telegram_stalls_at_most_half_of_ahead_is_on_the_wire(harness: Harness, clock: FakeClock) -> None:
+    async with harness.sessions() as session, session.begin():
+        await add_residents(session, 7_000_000, 12, clock(), english_every=3)
+        jsx = await session.scalar(select(Community.id).where(Community.code == "jsx"))
+    async with harness.sessions() as session:
+        await start_broadcast(session, jsx, BroadcastKind.AGENDA, "2026-11", clock())
+    harness.app.sender = OutboxSender(
+        harness.bot,
+        harness.sessions,
+        harness.app.sender.renderer,
+        clock,
+        SenderSettings(chat_interval=0, rate_per_second=10_000, ahead=8),
+    )
+    answering = asyncio.Event()
+    on_wire, most = [0], [0]
+    record = harness.telegram.make_request
+
+    async def stalls(bot, method, **kwargs):  # type: ignore[no-untyped-def]
+        on_wire[0] += 1
+        most[0] = max(most[0], on_wire[0])
+        await answering.wait()  # Telegram answers nothing for now
+        on_wire[0] -= 1
+        return await record(bot, method, **kwargs)
+
+    harness.telegram.make_request = stalls  # type: ignore[method-assign]
+    delivering = asyncio.create_task(harness.deliver())
+    while on_wire[0] < 4:  # noqa: ASYNC110 - the sender's requests arrive as it goes
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    # When Telegram goes on, what is on the wire and the turns a stall may make up reach it at once: half of
+    # ``ahead`` each, so together they stay within what the rate allows in a tenth of a second.
+    assert most[0] == 4, "half of `ahead` on the wire, not all of it"
+    answering.set()
+    assert len(await delivering) == 12 and most[0] == 4
+    assert {r.status for r in await outbox(harness) if r.broadcast_id} == {OutboxStatus.SENT}
+
+
 async def test_turns_missed_in_a_stall_do_not_all_go_at_once() -> None:
     now = [0.0]
 

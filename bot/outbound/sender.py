@@ -144,6 +144,11 @@ class OutboxSender:
         self.batch_size = self.settings.batch_size or max(10, min(500, math.ceil(self.settings.rate_per_second)))
         ahead = self.settings.ahead or max(16, min(128, math.ceil(self.settings.rate_per_second / 10)))
         self._ahead = asyncio.Semaphore(ahead)
+        # Requests sent and not answered yet, at most half of ``ahead``: the other half is for the turns a stall may
+        # make up (``catch_up``). A Telegram that stalls takes what is on the wire at once when it goes on, then the
+        # turns made up; together they must stay within the burst it allows, or each one more is a 429 and a whole
+        # ``retry_after`` of silence (bench.broadcast: 3-8 refused at one instant, each time after a stall).
+        self._on_wire = asyncio.Semaphore(max(1, ahead // 2))
         self._monotonic = monotonic
         self._held_until: datetime | None = None  # nothing is claimed before this: Telegram's last 429 said so
         self.bucket = rate or TokenBucket(self.settings.rate_per_second, monotonic, sleep, self.settings.catch_up)
@@ -432,8 +437,9 @@ class OutboxSender:
             if row.broadcast_id is not None:
                 await self._mark_sending(row)
             self._ready(row)
-            await self.bucket.take()
-            return await self._send(row, *prepared)
+            async with self._on_wire:
+                await self.bucket.take()
+                return await self._send(row, *prepared)
 
     async def _send(self, row: OutboxMessage, method: TelegramMethod[Any], request: Request) -> OutboxStatus | None:
         now = self.clock()
