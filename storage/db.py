@@ -154,6 +154,7 @@ def create_session_factory(engine: AsyncEngine) -> SessionFactory:
 # --- per-update hooks on a session ------------------------------------------------------------------------
 
 _HOOKS = "update_hooks"
+_READING_ALONE = "reading_alone"
 
 
 class SessionHooks:
@@ -209,8 +210,12 @@ async def read_alone(session: AsyncSession, statement: Any, params: Any = None) 
 
 
 def _read_alone(session: Session, statement: Any, params: Any) -> list[Row[Any]]:
-    with session.begin():
-        return list(session.connection(execution_options=AUTOCOMMIT_READ).execute(statement, params))
+    session.info[_READING_ALONE] = True  # its commit carries none of the update's hooks (see _before_commit)
+    try:
+        with session.begin():
+            return list(session.connection(execution_options=AUTOCOMMIT_READ).execute(statement, params))
+    finally:
+        del session.info[_READING_ALONE]
 
 
 def read_pipelined(session: Session, statement: Any, params: Any = None) -> list[Any]:
@@ -244,12 +249,19 @@ def _flushed(session: Session, _context: object) -> None:
 
 @event.listens_for(Session, "before_commit")
 def _before_commit(session: Session) -> None:
+    # Not in a read alone's: in it each statement commits by itself, so the wizard state and the inbox's "handled"
+    # would be written apart (a crash between them, the state kept and the update not handled). They go with the
+    # update's next commit, or after it has been handled (storage/fsm.py, bot/intake.py).
+    if session.info.get(_READING_ALONE):
+        return
     for hooks in session.info.get(_HOOKS, ()):
         hooks.before_commit(session)
 
 
 @event.listens_for(Session, "after_commit")
 def _after_commit(session: Session) -> None:
+    if session.info.get(_READING_ALONE):
+        return
     for hooks in session.info.get(_HOOKS, ()):
         hooks.after_commit()
 
