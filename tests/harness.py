@@ -48,6 +48,27 @@ class FakeClock:
         self.now += timedelta(**delta)
 
 
+async def _no_sleep(_seconds: float) -> None:
+    return None
+
+
+class PausesOnTheClock:
+    """The harness sender's rate: no limit, and a 429's pause passes on the test's clock (each wait in ``waited``)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.until = clock()
+        self.waited: list[float] = []
+
+    async def take(self) -> None:
+        if self.until > self.clock():
+            self.waited.append((self.until - self.clock()).total_seconds())
+            self.clock.now = self.until
+
+    async def pause(self, seconds: float) -> None:
+        self.until = max(self.until, self.clock() + timedelta(seconds=seconds))
+
+
 class FakeTimer:
     """Monotonic time for the direct replies' pacing and retries: it moves only when they wait (or a test
     moves it), so tests never really sleep and can tell how long a reply waited."""
@@ -77,10 +98,11 @@ class Harness:
         self.app: Application = assemble(
             settings, self.bot, session_factory, clock, monotonic=self.timer.monotonic, sleep=self.timer.sleep
         )
-        # The sender keeps time by the test's clock and never really sleeps: its waits (a 429's retry_after) move
-        # that clock instead. (The dispatcher's wake-up call still reaches the sender built by assemble; tests
-        # deliver explicitly.)
+        # The sender keeps time by the test's clock and sends without a rate limit; Telegram's pause (a 429) passes
+        # on that clock. (The dispatcher's wake-up call still reaches the sender built by assemble; tests deliver
+        # explicitly.)
         old = self.app.sender
+        self.sender_rate = PausesOnTheClock(clock)
         self.app.sender = OutboxSender(
             self.bot,
             session_factory,
@@ -88,15 +110,11 @@ class Harness:
             clock,
             SenderSettings(chat_interval=0, rate_per_second=10_000),
             monotonic=lambda: clock().timestamp(),
-            sleep=self._sender_waits,
+            sleep=_no_sleep,
+            rate=self.sender_rate,
         )
         self.sessions = session_factory
         self.clock = clock
-        self.sender_waited: list[float] = []
-
-    async def _sender_waits(self, seconds: float) -> None:
-        self.sender_waited.append(seconds)
-        self.clock.advance(seconds=seconds)
 
     def person(self, user_id: int, name: str = "", language: str = "zh-hans") -> Person:
         return Person(self, user_id, name or f"user{user_id}", language)

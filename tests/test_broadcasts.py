@@ -355,7 +355,7 @@ async def test_a_429_in_the_middle_of_a_broadcast_delays_and_never_doubles(harne
     queued = await staff.press(broadcast_button(BroadcastAction.SEND_NOW))
     first = await harness.deliver()  # the 429, retry_after waited, then a 502
     assert len(sent_to(first, OPTED_OUT)) == 1 and len(sent_to(first, NEIGHBOUR)) == 2
-    assert 7.0 in harness.sender_waited, "retry_after waited"
+    assert harness.sender_rate.waited == [7.0], "retry_after waited"
     assert "remaining 1" in texts(await staff.tap(queued, "Refresh")), "the refused row is not in doubt"
     clock.advance(seconds=5)  # the 502's backoff
     await harness.deliver()

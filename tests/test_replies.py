@@ -170,7 +170,7 @@ async def test_the_outbox_sender_and_polling_see_telegrams_answers_at_once(harne
     delivered = await harness.deliver()
 
     assert len(sent_to(delivered, LI_JUAN)) == 2, "the sender's request is not repeated by the reply policy"
-    assert 7.0 in harness.sender_waited, "the sender saw the 429 and waited its retry_after before trying again"
+    assert harness.sender_rate.waited == [7.0], "the sender saw the 429 and waited its retry_after before trying again"
     assert harness.timer.slept[slept_before:] == []
     async with harness.sessions() as session:
         rows = list(await session.scalars(select(OutboxMessage).where(OutboxMessage.chat_id == LI_JUAN)))
