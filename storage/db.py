@@ -55,7 +55,10 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        # Each commit is on disk before it returns (the log synced: 0.3-1 ms here). With NORMAL a power cut lost
+        # the commits since the last checkpoint: a filed report its resident was told about, or updates recorded
+        # in the inbox and already confirmed to Telegram, which does not send them again.
+        cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=5000")
         if checkpointer is not None:
