@@ -7,7 +7,7 @@ from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Row, bindparam, event, exc, literal_column, select
+from sqlalchemy import Engine, Row, bindparam, event, exc, func, literal_column, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction
@@ -245,17 +245,24 @@ def _send_held(session: Session) -> None:
 @lru_cache(maxsize=64)
 def _together(shapes: tuple[tuple[Any, tuple[str, ...]], ...]) -> Any:
     """The held writes as one statement: each a WITH clause of its own, its parameters renamed apart (``w<n>_``).
-    Built once for each sequence of statements and columns, so that SQLAlchemy compiles it once too (an INSERT of
-    several rows would never be cached: one clause per row instead)."""
-    clauses = []
+    PostgreSQL runs a statement's WITH clauses in no set order, so each one waits for the one before by reading it
+    (its condition counts that clause's rows, always true): rows are written, and locked, in the order the writes
+    were made, as they were one statement each (a ticket's history and photos are numbered in that order). Built once
+    for each sequence of statements and columns, so that SQLAlchemy compiles it once too (an INSERT of several rows
+    would never be cached: one clause per row instead)."""
+    clauses: list[Any] = []
     for n, (statement, columns) in enumerate(shapes):
+        after = (
+            select(func.count()).select_from(clauses[-1]).scalar_subquery() >= 0 if clauses else literal_column("true")
+        )
         if statement.is_insert:
             table = statement.table
             names = (*columns, *(c.key for c in _defaulted(table, columns)))
-            clause = statement.values({name: bindparam(f"w{n}_{name}", type_=table.c[name].type) for name in names})
+            row = select(*(bindparam(f"w{n}_{name}", type_=table.c[name].type) for name in names)).where(after)
+            clause = statement.from_select(names, row)
         else:
-            clause = replacement_traverse(statement, {}, partial(_renamed, f"w{n}_", columns))
-        clauses.append(clause.cte(f"w{n}"))
+            clause = replacement_traverse(statement, {}, partial(_renamed, f"w{n}_", columns)).where(after)
+        clauses.append(clause.returning(literal_column("1")).cte(f"w{n}"))
     return select(literal_column("1")).add_cte(*clauses)
 
 

@@ -16,7 +16,16 @@ from domain import tickets
 from domain.directory import Directory
 from domain.people import touch_user
 from storage.db import SessionFactory, SessionHooks, add_hooks, execute_pipelined
-from storage.models import FsmRecord, OutboxMessage, Ticket, TicketCount, TicketPhoto, User
+from storage.models import (
+    EventKind,
+    FsmRecord,
+    OutboxMessage,
+    Ticket,
+    TicketCount,
+    TicketEvent,
+    TicketPhoto,
+    User,
+)
 from tests.conftest import FakeClock
 from tests.test_routing import LI_JUAN, category, report, resident_in
 
@@ -70,7 +79,7 @@ async def test_a_filing_whose_last_write_fails_leaves_nothing_of_it(
         home = await Directory().home(session, reporter)
         assert home is not None
         add_hooks(session, FailsAtCommit())
-        draft = tickets.ReportDraft(category_id=cat.id, description="路灯不亮", photos=["photo-1"])
+        draft = tickets.ReportDraft(category_id=cat.id, description="路灯不亮", photos=["photo-1", "photo-2"])
         with pytest.raises(exc.IntegrityError):
             await tickets.file_report(session, reporter=reporter, building=home, category=cat, draft=draft, now=clock())
     async with session_factory() as session:
@@ -80,7 +89,8 @@ async def test_a_filing_whose_last_write_fails_leaves_nothing_of_it(
         assert await session.scalar(select(func.coalesce(func.sum(TicketCount.tickets), 0))) == 0
         assert await session.scalar(select(func.sum(User.open_tickets))) == 0, "nobody's load moved"
 
-    # The same report, once the write can be made, is filed whole: its photo with its caption's default too.
+    # The same report, once the write can be made, is filed whole, its rows in the order they were made: its photos
+    # with their captions' defaults, its history from its filing on.
     async with session_factory() as session:
         reporter = await touch_user(session, 1, "resident", "zh-hans", clock())
         home = await Directory().home(session, reporter)
@@ -90,6 +100,11 @@ async def test_a_filing_whose_last_write_fails_leaves_nothing_of_it(
         )
     async with session_factory() as session:
         photos = list(await session.scalars(select(TicketPhoto).where(TicketPhoto.ticket_id == filed.ticket.id)))
-        assert [(p.file_id, p.caption) for p in photos] == [("photo-1", "")]
+        photos.sort(key=lambda p: p.id)
+        assert [(p.file_id, p.caption) for p in photos] == [("photo-1", ""), ("photo-2", "")]
+        history = await session.scalars(
+            select(TicketEvent.kind).where(TicketEvent.ticket_id == filed.ticket.id).order_by(TicketEvent.id)
+        )
+        assert list(history) == [EventKind.CREATED, EventKind.ROUTED]
         assert await session.scalar(select(func.sum(TicketCount.tickets))) == 1
         assert await session.scalar(select(User.open_tickets).where(User.id == LI_JUAN)) == 1
