@@ -723,9 +723,18 @@ async def run(
     redis_url: str | None,
     rebuild: bool = False,
     sqlite: bool = True,
+    routing_only: bool = False,
 ) -> tuple[Report, str]:
     report = Report()
     one, spread, pg = districts(sizes, data, postgres_url)
+    if routing_only:
+        engine = await ready(one, rebuild, report)
+        settle_after_start()
+        try:
+            await routing(one, create_session_factory(engine), report)
+        finally:
+            await engine.dispose()
+        return report, final_line(report, sizes, one, None)
     for district, is_spread in ((one, False), (spread, True), (pg, False)):
         if district is None or (district is not pg and not sqlite):
             continue
@@ -754,6 +763,9 @@ async def main() -> None:
     parser.add_argument("--redis-url", default=DEFAULT_REDIS)
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--no-sqlite", action="store_true")
+    parser.add_argument(
+        "--routing-only", action="store_true", help="only filing + routing on the one-community SQLite district"
+    )
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     print(f"load average at start: {load()}; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", flush=True)
@@ -765,6 +777,7 @@ async def main() -> None:
         None if args.no_postgres else args.redis_url,
         args.rebuild,
         not args.no_sqlite,
+        args.routing_only,
     )
     print(f"load average at end: {load()}; {time.perf_counter() - began:.0f} s in all")
     print(line)

@@ -97,8 +97,9 @@ def _count(session: Session, flush_context: Any) -> None:
 
 
 def count_filed(session: Session, ticket: Ticket) -> None:
-    """What the hook above does for a new ticket that filing inserts with a plain statement (domain/tickets.py)."""
-    _counted(session, Counter({cast(Counted, tuple(getattr(ticket, name) for name in PLACE)): 1}))
+    """What the hook above does for a new ticket that filing inserts with a plain statement (domain/tickets.py),
+    written with filing's other writes, which go last already (storage.db.hold_writes)."""
+    _write(session, _keyed(session, Counter({cast(Counted, tuple(getattr(ticket, name) for name in PLACE)): 1})))
 
 
 def _counted(session: Session, changes: Counter[Counted]) -> None:

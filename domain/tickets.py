@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, and_, bindparam, func, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -27,7 +27,7 @@ from domain.routing import RoutingDecision, add_load, choose_assignee, record_as
 from domain.text import TextTooLong, clean, is_blank, required_text
 from domain.ticket_counts import count_filed
 from domain.ticket_counts import know as know_counted
-from storage.db import execute_pipelined, read_pipelined
+from storage.db import execute_pipelined, hold_writes, read_pipelined
 from storage.models import (
     Building,
     Category,
@@ -167,7 +167,7 @@ async def file_report(
     async with session.begin():
         new_ticket = _NEW_TICKET[session.get_bind().dialect.name]
         params = {"resident": reporter.id, "building": building.id, "community": community_id}
-        known = await session.run_sync(read_pipelined, new_ticket, params)
+        known = await session.run_sync(_begin_filing, new_ticket, params)
         decision = await choose_assignee(
             session, community_id=community_id, grid_id=building.grid_id, category_level=category.level
         )
@@ -231,13 +231,20 @@ _INSERT_TICKET = insert(cast(Table, Ticket.__table__))
 _INSERT_PHOTOS = insert(cast(Table, TicketPhoto.__table__))
 
 
+def _begin_filing(session: Session, new_ticket: Any, params: dict[str, int]) -> list[Any]:
+    """The transaction's first read, its writes held for one statement at the commit (storage.db.hold_writes)."""
+    hold_writes(session)
+    return read_pipelined(session, new_ticket, params)
+
+
 def _insert_filed(session: Session, ticket: Ticket, decision: RoutingDecision, now: datetime, reported_by: int) -> None:
     """The new ticket's row and photos, by plain statements sent with the transaction's next trip: nothing is read
     back (its id was read before), where the session's flush of the object cost a quarter of filing. The ticket
     stays out of the session, so this does what the flush's hooks would for a new ticket: its wake (set by the
     caller), its assignee's load, the ended month it may count in, its month's count (its durations are None until
     it is accepted).
-    Then its history and card (_routing_writes), in the same call into the session's sync layer."""
+    Then its history and card (_routing_writes), in the same call into the session's sync layer. On PostgreSQL all of
+    it, with the commit hooks' writes, is one statement at the commit (storage.db.hold_writes)."""
     execute_pipelined(session, _INSERT_TICKET, {name: getattr(ticket, name) for name in _FILED})
     if ticket.photos:
         photos = [

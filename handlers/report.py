@@ -145,7 +145,6 @@ async def category_chosen(
     await query.answer()
     await state.update_data(category_id=category.id)
     if not data.get("description"):
-        # Set before the "me too" query below, so both are written in that query's transaction.
         await state.set_state(ReportWizard.description)
     chosen = _("Category: {category}").format(category=escape(localized(category)))
     # "Me too": neighbours' open tickets of this category in this building, each with a button to join it.

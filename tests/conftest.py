@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.config import SAMPLE_COMMUNITY as SAMPLE
 from storage.db import SessionFactory, create_engine, create_session_factory
 from storage.models import Base
-from tests.harness import Harness
+from tests.harness import FakeClock, Harness
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "")
@@ -45,19 +44,6 @@ def require_redis() -> str:
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_COMMUNITY = SAMPLE
-
-
-class FakeClock:
-    """A clock tests move by hand."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or datetime(2026, 11, 2, 1, 30, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiogram.methods import TelegramMethod
@@ -24,7 +24,6 @@ from pydantic import SecretStr
 from bot.app import Application, assemble
 from bot.config import Settings
 from bot.outbound.sender import OutboxSender, SenderSettings
-from domain.clock import Clock
 from storage.db import SessionFactory
 from tests.fake_telegram import BOT_ID, buttons_of, fake_bot, reply_buttons_of, text_of
 
@@ -36,8 +35,38 @@ STICKER = Sticker(
 )
 
 
+class FakeClock:
+    """A clock tests move by hand."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 11, 2, 1, 30, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
 async def _no_sleep(_seconds: float) -> None:
     return None
+
+
+class PausesOnTheClock:
+    """The harness sender's rate: no limit, and a 429's pause passes on the test's clock (each wait in ``waited``)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.until = clock()
+        self.waited: list[float] = []
+
+    async def take(self) -> None:
+        if self.until > self.clock():
+            self.waited.append((self.until - self.clock()).total_seconds())
+            self.clock.now = self.until
+
+    async def pause(self, seconds: float) -> None:
+        self.until = max(self.until, self.clock() + timedelta(seconds=seconds))
 
 
 class FakeTimer:
@@ -57,7 +86,7 @@ class FakeTimer:
 
 
 class Harness:
-    def __init__(self, session_factory: SessionFactory, clock: Clock, redis_url: str | None = None) -> None:
+    def __init__(self, session_factory: SessionFactory, clock: FakeClock, redis_url: str | None = None) -> None:
         self.bot, self.telegram = fake_bot()
         settings = Settings(
             bot_token=None,
@@ -69,10 +98,11 @@ class Harness:
         self.app: Application = assemble(
             settings, self.bot, session_factory, clock, monotonic=self.timer.monotonic, sleep=self.timer.sleep
         )
-        # The sender keeps time by the test's clock and never really sleeps: a 429's retry_after passes when
-        # the test moves the clock. (The dispatcher's wake-up call still reaches the sender built by assemble;
-        # tests deliver explicitly.)
+        # The sender keeps time by the test's clock and sends without a rate limit; Telegram's pause (a 429) passes
+        # on that clock. (The dispatcher's wake-up call still reaches the sender built by assemble; tests deliver
+        # explicitly.)
         old = self.app.sender
+        self.sender_rate = PausesOnTheClock(clock)
         self.app.sender = OutboxSender(
             self.bot,
             session_factory,
@@ -81,6 +111,7 @@ class Harness:
             SenderSettings(chat_interval=0, rate_per_second=10_000),
             monotonic=lambda: clock().timestamp(),
             sleep=_no_sleep,
+            rate=self.sender_rate,
         )
         self.sessions = session_factory
         self.clock = clock

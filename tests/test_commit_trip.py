@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from sqlalchemy import Table, event, exc, insert, select, update
@@ -17,6 +18,8 @@ from domain.followers import similar_open_tickets
 from domain.people import touch_user
 from storage.db import SessionFactory, SessionHooks, add_hooks, execute_pipelined
 from storage.models import FsmRecord, Membership, User
+from tests.harness import Harness
+from tests.test_report_flow import bind, texts
 
 _TABLE = FsmRecord.__table__
 assert isinstance(_TABLE, Table)
@@ -225,3 +228,30 @@ async def test_a_pooled_postgresql_connection_is_checked_in_one_round_trip(engin
     async with engine.connect() as conn:
         assert (await conn.get_raw_connection()).driver_connection is not driver
         assert (await conn.exec_driver_sql("SELECT 3")).scalar() == 3
+
+
+async def test_nothing_is_written_in_a_read_alone(harness: Harness, engine: AsyncEngine) -> None:
+    """A read alone commits each statement by itself (AUTOCOMMIT_READ). At the report wizard's category step its
+    only transaction is the "me too" read: the wizard's new state goes in a transaction of its own, not as a
+    statement of that read's (with the inbox's "handled" as another, a crash between them kept one without the
+    other)."""
+    resident = harness.person(940101)
+    await bind(resident)
+    question = await resident.send("/report")
+    written_alone: list[str] = []
+
+    def seen(connection: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if connection.get_execution_options().get("autocommit_read") and not statement.lstrip().startswith("SELECT"):
+            written_alone.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        asked = await resident.tap(question, "楼道杂物")
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", seen)
+
+    assert written_alone == []
+    assert texts(asked), "the wizard asks for the description"
+    async with harness.sessions() as session:
+        states = list(await session.scalars(select(FsmRecord.state)))
+    assert [state.split("@")[0] for state in states if state] == ["ReportWizard:description"], "its state is kept"

@@ -38,6 +38,9 @@ async def test_sqlite_district_built_then_reused(tmp_path: Path) -> None:
         assert found["errors"] == "n/a"
     assert report.final["sqlite"]["queue_100k_s"] > 0
     assert set(report.final["sqlite, 3 communities"]) == {"stats_ms", "sweep_ms", "candidates_ms", "autoclose_ms"}
+    # --routing-only: the same filing figure alone, on the reused build.
+    report, line = await run(TINY, tmp_path, None, None, routing_only=True)
+    assert report.final == {"sqlite": {"route_p99_ms": report.final["sqlite"]["route_p99_ms"]}}, line
 
 
 async def test_postgresql_district_with_wizards_in_flight(tmp_path: Path) -> None:

@@ -150,7 +150,6 @@ class OutboxSender:
         # ``retry_after`` of silence (bench.broadcast: 3-8 refused at one instant, each time after a stall).
         self._on_wire = asyncio.Semaphore(max(1, ahead // 2))
         self._monotonic = monotonic
-        self._held_until: datetime | None = None  # nothing is claimed before this: Telegram's last 429 said so
         self.bucket = rate or TokenBucket(self.settings.rate_per_second, monotonic, sleep, self.settings.catch_up)
         # The only sender there is (a polling bot): whatever claims it finds at start belong to the dead.
         self.sole = sole
@@ -159,7 +158,7 @@ class OutboxSender:
         # the same time still gets one message a second.
         self.pacer = pacer or ChatPacer(self.settings.chat_interval, monotonic, sleep)
         self._lease_renewed: datetime | None = None
-        # Rows Telegram accepted whose "sent" is not written yet, and other outcomes of rows tried (a 429, a
+        # Rows Telegram accepted whose "sent" is not written yet, and other outcomes of rows tried (a backoff, a
         # failure): they ride along with the next commit the sender makes anyway (``_transaction``).
         self._delivered: list[int] = []
         self._follow_ups: list[FollowUp] = []  # what the database learns from their answers (cards to keep current…)
@@ -186,17 +185,13 @@ class OutboxSender:
         self._wake.set()
 
     async def pause(self, seconds: float) -> None:
-        """Telegram asked to wait (a 429): all sending waits, and nothing more is claimed until then. The rows
-        refused keep their places in the queue: given a later ``not_before`` they went behind what was queued
-        meanwhile, a chat's newer cards before its older ones (bench.crash run 31), and a crash in the pause
-        leaves nothing claimed that it did not already hold."""
-        until = self.clock() + timedelta(seconds=seconds)
-        self._held_until = until if self._held_until is None else max(self._held_until, until)
+        """Telegram asked to wait (a 429): all sending waits. The rows refused stay claimed, their requests kept,
+        and are tried again after the pause, in their places (given a later ``not_before`` they went behind what
+        was queued meanwhile, a chat's newer cards before its older ones: bench.crash run 31). Claiming goes on
+        in the pause, so that a crash in it leaves every row that is due claimed with its request, for the next
+        process's hand-over to send within a second or two of its start (bench.crash run 39: rows given back for
+        the pause waited a whole start-up)."""
         await self.bucket.pause(seconds)
-
-    def _held(self) -> float:
-        """Seconds until claiming may go on after Telegram's last 429; 0 when it may now."""
-        return 0.0 if self._held_until is None else max(0.0, (self._held_until - self.clock()).total_seconds())
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.take_back_claims(everyone=self.sole)
@@ -212,9 +207,8 @@ class OutboxSender:
                 if delivered:
                     continue
                 self._wake.clear()
-                idle = self.settings.idle_poll_seconds
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=min(idle, self._held()) or idle)
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.settings.idle_poll_seconds)
         finally:
             for task in (upkeep, probe):
                 task.cancel()
@@ -383,20 +377,18 @@ class OutboxSender:
             renew_every = self.settings.lease / 3
             if self._lease_renewed is None or now - self._lease_renewed >= renew_every:
                 await self._renew_lease(session, now)
-            rows: list[OutboxMessage] = []
-            if not self._held():
-                rows = list(
-                    await session.scalars(
-                        select(OutboxMessage)
-                        .where(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.not_before <= now)
-                        .where(OutboxMessage.chat_id.not_in(busy) if busy else true())
-                        # A worker's card must not wait behind ten thousand agenda messages; within a priority, the
-                        # longest due first, so what a dead sender had claimed is not overtaken by later retries.
-                        .order_by(OutboxMessage.priority, OutboxMessage.not_before, OutboxMessage.id)
-                        .limit(self.batch_size)
-                        .with_for_update(skip_locked=True)
-                    )
+            rows = list(
+                await session.scalars(
+                    select(OutboxMessage)
+                    .where(OutboxMessage.status == OutboxStatus.PENDING, OutboxMessage.not_before <= now)
+                    .where(OutboxMessage.chat_id.not_in(busy) if busy else true())
+                    # A worker's card must not wait behind ten thousand agenda messages; within a priority, the
+                    # longest due first, so what a dead sender had claimed is not overtaken by later retries.
+                    .order_by(OutboxMessage.priority, OutboxMessage.not_before, OutboxMessage.id)
+                    .limit(self.batch_size)
+                    .with_for_update(skip_locked=True)
                 )
+            )
             rendered = dict(zip([row.id for row in rows], await self._render(session, rows), strict=True))
             if rows:
                 claim = {"status": OutboxStatus.CLAIMED, "claimed_at": now, "claimed_by": self.holder}
@@ -412,12 +404,17 @@ class OutboxSender:
 
     async def _deliver_chat(self, chat_id: int, rows: list[OutboxMessage], rendered: dict[int, Rendered]) -> None:
         """One chat's rows in order, one at a time, at Telegram's per-chat pace."""
-        for index, row in enumerate(rows):
+        index = 0
+        while index < len(rows):
+            row = rows[index]
             outcome = await self._deliver(row, rendered)
+            if outcome is OutboxStatus.CLAIMED:
+                continue  # a 429: the same row, once the pause is over (see ``pause``)
             if outcome is not OutboxStatus.SENT and outcome is not None:
-                # The chat is blocked or asked us to wait: the rest of its rows share that fate.
+                # The chat is blocked or must wait out a fault: the rest of its rows share that fate.
                 self._finish(rows[index + 1 :], outcome, row.not_before, row.error)
                 return
+            index += 1
 
     async def _deliver(self, row: OutboxMessage, rendered: dict[int, Rendered]) -> OutboxStatus | None:
         """Send one row and note the result; returns a status the chat's later rows must share, if any.
@@ -447,8 +444,9 @@ class OutboxSender:
             answer = await self._call(method, request)
         except TelegramRetryAfter as error:
             await self.pause(error.retry_after)
-            self._finish([row], OutboxStatus.PENDING, None, "429")  # its place kept (see ``pause``)
-            return OutboxStatus.PENDING
+            if row.broadcast_id is not None:  # refused, so not in doubt: "sending" again just before its next try
+                self._outcomes.append(([row.id], {"status": OutboxStatus.CLAIMED}))
+            return OutboxStatus.CLAIMED
         except TelegramForbiddenError as error:
             self._unreachable.append(row.chat_id)
             self._finish([row], OutboxStatus.FAILED, None, f"403: {error.message}")
@@ -647,15 +645,14 @@ class OutboxSender:
         if noted.unreachable:
             await session.execute(update(User).where(User.id.in_(noted.unreachable)).values(unreachable_at=now))
         if noted.answers_again:
-            # Rows waiting out a backoff after a passing fault (their error is Telegram's, not a 429's pause, and
-            # not empty as a row scheduled for later is).
+            # Rows waiting out a backoff after a passing fault (their error is Telegram's; a row scheduled for
+            # later has none).
             await session.execute(
                 update(OutboxMessage)
                 .where(
                     OutboxMessage.status == OutboxStatus.PENDING,
                     OutboxMessage.not_before > now,
                     OutboxMessage.error != "",
-                    OutboxMessage.error != "429",
                 )
                 .values(not_before=now)
                 .execution_options(synchronize_session=False)
