@@ -442,22 +442,32 @@ async def test_a_short_stall_is_made_up_and_a_long_one_is_not() -> None:
     assert now[0] == pytest.approx(start + 0.01)  # then the rate again, never a second's burst
 
 
-async def test_a_crash_mid_broadcast_leaves_few_rows_in_doubt_and_repeats_none(
-    harness: Harness, clock: FakeClock
-) -> None:
+async def agenda_for(harness: Harness, clock: FakeClock, residents: int) -> None:
+    """The sample community's agenda broadcast, to so many more residents."""
     async with harness.sessions() as session, session.begin():
-        await add_residents(session, 7_000_000, 40, clock(), english_every=3)
+        await add_residents(session, 7_000_000, residents, clock(), english_every=3)
         jsx = await session.scalar(select(Community.id).where(Community.code == "jsx"))
     async with harness.sessions() as session:
         await start_broadcast(session, jsx, BroadcastKind.AGENDA, "2026-11", clock())
-    ahead = 4
-    harness.app.sender = OutboxSender(
+
+
+def unpaced_sender(harness: Harness, clock: FakeClock, **settings: int) -> OutboxSender:
+    """A sender with no pause between a chat's messages and hardly a rate limit, its other settings given."""
+    return OutboxSender(
         harness.bot,
         harness.sessions,
         harness.app.sender.renderer,
         clock,
-        SenderSettings(chat_interval=0, rate_per_second=10_000, ahead=ahead),
+        SenderSettings(chat_interval=0, rate_per_second=10_000, **settings),
     )
+
+
+async def test_a_crash_mid_broadcast_leaves_few_rows_in_doubt_and_repeats_none(
+    harness: Harness, clock: FakeClock
+) -> None:
+    await agenda_for(harness, clock, residents=40)
+    ahead = 4
+    harness.app.sender = unpaced_sender(harness, clock, ahead=ahead)
     # Telegram takes the 13th message, and the process dies before it hears back: nothing after that runs.
     record = harness.telegram.make_request
 
@@ -486,18 +496,8 @@ async def test_a_crash_mid_broadcast_leaves_few_rows_in_doubt_and_repeats_none(
 async def test_the_next_batch_is_claimed_while_the_last_rows_of_a_full_one_go_out(
     harness: Harness, clock: FakeClock
 ) -> None:
-    async with harness.sessions() as session, session.begin():
-        await add_residents(session, 7_000_000, 12, clock(), english_every=3)
-        jsx = await session.scalar(select(Community.id).where(Community.code == "jsx"))
-    async with harness.sessions() as session:
-        await start_broadcast(session, jsx, BroadcastKind.AGENDA, "2026-11", clock())
-    sender = harness.app.sender = OutboxSender(
-        harness.bot,
-        harness.sessions,
-        harness.app.sender.renderer,
-        clock,
-        SenderSettings(chat_interval=0, rate_per_second=10_000, batch_size=5, ahead=2),
-    )
+    await agenda_for(harness, clock, residents=12)
+    sender = harness.app.sender = unpaced_sender(harness, clock, batch_size=5, ahead=2)
     events: list[str] = []
     claim, deliver_due = sender._claim, sender.deliver_due
 
@@ -561,18 +561,8 @@ async def test_over_http_the_request_kept_with_the_claim_goes_and_telegrams_answ
 
 
 async def test_while_telegram_stalls_at_most_half_of_ahead_is_on_the_wire(harness: Harness, clock: FakeClock) -> None:
-    async with harness.sessions() as session, session.begin():
-        await add_residents(session, 7_000_000, 12, clock(), english_every=3)
-        jsx = await session.scalar(select(Community.id).where(Community.code == "jsx"))
-    async with harness.sessions() as session:
-        await start_broadcast(session, jsx, BroadcastKind.AGENDA, "2026-11", clock())
-    harness.app.sender = OutboxSender(
-        harness.bot,
-        harness.sessions,
-        harness.app.sender.renderer,
-        clock,
-        SenderSettings(chat_interval=0, rate_per_second=10_000, ahead=8),
-    )
+    await agenda_for(harness, clock, residents=12)
+    harness.app.sender = unpaced_sender(harness, clock, ahead=8)
     answering = asyncio.Event()
     on_wire, most = [0], [0]
     record = harness.telegram.make_request
