@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> None:
                 from bot.outbound.handover import HandOver
 
                 handover = HandOver.start(settings)
+        from bot.lazy_types import import_aiogram
+
+        import_aiogram()  # half of aiogram's import is building validators most bots never use
         from bot.cli import main as cli
 
         cli(args, handover)

@@ -43,3 +43,32 @@ sys.exit(code)
     done = run_python(script)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 passed" in done.stdout
+
+
+def test_aiogram_builds_a_telegram_type_when_first_used_and_right() -> None:
+    """aiogram's import leaves its types' validators to be built on first use (bot/lazy_types.py), and a type
+    first met in an update, whose annotations name types imported only for type checkers, is read in full."""
+    script = """
+import bot.entry, json, sys
+from bot.lazy_types import import_aiogram
+import_aiogram()
+from aiogram.types import Sticker, Update
+assert not Sticker.__pydantic_complete__
+update = Update.model_validate({"update_id": 1, "message": {
+    "message_id": 7, "date": 1700000000, "chat": {"id": 5, "type": "private"},
+    "from": {"id": 5, "is_bot": False, "first_name": "Li"},
+    "sticker": {"file_id": "f", "file_unique_id": "u", "type": "regular", "width": 512, "height": 512,
+                "is_animated": False, "is_video": False, "emoji": "👍", "thumbnail": {
+                    "file_id": "t", "file_unique_id": "tu", "width": 64, "height": 64}}}})
+sticker = update.message.sticker
+print(json.dumps([sticker.emoji, sticker.thumbnail.width, update.message.from_user.first_name]))
+"""
+    done = run_python(script)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == ["👍", 64, "Li"]
+
+
+def test_the_tests_run_on_aiogram_as_the_bot_loads_it() -> None:
+    from aiogram.types import RichBlockSlideshow
+
+    assert not RichBlockSlideshow.__pydantic_complete__
