@@ -28,21 +28,10 @@ def import_aiogram() -> None:
     rebuild = BaseModel.__dict__["model_rebuild"]
 
     def namespace_now_build_later(
-        cls: type[BaseModel],
-        *,
-        force: bool = False,
-        raise_errors: bool = True,
-        _parent_namespace_depth: int = 2,
-        _types_namespace: dict[str, Any] | None = None,
+        cls: type[BaseModel], *, force: bool = False, _types_namespace: dict[str, Any] | None = None, **options: Any
     ) -> bool | None:
         if _types_namespace is None or force or not cls.model_config.get("defer_build"):
-            return rebuild.__func__(  # type: ignore[no-any-return]
-                cls,
-                force=force,
-                raise_errors=raise_errors,
-                _parent_namespace_depth=_parent_namespace_depth,
-                _types_namespace=_types_namespace,
-            )
+            return rebuild.__func__(cls, force=force, _types_namespace=_types_namespace, **options)  # type: ignore[no-any-return]
         module = vars(sys.modules[cls.__module__])
         for name, value in _types_namespace.items():
             module.setdefault(name, value)
