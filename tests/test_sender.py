@@ -6,20 +6,9 @@ import asyncio
 import itertools
 import json
 from datetime import timedelta
-from typing import Any
 
 import pytest
-from aiogram.client.session.aiohttp import AiohttpSession
-from aiogram.methods import (
-    DeleteMyCommands,
-    EditMessageReplyMarkup,
-    EditMessageText,
-    SendMediaGroup,
-    SendMessage,
-    SendPhoto,
-    SetMyCommands,
-)
-from aiogram.types import BotCommand, BotCommandScopeChat, InlineKeyboardButton, InlineKeyboardMarkup, InputMediaPhoto
+from aiogram.methods import SendMessage
 from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -28,7 +17,6 @@ from bench.residents import add_residents
 from bot.app import create_bot
 from bot.outbound import sender as sender_module
 from bot.outbound.handover import claimed as claimed_for_the_hand_over
-from bot.outbound.notices import as_request
 from bot.outbound.pacing import TokenBucket
 from bot.outbound.sender import OutboxSender, SenderSettings
 from domain.broadcasts import progress, start_broadcast
@@ -572,35 +560,6 @@ async def test_over_http_the_request_kept_with_the_claim_goes_and_telegrams_answ
         await fake.stop()
 
 
-def test_a_request_kept_with_the_claim_has_the_fields_aiogram_would_post() -> None:
-    """The sender posts the request kept with the claim as it is: its fields must be the form aiogram builds from
-    the same method (a chat id, the bot's default parse mode, a keyboard, a scope, media), prepared once or
-    taken from what the batch prepared already."""
-    bot = create_bot(f"{BOT_ID}:SENDER", "http://127.0.0.1:9")  # the real aiohttp session, never connected
-    assert isinstance(bot.session, AiohttpSession)
-    keyboard = InlineKeyboardMarkup(inline_keyboard=[[InlineKeyboardButton(text="✅", callback_data="fb:1")]])
-    methods = [
-        SendMessage(chat_id=7_000_001, text="<b>议事会</b>", reply_markup=keyboard),
-        SendMessage(chat_id=-1001234, text="公示", disable_notification=True, protect_content=False),
-        SendPhoto(chat_id=7_000_002, photo="photo-file-id", caption="楼道", reply_markup=keyboard),
-        EditMessageText(chat_id=7_000_003, message_id=55, text="已解决", reply_markup=keyboard),
-        EditMessageReplyMarkup(chat_id=7_000_003, message_id=55, reply_markup=None),
-        SetMyCommands(
-            commands=[BotCommand(command="ledger", description="台账")], scope=BotCommandScopeChat(chat_id=7_000_004)
-        ),
-        DeleteMyCommands(scope=BotCommandScopeChat(chat_id=7_000_004)),
-        SendMediaGroup(
-            chat_id=7_000_005, media=[InputMediaPhoto(media="p1", caption="一"), InputMediaPhoto(media="p2")]
-        ),
-    ]
-    row = OutboxMessage(chat_id=7_000_001, kind=Notice.TICKET_UPDATE, payload={"ticket_id": 1})
-    shared: dict[int, Any] = {}
-    for method in [*methods, *methods]:  # the second time, what the batch prepared already
-        form = bot.session.build_form_data(bot, method)
-        posted = {options["name"]: value for options, _headers, value in form._fields}
-        assert as_request(bot, row, method, shared)["fields"] == posted, method
-
-
 async def test_while_telegram_stalls_at_most_half_of_ahead_is_on_the_wire(harness: Harness, clock: FakeClock) -> None:
     await agenda_for(harness, clock, residents=12)
     harness.app.sender = unpaced_sender(harness, clock, ahead=8)
@@ -626,56 +585,6 @@ async def test_while_telegram_stalls_at_most_half_of_ahead_is_on_the_wire(harnes
     answering.set()
     assert len(await delivering) == 12 and most[0] == 4
     assert {r.status for r in await outbox(harness) if r.broadcast_id} == {OutboxStatus.SENT}
-
-
-class GivenTurns:
-    """A send rate whose turns the test gives, one at a time."""
-
-    def __init__(self) -> None:
-        self.turns = asyncio.Semaphore(0)
-
-    async def take(self) -> None:
-        await self.turns.acquire()
-
-    async def pause(self, seconds: float) -> None:
-        pass
-
-
-async def test_broadcast_rows_are_marked_sending_half_of_ahead_at_a_time(
-    harness: Harness, clock: FakeClock, engine: AsyncEngine
-) -> None:
-    """Marking each row as its turn came made a commit for every other message at 200/s: 2 ms of CPU a message.
-    Rows are marked in groups, once only half of ``ahead`` marked rows wait for their turns, and never more than
-    ``ahead`` rows are marked or on the wire: what a crash can leave in doubt is no more than before."""
-    await agenda_for(harness, clock, residents=24)
-    ahead, turns = 8, GivenTurns()
-    settings = SenderSettings(chat_interval=0, rate_per_second=10_000, ahead=ahead)
-    harness.app.sender = OutboxSender(
-        harness.bot, harness.sessions, harness.app.sender.renderer, clock, settings, rate=turns
-    )
-    marked: list[int] = []  # how many rows each marking transaction marked "sending"
-
-    def marking(_conn, _cursor, statement, parameters, _context, _many):  # type: ignore[no-untyped-def]
-        if statement.startswith("UPDATE outbox SET status") and next(iter(parameters)) == OutboxStatus.SENDING:
-            marked.append(len(parameters) - 1)
-
-    event.listen(engine.sync_engine, "before_cursor_execute", marking)
-    try:
-        delivering = asyncio.create_task(harness.deliver())
-        waiting_most = 0
-        while not delivering.done():
-            await asyncio.sleep(0.05)  # the sender does all it can before its next turn
-            waiting_most = max(waiting_most, sum(marked) - len(harness.telegram.requests))
-            turns.turns.release()
-        delivered = await delivering
-    finally:
-        event.remove(engine.sync_engine, "before_cursor_execute", marking)
-    assert sorted(m.chat_id for m in delivered) == list(range(7_000_000, 7_000_024))  # type: ignore[attr-defined]
-    assert {r.status for r in await outbox(harness) if r.broadcast_id} == {OutboxStatus.SENT}
-    # All of ``ahead`` at the start; then, each time half of it is left, the rows whose turn came meanwhile (all
-    # but the one whose request is just going). Before, each row had a commit of its own: [8, 1, 1, 1, ...].
-    assert sum(marked) == 24 and all(n >= ahead // 2 - 1 for n in marked[:-1]), marked
-    assert waiting_most <= ahead, "no more rows marked and not sent than before"
 
 
 async def test_turns_missed_in_a_stall_do_not_all_go_at_once() -> None:

@@ -8,7 +8,6 @@ from html import escape
 from typing import Any
 
 from aiogram import Bot
-from aiogram.client.default import Default
 from aiogram.methods import (
     DeleteMyCommands,
     EditMessageCaption,
@@ -82,20 +81,16 @@ def as_request(bot: Bot, row: OutboxMessage, method: TelegramMethod, shared: dic
     """``method`` as the data that goes over the wire (aiogram's own form fields), for the hand-over to send after
     a crash.
 
-    ``shared``: keyboards and the bot's defaults already prepared in this batch, by identity (a broadcast's rows
-    share the renderer's one keyboard per language and building; preparing it again for each of 10,000 rows cost
-    the sender a sixth of its speed). The caller keeps the methods, and so the keyboards, alive while it uses it.
+    ``shared``: keyboards already prepared in this batch, by identity (a broadcast's rows share the renderer's
+    one keyboard per language and building; preparing it again for each of 10,000 rows cost the sender a sixth
+    of its speed). The caller keeps the methods, and so the keyboards, alive while it uses it.
     """
     files: dict[str, Any] = {}
     fields: dict[str, str] = {}
     dumped: dict[str, Any] | None = None
-    # The fields as pydantic keeps them: reading them through ``model_fields`` took a fifth of the time.
-    for key, value in method.__dict__.items():
-        if value is None:  # most of a method's fields; aiogram leaves them out
-            continue
-        if type(value) is int:
-            prepared = str(value)  # a chat id, as aiogram's JSON writes it, without the JSON encoder
-        elif isinstance(value, TelegramObject | Default) and id(value) in shared:
+    for key in type(method).model_fields:
+        value = getattr(method, key)
+        if isinstance(value, TelegramObject) and id(value) in shared:
             prepared = shared[id(value)]
         elif isinstance(value, TelegramObject | list | dict):  # may hold Telegram objects: as aiogram dumps them
             dumped = dumped if dumped is not None else method.model_dump(warnings=False)
@@ -104,8 +99,6 @@ def as_request(bot: Bot, row: OutboxMessage, method: TelegramMethod, shared: dic
                 shared[id(value)] = prepared
         else:
             prepared = bot.session.prepare_value(value, bot=bot, files=files)
-            if isinstance(value, Default):  # the bot's defaults, one object per field for all its methods
-                shared[id(value)] = prepared
         if prepared:
             fields[key] = prepared
     return Request(

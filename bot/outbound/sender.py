@@ -13,9 +13,8 @@ What is promised depends on the kind of row (docs/delivery.md):
 
 Database work is shared: a claim takes a batch of rows in one transaction and renders them (recipients read at
 once), keeping each request with its claim for the hand-over after a crash (handover.py); broadcast rows whose
-turn has come are marked "sending" together in one UPDATE once half of those marked before have gone, and what
-happened to the rows sent or tried rides along with the next commit the sender makes anyway. At a high rate one
-commit serves dozens of messages.
+turn has come are marked "sending" together in one UPDATE, and what happened to the rows sent or tried rides
+along with the next commit the sender makes anyway. At a high rate one commit serves dozens of messages.
 
 A claim is a lease: each sender renews its :class:`SenderLease` every few seconds, and claims whose holder's
 lease lapsed are taken back by whoever runs next. The only process of a polling bot takes everything back at
@@ -41,7 +40,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from http import HTTPStatus
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 from urllib.parse import urlencode
 
 from aiogram import Bot
@@ -55,7 +54,7 @@ from aiogram.exceptions import (
 )
 from aiogram.methods import TelegramMethod
 from aiohttp import ClientError, ClientTimeout
-from sqlalchemy import BindParameter, Table, bindparam, delete, or_, select, true, update
+from sqlalchemy import delete, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.outbound.notices import Renderer, answer_of, as_request
@@ -66,19 +65,6 @@ from storage.db import SessionFactory
 from storage.models import OutboxMessage, OutboxStatus, SenderLease, User
 
 log = logging.getLogger(__name__)
-
-# The claim writes each row's request in one statement of many parameter sets, as SQLAlchemy Core: the ORM's bulk
-# UPDATE by primary key took a quarter more CPU per row for the same statement.
-OUTBOX = cast(Table, OutboxMessage.__table__)
-# The writes of every marking transaction, built once: building each anew (its cache key, the ORM's bulk UPDATE
-# path) cost 0.8 ms of CPU a transaction, as much as the rest of it, and at 200/s one comes every tenth message.
-_IDS: BindParameter[list[int]] = bindparam("ids", expanding=True)
-MARK_SENDING = update(OUTBOX).where(OUTBOX.c.id.in_(_IDS)).values(status=OutboxStatus.SENDING)
-MARK_SENT = (
-    update(OUTBOX)
-    .where(OUTBOX.c.id.in_(_IDS))
-    .values(status=OutboxStatus.SENT, sent_at=bindparam("now", type_=OUTBOX.c.sent_at.type), error="", request=None)
-)
 
 
 # A row's call and the same call as data (bot/outbound/requests.py); None when there is nothing to send.
@@ -181,12 +167,9 @@ class OutboxSender:
         # Writing what Telegram took so far, while the round goes on (``_record_soon``), and when it last began.
         self._recording: asyncio.Task[None] | None = None
         self._recorded_at = -math.inf
-        # Broadcast rows whose sending turn has come, waiting for the next marking transaction (``_mark_sending``);
-        # the rows marked whose requests have not gone yet, and how few of those start the next marking.
+        # Broadcast rows whose sending turn has come, waiting for the next marking transaction (``_mark_sending``).
         self._to_mark: list[tuple[OutboxMessage, asyncio.Future[None]]] = []
         self._marking: asyncio.Task[None] | None = None
-        self._marked: set[int] = set()
-        self._mark_below = max(1, ahead // 2)
         # The next batch, claimed while this round's last rows go out (``deliver_due``); the rows of this round not
         # ready yet to go (``_ready``), and its chats.
         self._next_claim: asyncio.Future[tuple[list[OutboxMessage], dict[int, Rendered]]] | None = None
@@ -406,22 +389,16 @@ class OutboxSender:
                     .with_for_update(skip_locked=True)
                 )
             )
-            # The rows are the sender's from here: the UPDATE below writes their claim, and what becomes of them
-            # goes with a later commit, so the session must not write them. Letting go of everything at once (after
-            # writing what this transaction holds already) costs a twentieth of expunging each row.
-            await session.flush()
-            session.expunge_all()
             rendered = dict(zip([row.id for row in rows], await self._render(session, rows), strict=True))
             if rows:
+                claim = {"status": OutboxStatus.CLAIMED, "claimed_at": now, "claimed_by": self.holder}
                 await session.execute(
-                    update(OUTBOX)
-                    .where(OUTBOX.c.id == bindparam("row_id"))
-                    .values(
-                        status=OutboxStatus.CLAIMED, claimed_at=now, claimed_by=self.holder, request=bindparam("kept")
-                    ),
-                    [{"row_id": row.id, "kept": kept(rendered[row.id])} for row in rows],
+                    update(OutboxMessage),
+                    [{"id": row.id, "request": kept(rendered[row.id]), **claim} for row in rows],
+                    execution_options={"synchronize_session": False},
                 )
             for row in rows:
+                session.expunge(row)  # the UPDATE above wrote the claim; the session must not write it again
                 row.status, row.claimed_at, row.claimed_by = OutboxStatus.CLAIMED, now, self.holder
         return rows, rendered
 
@@ -459,9 +436,6 @@ class OutboxSender:
             self._ready(row)
             async with self._on_wire:
                 await self.bucket.take()
-                if row.broadcast_id is not None:
-                    self._marked.discard(row.id)
-                    self._mark_if_due()
                 return await self._send(row, *prepared)
 
     async def _send(self, row: OutboxMessage, method: TelegramMethod[Any], request: Request) -> OutboxStatus | None:
@@ -556,24 +530,16 @@ class OutboxSender:
             self._recording = None
 
     async def _mark_sending(self, row: OutboxMessage) -> None:
-        """Mark a broadcast row "sending" (at most once: a crash now leaves it in doubt, never sent again)."""
+        """Mark a broadcast row "sending" (at most once: a crash now leaves it in doubt, never sent again).
+
+        Rows whose turn came while a marking transaction ran share the next one: at a high rate one commit
+        serves dozens of messages, at a low one each message still goes out as soon as its turn comes.
+        """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._to_mark.append((row, future))
-        self._mark_if_due()
-        await future
-
-    def _mark_if_due(self) -> None:
-        """Mark the rows whose turn has come, in one transaction, once no more than half of ``ahead`` rows marked
-        are still waiting for their slots: those go out meanwhile, and the rest of ``ahead`` shares one commit.
-
-        Marking each row as soon as its turn came made a commit for every other message at 200/s (one row's turn
-        every 5 ms, a commit taking 2-4 ms): 2 ms of CPU per message, four times the rest of the sender's. Rows are
-        still marked only within ``ahead``, so a crash leaves no more in doubt; at a low rate, or at the start of
-        a round, a row is still marked as soon as its turn comes.
-        """
-        marking = self._marking is not None and not self._marking.done()
-        if self._to_mark and not marking and len(self._marked) <= self._mark_below:
+        if self._marking is None or self._marking.done():
             self._marking = asyncio.create_task(self._mark_queued())
+        await future
 
     def _stop_marking(self) -> None:
         if self._marking is not None:
@@ -581,20 +547,23 @@ class OutboxSender:
         for _, future in self._to_mark:
             future.cancel()
         self._to_mark = []
-        self._marked.clear()
 
     async def _mark_queued(self) -> None:
-        while self._to_mark and len(self._marked) <= self._mark_below:
+        while self._to_mark:
             batch, self._to_mark = self._to_mark, []
             try:
                 async with self._transaction() as session:
-                    await session.execute(MARK_SENDING, {"ids": [row.id for row, _ in batch]})
+                    await session.execute(
+                        update(OutboxMessage)
+                        .where(OutboxMessage.id.in_([row.id for row, _ in batch]))
+                        .values(status=OutboxStatus.SENDING)
+                        .execution_options(synchronize_session=False)
+                    )
             except Exception as error:
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(error)
                 continue
-            self._marked.update(row.id for row, _ in batch)
             for _, future in batch:
                 if not future.done():
                     future.set_result(None)
@@ -660,7 +629,12 @@ class OutboxSender:
         for learnt in sorted(noted.follow_ups, key=lambda f: f.ticket_id):
             await learnt.write(session)
         if noted.delivered:
-            await session.execute(MARK_SENT, {"ids": noted.delivered, "now": now})
+            await session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id.in_(noted.delivered))
+                .values(status=OutboxStatus.SENT, sent_at=now, error="", request=None)
+                .execution_options(synchronize_session=False)
+            )
         for ids, values in noted.outcomes:
             await session.execute(
                 update(OutboxMessage)
