@@ -51,7 +51,7 @@ from sqlalchemy.exc import DBAPIError
 
 from bot.config import Settings, proxy_for_aiohttp
 from bot.outbound.pacing import ChatPacer, TokenBucket, backoff
-from bot.outbound.requests import RECORD_SECONDS, Answer, FollowUp, Request, follow_up
+from bot.outbound.requests import FORM, RECORD_SECONDS, Answer, FollowUp, Request, follow_up, form_of
 from domain.clock import Clock, system_clock
 from storage.db import SessionFactory, create_engine, create_session_factory
 from storage.models import OutboxMessage, OutboxStatus
@@ -248,7 +248,7 @@ class Round:
             )
 
     async def _post(self, request: Request) -> tuple[int, dict[str, Any]]:
-        async with self.http.post(self.url + request["method"], data=request["fields"]) as response:
+        async with self.http.post(self.url + request["method"], data=form_of(request), headers=FORM) as response:
             body = await response.json(content_type=None)
             return response.status, body if isinstance(body, dict) else {}
 

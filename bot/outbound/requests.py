@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from functools import partial
 from typing import Any, NamedTuple, TypedDict
+from urllib.parse import urlencode
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -43,6 +44,17 @@ class Request(TypedDict):
     fields: dict[str, str] | None  # None: it uploads a file, and the hand-over leaves it to the sender
     asks_if_fixed: bool  # it carries the ticket's "Is it fixed?" buttons
     photo: bool  # a photo whose caption carries them
+
+
+# A request's fields go as a urlencoded form, as aiogram sends them. aiohttp's FormData, given a dict, also makes a
+# multipart writer (a random boundary, from uuid4) it never uses: a tenth of a request's CPU on the client side.
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+def form_of(request: Request) -> bytes:
+    """The body posted for ``request`` (sent with :data:`FORM`), as aiohttp's form encodes it (``doseq``: a str
+    enum, ParseMode.HTML, goes as its value, "HTML"); only for a request with fields."""
+    return urlencode(request["fields"] or {}, doseq=True).encode()
 
 
 class Answer(NamedTuple):
