@@ -50,7 +50,7 @@ def test_aiogram_builds_a_telegram_type_when_first_used_and_right() -> None:
     and a type first met in an update, whose annotations name types imported only for type checkers, is read in
     full."""
     script = """
-import bot.entry, json, sys
+import json
 from bot.lazy_types import import_aiogram
 import_aiogram()
 from aiogram.methods import SendSticker
