@@ -39,6 +39,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from http import HTTPStatus
 from typing import Any, Protocol
 
@@ -165,11 +166,17 @@ class OutboxSender:
         # Broadcast rows whose sending turn has come, waiting for the next marking transaction (``_mark_sending``).
         self._to_mark: list[tuple[OutboxMessage, asyncio.Future[None]]] = []
         self._marking: asyncio.Task[None] | None = None
-        # The next batch, claimed while this round's last rows go out (``deliver_due``); the rows of this round not
-        # ready yet to go (``_ready``), and its chats.
-        self._next_claim: asyncio.Future[tuple[list[OutboxMessage], dict[int, Rendered]]] | None = None
+        # The round under way (``deliver_due``): each chat's rows in flight and the task sending them, the chats
+        # whose task ended, how many rows are claimed and not handled, the claim being made, the rows of the last
+        # full batch still waiting for more than their turn (``_ready``), and why to claim again.
+        self._chats: dict[int, tuple[asyncio.Future[None], list[OutboxMessage]]] = {}
+        self._chats_done: list[int] = []
+        self._in_flight = 0
+        self._claiming: asyncio.Future[tuple[list[OutboxMessage], dict[int, Rendered]]] | None = None
         self._not_ready: set[int] = set()
-        self._round_chats: set[int] = set()
+        self._claimed_at = -math.inf
+        self._claim_now = False  # a full batch is ready: more is due
+        self._woken = False  # messages were queued
         self._wake = asyncio.Event()
         # Whether a passing fault was seen and Telegram has not answered since. A new sender cannot know what its
         # predecessor saw (rows it left waiting out a backoff), so it asks once.
@@ -177,6 +184,7 @@ class OutboxSender:
         self._answers_again = False  # rows waiting out a backoff are made due with the next commit
 
     def wake(self) -> None:
+        self._woken = True
         self._wake.set()
 
     async def pause(self, seconds: float) -> None:
@@ -199,7 +207,7 @@ class OutboxSender:
                 except Exception:  # the loop must outlive a database hiccup
                     log.exception("outbox delivery round failed")
                     delivered = 0
-                if delivered:
+                if delivered or self._woken:
                     continue
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -209,9 +217,9 @@ class OutboxSender:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            if self._next_claim is not None:  # what it claimed is given back below
+            if self._claiming is not None:  # what it claimed is given back below
                 with contextlib.suppress(Exception):
-                    await self._next_claim
+                    await self._claiming
             await self._release_lease()
 
     async def _probe(self, stop: asyncio.Event) -> None:
@@ -302,67 +310,115 @@ class OutboxSender:
                 await session.execute(delete(SenderLease).where(SenderLease.holder == self.holder))
 
     async def deliver_due(self) -> int:
-        """Send every row that is due now; returns how many rows were handled.
+        """Send what is due until nothing is left; returns how many rows were handled.
 
-        A full claim means more is due: the next batch is then claimed while this round's last rows, marked
-        already, go out (``_ready``), and what happened to them is written with the next round's first commit.
-        Claiming and rendering a batch (about a second's sending) took 50–120 ms on a busy machine, and sending
-        stopped for it every batch: 5–10 % of the rate at 200/s (docs/benchmarks.md, "Broadcasts").
+        Each chat's rows go in a task of their own, at the chat's pace, and while they go the sender claims again
+        for the chats with nothing in flight: at once when every row of a full batch waits only for its turn
+        (``_ready``: the sending never stops for a claim, which took 50–120 ms on a busy machine, 5–10 % of the
+        rate at 200/s, docs/benchmarks.md "Broadcasts"); and, while less than a batch is in flight, when woken (an
+        update or a job queued messages) or every ``idle_poll_seconds`` (another process queued them). A chat's
+        new message so never waits for another chat's queue: in bench.crash run 52 residents' notices waited
+        behind a worker's cards, one a second, and 24 were still waiting when the run ended.
         """
-        rows, rendered = await self._claimed()
-        by_chat: dict[int, list[OutboxMessage]] = defaultdict(list)
-        for row in rows:
-            by_chat[row.chat_id].append(row)
-        self._round_chats = set(by_chat)
-        self._not_ready = {row.id for row in rows} if len(rows) >= self.batch_size else set()
-        tasks = [
-            asyncio.ensure_future(self._deliver_chat(chat, chat_rows, rendered)) for chat, chat_rows in by_chat.items()
-        ]
+        loop = asyncio.get_running_loop()
+        handled = 0
+        self._woken = self._claim_now = False
+        self._claiming = self._begin_claim()
         try:
-            await asyncio.gather(*tasks)
+            while True:
+                self._wake.clear()
+                for chat in self._chats_done:
+                    self._chats[chat][0].result()  # a chat's error ends the round, its rows given back below
+                    del self._chats[chat]
+                self._chats_done.clear()
+                if self._claiming is not None and self._claiming.done():
+                    rows, rendered = self._claiming.result()
+                    self._claiming = None
+                    handled += len(rows)
+                    self._start(rows, rendered)
+                since = loop.time() - self._claimed_at
+                if self._claiming is None and self._claim_wanted(since):
+                    self._claiming = self._begin_claim()
+                elif self._claiming is None and not self._chats:
+                    break
+                ticking = self._claiming is None and self._in_flight < self.batch_size
+                poll = max(0.0, self.settings.idle_poll_seconds - since) if ticking else None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=poll)
         except BaseException as error:
-            for task in tasks:  # one chat's failure stops the round
+            in_flight = [rows for _, rows in self._chats.values()]
+            for task, _ in self._chats.values():  # one chat's failure stops the round
                 task.cancel()
+            self._end_round()
             self._stop_marking()
-            self._not_ready = set()
             if not isinstance(error, Exception):
                 raise  # cancelled, or the process is going away: what is claimed goes back at the restart
             # A round cut short by an error gives back what it left claimed at once, not at the next restart.
-            if self._next_claim is not None:
+            if self._claiming is not None:
                 with contextlib.suppress(Exception):
-                    rows = rows + (await self._next_claim)[0]
-                self._next_claim = None
+                    in_flight.append((await self._claiming)[0])
+                self._claiming = None
             self._outcomes.extend(
                 ([row.id], {"status": OutboxStatus.PENDING, "claimed_by": None})
+                for rows in in_flight
                 for row in rows
                 if row.status == OutboxStatus.CLAIMED
             )
             await self._recorded()
             await self._write_now()
             raise
-        self._not_ready = set()
+        self._end_round()
         await self._recorded()
-        if self._next_claim is None:
-            await self._write_now()
-        return len(rows)
+        await self._write_now()
+        return handled
 
-    async def _claimed(self) -> tuple[list[OutboxMessage], dict[int, Rendered]]:
-        """The batch claimed during the last round, or, when there is none or it came out empty, one claimed now."""
-        if self._next_claim is not None:
-            claim, self._next_claim = self._next_claim, None
-            rows, rendered = await claim
-            if rows:
-                return rows, rendered
-        return await self._claim()
+    def _begin_claim(self) -> asyncio.Future[tuple[list[OutboxMessage], dict[int, Rendered]]]:
+        """Claim for the chats with nothing in flight (their later rows must go after the ones they have)."""
+        self._woken = self._claim_now = False
+        self._claimed_at = asyncio.get_running_loop().time()
+        claim = asyncio.ensure_future(self._claim(busy=set(self._chats)))
+        claim.add_done_callback(lambda _: self._wake.set())
+        return claim
+
+    def _claim_wanted(self, since_last: float) -> bool:
+        if self._claim_now:
+            return True
+        if self._in_flight >= self.batch_size:  # the sender has its hands full; what it claims must go soon
+            return False
+        return self._woken or (bool(self._chats) and since_last >= self.settings.idle_poll_seconds)
+
+    def _start(self, rows: list[OutboxMessage], rendered: dict[int, Rendered]) -> None:
+        by_chat: dict[int, list[OutboxMessage]] = defaultdict(list)
+        for row in rows:
+            by_chat[row.chat_id].append(row)
+        if len(rows) >= self.batch_size:
+            self._not_ready.update(row.id for row in rows)
+        self._in_flight += len(rows)
+        for chat, chat_rows in by_chat.items():
+            task = asyncio.ensure_future(self._deliver_chat(chat_rows, rendered))
+            task.add_done_callback(partial(self._chat_done, chat))
+            self._chats[chat] = (task, chat_rows)
+
+    def _chat_done(self, chat: int, _task: asyncio.Future[None]) -> None:
+        self._chats_done.append(chat)
+        self._wake.set()
+
+    def _end_round(self) -> None:
+        self._chats, self._chats_done, self._not_ready = {}, [], set()
+        self._in_flight, self._claim_now = 0, False
 
     def _ready(self, row: OutboxMessage) -> None:
-        """``row`` waits only for its sending turn (a broadcast row is marked). Once every row of a full batch
-        does, the next batch is claimed: the claim holds SQLite's one connection, and the ``ahead`` rows go out
-        meanwhile. This round's chats are left out of it: their later rows go after these, in the chat's order."""
-        if self._not_ready and row.id in self._not_ready:
+        """``row`` waits for nothing but its sending turn (a broadcast row is marked), or is done. Once every row
+        of a full batch is, the next batch is claimed: the claim holds SQLite's one connection, and the ``ahead``
+        rows go out meanwhile."""
+        if row.id in self._not_ready:
             self._not_ready.discard(row.id)
-            if not self._not_ready:
-                self._next_claim = asyncio.ensure_future(self._claim(busy=self._round_chats))
+            if self._not_ready:
+                return
+            if self._claiming is None:
+                self._claiming = self._begin_claim()
+            else:
+                self._claim_now = True
 
     async def _claim(self, busy: Collection[int] = ()) -> tuple[list[OutboxMessage], dict[int, Rendered]]:
         """Claim the rows due now, rendered, their requests kept with the claim: should this process die, its
@@ -397,19 +453,26 @@ class OutboxSender:
                 row.status, row.claimed_at, row.claimed_by = OutboxStatus.CLAIMED, now, self.holder
         return rows, rendered
 
-    async def _deliver_chat(self, chat_id: int, rows: list[OutboxMessage], rendered: dict[int, Rendered]) -> None:
+    async def _deliver_chat(self, rows: list[OutboxMessage], rendered: dict[int, Rendered]) -> None:
         """One chat's rows in order, one at a time, at Telegram's per-chat pace."""
-        index = 0
-        while index < len(rows):
-            row = rows[index]
-            outcome = await self._deliver(row, rendered)
-            if outcome is OutboxStatus.CLAIMED:
-                continue  # a 429: the same row, once the pause is over (see ``pause``)
+        for position, row in enumerate(rows):
+            while (outcome := await self._deliver(row, rendered)) is OutboxStatus.CLAIMED:
+                pass  # a 429: the same row, once the pause is over (see ``pause``)
             if outcome is not OutboxStatus.SENT and outcome is not None:
                 # The chat is blocked or must wait out a fault: the rest of its rows share that fate.
-                self._finish(rows[index + 1 :], outcome, row.not_before, row.error)
+                rest = rows[position + 1 :]
+                self._finish(rest, outcome, row.not_before, row.error)
+                for later in rest:
+                    self._ready(later)
+                self._handled(1 + len(rest))
                 return
-            index += 1
+            self._handled(1)
+
+    def _handled(self, count: int) -> None:
+        hands_full = self._in_flight >= self.batch_size
+        self._in_flight -= count
+        if hands_full and self._in_flight < self.batch_size:
+            self._wake.set()  # the round may claim again
 
     async def _deliver(self, row: OutboxMessage, rendered: dict[int, Rendered]) -> OutboxStatus | None:
         """Send one row and note the result; returns a status the chat's later rows must share, if any.
@@ -672,6 +735,7 @@ class OutboxSender:
         if attempts is not None:
             values["attempts"] = attempts
         self._outcomes.append(([r.id for r in rows], values))
+        self._record_soon()  # a round lasts as long as there is work: it does not wait for the round's end
         for row in rows:
             row.status, row.error = status, error
             if not_before is not None and status is OutboxStatus.PENDING:
