@@ -75,9 +75,13 @@ resume_p99_s
     held by the same old claim at a later kill is counted once. Not counted are the seconds in which Telegram
     let no one send: the injected outage (the fake answering 502 to everything, or dropping the connection),
     and the ``retry_after`` seconds after each 429 of the storm, which Telegram asks every sender of the bot to
-    wait out (a chat's later messages wait behind its first meanwhile). The seconds in which the bot could
-    have sent and did not all count. The 99th percentile over all of them. Printed beside it: the figure
-    counting the storm's waits too (the definition of 2026-12-06) and counting the outage too (before).
+    wait out (a chat's later messages wait behind its first meanwhile); and the second after each message the
+    bot put into the row's chat (sent or edited) meanwhile, which Telegram's one message a second per chat
+    gives to that message: a worker whose cards come faster than one a second has a queue, and a claimed row
+    waits its place in it crash or no crash (the definition since 2026-12-07, run 54). The seconds in which
+    the bot could have sent and did not all count. The 99th percentile over all of them. Printed beside it:
+    the figure counting the chat's queue too (the definition until run 53), counting the storm's waits too
+    (2026-12-06), and counting the outage too (before).
 personal messages repeated after a crash
     for the same per-recipient, per-message counting: arrivals beyond the number of rows.
 
@@ -121,13 +125,15 @@ from bot.callbacks import (
     TopicAction,
     TopicCb,
 )
-from bot.config import SAMPLE_COMMUNITY
+from bot.config import SAMPLE_COMMUNITY, Settings
 from domain.clock import system_clock
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMUNITY_FILE = SAMPLE_COMMUNITY
 BOT_ID = 4242
 TOKEN = f"{BOT_ID}:CRASH-BENCH"
+# Telegram's one message a second into a chat, as the bot paces it (the bench runs the default).
+CHAT_INTERVAL: float = Settings.model_fields["send_rate_per_chat_seconds"].default
 FIRST_RESIDENT = 9_100_000
 FIRST_SILENT = 8_000_000
 STAFF_ID = 100001
@@ -1186,7 +1192,8 @@ class Bench:
         notes_twice = sum(1 for note, n in notes_recorded.items() if n > max(1, notes_typed[note]))
 
         # --- resume after a restart ---
-        resumes: list[float] = []  # the seconds Telegram let the bot send
+        resumes: list[float] = []  # the seconds Telegram let the bot send into the row's chat
+        with_queue: list[float] = []  # the definition until run 53: the chat's queue counted
         with_waits: list[float] = []  # the definition of 2026-12-06: without the outage only
         with_outage: list[float] = []  # the definition before 2026-12-06
         outage = [(self.outage_window[0], self.outage_window[1])] if self.outage_window is not None else []
@@ -1199,6 +1206,18 @@ class Bench:
 
         def allowed_to_send(start: float, stop: float) -> float:
             return stop - start - _overlap(told_to_wait, start, stop)
+
+        # Each message the bot put into a chat takes that chat's turn for a second (Telegram's limit).
+        turns: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        for request in self.fake.requests:
+            if request.status == 200 and (request.method in SENDS or request.method in EDITS):
+                turns[str(request.params.get("chat_id"))].append((request.at, request.at + CHAT_INTERVAL))
+        chat_taken: dict[str, list[tuple[float, float]]] = {}
+
+        def allowed_into_chat(chat: str, start: float, stop: float) -> float:
+            if chat not in chat_taken:
+                chat_taken[chat] = _union(told_to_wait + turns.get(chat, []))
+            return stop - start - _overlap(chat_taken[chat], start, stop)
 
         slowest: list[tuple[float, int, str, int]] = []  # (seconds, kill number, kind, outbox row id)
         waits: list[tuple[float, Kill, dict[str, Any], float, bool]] = []  # for resume.txt (--keep)
@@ -1228,6 +1247,7 @@ class Bench:
                     position = rows_of_key.index(row["id"]) if row["id"] in rows_of_key else 0
                 if sum(1 for t in arrived if t <= kill.at) > position:
                     resumes.append(0.0)  # it had reached Telegram before the kill
+                    with_queue.append(0.0)
                     with_waits.append(0.0)
                     with_outage.append(0.0)
                     continue
@@ -1240,7 +1260,8 @@ class Bench:
                 if stop is None:
                     never += 1
                     stop = end
-                resumes.append(allowed_to_send(kill.restart_at, stop))
+                resumes.append(allowed_into_chat(str(row["chat_id"]), kill.restart_at, stop))
+                with_queue.append(allowed_to_send(kill.restart_at, stop))
                 with_waits.append(outside_the_outage(kill.restart_at, stop))
                 with_outage.append(stop - kill.restart_at)
                 slowest.append((resumes[-1], index + 1, row["kind"], row["id"]))
@@ -1292,11 +1313,16 @@ class Bench:
             f"missing {broadcast_missing}, duplicates {broadcast_duplicates}"
         )
         print(
-            f"  resume (the seconds Telegram let the bot send): {len(resumes)} claimed rows over "
+            f"  resume (the seconds Telegram let the bot send into the row's chat): {len(resumes)} claimed rows over "
             f"{len(supervisor.kills)} kills, "
             f"p50 {_percentile(resumes, 0.5):.1f} s, p99 {resume_p99:.1f} s, max {max(resumes, default=0):.1f} s "
             f"(slowest: {', '.join(f'{t:.0f} s kill {k} {kind} row {i}' for t, k, kind, i in slowest[:3])}); "
             f"{never} never sent by the end"
+        )
+        print(
+            f"  resume counting the chat's queue too (the definition until run 53): p50 "
+            f"{_percentile(with_queue, 0.5):.1f} s, p99 {_percentile(with_queue, 0.99):.1f} s, "
+            f"max {max(with_queue, default=0):.1f} s"
         )
         print(
             f"  resume counting the storm's waits too (the definition of 2026-12-06): p50 "
