@@ -70,8 +70,8 @@ resume_p99_s
     broadcast rows still only claimed: a broadcast row left sending may rightly never come). For each such
     row and claim: the seconds from the restart until the message was next sent to the fake, whatever the
     answer (during an outage a 502 is the best a bot can get); 0 when it had reached the fake before the
-    kill; when the restarted process claimed it again and was killed too before sending it, up to that kill
-    (that kill's reading carries on); when it is never sent again, up to the end of the run. A row still
+    kill; when a process after the restart claimed it again and was killed too before sending it, up to that
+    kill (that kill's reading carries on); when it is never sent again, up to the end of the run. A row still
     held by the same old claim at a later kill is counted once. Not counted are the seconds in which Telegram
     let no one send: the injected outage (the fake answering 502 to everything, or dropping the connection),
     and the ``retry_after`` seconds after each 429 of the storm, which Telegram asks every sender of the bot to
@@ -1227,8 +1227,6 @@ class Bench:
         for index, kill in enumerate(supervisor.kills):
             if kill.restart_at is None:
                 continue
-            following = supervisor.kills[index + 1] if index + 1 < len(supervisor.kills) else None
-            again = {c["id"]: c for c in following.claimed} if following is not None else {}
             for claimed in kill.claimed:
                 row = row_by_id.get(claimed["id"])
                 if row is None or (row["broadcast_id"] is not None and claimed["status"] == "sending"):
@@ -1252,11 +1250,14 @@ class Bench:
                     with_outage.append(0.0)
                     continue
                 stop = next((t for t in tried if t > kill.restart_at), None)
-                reclaimed = again.get(row["id"])
-                if following is not None and reclaimed is not None:
-                    claimed_at = _utc(reclaimed["claimed_at"]) or 0.0
-                    if claimed_at >= kill.restart_at and (stop is None or stop > following.at):
-                        stop = following.at  # the restarted process had it in hand when it was killed too
+                reclaimed = False
+                for later in supervisor.kills[index + 1 :]:
+                    if stop is not None and later.at >= stop:
+                        break
+                    claims = [_utc(c["claimed_at"]) or 0.0 for c in later.claimed if c["id"] == row["id"]]
+                    if claims and claims[0] >= kill.restart_at:
+                        stop, reclaimed = later.at, True  # a process after the restart had it when it was killed too
+                        break
                 if stop is None:
                     never += 1
                     stop = end
@@ -1265,7 +1266,7 @@ class Bench:
                 with_waits.append(outside_the_outage(kill.restart_at, stop))
                 with_outage.append(stop - kill.restart_at)
                 slowest.append((resumes[-1], index + 1, row["kind"], row["id"]))
-                waits.append((resumes[-1], kill, row, stop, reclaimed is not None))
+                waits.append((resumes[-1], kill, row, stop, reclaimed))
         resume_p99 = _percentile(resumes, 0.99)
         slowest.sort(reverse=True)
         self.write_resumes(waits, end)

@@ -61,6 +61,9 @@ class PausesOnTheClock:
         self.waited: list[float] = []
 
     async def take(self) -> None:
+        await self.resumed()
+
+    async def resumed(self) -> None:
         if self.until > self.clock():
             self.waited.append((self.until - self.clock()).total_seconds())
             self.clock.now = self.until

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -44,6 +45,7 @@ class TokenBucket:
         self._sleep = sleep
         self._next_slot = monotonic()
         self._pauses = 0
+        self._paused_until = -math.inf
 
     async def take(self) -> None:
         while True:
@@ -62,7 +64,13 @@ class TokenBucket:
 
     async def pause(self, seconds: float) -> None:
         self._pauses += 1
-        self._next_slot = max(self._next_slot, self._monotonic() + seconds)
+        self._paused_until = max(self._paused_until, self._monotonic() + seconds)
+        self._next_slot = max(self._next_slot, self._paused_until)
+
+    async def resumed(self) -> None:
+        """Wait out the pause in force, if any, without taking a turn."""
+        while (left := self._paused_until - self._monotonic()) > 0:
+            await self._sleep(left)
 
 
 class ChatPacer:

@@ -81,6 +81,8 @@ class SendRate(Protocol):
 
     async def take(self) -> None: ...
 
+    async def resumed(self) -> None: ...  # a pause in force waited out, no turn taken
+
     async def pause(self, seconds: float) -> None: ...
 
 
@@ -166,6 +168,10 @@ class OutboxSender:
         # Broadcast rows whose sending turn has come, waiting for the next marking transaction (``_mark_sending``).
         self._to_mark: list[tuple[OutboxMessage, asyncio.Future[None]]] = []
         self._marking: asyncio.Task[None] | None = None
+        # Broadcast rows marked whose request has not gone yet, rows a pause un-marked, and the pauses so far.
+        self._marked: set[int] = set()
+        self._unmarked: set[int] = set()
+        self._pauses = 0
         # The round under way (``deliver_due``): each chat's rows in flight and the task sending them, the chats
         # whose task ended, how many rows are claimed and not handled, the claim being made, the rows of the last
         # full batch still waiting for more than their turn (``_ready``), and why to claim again.
@@ -193,8 +199,21 @@ class OutboxSender:
         was queued meanwhile, a chat's newer cards before its older ones: bench.crash run 31). Claiming goes on
         in the pause, so that a crash in it leaves every row that is due claimed with its request, for the next
         process's hand-over to send within a second or two of its start (bench.crash run 39: rows given back for
-        the pause waited a whole start-up)."""
+        the pause waited a whole start-up).
+
+        Broadcast rows marked "sending" whose requests have not gone are marked claimed again for the pause, and
+        "sending" again just before their requests: killed in the pause, they would be in doubt though none of
+        them went (bench.crash run 55: sixteen agenda messages lost so in a 429 storm)."""
+        self._pauses += 1
+        if self._marked:
+            self._unmark(self._marked)
+            self._marked = set()
         await self.bucket.pause(seconds)
+
+    def _unmark(self, ids: Collection[int]) -> None:
+        self._outcomes.append((sorted(ids), {"status": OutboxStatus.CLAIMED}))
+        self._unmarked.update(ids)
+        self._record_now()
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.take_back_claims(everyone=self.sole)
@@ -405,6 +424,7 @@ class OutboxSender:
 
     def _end_round(self) -> None:
         self._chats, self._chats_done, self._not_ready = {}, [], set()
+        self._marked, self._unmarked = set(), set()
         self._in_flight, self._claim_now = 0, False
 
     def _ready(self, row: OutboxMessage) -> None:
@@ -490,14 +510,21 @@ class OutboxSender:
                 self._ready(row)
                 return None
             if row.broadcast_id is not None:
+                await self.bucket.resumed()  # marked in a pause, it would wait it out in doubt
                 await self._mark_sending(row)
             self._ready(row)
             async with self._on_wire:
                 await self.bucket.take()
+                while row.id in self._unmarked:  # a pause came after it was marked: marked again after the pause
+                    self._unmarked.discard(row.id)
+                    await self._mark_sending(row)
+                    if row.id in self._unmarked:  # and another while that was written
+                        await self.bucket.take()
                 return await self._send(row, *prepared)
 
     async def _send(self, row: OutboxMessage, method: TelegramMethod[Any], request: Request) -> OutboxStatus | None:
         now = self.clock()
+        self._marked.discard(row.id)
         try:
             answer = await self._call(method, request)
         except TelegramRetryAfter as error:
@@ -577,6 +604,19 @@ class OutboxSender:
             self._recorded_at = self._monotonic()
             self._recording = asyncio.create_task(self._write_now())
 
+    def _record_now(self) -> None:
+        """Write what was noted at once, after the write under way if there is one."""
+        under_way = self._recording
+
+        async def after() -> None:
+            if under_way is not None:
+                with contextlib.suppress(Exception):  # a failed write put back what it held: this one carries it
+                    await under_way
+            await self._write_now()
+
+        self._recorded_at = self._monotonic()
+        self._recording = asyncio.create_task(after())
+
     async def _recorded(self) -> None:
         """Wait for a write ``_record_soon`` began (its failure leaves the rows claimed: sent again at a restart,
         as after any failed commit of the sender)."""
@@ -609,6 +649,7 @@ class OutboxSender:
     async def _mark_queued(self) -> None:
         while self._to_mark:
             batch, self._to_mark = self._to_mark, []
+            pauses = self._pauses
             try:
                 async with self._transaction() as session:
                     await session.execute(
@@ -622,6 +663,11 @@ class OutboxSender:
                     if not future.done():
                         future.set_exception(error)
                 continue
+            marked = [row.id for row, _ in batch]
+            if self._pauses == pauses:
+                self._marked.update(marked)
+            else:  # a pause came while they were being marked
+                self._unmark(marked)
             for _, future in batch:
                 if not future.done():
                     future.set_result(None)

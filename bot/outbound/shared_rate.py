@@ -76,6 +76,9 @@ class RedisTokenBucket:
         if wait_us > 0:
             await self._sleep(wait_us / 1_000_000)
 
+    async def resumed(self) -> None:
+        await self._local.resumed()  # this process's pauses: another's 429 shows only in the next slot
+
     async def pause(self, seconds: float) -> None:
         await self._local.pause(seconds)
         try:
