@@ -5,6 +5,7 @@ have learnt. The last test runs the real ``python -m bot``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sqlite3
@@ -19,7 +20,7 @@ from pydantic import SecretStr
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.fake_api import FakeBotAPI
+from bench.fake_api import FakeBotAPI, Request
 from bench.residents import add_residents
 from bot.config import Settings
 from bot.outbound.handover import Handed, hand_over
@@ -286,6 +287,51 @@ async def test_a_hand_over_killed_mid_broadcast_leaves_only_the_row_on_the_wire_
         str(m.chat_id) for m in harness.telegram.requests + restarted.telegram.requests if hasattr(m, "chat_id")
     ]
     assert max(Counter(chats).values()) == 1, "no resident got the agenda twice"
+
+
+async def test_a_broadcast_row_refused_at_the_hand_over_is_not_in_doubt_through_the_pause(
+    harness: Harness, clock: FakeClock, engine: AsyncEngine, telegram: tuple[FakeBotAPI, str]
+) -> None:
+    """Telegram refused it (429): the row waits out the pause claimed, not "sending", so a hand-over killed in the
+    pause leaves it to be sent, once, by the next process."""
+    fake, api = telegram
+    async with harness.sessions() as session, session.begin():
+        await add_residents(session, 7_000_000, 200, clock(), english_every=3)
+        jsx = await session.scalar(select(Community.id).where(Community.code == "jsx"))
+    async with harness.sessions() as session:
+        started = await start_broadcast(session, jsx, BroadcastKind.AGENDA, "2026-11", clock())
+    harness.telegram.die_after_next_request = True
+    with pytest.raises(ProcessDied):
+        await harness.deliver()
+    in_doubt_before = sum(1 for r in await outbox(harness) if r.status == OutboxStatus.SENDING)
+
+    fake.storm_share, fake.storm_retry_after = 1.0, 30
+    refused: list[int] = []
+
+    def note_refusal(request: Request) -> None:
+        if request.status == 429:
+            refused.append(int(str(request.params["chat_id"])))
+
+    fake.on_request = note_refusal
+    handing_over = asyncio.create_task(hand_over(settings_for(engine, api), clock))
+    for _ in range(300):  # the hand-over is in its pause once the refused row is claimed again
+        await asyncio.sleep(0.01)
+        rows = {r.chat_id: r.status for r in await outbox(harness)}
+        if refused and rows[refused[0]] == OutboxStatus.CLAIMED:
+            break
+    handing_over.cancel()  # killed in the pause
+    with contextlib.suppress(asyncio.CancelledError):
+        await handing_over
+    assert refused and rows[refused[0]] == OutboxStatus.CLAIMED, "refused, it waits claimed"
+    fake.storm_share, fake.on_request = 0.0, None
+
+    restarted = Harness(harness.sessions, clock)
+    await restarted.app.sender.take_back_claims(everyone=True)
+    await restarted.deliver()
+    async with harness.sessions() as session:
+        shown = await progress(session, STAFF_WANG, started.broadcast.id)
+    assert (shown.in_doubt, shown.remaining) == (in_doubt_before, 0), "none more in doubt"
+    assert [m.chat_id for m in restarted.telegram.accepted].count(refused[0]) == 1  # type: ignore[attr-defined]
 
 
 async def test_rows_queued_before_the_hand_over_existed_wait_for_the_sender(

@@ -18,9 +18,10 @@ Telegram's answer decides what becomes of a row, as in the sender, only shorter:
   it, through the sender's own :func:`requests.follow_up`, within ``RECORD_SECONDS`` (so a hand-over killed
   too repeats only what it sent since);
 - a 429: everything waits the ``retry_after``, as the sender would, then the same row is tried again (the rows
-  keep their places); should the sender take over meanwhile, it waits out the rest. Giving up at the first 429
-  left a dead process's cards to a sender still loading for 15 s and more on a busy machine (bench.crash run
-  38: four messages 37 s late after a kill in a 429 storm);
+  keep their places; a broadcast row refused waits claimed, not "sending": killed in the pause, the hand-over
+  leaves it to be sent, not in doubt); should the sender take over meanwhile, it waits out the rest. Giving up
+  at the first 429 left a dead process's cards to a sender still loading for 15 s and more on a busy machine
+  (bench.crash run 38: four messages 37 s late after a kill in a 429 storm);
 - a 5xx or a network error: the row and its chat's later rows wait a backoff, as the sender would have them;
 - anything else (blocked, a bad request): the row goes back to the sender, which tries it and judges the answer
   as always. So do the rows the hand-over did not get to before the sender was ready.
@@ -216,7 +217,7 @@ class Round:
             now = self.clock()
             self.in_flight.add(row.id)
             if row.broadcast_id is not None:
-                await self._mark_sending(row)
+                await self._mark(row, OutboxStatus.SENDING)
             try:
                 status, body = await self._post(request)
             except (aiohttp.ClientError, TimeoutError, ValueError) as error:
@@ -233,19 +234,19 @@ class Round:
                 continue
             retry_after = (body.get("parameters") or {}).get("retry_after")
             if retry_after is not None:
+                if row.broadcast_id is not None:  # refused: not in doubt while it waits ("sending" again after)
+                    await self._mark(row, OutboxStatus.CLAIMED)
                 await self._pause(bucket, float(retry_after), now)
                 continue  # the same row, once the wait is over
             if status >= 500:
                 self._backoff(rows[index:], now, f"{status}: {body.get('description', '')}")
             return  # anything else is the sender's to judge, this row and the chat's later ones
 
-    async def _mark_sending(self, row: OutboxMessage) -> None:
+    async def _mark(self, row: OutboxMessage, status: OutboxStatus) -> None:
         """A broadcast row is "sending" in a commit of its own just before its request (at most once): a crash
         leaves in doubt only the rows on the wire, as the sender's ``ahead`` does."""
         async with self.sessions() as session, session.begin():
-            await session.execute(
-                update(OutboxMessage).where(OutboxMessage.id == row.id).values(status=OutboxStatus.SENDING)
-            )
+            await session.execute(update(OutboxMessage).where(OutboxMessage.id == row.id).values(status=status))
 
     async def _post(self, request: Request) -> tuple[int, dict[str, Any]]:
         async with self.http.post(self.url + request["method"], data=form_of(request), headers=FORM) as response:
