@@ -570,6 +570,27 @@ async def test_a_process_killed_in_a_429_pause_mid_broadcast_leaves_no_row_in_do
     assert sorted(accepted) == sorted(r.chat_id for r in rows), "each once"
 
 
+async def test_a_stop_in_the_middle_of_a_broadcast_ends_the_round_and_gives_back_the_rest(
+    harness: Harness, clock: FakeClock
+) -> None:
+    """A round goes on while there is work, but not past a stop: the bot shuts down in moments, not when the
+    broadcast is through, and whoever sends next has the rest at once."""
+    await agenda_for(harness, clock, residents=300)
+    sender = OutboxSender(
+        harness.bot, harness.sessions, harness.app.sender.renderer, clock, SenderSettings(rate_per_second=50)
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(sender.run(stop))
+    await asyncio.sleep(0.5)
+    stop.set()
+    sender.wake()  # as bot/app.py does
+    await asyncio.wait_for(running, timeout=3)  # six seconds of sending were left
+    rows = [r for r in await outbox(harness) if r.broadcast_id is not None]
+    statuses = {r.status for r in rows}
+    assert OutboxStatus.SENT in statuses and OutboxStatus.PENDING in statuses
+    assert statuses <= {OutboxStatus.SENT, OutboxStatus.PENDING}, "nothing left claimed or in doubt"
+
+
 async def test_the_next_batch_is_claimed_while_the_last_rows_of_a_full_one_go_out(
     harness: Harness, clock: FakeClock
 ) -> None:

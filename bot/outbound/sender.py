@@ -182,6 +182,7 @@ class OutboxSender:
         self._not_ready: set[int] = set()
         self._claimed_at = -math.inf
         self._claim_now = False  # a full batch is ready: more is due
+        self._stop = asyncio.Event()  # ``run``'s
         self._woken = False  # messages were queued
         self._wake = asyncio.Event()
         # Whether a passing fault was seen and Telegram has not answered since. A new sender cannot know what its
@@ -216,6 +217,7 @@ class OutboxSender:
         self._record_now()
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop  # a round under way claims nothing more once it is set
         await self.take_back_claims(everyone=self.sole)
         upkeep = asyncio.create_task(self._keep_lease(stop))
         probe = asyncio.create_task(self._probe(stop))
@@ -400,6 +402,8 @@ class OutboxSender:
         return claim
 
     def _claim_wanted(self, since_last: float) -> bool:
+        if self._stop.is_set():  # the round ends with what it has in hand; the rest is given back (``run``)
+            return False
         if self._claim_now:
             return True
         if self._in_flight >= self.batch_size:  # the sender has its hands full; what it claims must go soon
@@ -435,7 +439,7 @@ class OutboxSender:
             self._not_ready.discard(row.id)
             if self._not_ready:
                 return
-            if self._claiming is None:
+            if self._claiming is None and not self._stop.is_set():
                 self._claiming = self._begin_claim()
             else:
                 self._claim_now = True
