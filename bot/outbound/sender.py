@@ -54,7 +54,7 @@ from aiogram.exceptions import (
 )
 from aiogram.methods import TelegramMethod
 from aiohttp import ClientError, ClientTimeout
-from sqlalchemy import Table, bindparam, delete, or_, select, true, update
+from sqlalchemy import BindParameter, Table, bindparam, delete, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.outbound.notices import Renderer, answer_of, as_request
@@ -69,6 +69,16 @@ log = logging.getLogger(__name__)
 # The claim writes each row's request in one statement of many parameter sets, as SQLAlchemy Core: the ORM's bulk
 # UPDATE by primary key took a fifth more CPU per row for the same statement (15.5 us against 12.9, SQLite).
 OUTBOX = cast(Table, OutboxMessage.__table__)
+# The writes of every marking transaction, built once, in Core: building each anew (its cache key, the ORM's bulk
+# UPDATE path) was a third of the transaction's CPU (1.15 ms against 0.75, SQLite), and at 200/s one comes with
+# nearly every message.
+_IDS: BindParameter[list[int]] = bindparam("ids", expanding=True)
+MARK_SENDING = update(OUTBOX).where(OUTBOX.c.id.in_(_IDS)).values(status=OutboxStatus.SENDING)
+MARK_SENT = (
+    update(OUTBOX)
+    .where(OUTBOX.c.id.in_(_IDS))
+    .values(status=OutboxStatus.SENT, sent_at=bindparam("now", type_=OUTBOX.c.sent_at.type), error="", request=None)
+)
 
 
 # A row's call and the same call as data (bot/outbound/requests.py); None when there is nothing to send.
@@ -621,12 +631,7 @@ class OutboxSender:
             batch, self._to_mark = self._to_mark, []
             try:
                 async with self._transaction() as session:
-                    await session.execute(
-                        update(OutboxMessage)
-                        .where(OutboxMessage.id.in_([row.id for row, _ in batch]))
-                        .values(status=OutboxStatus.SENDING)
-                        .execution_options(synchronize_session=False)
-                    )
+                    await session.execute(MARK_SENDING, {"ids": [row.id for row, _ in batch]})
             except Exception as error:
                 for _, future in batch:
                     if not future.done():
@@ -697,12 +702,7 @@ class OutboxSender:
         for learnt in sorted(noted.follow_ups, key=lambda f: f.ticket_id):
             await learnt.write(session)
         if noted.delivered:
-            await session.execute(
-                update(OutboxMessage)
-                .where(OutboxMessage.id.in_(noted.delivered))
-                .values(status=OutboxStatus.SENT, sent_at=now, error="", request=None)
-                .execution_options(synchronize_session=False)
-            )
+            await session.execute(MARK_SENT, {"ids": noted.delivered, "now": now})
         for ids, values in noted.outcomes:
             await session.execute(
                 update(OutboxMessage)
