@@ -6,9 +6,20 @@ import asyncio
 import itertools
 import json
 from datetime import timedelta
+from typing import Any
 
 import pytest
-from aiogram.methods import SendMessage
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.methods import (
+    DeleteMyCommands,
+    EditMessageReplyMarkup,
+    EditMessageText,
+    SendMediaGroup,
+    SendMessage,
+    SendPhoto,
+    SetMyCommands,
+)
+from aiogram.types import BotCommand, BotCommandScopeChat, InlineKeyboardButton, InlineKeyboardMarkup, InputMediaPhoto
 from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -17,6 +28,7 @@ from bench.residents import add_residents
 from bot.app import create_bot
 from bot.outbound import sender as sender_module
 from bot.outbound.handover import claimed as claimed_for_the_hand_over
+from bot.outbound.notices import as_request
 from bot.outbound.pacing import TokenBucket
 from bot.outbound.sender import OutboxSender, SenderSettings
 from domain.broadcasts import progress, start_broadcast
@@ -663,6 +675,35 @@ async def test_over_http_the_request_kept_with_the_claim_goes_and_telegrams_answ
     finally:
         await bot.session.close()
         await fake.stop()
+
+
+def test_a_request_kept_with_the_claim_has_the_fields_aiogram_would_post() -> None:
+    """The sender posts the request kept with the claim as it is: its fields must be the form aiogram builds from
+    the same method (a chat id, the bot's default parse mode, a keyboard, a scope, media), prepared once or
+    taken from what the batch prepared already."""
+    bot = create_bot(f"{BOT_ID}:SENDER", "http://127.0.0.1:9")  # the real aiohttp session, never connected
+    assert isinstance(bot.session, AiohttpSession)
+    keyboard = InlineKeyboardMarkup(inline_keyboard=[[InlineKeyboardButton(text="✅", callback_data="fb:1")]])
+    methods = [
+        SendMessage(chat_id=7_000_001, text="<b>议事会</b>", reply_markup=keyboard),
+        SendMessage(chat_id=-1001234, text="公示", disable_notification=True, protect_content=False),
+        SendPhoto(chat_id=7_000_002, photo="photo-file-id", caption="楼道", reply_markup=keyboard),
+        EditMessageText(chat_id=7_000_003, message_id=55, text="已解决", reply_markup=keyboard),
+        EditMessageReplyMarkup(chat_id=7_000_003, message_id=55, reply_markup=None),
+        SetMyCommands(
+            commands=[BotCommand(command="ledger", description="台账")], scope=BotCommandScopeChat(chat_id=7_000_004)
+        ),
+        DeleteMyCommands(scope=BotCommandScopeChat(chat_id=7_000_004)),
+        SendMediaGroup(
+            chat_id=7_000_005, media=[InputMediaPhoto(media="p1", caption="一"), InputMediaPhoto(media="p2")]
+        ),
+    ]
+    row = OutboxMessage(chat_id=7_000_001, kind=Notice.TICKET_UPDATE, payload={"ticket_id": 1})
+    shared: dict[int, Any] = {}
+    for method in [*methods, *methods]:  # the second time, what the batch prepared already
+        form = bot.session.build_form_data(bot, method)
+        posted = {options["name"]: value for options, _headers, value in form._fields}
+        assert as_request(bot, row, method, shared)["fields"] == posted, method
 
 
 async def test_while_telegram_stalls_at_most_half_of_ahead_is_on_the_wire(harness: Harness, clock: FakeClock) -> None:

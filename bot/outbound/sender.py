@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
@@ -54,17 +54,31 @@ from aiogram.exceptions import (
 )
 from aiogram.methods import TelegramMethod
 from aiohttp import ClientError, ClientTimeout
-from sqlalchemy import delete, or_, select, true, update
+from sqlalchemy import BindParameter, Table, bindparam, delete, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.outbound.notices import Renderer, answer_of, as_request
 from bot.outbound.pacing import MAX_BACKOFF, ChatPacer, TokenBucket, backoff
 from bot.outbound.requests import FORM, RECORD_SECONDS, Answer, FollowUp, Request, edit_settled, follow_up, form_of
 from domain.clock import Clock
-from storage.db import SessionFactory
+from storage.db import SessionFactory, execute_pipelined
 from storage.models import OutboxMessage, OutboxStatus, SenderLease, User
 
 log = logging.getLogger(__name__)
+
+# The claim writes each row's request in one statement of many parameter sets, as SQLAlchemy Core: the ORM's bulk
+# UPDATE by primary key took a fifth more CPU per row for the same statement (15.5 us against 12.9, SQLite).
+OUTBOX = cast(Table, OutboxMessage.__table__)
+# The writes of every marking transaction, built once, in Core: building each anew (its cache key, the ORM's bulk
+# UPDATE path) was a third of the transaction's CPU (1.15 ms against 0.75, SQLite), and at 200/s one comes with
+# nearly every message.
+_IDS: BindParameter[list[int]] = bindparam("ids", expanding=True)
+MARK_SENDING = update(OUTBOX).where(OUTBOX.c.id.in_(_IDS)).values(status=OutboxStatus.SENDING)
+MARK_SENT = (
+    update(OUTBOX)
+    .where(OUTBOX.c.id.in_(_IDS))
+    .values(status=OutboxStatus.SENT, sent_at=bindparam("now", type_=OUTBOX.c.sent_at.type), error="", request=None)
+)
 
 
 # A row's call and the same call as data (bot/outbound/requests.py); None when there is nothing to send.
@@ -466,14 +480,20 @@ class OutboxSender:
             )
             rendered = dict(zip([row.id for row in rows], await self._render(session, rows), strict=True))
             if rows:
-                claim = {"status": OutboxStatus.CLAIMED, "claimed_at": now, "claimed_by": self.holder}
+                # The rows are the sender's from here: the UPDATE below writes their claim, and what becomes of them
+                # goes with a later commit, so the session must not write them. It lets go of all it holds at once,
+                # once that is written (a renewed lease, a rendering's error): 0.2 us a row where expunging each took 4.
+                await session.flush()
+                session.expunge_all()
                 await session.execute(
-                    update(OutboxMessage),
-                    [{"id": row.id, "request": kept(rendered[row.id]), **claim} for row in rows],
-                    execution_options={"synchronize_session": False},
+                    update(OUTBOX)
+                    .where(OUTBOX.c.id == bindparam("row_id"))
+                    .values(
+                        status=OutboxStatus.CLAIMED, claimed_at=now, claimed_by=self.holder, request=bindparam("kept")
+                    ),
+                    [{"row_id": row.id, "kept": kept(rendered[row.id])} for row in rows],
                 )
             for row in rows:
-                session.expunge(row)  # the UPDATE above wrote the claim; the session must not write it again
                 row.status, row.claimed_at, row.claimed_by = OutboxStatus.CLAIMED, now, self.holder
         return rows, rendered
 
@@ -656,12 +676,9 @@ class OutboxSender:
             pauses = self._pauses
             try:
                 async with self._transaction() as session:
-                    await session.execute(
-                        update(OutboxMessage)
-                        .where(OutboxMessage.id.in_([row.id for row, _ in batch]))
-                        .values(status=OutboxStatus.SENDING)
-                        .execution_options(synchronize_session=False)
-                    )
+                    # A trip of its own, not one with the COMMIT (as the "sent" marks): a round stopped meanwhile
+                    # rolls it back, where a single trip would commit marks for rows whose requests never go.
+                    await session.execute(MARK_SENDING, {"ids": [row.id for row, _ in batch]})
             except Exception as error:
                 for _, future in batch:
                     if not future.done():
@@ -737,12 +754,9 @@ class OutboxSender:
         for learnt in sorted(noted.follow_ups, key=lambda f: f.ticket_id):
             await learnt.write(session)
         if noted.delivered:
-            await session.execute(
-                update(OutboxMessage)
-                .where(OutboxMessage.id.in_(noted.delivered))
-                .values(status=OutboxStatus.SENT, sent_at=now, error="", request=None)
-                .execution_options(synchronize_session=False)
-            )
+            # Nobody reads its outcome: on SQLite it goes with the transaction's next trip to the database's thread
+            # (storage.db.execute_pipelined), so a marking transaction takes two trips, not three.
+            await session.run_sync(execute_pipelined, MARK_SENT, {"ids": noted.delivered, "now": now})
         for ids, values in noted.outcomes:
             await session.execute(
                 update(OutboxMessage)
