@@ -222,18 +222,25 @@ async def test_an_outage_at_the_hand_over_backs_off_as_the_sender_would_and_lose
     assert {r.status for r in await outbox(harness)} == {OutboxStatus.SENT}
 
 
-async def test_broadcast_rows_handed_over_are_sent_at_most_once(
-    harness: Harness, clock: FakeClock, engine: AsyncEngine, telegram: tuple[FakeBotAPI, str]
-) -> None:
-    fake, api = telegram
+async def agenda_killed_after_its_first_request(harness: Harness, clock: FakeClock) -> int:
+    """The agenda to 200 residents (more than `ahead`), its process killed as its first request reached Telegram:
+    one claim, the first `ahead` rows marked "sending", the rest only claimed. Returns the broadcast's id."""
     async with harness.sessions() as session, session.begin():
-        await add_residents(session, 7_000_000, 200, clock(), english_every=3)  # more than `ahead`
+        await add_residents(session, 7_000_000, 200, clock(), english_every=3)
         jsx = await session.scalar(select(Community.id).where(Community.code == "jsx"))
     async with harness.sessions() as session:
         started = await start_broadcast(session, jsx, BroadcastKind.AGENDA, "2026-11", clock())
     harness.telegram.die_after_next_request = True
     with pytest.raises(ProcessDied):
-        await harness.deliver()  # one claim: the first `ahead` rows marked "sending", the rest only claimed
+        await harness.deliver()
+    return started.broadcast.id
+
+
+async def test_broadcast_rows_handed_over_are_sent_at_most_once(
+    harness: Harness, clock: FakeClock, engine: AsyncEngine, telegram: tuple[FakeBotAPI, str]
+) -> None:
+    fake, api = telegram
+    broadcast_id = await agenda_killed_after_its_first_request(harness, clock)
     before = {r.id: r.status for r in await outbox(harness)}
     claimed = [i for i, status in before.items() if status == OutboxStatus.CLAIMED]
     sending = [i for i, status in before.items() if status == OutboxStatus.SENDING]
@@ -253,7 +260,7 @@ async def test_broadcast_rows_handed_over_are_sent_at_most_once(
     assert {after[i] for i in claimed} == {OutboxStatus.SENT}
     assert {after[i] for i in sending} == {OutboxStatus.IN_DOUBT}
     async with harness.sessions() as session:
-        shown = await progress(session, STAFF_WANG, started.broadcast.id)
+        shown = await progress(session, STAFF_WANG, broadcast_id)
     assert (shown.in_doubt, shown.remaining) == (len(sending), 0)
 
 
@@ -261,14 +268,7 @@ async def test_a_hand_over_killed_mid_broadcast_leaves_only_the_row_on_the_wire_
     harness: Harness, clock: FakeClock, engine: AsyncEngine, telegram: tuple[FakeBotAPI, str]
 ) -> None:
     fake, api = telegram
-    async with harness.sessions() as session, session.begin():
-        await add_residents(session, 7_000_000, 200, clock(), english_every=3)
-        jsx = await session.scalar(select(Community.id).where(Community.code == "jsx"))
-    async with harness.sessions() as session:
-        started = await start_broadcast(session, jsx, BroadcastKind.AGENDA, "2026-11", clock())
-    harness.telegram.die_after_next_request = True
-    with pytest.raises(ProcessDied):
-        await harness.deliver()
+    broadcast_id = await agenda_killed_after_its_first_request(harness, clock)
     in_doubt_before = sum(1 for r in await outbox(harness) if r.status == OutboxStatus.SENDING)
 
     handing_over = asyncio.create_task(hand_over(settings_for(engine, api), clock))
@@ -281,7 +281,7 @@ async def test_a_hand_over_killed_mid_broadcast_leaves_only_the_row_on_the_wire_
     await restarted.app.sender.take_back_claims(everyone=True)
     await restarted.deliver()
     async with harness.sessions() as session:
-        shown = await progress(session, STAFF_WANG, started.broadcast.id)
+        shown = await progress(session, STAFF_WANG, broadcast_id)
     assert (shown.in_doubt, shown.remaining) == (in_doubt_before + 1, 0), "one row was on the wire, no more"
     chats = [str(r.params["chat_id"]) for r in fake.requests] + [
         str(m.chat_id) for m in harness.telegram.requests + restarted.telegram.requests if hasattr(m, "chat_id")
@@ -295,14 +295,7 @@ async def test_a_broadcast_row_refused_at_the_hand_over_is_not_in_doubt_through_
     """Telegram refused it (429): the row waits out the pause claimed, not "sending", so a hand-over killed in the
     pause leaves it to be sent, once, by the next process."""
     fake, api = telegram
-    async with harness.sessions() as session, session.begin():
-        await add_residents(session, 7_000_000, 200, clock(), english_every=3)
-        jsx = await session.scalar(select(Community.id).where(Community.code == "jsx"))
-    async with harness.sessions() as session:
-        started = await start_broadcast(session, jsx, BroadcastKind.AGENDA, "2026-11", clock())
-    harness.telegram.die_after_next_request = True
-    with pytest.raises(ProcessDied):
-        await harness.deliver()
+    broadcast_id = await agenda_killed_after_its_first_request(harness, clock)
     in_doubt_before = sum(1 for r in await outbox(harness) if r.status == OutboxStatus.SENDING)
 
     fake.storm_share, fake.storm_retry_after = 1.0, 30
@@ -329,7 +322,7 @@ async def test_a_broadcast_row_refused_at_the_hand_over_is_not_in_doubt_through_
     await restarted.app.sender.take_back_claims(everyone=True)
     await restarted.deliver()
     async with harness.sessions() as session:
-        shown = await progress(session, STAFF_WANG, started.broadcast.id)
+        shown = await progress(session, STAFF_WANG, broadcast_id)
     assert (shown.in_doubt, shown.remaining) == (in_doubt_before, 0), "none more in doubt"
     assert [m.chat_id for m in restarted.telegram.accepted].count(refused[0]) == 1  # type: ignore[attr-defined]
 
