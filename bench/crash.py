@@ -80,10 +80,9 @@ resume_p99_s
     to that message: a worker whose cards come faster than one a second has a queue, and a claimed row waits
     its place in it crash or no crash (the definition since 2026-12-07, run 54; from run 61 a second per
     message rather than the second after each, which left out a second's idle turn after two messages sent
-    close together). The seconds in which
-    the bot could have sent and did not all count. The 99th percentile over all of them. Printed beside it:
-    the figure counting the chat's queue too (the definition until run 53), counting the storm's waits too
-    (2026-12-06), and counting the outage too (before).
+    close together). The seconds in which the bot could have sent and did not all count. The 99th percentile
+    over all of them. Printed beside it: the figure counting the chat's queue too (the definition until run
+    53), counting the storm's waits too (2026-12-06), and counting the outage too (before).
 personal messages repeated after a crash
     for the same per-recipient, per-message counting: arrivals beyond the number of rows.
 

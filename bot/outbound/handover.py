@@ -244,7 +244,8 @@ class Round:
 
     async def _mark(self, row: OutboxMessage, status: OutboxStatus) -> None:
         """A broadcast row is "sending" in a commit of its own just before its request (at most once): a crash
-        leaves in doubt only the rows on the wire, as the sender's ``ahead`` does."""
+        leaves in doubt only the rows on the wire, as the sender's ``ahead`` does. Refused (a 429), it is "claimed"
+        again for the pause."""
         async with self.sessions() as session, session.begin():
             await session.execute(update(OutboxMessage).where(OutboxMessage.id == row.id).values(status=status))
 

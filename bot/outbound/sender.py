@@ -182,7 +182,8 @@ class OutboxSender:
         # Broadcast rows whose sending turn has come, waiting for the next marking transaction (``_mark_sending``).
         self._to_mark: list[tuple[OutboxMessage, asyncio.Future[None]]] = []
         self._marking: asyncio.Task[None] | None = None
-        # Broadcast rows marked whose request has not gone yet, rows a pause un-marked, and the pauses so far.
+        # Broadcast rows marked whose request has not gone yet (or was refused), rows a pause un-marked and not marked
+        # again yet, and the pauses so far.
         self._marked: set[int] = set()
         self._unmarked: set[int] = set()
         self._pauses = 0
@@ -552,9 +553,9 @@ class OutboxSender:
         try:
             answer = await self._call(method, request)
         except TelegramRetryAfter as error:
+            if row.broadcast_id is not None:  # refused, so not in doubt: un-marked by the pause, as those waiting
+                self._marked.add(row.id)
             await self.pause(error.retry_after)
-            if row.broadcast_id is not None:  # refused, so not in doubt: "sending" again just before its next try
-                self._outcomes.append(([row.id], {"status": OutboxStatus.CLAIMED}))
             return OutboxStatus.CLAIMED
         except TelegramForbiddenError as error:
             self._unreachable.append(row.chat_id)
@@ -673,18 +674,19 @@ class OutboxSender:
     async def _mark_queued(self) -> None:
         while self._to_mark:
             batch, self._to_mark = self._to_mark, []
+            marked = [row.id for row, _ in batch]
             pauses = self._pauses
             try:
                 async with self._transaction() as session:
                     # A trip of its own, not one with the COMMIT (as the "sent" marks): a round stopped meanwhile
                     # rolls it back, where a single trip would commit marks for rows whose requests never go.
-                    await session.execute(MARK_SENDING, {"ids": [row.id for row, _ in batch]})
+                    await session.execute(MARK_SENDING, {"ids": marked})
             except Exception as error:
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(error)
                 continue
-            marked = [row.id for row, _ in batch]
+            self._unmarked.difference_update(marked)
             if self._pauses == pauses:
                 self._marked.update(marked)
             else:  # a pause came while they were being marked
