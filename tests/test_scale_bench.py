@@ -3,8 +3,11 @@ figure through the product's own functions, measures again on the reused build, 
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
+
+import pytest
 
 from bench.scale import Sizes, run
 from tests.conftest import require_postgresql, require_redis
@@ -30,7 +33,7 @@ LINE = re.compile(
 )
 
 
-async def test_sqlite_district_built_then_reused(tmp_path: Path) -> None:
+async def test_sqlite_district_built_then_reused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for _ in range(2):  # the second run reuses the build, after putting back what the first one changed
         report, line = await run(TINY, tmp_path, None, None)
         found = LINE.fullmatch(line)
@@ -41,6 +44,9 @@ async def test_sqlite_district_built_then_reused(tmp_path: Path) -> None:
     # --routing-only: the same filing figure alone, on the reused build.
     report, line = await run(TINY, tmp_path, None, None, routing_only=True)
     assert report.final == {"sqlite": {"route_p99_ms": report.final["sqlite"]["route_p99_ms"]}}, line
+    # Beside the filing, the machine's own floor for a commit, its scratch file removed afterwards.
+    assert re.search(rf"the machine's floor .* p99 {NUMBER} ms", capsys.readouterr().out)
+    assert not [name for name in os.listdir(tmp_path) if name.startswith("floor")]
 
 
 async def test_postgresql_district_with_wizards_in_flight(tmp_path: Path) -> None:
