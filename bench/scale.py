@@ -17,7 +17,7 @@ the range, beside a baseline measured in the same run where one means something:
 - /ledger, the "me too" list, /tickets; baseline: one round trip (``SELECT 1`` in a transaction);
 - the deadline sweep, the topic-candidates job and auto-close, in steady state; same baseline;
 - filing and routing one ticket in the grid of 10 workers and 10,000 open tickets: p50 and p99 over all filings;
-  baseline: one ORM row inserted and committed; on SQLite also the machine's floor: a row inserted and committed
+  baseline: one ORM row inserted and committed; on SQLite also the floor under it: a row inserted and committed
   by sqlite3 in the calling thread;
 - queueing a 100k broadcast (``start_broadcast``): seconds and this process's peak RSS growth;
 - the outbox sender with no rate limit against the fake Bot session: messages per second; baseline: the fake
@@ -535,7 +535,7 @@ async def routing(district: District, sessions: SessionFactory, report: Report) 
         async with sessions() as session, session.begin():
             session.add(FsmRecord(key=f"ceiling:route:{k}", state="x", data={}))
 
-    floor = MachineFloor(district.marker.parent / "floor.sqlite3") if district.dialect == "sqlite" else None
+    floor = CommitFloor(district.marker.parent / "floor.sqlite3") if district.dialect == "sqlite" else None
     filed, per_round_p99, base, floor_times = [], [], [], []
     for r in range(sizes.route_rounds):
         times = []
@@ -558,7 +558,7 @@ async def routing(district: District, sessions: SessionFactory, report: Report) 
         await session.execute(delete(FsmRecord).where(FsmRecord.key.like("ceiling:%")))
     p50, p99 = percentile(filed, 50), percentile(filed, 99)
     machine = (
-        f"; the machine's floor (the same, by sqlite3 in this thread) p50 {percentile(floor_times, 50):.2f} ms, "
+        f"; floor (the same, by sqlite3 in this thread) p50 {percentile(floor_times, 50):.2f} ms, "
         f"p99 {percentile(floor_times, 99):.2f} ms"
         if floor_times
         else ""
@@ -574,11 +574,11 @@ async def routing(district: District, sessions: SessionFactory, report: Report) 
     )
 
 
-class MachineFloor:
-    """What the machine itself allows a write: one row inserted and committed by sqlite3 in the calling thread,
+class CommitFloor:
+    """The floor under any write of this process: one row inserted and committed by sqlite3 in the calling thread,
     as durably as the product commits (WAL, synchronous=FULL), in a scratch file beside the district. No thread
-    hand-over, no SQLAlchemy, 0.2 ms of work: its p99 is what the machine's scheduler and disk add to anything.
-    On 2 cores with more busy processes than cores, that alone was 7-8 ms (docs/scale.md)."""
+    hand-over, no SQLAlchemy, 0.2-0.3 ms of work; what its p99 adds to that is what the machine's scheduler and disk
+    do to a process as busy as this one (docs/scale.md, "Filing's tail and the floor under it")."""
 
     def __init__(self, path: Path) -> None:
         remove_sqlite(path)
