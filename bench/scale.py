@@ -557,7 +557,7 @@ async def routing(district: District, sessions: SessionFactory, report: Report) 
     async with sessions() as session, session.begin():
         await session.execute(delete(FsmRecord).where(FsmRecord.key.like("ceiling:%")))
     p50, p99 = percentile(filed, 50), percentile(filed, 99)
-    machine = (
+    floor_line = (
         f"; floor (the same, by sqlite3 in this thread) p50 {percentile(floor_times, 50):.2f} ms, "
         f"p99 {percentile(floor_times, 99):.2f} ms"
         if floor_times
@@ -570,7 +570,7 @@ async def routing(district: District, sessions: SessionFactory, report: Report) 
         f"filing + routing one ticket ({ROUTE_WORKERS} workers, {grid_open:,} open tickets in the grid, "
         f"{len(filed)} tickets): p50 {p50:.1f} ms, p99 {p99:.1f} ms (p99 per round "
         f"{min(per_round_p99):.1f}–{max(per_round_p99):.1f}); baseline (one row inserted and committed) "
-        f"p50 {percentile(base, 50):.1f} ms, p99 {percentile(base, 99):.1f} ms" + machine,
+        f"p50 {percentile(base, 50):.1f} ms, p99 {percentile(base, 99):.1f} ms" + floor_line,
     )
 
 
